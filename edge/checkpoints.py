@@ -1,0 +1,223 @@
+"""Read and write StudentNet weights in every format a user may hold.
+
+- ours: ``torch.save`` of ``{"edge_checkpoint": 1, "card": ..., "state_dict": ...}``
+- a homework state dict ``.bin`` (``torch.save``, zip or the old non-zip format)
+- the homework's 8-bit pickle: name -> (min, max, uint8 array); 0-dim entries as floats
+- the homework's 16-bit pickle: name -> float16 array
+
+Torch files are read with ``torch.load(weights_only=True)`` and pickles with
+`edge.safe_pickle`, so loading never runs code from a file. Weights come back as numpy
+arrays under the homework's names (``cnn.{i}.{j}.*``, ``fc.0.*``); the config is read from
+our files or inferred from tensor shapes (pool positions cannot be seen in shapes: they
+default to the homework's and can be given).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.config import HOMEWORK_POOLS, ModelCard, Preprocess, StudentConfig, default_classes
+from edge.files import atomic_write
+from edge.quant import minmax_encode
+from edge.safe_pickle import UnsafePickleError, safe_loads
+
+CHECKPOINT_KEY = "edge_checkpoint"
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be read as a StudentNet, with the reason."""
+
+
+@dataclass
+class Checkpoint:
+    """Weights under the homework's names plus the card that describes them."""
+
+    card: ModelCard
+    state: dict[str, np.ndarray]
+    source: str  # edge | state-dict | homework-8bit | homework-16bit
+
+
+def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
+                    input_size: int | None = None) -> Checkpoint:
+    """Read any supported weights file; ``pools``/``input_size`` override what is inferred."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    if not data:
+        raise CheckpointError(f"{path}: file is empty")
+    if data[:2] == b"PK" or _is_legacy_torch(data):
+        obj, source = _torch_load(path), "state-dict"
+    else:
+        obj, source = _pickle_load(path, data), None
+    if isinstance(obj, dict) and obj.get(CHECKPOINT_KEY):
+        return _from_edge_dict(path, obj, pools, input_size)
+    state, source = _to_numpy_state(path, obj, source)
+    config = infer_config(state, pools=pools, input_size=input_size, origin=str(path))
+    return Checkpoint(ModelCard(config, Preprocess(crop=config.input_size), default_classes(config.num_classes)),
+                      state, source)
+
+
+def _is_legacy_torch(data: bytes) -> bool:
+    try:
+        return data[:2] == b"\x80\x02" and pickle.loads(data[: data.index(b".") + 1]) == _TORCH_LEGACY_MAGIC
+    except (ValueError, pickle.UnpicklingError, EOFError):
+        return False
+
+
+def _torch_load(path: Path):
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused: the file holds more than weights and may try to run code "
+                              f"({str(err).splitlines()[0]})") from None
+    except Exception as err:  # torch raises RuntimeError/EOFError/... on damaged files
+        raise CheckpointError(f"{path}: not a readable torch file ({type(err).__name__}: {err})") from None
+
+
+def _pickle_load(path: Path, data: bytes):
+    try:
+        return safe_loads(data)
+    except UnsafePickleError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a weights file we know (torch checkpoint, state dict, or the "
+                              f"homework's 8-/16-bit pickle): {type(err).__name__}: {err}") from None
+
+
+def _to_numpy_state(path: Path, obj, source: str | None) -> tuple[dict[str, np.ndarray], str]:
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
+    state, kinds = {}, set()
+    for name, value in obj.items():
+        if isinstance(value, tuple) and len(value) == 3:
+            lo, hi, q = value
+            state[name] = (np.float64(q) / 255 * (hi - lo)) + lo  # the homework's decode8, term for term
+            kinds.add("homework-8bit")
+        elif hasattr(value, "detach"):
+            state[name] = value.detach().cpu().numpy()
+        else:
+            array = np.asarray(value)
+            if array.dtype == np.float16:
+                kinds.add("homework-16bit")
+            state[name] = array
+        if state[name].dtype.kind not in "fiub":
+            raise CheckpointError(f"{path}: entry {name!r} is not numeric")
+    if source is None:
+        source = kinds.pop() if len(kinds) == 1 else "state-dict"
+    return {k: v.astype(np.int64) if k.endswith("num_batches_tracked") else v.astype(np.float32)
+            for k, v in state.items()}, source
+
+
+def _from_edge_dict(path: Path, obj: dict, pools, input_size) -> Checkpoint:
+    try:
+        card = ModelCard.from_dict(obj["card"])
+        state, _ = _to_numpy_state(path, obj["state_dict"], "edge")
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: damaged edge checkpoint ({err})") from None
+    if pools is not None or input_size is not None:
+        config = card.config
+        config = StudentConfig(config.widths, config.pools if pools is None else pools,
+                               input_size or config.input_size, config.num_classes, config.in_channels)
+        card = ModelCard(config, card.preprocess, card.classes)
+    infer_config(state, pools=card.config.pools, input_size=card.config.input_size, origin=str(path))
+    return Checkpoint(card, state, "edge")
+
+
+def _shape(state: dict, key: str, origin: str) -> tuple[int, ...]:
+    if key not in state:
+        raise CheckpointError(f"{origin}: missing {key!r}: not a StudentNet state dict")
+    return tuple(state[key].shape)
+
+
+def infer_config(state: dict[str, np.ndarray], pools=None, input_size=None, origin="state dict") -> StudentConfig:
+    """Read widths, depth, classes and input channels from tensor shapes, and check every tensor."""
+    stages = sorted({int(m.group(1)) for k in state if (m := re.match(r"cnn\.(\d+)\.0\.weight$", k))})
+    if not stages or stages != list(range(len(stages))):
+        raise CheckpointError(f"{origin}: no consecutive cnn.<i>.0.weight stages found: not a StudentNet")
+    first = _shape(state, "cnn.0.0.weight", origin)
+    if len(first) != 4 or first[2:] != (3, 3):
+        raise CheckpointError(f"{origin}: cnn.0.0.weight has shape {first}, expected (C, in, 3, 3)")
+    widths = [first[0]]
+    for stage in stages[1:]:
+        dw, pw = _shape(state, f"cnn.{stage}.0.weight", origin), _shape(state, f"cnn.{stage}.3.weight", origin)
+        if dw != (widths[-1], 1, 3, 3) or pw[1:] != (widths[-1], 1, 1):
+            raise CheckpointError(f"{origin}: stage {stage} shapes {dw} / {pw} do not follow a "
+                                  f"{widths[-1]}-channel stage")
+        widths.append(pw[0])
+    fc = _shape(state, "fc.0.weight", origin)
+    if len(fc) != 2 or fc[1] != widths[-1]:
+        raise CheckpointError(f"{origin}: fc.0.weight has shape {fc}, expected (classes, {widths[-1]})")
+    pools = HOMEWORK_POOLS if pools is None else tuple(pools)
+    pools = tuple(p for p in pools if p < len(widths)) if pools == HOMEWORK_POOLS else pools
+    try:
+        config = StudentConfig(tuple(widths), pools, input_size or 256, fc[0], first[1])
+    except ValueError as err:
+        raise CheckpointError(f"{origin}: {err}") from None
+    _check_complete(state, config, origin)
+    return config
+
+
+def expected_shapes(config: StudentConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a StudentNet state dict and its shape (BN buffers included)."""
+    shapes, channels = {}, config.in_channels
+    for stage, width in enumerate(config.widths):
+        conv = (width, channels, 3, 3) if stage == 0 else (channels, 1, 3, 3)
+        bn = conv[0]
+        shapes[f"cnn.{stage}.0.weight"], shapes[f"cnn.{stage}.0.bias"] = conv, (conv[0],)
+        for part in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"cnn.{stage}.1.{part}"] = (bn,)
+        shapes[f"cnn.{stage}.1.num_batches_tracked"] = ()
+        if stage:
+            shapes[f"cnn.{stage}.3.weight"], shapes[f"cnn.{stage}.3.bias"] = (width, channels, 1, 1), (width,)
+        channels = width
+    shapes["fc.0.weight"], shapes["fc.0.bias"] = (config.num_classes, channels), (config.num_classes,)
+    return shapes
+
+
+def _check_complete(state: dict, config: StudentConfig, origin: str) -> None:
+    expected = expected_shapes(config)
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    extra = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} != {v}" for k, v in expected.items()
+             if k in state and tuple(state[k].shape) != v and v]
+    if missing or extra or wrong:
+        raise CheckpointError(f"{origin}: not a StudentNet of widths {list(config.widths)}: "
+                              f"missing {missing[:5]}, unexpected {extra[:5]}, wrong shapes {wrong[:5]}")
+
+
+def save_checkpoint(path: str | os.PathLike, card: ModelCard, state: dict[str, np.ndarray], **extra) -> None:
+    """Write our checkpoint (readable with ``torch.load(weights_only=True)``) atomically."""
+    import torch
+
+    payload = {CHECKPOINT_KEY: 1, "card": card.to_dict(),
+               "state_dict": {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}, **extra}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def save_homework_pickle(path: str | os.PathLike, state: dict[str, np.ndarray], bits: int = 8) -> None:
+    """Write the homework's 8-bit (or 16-bit) pickle, readable by the homework's own decoder."""
+    if bits not in (8, 16):
+        raise ValueError("the homework's pickle formats are 8-bit and 16-bit")
+    out = {}
+    for name, value in state.items():
+        value = np.float64(value)
+        if not isinstance(value, np.ndarray):
+            out[name] = value
+        elif bits == 16:
+            out[name] = np.float16(value)
+        else:
+            code = minmax_encode(value, bits=8)
+            out[name] = (np.float64(code.lo), np.float64(code.hi), code.q)
+    atomic_write(path, lambda f: pickle.dump(out, f))
+

@@ -1,0 +1,183 @@
+"""The `edge` command line: export, predict, info, convert (and bench from the bench package).
+
+Heavy modules (torch, onnx, export, bench) are imported inside the commands that need them,
+so `edge predict` on an ONNX file never imports torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from edge import __version__
+
+PROVIDER_CHOICES = ["cpu", "cuda", "ort-cpu", "ort-cuda", "tensorrt", "torch-cpu", "torch-cuda"]
+
+
+def _int_list(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
+@contextmanager
+def _user_errors():
+    """Known failures -> one clear line on stderr and exit code 2 (never a traceback)."""
+    from edge.checkpoints import CheckpointError
+    from edge.config import ConfigError
+    from edge.data import DatasetError
+    from edge.metadata import MetadataError
+    from edge.predict import BadImages
+    from edge.preprocess import ImageError
+    from edge.runtime import ModelError, ProviderUnavailable
+
+    try:
+        yield
+    except (CheckpointError, ConfigError, DatasetError, MetadataError, BadImages, ImageError, ModelError,
+            ProviderUnavailable) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing was written", err=True)
+        sys.exit(130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge")
+def main():
+    """Compress a Food-11 StudentNet and ship it: export to small ONNX files, predict, benchmark."""
+
+
+@main.command()
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The .onnx file to write.")
+@click.option("--quant", default="fp32", show_default=True, metavar="fp32|fp16|uint8",
+              help="How weights are stored: fp32, fp16, or uint8 (uintN, N<=8) codes with their min-max, "
+                   "dequantized when the model is loaded.")
+@click.option("--per-channel", is_flag=True, help="One min-max range per output channel (uintN only).")
+@click.option("--pools", metavar="I,J,..", help="Stages followed by a max-pool (default: the homework's 0,1,2,3).")
+@click.option("--images", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of real images for the parity check (default: random input).")
+def export(checkpoint, output, quant, per_channel, pools, images):
+    """Export CHECKPOINT (ours, a homework .bin, 8-bit or 16-bit pickle) to ONNX.
+
+    Without CHECKPOINT, exports a freshly initialised default StudentNet (seed 0), so the
+    command works on a fresh machine. BatchNorm is folded; the StudentNet config,
+    preprocessing, classes and weight format go into the file's metadata.
+    """
+    from edge.checkpoints import load_checkpoint
+    from edge.models import init_checkpoint
+    from export.exporter import export_onnx, leftover_dequantization, parity_check, sample_inputs
+    from export.onnx_graph import Storage
+
+    with _user_errors():
+        try:
+            storage = Storage.parse(quant, per_channel)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--quant") from None
+        ckpt = load_checkpoint(checkpoint, pools=_int_list(pools)) if checkpoint else init_checkpoint()
+        click.echo(f"model: {checkpoint or 'default StudentNet, ' + ckpt.source} "
+                   f"({ckpt.card.config.num_parameters():,} parameters, widths {list(ckpt.card.config.widths)}, "
+                   f"pools {list(ckpt.card.config.pools)})")
+        size = export_onnx(ckpt, output, storage)
+        leftover = leftover_dequantization(output)
+        parity = parity_check(ckpt, output, *sample_inputs(ckpt, images))
+        click.echo(f"wrote {output}: {size:,} bytes, weights {quant}{' per-channel' if per_channel else ''}")
+        click.echo(f"parity vs torch fp32 on {parity.source}: max |logit diff| {parity.max_abs_diff:.4g}, "
+                   f"top-1 agreement {parity.agreement:.2%}")
+        click.echo("runtime graph: " + ("no dequantization left after load" if not leftover
+                                         else f"decode ops left at run time: {leftover}"))
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The Kaggle CSV to write (Id,label).")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="Id,label CSV of the true labels: prints accuracy.")
+@click.option("--provider", default="cpu", show_default=True, type=click.Choice(PROVIDER_CHOICES),
+              help="cpu/cuda: ONNX Runtime's CPU/CUDA provider for .onnx files (torch's device for checkpoints).")
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Image-decoding threads.")
+@click.option("--threads", type=click.IntRange(1), help="Inference threads (default: all cores).")
+@click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint (default 0,1,2,3).")
+@click.option("--skip-bad", is_flag=True, help="Skip images that cannot be decoded (listed) instead of failing.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(model, data_dir, output, labels, provider, batch, workers, threads, pools, skip_bad, quiet):
+    """Predict every image in DATA_DIR with MODEL and write the Kaggle CSV.
+
+    MODEL: an ONNX file we exported (runs on ONNX Runtime, no torch needed) or any checkpoint
+    edge reads. DATA_DIR: a Food-11 split folder (testing/NNNN.jpg, training/<class>_<n>.jpg)
+    or a folder of class subfolders.
+    """
+    from edge.data import list_samples, read_labels
+    from edge.predict import open_model, predict_samples, write_csv
+
+    with _user_errors():
+        classifier = open_model(model, provider, threads, _int_list(pools))
+        samples = list_samples(data_dir, classifier.card.classes)
+        truth = read_labels(labels) if labels else None
+        result = predict_samples(classifier, samples, batch, workers, skip_bad, progress=not quiet)
+        write_csv(output, result)
+        click.echo(f"wrote {output}: {len(result.samples)} predictions ({classifier.provider})", err=True)
+        for problem in result.skipped:
+            click.echo(f"skipped: {problem}", err=True)
+        scored = result.accuracy(truth)
+        if scored:
+            name = f"agreement with {labels.name}" if labels else "accuracy"
+            click.echo(f"{name}: {scored[0]:.2%} of {scored[1]} images", err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint.")
+def info(model, pools):
+    """Show what MODEL is: StudentNet config, preprocessing, classes, weight format, size."""
+    import json
+
+    with _user_errors():
+        if model.suffix.lower() == ".onnx":
+            from edge.runtime import OnnxClassifier
+
+            loaded = OnnxClassifier(model)
+            card, extra = loaded.card, {"weights": loaded.quant}
+        else:
+            from edge.checkpoints import load_checkpoint
+
+            ckpt = load_checkpoint(model, pools=_int_list(pools))
+            card, extra = ckpt.card, {"format": ckpt.source}
+        summary = {"file": str(model), "bytes": model.stat().st_size,
+                   "parameters": card.config.num_parameters(), "mflops": round(card.config.flops() / 1e6, 1),
+                   **card.to_dict(), **extra}
+        click.echo(json.dumps(summary, indent=2))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--to", "target", required=True, type=click.Choice(["edge", "homework8", "homework16"]),
+              help="edge: our torch checkpoint (config inside); homework8/16: the homework's pickles.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint.")
+def convert(checkpoint, target, output, pools):
+    """Rewrite CHECKPOINT in another weights format (homework pickles read by the homework's decoder)."""
+    from edge.checkpoints import load_checkpoint, save_checkpoint, save_homework_pickle
+
+    with _user_errors():
+        ckpt = load_checkpoint(checkpoint, pools=_int_list(pools))
+        if target == "edge":
+            save_checkpoint(output, ckpt.card, ckpt.state)
+        else:
+            save_homework_pickle(output, ckpt.state, bits=8 if target == "homework8" else 16)
+        click.echo(f"wrote {output}: {output.stat().st_size:,} bytes ({target})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Run an ONNX file we exported with ONNX Runtime: providers, threads, metadata. No torch.
+
+`OnnxClassifier` opens the file, reads its `ModelCard` from the metadata (so it knows its
+own preprocessing and classes) and runs batches of preprocessed images to logits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edge.metadata import MetadataError, read_metadata
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider", "ort-cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider", "ort-tensorrt": "TensorrtExecutionProvider",
+}
+_INSTALL_HINT = {
+    "CUDAExecutionProvider": "install onnxruntime-gpu (pip install onnxruntime-gpu, in place of onnxruntime) "
+                             "and make sure a CUDA GPU and its driver are present",
+    "TensorrtExecutionProvider": "install onnxruntime-gpu with TensorRT libraries on a machine with an NVIDIA GPU",
+}
+
+
+class ModelError(ValueError):
+    """An ONNX file that cannot be used as an edge classifier."""
+
+
+class ProviderUnavailable(RuntimeError):
+    """The requested execution provider is not in this ONNX Runtime build or did not start."""
+
+
+def resolve_provider(name: str) -> str:
+    """A user's provider name (``cpu``, ``cuda``, ``ort-cuda``, ...) -> ONNX Runtime's, checked for availability."""
+    import onnxruntime as ort
+
+    key = name.lower()
+    if key not in PROVIDERS:
+        raise ValueError(f"unknown provider {name!r}: choose from {', '.join(sorted(PROVIDERS))}")
+    provider = PROVIDERS[key]
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ProviderUnavailable(f"provider {name!r} ({provider}) is not available in this onnxruntime "
+                                  f"build (it has {', '.join(available)}): {_INSTALL_HINT.get(provider, '')}")
+    return provider
+
+
+def session_options(threads: int | None = None, optimized_path: str | None = None):
+    """Full graph optimisation (constant folding turns stored integer weights back into floats)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    return options
+
+
+class OnnxClassifier:
+    """An exported StudentNet (or any edge ONNX classifier) ready to run."""
+
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: no such model file")
+        wanted = resolve_provider(provider)
+        try:
+            self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=[wanted])
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ModelError(f"{self.path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
+        if wanted not in self.session.get_providers():
+            raise ProviderUnavailable(f"{wanted} did not start for {self.path} (session runs on "
+                                      f"{self.session.get_providers()}): {_INSTALL_HINT.get(wanted, '')}")
+        try:
+            self.card, self.quant = read_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        except MetadataError as err:
+            raise ModelError(str(err)) from None
+        self.input_name = self.session.get_inputs()[0].name
+        self._check_io()
+
+    def _check_io(self) -> None:
+        config = self.card.config
+        shape = self.session.get_inputs()[0].shape
+        expected = [config.in_channels, config.input_size, config.input_size]
+        if len(shape) != 4 or list(shape[1:]) != expected:
+            raise ModelError(f"{self.path}: input shape {shape} does not match its metadata (N, {expected})")
+        out = self.session.get_outputs()[0].shape
+        if len(out) != 2 or out[1] != config.num_classes:
+            raise ModelError(f"{self.path}: output shape {out} does not match {config.num_classes} classes")
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """float32 (N, C, H, W) preprocessed images -> (N, classes) logits."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
