@@ -2,7 +2,13 @@
 
 For homework models this reproduces ``CenterCrop(256)`` + ``ToTensor()`` of torchvision
 pixel for pixel: no resize, no EXIF rotation, crop offsets rounded as torchvision rounds them,
-zero padding when an image is smaller than the crop.
+zero padding when an image is smaller than the crop, ``x / 255`` in float32.
+
+Speed: a plain RGB JPEG is decoded by libjpeg-turbo through simplejpeg (when installed), which
+gives the same pixels as Pillow's decode (the same library and settings: accurate integer DCT,
+fancy upsampling; a test checks every real photo) about 1.6x faster; anything else (PNG, CMYK,
+a damaged or truncated JPEG, EXIF rotation, resizing) goes through Pillow. Both release the
+GIL, so threads decode in parallel. The crop is a view, and scaling to floats is one pass.
 """
 
 from __future__ import annotations
@@ -16,6 +22,14 @@ from PIL import Image, ImageOps
 
 from edge.config import Preprocess
 
+try:
+    import simplejpeg
+except ImportError:  # an optional speed-up: Pillow decodes the same pixels
+    simplejpeg = None
+
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+_TURBO_COLORSPACES = ("YCbCr", "Gray")
+
 
 class ImageError(ValueError):
     """An image file that cannot be decoded."""
@@ -25,21 +39,34 @@ class TruncatedImageWarning(UserWarning):
     """An image whose data ends early; it was decoded as far as it goes."""
 
 
-def _center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
-    left = int(round((width - crop) / 2.0))
-    top = int(round((height - crop) / 2.0))
-    return left, top, left + crop, top + crop
+def read_file(path) -> bytes:
+    """The file's bytes; `ImageError` naming the file when it cannot be read or is empty."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not data:
+        raise ImageError(f"{path}: empty file")
+    return data
 
 
-def _pad_to(image: Image.Image, crop: int) -> Image.Image:
-    """torchvision's CenterCrop padding: zeros, split left/right with the extra pixel right."""
-    width, height = image.size
-    if width >= crop and height >= crop:
-        return image
-    pad_w, pad_h = max(crop - width, 0), max(crop - height, 0)
-    canvas = Image.new(image.mode, (width + pad_w, height + pad_h))
-    canvas.paste(image, (pad_w // 2, pad_h // 2))
-    return canvas
+def _turbo_eligible(data: bytes, spec: Preprocess) -> bool:
+    return simplejpeg is not None and data.startswith(JPEG_START) and spec.color == "RGB" \
+        and not spec.exif_transpose and not spec.resize
+
+
+def _decode_turbo(data: bytes) -> np.ndarray | None:
+    """A clean YCbCr or grey JPEG -> HWC uint8 RGB via libjpeg-turbo; None when Pillow must decide
+    (CMYK and other colour spaces Pillow converts its own way, huge images, damaged or truncated
+    data: ``strict`` turns libjpeg's warnings into errors)."""
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        too_big = Image.MAX_IMAGE_PIXELS and height * width > Image.MAX_IMAGE_PIXELS
+        if colorspace not in _TURBO_COLORSPACES or too_big:
+            return None
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, strict=True)
+    except ValueError:
+        return None
 
 
 def _resize_shorter(image: Image.Image, size: int) -> Image.Image:
@@ -51,45 +78,70 @@ def _resize_shorter(image: Image.Image, size: int) -> Image.Image:
     return image.resize(new, Image.BILINEAR)
 
 
-def _decode(source, spec: Preprocess) -> Image.Image:
+def _decode_pillow(source, spec: Preprocess) -> np.ndarray:
     with Image.open(source) as image:
         image.load()
         if spec.exif_transpose:
             image = ImageOps.exif_transpose(image)
-        return image.convert(spec.color)
-
-
-def open_image(path, spec: Preprocess) -> Image.Image:
-    """Decode ``path`` in ``spec.color``. A truncated JPEG is decoded as far as its data goes
-    (the missing rows come out grey, as libjpeg fills them), with a warning naming the file."""
-    try:
-        try:
-            return _decode(path, spec)
-        except OSError as err:
-            if "truncated" not in str(err):
-                raise
-            data = Path(path).read_bytes()
-            if not data.startswith(b"\xff\xd8"):
-                raise
-            image = _decode(io.BytesIO(data + b"\xff\xd9"), spec)  # close the stream: libjpeg stops cleanly
-            warnings.warn(f"{path}: truncated JPEG, decoded as far as the data goes", TruncatedImageWarning,
-                          stacklevel=2)
-            return image
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(f"{path}: cannot decode image ({err})") from None
-
-
-def to_array(image: Image.Image, spec: Preprocess) -> np.ndarray:
-    """A decoded image -> normalised float32 array of shape (channels, crop, crop)."""
+        image = image.convert(spec.color)
     if spec.resize:
         image = _resize_shorter(image, spec.resize)
-    image = _pad_to(image, spec.crop)
-    image = image.crop(_center_crop_box(*image.size, spec.crop))
-    pixels = np.asarray(image, dtype=np.float32).reshape(spec.crop, spec.crop, -1) / 255.0
-    pixels = (pixels - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    return np.asarray(image).reshape(image.height, image.width, len(spec.color))
 
 
-def load_image(path, spec: Preprocess) -> np.ndarray:
-    """Decode and preprocess one image file."""
-    return to_array(open_image(path, spec), spec)
+def _decode(path, data: bytes, spec: Preprocess) -> tuple[np.ndarray, str | None]:
+    pixels = _decode_turbo(data) if _turbo_eligible(data, spec) else None
+    if pixels is not None:
+        return pixels, None
+    try:
+        return _decode_pillow(io.BytesIO(data), spec), None
+    except OSError as err:
+        if "truncated" not in str(err) or not data.startswith(JPEG_START):
+            raise
+    # the data ends early: close the stream so libjpeg stops cleanly (it fills the missing rows grey)
+    return _decode_pillow(io.BytesIO(data + JPEG_END), spec), f"{path}: truncated JPEG, decoded as far as the data goes"
+
+
+def read_image(path, spec: Preprocess) -> tuple[np.ndarray, str | None]:
+    """Decode ``path`` to HWC uint8 pixels in ``spec.color`` (resized if ``spec.resize``), and a
+    note naming the file when it was truncated. Anything that goes wrong is an `ImageError`."""
+    data = read_file(path)
+    try:
+        return _decode(path, data, spec)
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{path}: refused: {err}") from None
+    except Exception as err:  # noqa: BLE001 - untrusted bytes make decoders raise anything; all mean "unreadable"
+        raise ImageError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from None
+
+
+def center_crop(pixels: np.ndarray, crop: int) -> np.ndarray:
+    """torchvision's ``CenterCrop`` on an HWC array: zero padding split with the extra pixel
+    right/bottom when the image is smaller, offsets ``int(round((size - crop) / 2))``."""
+    height, width = pixels.shape[:2]
+    if height < crop or width < crop:
+        pad_h, pad_w = max(crop - height, 0), max(crop - width, 0)
+        pixels = np.pad(pixels, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+        height, width = pixels.shape[:2]
+    top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+    return pixels[top:top + crop, left:left + crop]
+
+
+def to_array(pixels: np.ndarray, spec: Preprocess, out: np.ndarray | None = None) -> np.ndarray:
+    """Decoded HWC uint8 pixels -> centre-cropped float32 (channels, crop, crop), ``ToTensor``'s
+    ``x / 255`` then ``(x - mean) / std`` in float32, written into ``out`` when given."""
+    planes = np.ascontiguousarray(center_crop(pixels, spec.crop).transpose(2, 0, 1))
+    out = np.empty(planes.shape, np.float32) if out is None else out
+    np.divide(planes, np.float32(255), out=out, dtype=np.float32)
+    if any(spec.mean) or any(s != 1 for s in spec.std):
+        out -= np.asarray(spec.mean, np.float32)[:, None, None]
+        out /= np.asarray(spec.std, np.float32)[:, None, None]
+    return out
+
+
+def load_image(path, spec: Preprocess, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode and preprocess one image file (into ``out`` when given); a truncated file gives a
+    `TruncatedImageWarning`."""
+    pixels, note = read_image(path, spec)
+    if note:
+        warnings.warn(note, TruncatedImageWarning, stacklevel=2)
+    return to_array(pixels, spec, out)
