@@ -33,14 +33,14 @@ def _user_errors():
     from edge.config import ConfigError
     from edge.data import DatasetError
     from edge.metadata import MetadataError
-    from edge.predict import BadImages
+    from edge.predict import BadImages, OutputError
     from edge.preprocess import ImageError
     from edge.runtime import ModelError, ProviderUnavailable
 
     try:
         yield
     except (CheckpointError, ConfigError, DatasetError, MetadataError, BadImages, ImageError, ModelError,
-            ProviderUnavailable) as err:
+            OutputError, ProviderUnavailable) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -105,9 +105,13 @@ def export(checkpoint, output, quant, per_channel, pools, images):
               help="Id,label CSV of the true labels: prints accuracy.")
 @click.option("--provider", default="cpu", show_default=True, type=click.Choice(PROVIDER_CHOICES),
               help="cpu/cuda: ONNX Runtime's CPU/CUDA provider for .onnx files (torch's device for checkpoints).")
-@click.option("--batch", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Image-decoding threads.")
-@click.option("--threads", type=click.IntRange(1), help="Inference threads (default: all cores).")
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(1),
+              help="Images per model call (small batches stay in cache; the CSV is the same for any).")
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(1),
+              help="Threads that decode images (each a batch at a time, then runs the model on it).")
+@click.option("--threads", type=click.IntRange(1),
+              help="Inference threads (default: all cores). ONNX on CPU: this many single-threaded "
+                   "model calls at once.")
 @click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint (default 0,1,2,3).")
 @click.option("--skip-bad", is_flag=True, help="Skip images that cannot be decoded (listed) instead of failing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -119,13 +123,14 @@ def predict(model, data_dir, output, labels, provider, batch, workers, threads, 
     or a folder of class subfolders.
     """
     from edge.data import list_samples, read_labels
-    from edge.predict import open_model, predict_samples, write_csv
+    from edge.predict import check_output, open_model, predict_samples, write_csv
 
     with _user_errors():
-        classifier = open_model(model, provider, threads, _int_list(pools))
+        check_output(output)
+        classifier, lanes = open_model(model, provider, threads, _int_list(pools))
         samples = list_samples(data_dir, classifier.card.classes)
-        truth = read_labels(labels) if labels else None
-        result = predict_samples(classifier, samples, batch, workers, skip_bad, progress=not quiet)
+        truth = read_labels(labels, len(classifier.card.classes)) if labels else None
+        result = predict_samples(classifier, samples, batch, workers, skip_bad, progress=not quiet, lanes=lanes)
         write_csv(output, result)
         click.echo(f"wrote {output}: {len(result.samples)} predictions ({classifier.provider})", err=True)
         for problem in result.skipped:

@@ -1,14 +1,20 @@
 """Predict a folder of images -> the Kaggle CSV (``Id,label``), with accuracy when labels are known.
 
-Images are decoded by a pool of threads (Pillow releases the GIL while decoding) a few
-batches ahead of the model, so decoding overlaps inference and memory stays bounded.
+The images are cut into batches and a pool of threads works on them: each thread decodes a
+whole batch (libjpeg-turbo and Pillow release the GIL) and then runs the model on it. On ONNX
+Runtime's CPU provider the session is single-threaded and up to ``lanes`` batches run through
+it at once, one per core, so no core waits for another inside an operator and decoding fills
+the gaps; other models (CUDA, torch) get one call at a time. Results are taken in order, so
+the CSV does not depend on thread counts, and only the batches in flight are held in memory.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import sys
-import warnings
+import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,9 +25,7 @@ import numpy as np
 from edge.config import Preprocess
 from edge.data import Sample
 from edge.files import atomic_write
-from edge.preprocess import ImageError, load_image
-
-PREFETCH_BATCHES = 2
+from edge.preprocess import ImageError, read_image, to_array
 
 
 @dataclass
@@ -29,6 +33,9 @@ class Predictions:
     samples: list[Sample]
     labels: np.ndarray
     skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    decode_cpu_s: float = 0.0  # CPU seconds spent reading, decoding and preprocessing images
+    infer_cpu_s: float = 0.0  # CPU seconds of the threads that called the model
 
     def accuracy(self, truth: dict[str, int] | None = None) -> tuple[float, int] | None:
         """(accuracy, count) over samples with a known label (from ``truth`` or file names)."""
@@ -46,77 +53,148 @@ class BadImages(ValueError):
         self.problems = problems
 
 
+class OutputError(ValueError):
+    """The CSV cannot be written where it was asked for (any existing file is left as it was)."""
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def open_model(path: str | Path, provider: str = "cpu", threads: int | None = None,
                pools: tuple[int, ...] | None = None):
-    """An ONNX file -> `OnnxClassifier` (no torch); any checkpoint -> `TorchClassifier`."""
+    """-> (classifier, lanes): an ONNX file -> `OnnxClassifier` (no torch); any checkpoint ->
+    `TorchClassifier`. ``lanes`` is how many model calls may run at once: on ONNX Runtime's CPU
+    provider, ``threads`` (default: all cores) single-threaded calls; otherwise 1."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        from edge.runtime import OnnxClassifier
+        from edge.runtime import OnnxClassifier, resolve_provider
 
-        return OnnxClassifier(path, provider, threads)
+        if resolve_provider(provider) == "CPUExecutionProvider":
+            return OnnxClassifier(path, provider, threads=1), threads or cpu_cores()
+        return OnnxClassifier(path, provider, threads), 1
     from edge.checkpoints import load_checkpoint
     from edge.torch_backend import TorchClassifier
 
     device = {"cpu": "cpu", "torch-cpu": "cpu", "cuda": "cuda", "torch-cuda": "cuda"}.get(provider, provider)
-    return TorchClassifier(load_checkpoint(path, pools=pools), device, threads)
+    return TorchClassifier(load_checkpoint(path, pools=pools), device, threads), 1
 
 
-def _load(sample: Sample, spec: Preprocess):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+@dataclass
+class _Batch:
+    samples: list[Sample]
+    labels: np.ndarray
+    problems: list[str]
+    notes: list[str]
+    decode_cpu_s: float
+    infer_cpu_s: float
+
+
+def _decode_batch(chunk: list[Sample], spec: Preprocess, channels: int):
+    """Decode ``chunk`` into one float32 array; -> (array of the good ones, good samples, problems, notes)."""
+    arrays = np.empty((len(chunk), channels, spec.crop, spec.crop), np.float32)
+    good, problems, notes = [], [], []
+    for sample in chunk:
         try:
-            array, error = load_image(sample.path, spec), None
+            pixels, note = read_image(sample.path, spec)
+            to_array(pixels, spec, out=arrays[len(good)])
         except ImageError as err:
-            array, error = None, str(err)
-    return array, error, [str(w.message) for w in caught]
+            problems.append(str(err))
+            continue
+        good.append(sample)
+        notes += [note] if note else []
+    return arrays[:len(good)], good, problems, notes
 
 
-def iter_batches(samples: list[Sample], spec: Preprocess, batch_size: int, workers: int):
-    """Yield (samples, arrays, errors, warnings) per batch, decoding ahead in ``workers`` threads."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        pending: deque = deque()
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start:start + batch_size]
-            pending.append((chunk, [pool.submit(_load, s, spec) for s in chunk]))
-            if len(pending) > PREFETCH_BATCHES:
-                yield _collect(*pending.popleft())
-        while pending:
-            yield _collect(*pending.popleft())
+class _Runner:
+    """Decode-then-infer tasks for a thread pool; at most ``lanes`` model calls at once."""
+
+    def __init__(self, model, lanes: int, skip_bad: bool):
+        self.model, self.gate, self.skip_bad = model, threading.Semaphore(lanes), skip_bad
+        self.spec, self.channels = model.card.preprocess, len(model.card.preprocess.color)
+        self.failed = threading.Event()  # a bad image without --skip-bad: only decode the rest, to list them
+
+    def __call__(self, chunk: list[Sample]) -> _Batch:
+        start = time.thread_time()
+        arrays, good, problems, notes = _decode_batch(chunk, self.spec, self.channels)
+        decoded = time.thread_time()
+        if problems:
+            self.failed.set()
+        labels = np.zeros(0, np.int64)
+        if good and (self.skip_bad or not self.failed.is_set()):
+            with self.gate:
+                labels = self.model(arrays).argmax(axis=1)
+        return _Batch(good, labels, problems, notes, decoded - start, time.thread_time() - decoded)
 
 
-def _collect(chunk, futures):
-    results = [f.result() for f in futures]
-    return chunk, [r[0] for r in results], [r[1] for r in results], [m for r in results for m in r[2]]
+def _in_order(pool: ThreadPoolExecutor, task, chunks, ahead: int):
+    """Run ``task`` on every chunk in ``pool``, at most ``ahead`` submitted, yielding results in order."""
+    pending: deque = deque()
+    for chunk in chunks:
+        pending.append(pool.submit(task, chunk))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def predict_samples(model, samples: list[Sample], batch_size: int = 32, workers: int = 4,
-                    skip_bad: bool = False, progress: bool = True) -> Predictions:
-    """Run ``model`` over ``samples``; bad images fail the run (listed together) unless ``skip_bad``."""
+                    skip_bad: bool = False, progress: bool = True, lanes: int = 1) -> Predictions:
+    """Run ``model`` over ``samples`` with ``max(workers, lanes)`` threads and up to ``lanes``
+    concurrent model calls; bad images fail the run (listed together) unless ``skip_bad``."""
     from tqdm import tqdm
 
-    kept, labels, problems = [], [], []
-    bar = tqdm(total=len(samples), unit="img", disable=not progress, file=sys.stderr, desc="predict")
-    for chunk, arrays, errors, notes in iter_batches(samples, model.card.preprocess, batch_size, workers):
-        for note in notes:
-            bar.write(f"warning: {note}")
-        problems += [e for e in errors if e]
-        good = [(s, a) for s, a, e in zip(chunk, arrays, errors) if e is None]
-        if good and (skip_bad or not problems):
-            logits = model(np.stack([a for _, a in good]))
-            kept += [s for s, _ in good]
-            labels.append(logits.argmax(axis=1))
-        bar.update(len(chunk))
-    bar.close()
-    if problems and not skip_bad:
-        raise BadImages(problems)
-    return Predictions(kept, np.concatenate(labels) if labels else np.zeros(0, np.int64), problems)
+    runner = _Runner(model, lanes, skip_bad)
+    chunks = (samples[i:i + batch_size] for i in range(0, len(samples), batch_size))
+    result = Predictions([], np.zeros(0, np.int64))
+    labels = []
+    pool = ThreadPoolExecutor(max(workers, lanes), thread_name_prefix="predict")
+    try:
+        with tqdm(total=len(samples), unit="img", disable=not progress, file=sys.stderr, desc="predict") as bar:
+            for batch in _in_order(pool, runner, chunks, ahead=2 * max(workers, lanes)):
+                for note in batch.notes:
+                    bar.write(f"warning: {note}", file=sys.stderr)
+                _add(result, batch, labels)
+                bar.update(len(batch.samples) + len(batch.problems))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if result.skipped and not skip_bad:
+        raise BadImages(result.skipped)
+    result.labels = np.concatenate(labels) if labels else result.labels
+    return result
+
+
+def _add(result: Predictions, batch: _Batch, labels: list[np.ndarray]) -> None:
+    result.samples += batch.samples
+    labels.append(batch.labels)
+    result.skipped += batch.problems
+    result.warnings += batch.notes
+    result.decode_cpu_s += batch.decode_cpu_s
+    result.infer_cpu_s += batch.infer_cpu_s
+
+
+def check_output(path: str | Path) -> None:
+    """Fail before any work when the CSV could not be written at ``path``."""
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder, not a file to write")
+    if not folder.is_dir():
+        raise OutputError(f"{path}: cannot write: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write: no permission to create files in {folder}")
 
 
 def write_csv(path: str | Path, predictions: Predictions) -> None:
-    """The Kaggle submission: ``Id,label`` sorted by id, written atomically."""
+    """The Kaggle submission: ``Id,label`` in id order, written atomically (a failure leaves any
+    existing file untouched and no partial file behind)."""
     def write(f):
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["Id", "label"])
         writer.writerows((s.id, int(label)) for s, label in zip(predictions.samples, predictions.labels))
 
-    atomic_write(path, write, binary=False)
+    try:
+        atomic_write(path, write, binary=False)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write ({err.strerror or err}); nothing was written") from None
