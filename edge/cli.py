@@ -132,7 +132,8 @@ def predict(model, data_dir, output, labels, provider, batch, workers, threads, 
         truth = read_labels(labels, len(classifier.card.classes)) if labels else None
         result = predict_samples(classifier, samples, batch, workers, skip_bad, progress=not quiet, lanes=lanes)
         write_csv(output, result)
-        click.echo(f"wrote {output}: {len(result.samples)} predictions ({classifier.provider})", err=True)
+        click.echo(f"wrote {output}: {len(result.samples)} predictions ({classifier.provider}) in {result.wall_s:.1f} s; "
+                   f"CPU: decoding {result.decode_cpu_s:.1f} s, inference {result.infer_cpu_s:.1f} s", err=True)
         for problem in result.skipped:
             click.echo(f"skipped: {problem}", err=True)
         scored = result.accuracy(truth)

@@ -34,8 +34,9 @@ class Predictions:
     labels: np.ndarray
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
     decode_cpu_s: float = 0.0  # CPU seconds spent reading, decoding and preprocessing images
-    infer_cpu_s: float = 0.0  # CPU seconds of the threads that called the model
+    infer_cpu_s: float = 0.0  # CPU seconds of the threads that called the model (not torch's own pool)
 
     def accuracy(self, truth: dict[str, int] | None = None) -> tuple[float, int] | None:
         """(accuracy, count) over samples with a known label (from ``truth`` or file names)."""
@@ -147,8 +148,7 @@ def predict_samples(model, samples: list[Sample], batch_size: int = 32, workers:
 
     runner = _Runner(model, lanes, skip_bad)
     chunks = (samples[i:i + batch_size] for i in range(0, len(samples), batch_size))
-    result = Predictions([], np.zeros(0, np.int64))
-    labels = []
+    result, labels, start = Predictions([], np.zeros(0, np.int64)), [], time.perf_counter()
     pool = ThreadPoolExecutor(max(workers, lanes), thread_name_prefix="predict")
     try:
         with tqdm(total=len(samples), unit="img", disable=not progress, file=sys.stderr, desc="predict") as bar:
@@ -162,6 +162,7 @@ def predict_samples(model, samples: list[Sample], batch_size: int = 32, workers:
     if result.skipped and not skip_bad:
         raise BadImages(result.skipped)
     result.labels = np.concatenate(labels) if labels else result.labels
+    result.wall_s = time.perf_counter() - start
     return result
 
 
