@@ -18,11 +18,6 @@ class MetadataError(ValueError):
     """An ONNX file without (or with damaged) edge metadata."""
 
 
-def quant_metadata(scheme: str, per_channel: bool) -> dict:
-    return {"weights": scheme, "per_channel": per_channel,
-            "dequantize": "at load (constant-folded)" if scheme.startswith("uint") else "none"}
-
-
 def write_metadata(model, card: ModelCard, quant: dict) -> None:
     """Set our keys on an ``onnx.ModelProto`` (replacing old values)."""
     entries = {CARD_KEY: card.to_json(), QUANT_KEY: json.dumps(quant, sort_keys=True), FORMAT_KEY: FORMAT_VERSION}

@@ -13,6 +13,16 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class FloatWeight:
+    """A tensor stored as floats (``array`` already in the stored dtype: float32 or float16)."""
+
+    array: np.ndarray
+
+    def decode(self) -> np.ndarray:
+        return self.array.astype(np.float32)
+
+
+@dataclass(frozen=True)
 class MinMaxCode:
     """Integer codes plus the range they map back to (scalars, or one per output channel)."""
 

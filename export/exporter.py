@@ -13,9 +13,14 @@ import numpy as np
 import onnx
 
 from edge.checkpoints import Checkpoint
+from edge.data import DatasetError
 from edge.files import atomic_write
 from edge.fold import fold_student
-from export.onnx_graph import Storage, build_onnx
+from export.calibrate import synthetic_images
+from export.onnx_graph import build_onnx
+from export.quantize import QuantSpec, encode_layers
+
+CALIBRATION_IMAGES = 64
 
 _DEQUANT_OPS = {"Cast", "Sub", "Div", "Mul", "Add", "DequantizeLinear"}
 
@@ -30,13 +35,28 @@ class Parity:
     source: str
 
 
-def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike, storage: Storage) -> int:
-    """Fold, build, fully check and atomically write the ONNX file; return its size in bytes."""
-    model = build_onnx(checkpoint.card, fold_student(checkpoint.card.config, checkpoint.state), storage)
+def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike, spec: QuantSpec,
+                calibration: np.ndarray | None = None, calibration_source: str = "") -> tuple[int, dict]:
+    """Fold, encode, build, fully check and atomically write the ONNX file.
+
+    Calibrated integer formats use ``calibration`` images, or synthetic ones when none are given.
+    Returns the file size in bytes and the weight-format description stored in the metadata.
+    """
+    layers = fold_student(checkpoint.card.config, checkpoint.state)
+    quant = spec.describe()
+    if spec.calibrated:
+        if calibration is None:
+            config = checkpoint.card.config
+            calibration = synthetic_images(CALIBRATION_IMAGES, config.in_channels, config.input_size)
+            calibration_source = f"{CALIBRATION_IMAGES} synthetic 1/f images (data-free)"
+        quant["calibration"] = calibration_source
+    layers, encodings = encode_layers(layers, spec, calibration)
+    bias_dtype = np.float32 if spec.weights == "fp32" else np.float16
+    model = build_onnx(checkpoint.card, layers, encodings, bias_dtype, quant)
     onnx.checker.check_model(model, full_check=True)
     data = model.SerializeToString()
     atomic_write(path, lambda f: f.write(data))
-    return len(data)
+    return len(data), quant
 
 
 def runtime_ops(path: str | os.PathLike) -> Counter:
@@ -58,14 +78,22 @@ def leftover_dequantization(path: str | os.PathLike) -> dict[str, int]:
     return {op: n for op, n in runtime_ops(path).items() if op in _DEQUANT_OPS}
 
 
-def sample_inputs(checkpoint: Checkpoint, image_dir: str | None, limit: int = 64, seed: int = 0):
+def load_images(checkpoint: Checkpoint, image_dir, limit: int, offset: int = 0) -> tuple[np.ndarray, str]:
+    """Up to ``limit`` preprocessed images of ``image_dir`` in id order, starting at ``offset``."""
+    from edge.data import list_samples
+    from edge.preprocess import load_image
+
+    samples = list_samples(image_dir, checkpoint.card.classes)[offset:offset + limit]
+    if not samples:
+        raise DatasetError(f"{image_dir}: no images left after the first {offset}")
+    images = np.stack([load_image(s.path, checkpoint.card.preprocess) for s in samples])
+    return images, f"{len(samples)} images from {image_dir}"
+
+
+def sample_inputs(checkpoint: Checkpoint, image_dir, limit: int = 64, seed: int = 0):
     """Preprocessed real images from ``image_dir`` (up to ``limit``), else seeded uniform noise."""
     if image_dir:
-        from edge.data import list_samples
-        from edge.preprocess import load_image
-
-        samples = list_samples(image_dir, checkpoint.card.classes)[:limit]
-        return np.stack([load_image(s.path, checkpoint.card.preprocess) for s in samples]), f"{len(samples)} images from {image_dir}"
+        return load_images(checkpoint, image_dir, limit)
     config = checkpoint.card.config
     rng = np.random.default_rng(seed)
     shape = (8, config.in_channels, config.input_size, config.input_size)

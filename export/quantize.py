@@ -1,0 +1,91 @@
+"""Decide how each weight tensor of a folded StudentNet is stored, and compute its codes.
+
+``QuantSpec`` is what the user asks for (``--quant``, ``--per-channel``, ``--method``);
+`encode_layers` turns folded layers into per-tensor encodings for the graph builder:
+
+- ``fp32`` / ``fp16``: float tensors.
+- ``uintN --method minmax``: the homework's per-tensor (or per-channel) min-max rounding, every weight.
+- ``uintN --method gptq`` (default): min-max grid, GPTQ rounding on calibration images, bias
+  correction; layers with fewer than ``fp16_below`` weights (the first conv and the thin early
+  blocks, the most sensitive and together ~1.4 KB) stay fp16. Without calibration images, synthetic
+  1/f images make it data-free.
+Biases are stored fp16 for integer formats (they are a few KB and fp16 keeps them to 1e-3 relative).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.fold import FoldedLayer
+from edge.quant import FloatWeight, MinMaxCode, minmax_encode
+
+METHODS = ("minmax", "gptq")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    weights: str = "fp32"  # fp32 | fp16 | uint1..uint8
+    per_channel: bool = False
+    method: str = "gptq"
+    fp16_below: int = 1024
+
+    def __post_init__(self):
+        if self.weights not in ("fp32", "fp16") and not (
+                self.weights.startswith("uint") and self.weights[4:].isdigit() and 1 <= int(self.weights[4:]) <= 8):
+            raise ValueError(f"unknown weight format {self.weights!r}: use fp32, fp16 or uint8 (uint1..uint8)")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+
+    @property
+    def bits(self) -> int | None:
+        return int(self.weights[4:]) if self.weights.startswith("uint") else None
+
+    @property
+    def calibrated(self) -> bool:
+        return self.bits is not None and self.method == "gptq"
+
+    def describe(self) -> dict:
+        info = {"weights": self.weights, "per_channel": self.per_channel}
+        if self.bits:
+            info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16")
+            if self.calibrated:
+                info.update(fp16_below=self.fp16_below, bias_correction=True)
+        return info
+
+
+def _float_encodings(layers: list[FoldedLayer], dtype) -> dict[str, FloatWeight]:
+    return {layer.name: FloatWeight(layer.weight.astype(dtype)) for layer in layers}
+
+
+def _gptq_encoder(spec: QuantSpec):
+    import torch
+
+    from export.calibrate import grouped, gptq_codes
+
+    def encode(layer: FoldedLayer, input_rows):
+        if layer.weight.size < spec.fp16_below:
+            return FloatWeight(layer.weight.astype(np.float16))
+        grid = minmax_encode(layer.weight, spec.bits, per_channel=spec.per_channel)
+        rows = input_rows()
+        hessian = torch.einsum("gmk,gml->gkl", rows, rows)
+        lo = grouped(layer, np.broadcast_to(grid.lo, (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)))
+        hi = grouped(layer, np.broadcast_to(grid.hi, (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)))
+        step = torch.where(hi > lo, hi - lo, torch.ones_like(hi)) / grid.levels
+        codes = gptq_codes(grouped(layer, layer.weight), hessian, lo, step, grid.levels)
+        q = codes.reshape(layer.weight.shape).numpy().astype(np.uint8)
+        return MinMaxCode(q, grid.lo, grid.hi, spec.bits)
+
+    return encode
+
+
+def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.ndarray | None = None):
+    """-> (layers with the weights and biases the file will hold, {layer name: weight encoding})."""
+    if spec.bits is None:
+        return layers, _float_encodings(layers, np.float16 if spec.weights == "fp16" else np.float32)
+    if spec.method == "minmax":
+        return layers, {l.name: minmax_encode(l.weight, spec.bits, spec.per_channel) for l in layers}
+    from export.calibrate import calibrate
+
+    return calibrate(layers, calibration, _gptq_encoder(spec))
