@@ -60,12 +60,20 @@ def main():
               help="The .onnx file to write.")
 @click.option("--quant", default="fp32", show_default=True, metavar="fp32|fp16|uint8",
               help="How weights are stored: fp32, fp16, or uint8 (uintN, N<=8) codes with their min-max, "
-                   "dequantized when the model is loaded.")
+                   "dequantized when the model is loaded (inference stays fp32).")
 @click.option("--per-channel", is_flag=True, help="One min-max range per output channel (uintN only).")
+@click.option("--method", default="gptq", show_default=True, type=click.Choice(["gptq", "minmax"]),
+              help="uintN rounding: gptq = calibrated GPTQ + bias correction, tiny layers fp16; "
+                   "minmax = the homework's plain rounding of every weight.")
+@click.option("--calib", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of unlabelled images to calibrate gptq on (default: synthetic images, data-free).")
+@click.option("--calib-images", default=64, show_default=True, type=click.IntRange(1),
+              help="How many --calib images to use (the first ones in id order).")
 @click.option("--pools", metavar="I,J,..", help="Stages followed by a max-pool (default: the homework's 0,1,2,3).")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of real images for the parity check (default: random input).")
-def export(checkpoint, output, quant, per_channel, pools, images):
+              help="Folder of real images for the parity check (default: random input). When it is the "
+                   "--calib folder, the images after the calibration ones are used.")
+def export(checkpoint, output, quant, per_channel, method, calib, calib_images, pools, images):
     """Export CHECKPOINT (ours, a homework .bin, 8-bit or 16-bit pickle) to ONNX.
 
     Without CHECKPOINT, exports a freshly initialised default StudentNet (seed 0), so the
@@ -74,22 +82,25 @@ def export(checkpoint, output, quant, per_channel, pools, images):
     """
     from edge.checkpoints import load_checkpoint
     from edge.models import init_checkpoint
-    from export.exporter import export_onnx, leftover_dequantization, parity_check, sample_inputs
-    from export.onnx_graph import Storage
+    from export.exporter import export_onnx, leftover_dequantization, load_images, parity_check, sample_inputs
+    from export.quantize import QuantSpec
 
     with _user_errors():
         try:
-            storage = Storage.parse(quant, per_channel)
+            spec = QuantSpec(quant, per_channel, method)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--quant") from None
         ckpt = load_checkpoint(checkpoint, pools=_int_list(pools)) if checkpoint else init_checkpoint()
         click.echo(f"model: {checkpoint or 'default StudentNet, ' + ckpt.source} "
                    f"({ckpt.card.config.num_parameters():,} parameters, widths {list(ckpt.card.config.widths)}, "
                    f"pools {list(ckpt.card.config.pools)})")
-        size = export_onnx(ckpt, output, storage)
+        calibration = load_images(ckpt, calib, calib_images) if calib and spec.calibrated else (None, "")
+        size, described = export_onnx(ckpt, output, spec, *calibration)
         leftover = leftover_dequantization(output)
-        parity = parity_check(ckpt, output, *sample_inputs(ckpt, images))
-        click.echo(f"wrote {output}: {size:,} bytes, weights {quant}{' per-channel' if per_channel else ''}")
+        same = images and calib and images.resolve() == calib.resolve()
+        parity_input = load_images(ckpt, images, 64, offset=calib_images) if same else sample_inputs(ckpt, images)
+        parity = parity_check(ckpt, output, *parity_input)
+        click.echo(f"wrote {output}: {size:,} bytes, weights " + ", ".join(f"{k} {v}" for k, v in described.items()))
         click.echo(f"parity vs torch fp32 on {parity.source}: max |logit diff| {parity.max_abs_diff:.4g}, "
                    f"top-1 agreement {parity.agreement:.2%}")
         click.echo("runtime graph: " + ("no dequantization left after load" if not leftover
