@@ -196,5 +196,53 @@ def convert(checkpoint, target, output, pools):
         click.echo(f"wrote {output}: {output.stat().st_size:,} bytes ({target})")
 
 
+@main.command()
+@click.argument("models", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="Image folder: adds accuracy, agreement with torch fp32 and end-to-end images/s.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --data.")
+@click.option("--provider", "providers", default="ort-cpu,ort-cuda,ort-tensorrt,torch-cpu,torch-cuda",
+              show_default=True, metavar="NAME,..",
+              help="Backends, comma-separated; cpu/cuda/tensorrt mean ONNX Runtime's.")
+@click.option("--quant", "quants", metavar="FORMAT[:METHOD],..",
+              help="ONNX weight formats a checkpoint is exported to [default: fp32,fp16,uint8; without MODEL "
+                   "fp32,fp16,uint8:minmax, as an initialised model has nothing to calibrate]. torch-cuda "
+                   "also runs fp16.")
+@click.option("--batch", "batches", default="1,32", show_default=True, metavar="B,..",
+              help="Batch sizes: latency at the smallest, throughput at each.")
+@click.option("--threads", type=click.IntRange(1),
+              help="Inference threads per backend (default: the library's, all cores). On a machine shared "
+                   "with other work, 1 is far steadier.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
+              help="Rounds over all rows (interleaved); cells show median (min-max) over them.")
+@click.option("--min-time", default=0.5, show_default=True, type=click.FloatRange(0.01),
+              help="Seconds of timed calls per batch size per repeat (after warm-up).")
+@click.option("--pools", metavar="I,J,..", help="Pool positions for homework checkpoints (default 0,1,2,3).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results JSON.")
+@click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the markdown report.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG: size vs accuracy, latency per backend.")
+@click.option("--compare", "previous", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An earlier --json: say whether both runs' medians lie within each other's spread.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def bench(models, data, labels, providers, quants, batches, threads, repeats, min_time, pools, json_out,
+          markdown_out, plot_out, previous, quiet):
+    """Benchmark MODELs on every backend x weight format: size, accuracy, load time, latency,
+    throughput, peak RSS, GFLOP/s vs the CPU's rough peak.
+
+    MODEL: a checkpoint (exported to each --quant format on the fly) or an .onnx file. Without
+    MODEL: a freshly initialised homework StudentNet on synthetic input (sizes and speed only).
+    Each row runs in its own process; backends that cannot run here get a row saying why.
+    """
+    from bench.cli import run_command
+
+    with _user_errors():
+        sys.exit(run_command(list(models), data=data, labels=labels, providers=providers, quants=quants,
+                             batches=_int_list(batches), threads=threads, repeats=repeats, min_time=min_time,
+                             pools=_int_list(pools), json_out=json_out, markdown_out=markdown_out,
+                             plot_out=plot_out, previous=previous, quiet=quiet))
+
+
 if __name__ == "__main__":
     main()

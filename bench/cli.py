@@ -1,0 +1,69 @@
+"""What `edge bench` does once click has parsed it: check options, run, print, write the reports."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from bench import report
+from bench.harness import Settings, command_line, parse_providers, quant_spec, run_bench
+
+DEFAULT_QUANTS = "fp32,fp16,uint8"
+EMBEDDED_MODEL_QUANTS = "fp32,fp16,uint8:minmax"  # GPTQ needs a trained model and images to be worth its time
+
+
+def _quants(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(q.strip() for q in text.split(",") if q.strip()))
+    try:
+        for name in names or ("",):
+            quant_spec(name)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--quant") from None
+    return names
+
+
+def settings_from(data, labels, providers, quants, batches, threads, repeats, min_time, pools) -> Settings:
+    """Validated `Settings` (bad values are click usage errors, exit 2)."""
+    if labels and not data:
+        raise click.BadParameter("--labels needs --data (the images they label)", param_hint="--labels")
+    if not batches or min(batches) < 1:
+        raise click.BadParameter("give one or more positive batch sizes, e.g. 1,32", param_hint="--batch")
+    try:
+        providers = parse_providers(providers)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--provider") from None
+    defaults = _predict_defaults()
+    return Settings(providers, _quants(quants), tuple(sorted(set(batches))), threads, repeats, min_time,
+                    data=data, labels=labels, pools=pools, predict_batch=defaults["batch"],
+                    workers=defaults["workers"])
+
+
+def _predict_defaults() -> dict:
+    """`edge predict`'s own defaults (batch, decoding threads), so the end-to-end pass runs as it does."""
+    from edge.cli import predict
+
+    return {param.name: param.default for param in predict.params}
+
+
+def run_command(models: list[Path], *, json_out, markdown_out, plot_out, previous, quiet, **options) -> int:
+    """Run the benchmark; print the table; write what was asked. Exit code 1 when a row failed."""
+    options["quants"] = options["quants"] or (DEFAULT_QUANTS if models else EMBEDDED_MODEL_QUANTS)
+    settings = settings_from(**options)
+    doc = run_bench(models, settings, command_line(sys.argv[1:]), progress=not quiet)
+    click.echo(report.terminal(doc))
+    if previous:
+        click.echo("\n".join(report.compare(doc, json.loads(previous.read_text()))))
+    for path, write in ((json_out, report.write_json), (markdown_out, report.write_markdown)):
+        if path:
+            write(path, doc)
+            click.echo(f"wrote {path}", err=True)
+    if plot_out:
+        from bench.plot import write_plot
+
+        write_plot(plot_out, doc)
+        click.echo(f"wrote {plot_out}", err=True)
+    failed = [r for r in doc["rows"] if r["status"] == "error"]
+    return 1 if failed else 0

@@ -1,0 +1,304 @@
+"""Plan and run `edge bench`: models x backends x weight formats, repeats interleaved round-robin.
+
+A MODEL is a checkpoint (exported on the fly to every asked format in a temporary folder) or
+an .onnx file (run as it is); with none, a freshly initialised homework StudentNet. Backends
+that cannot run here get a row saying why. Each runnable row gets a worker process
+(`bench.worker`); every repeat visits all rows in turn (starting one further along each time),
+so machine noise lands on all rows alike. With a data folder every row then predicts it the
+way `edge predict` does, for accuracy, agreement with torch fp32 and end-to-end images/s.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from bench import machine
+from bench.rows import Row
+from bench.worker import CHANNELS_LAST, ORT_BACKENDS, TORCH_BACKENDS, RowProcess, Target
+
+BACKENDS = ORT_BACKENDS + TORCH_BACKENDS
+ALIASES = {"cpu": "ort-cpu", "cuda": "ort-cuda", "tensorrt": "ort-tensorrt"}
+DEFAULT_NAME = "default StudentNet (initialised, seed 0)"
+REFERENCE = ("torch-cpu", "fp32")
+
+
+@dataclass(frozen=True)
+class Settings:
+    providers: tuple[str, ...] = BACKENDS
+    quants: tuple[str, ...] = ("fp32", "fp16", "uint8")
+    batches: tuple[int, ...] = (1, 32)
+    threads: int | None = None
+    repeats: int = 3
+    min_seconds: float = 0.5
+    min_calls: int = 3
+    data: Path | None = None
+    labels: Path | None = None
+    pools: tuple[int, ...] | None = None
+    predict_batch: int = 8  # the end-to-end pass runs as `edge predict` does: its batch and decoding threads
+    workers: int = 4
+
+
+def parse_providers(text: str) -> tuple[str, ...]:
+    """``cpu,torch-cpu`` -> canonical backend names (``cpu``/``cuda``/``tensorrt`` mean ONNX Runtime's)."""
+    names = [ALIASES.get(n.strip().lower(), n.strip().lower()) for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise ValueError(f"unknown provider(s) {unknown or text!r}: choose from {', '.join(BACKENDS)} "
+                         f"(or cpu, cuda, tensorrt for ONNX Runtime's)")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass
+class Subject:
+    """One model under test and the files its rows run."""
+
+    key: int  # position on the command line: names the files made for it
+    name: str
+    card: object  # edge.config.ModelCard
+    checkpoint: object = None  # edge.checkpoints.Checkpoint when torch can run it
+    checkpoint_path: Path | None = None
+    onnx: dict[str, Path] = field(default_factory=dict)
+    weights: dict[str, dict] = field(default_factory=dict)  # format -> how the file stores its weights
+    inputs: Path | None = None
+
+    def formats(self, backend: str, settings: Settings) -> list[str]:
+        if backend in ORT_BACKENDS:
+            return list(self.onnx) if self.checkpoint is None else list(settings.quants)
+        precisions = ["fp32"] + (["fp16"] if backend == "torch-cuda" and "fp16" in settings.quants else [])
+        layouts = ["", CHANNELS_LAST] if backend == "torch-cuda" else [""]
+        return [p + layout for p in precisions for layout in layouts]
+
+    def file_for(self, backend: str, fmt: str, workdir: Path, progress: bool) -> Path:
+        """The file a row opens: the checkpoint for torch, the ONNX export (made on first use) for ORT."""
+        if backend in TORCH_BACKENDS:
+            return self.checkpoint_path
+        if fmt not in self.onnx:
+            from export.exporter import export_onnx
+
+            if progress:
+                print(f"exporting {self.name} to {fmt} ...", file=sys.stderr, flush=True)
+            self.onnx[fmt] = workdir / f"model{self.key}-{fmt.replace(':', '-')}.onnx"
+            self.weights[fmt] = export_onnx(self.checkpoint, self.onnx[fmt], quant_spec(fmt))[1]
+        return self.onnx[fmt]
+
+    def row(self, backend: str, fmt: str, path: Path | None) -> Row:
+        return Row(self.name, backend, fmt, path.stat().st_size if path else None,
+                   self.card.config.num_parameters(), self.card.config.flops(),
+                   weights=self.weights.get(fmt) if backend in ORT_BACKENDS else None)
+
+
+def quant_spec(fmt: str):
+    """A --quant entry, ``FORMAT[:METHOD]`` (``uint8``, ``uint8:minmax``) -> the exporter's `QuantSpec`."""
+    from export.quantize import QuantSpec
+
+    weights, _, method = fmt.partition(":")
+    return QuantSpec(weights, method=method) if method else QuantSpec(weights)
+
+
+def load_subjects(models: list[Path], settings: Settings, workdir: Path) -> list[Subject]:
+    """Read every MODEL (or make the default one); fails early on a file edge cannot use."""
+    if not models:
+        return [_default_subject(workdir)]
+    names = [m.name for m in models]
+    return [_subject(i, m, m.name if names.count(m.name) == 1 else str(m), settings) for i, m in enumerate(models)]
+
+
+def _default_subject(workdir: Path) -> Subject:
+    from edge.checkpoints import save_checkpoint
+    from edge.models import init_checkpoint
+
+    checkpoint = init_checkpoint()
+    path = workdir / "default-studentnet.pt"
+    save_checkpoint(path, checkpoint.card, checkpoint.state)
+    return Subject(0, DEFAULT_NAME, checkpoint.card, checkpoint, path)
+
+
+def _subject(key: int, path: Path, name: str, settings: Settings) -> Subject:
+    if path.suffix.lower() == ".onnx":
+        from edge.runtime import OnnxClassifier
+
+        model = OnnxClassifier(path)
+        fmt = model.quant.get("weights", "fp32")
+        return Subject(key, name, model.card, onnx={fmt: path}, weights={fmt: model.quant})
+    from edge.checkpoints import load_checkpoint
+
+    checkpoint = load_checkpoint(path, pools=settings.pools)
+    return Subject(key, name, checkpoint.card, checkpoint, path)
+
+
+def backend_unavailable(backend: str) -> str | None:
+    """Why ``backend`` cannot run on this machine (None when it can)."""
+    if backend in ORT_BACKENDS:
+        from edge.runtime import ProviderUnavailable, resolve_provider
+
+        try:
+            resolve_provider(backend)
+        except ProviderUnavailable as err:
+            return str(err)
+        return None
+    if backend == "torch-cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+            return f"torch {torch.__version__} ({build}) sees no CUDA GPU"
+    return None
+
+
+@dataclass
+class Job:
+    row: Row
+    subject: Subject
+    target: Target | None = None
+    process: RowProcess | None = None
+
+
+def plan(subjects: list[Subject], settings: Settings, workdir: Path, progress: bool = False) -> list[Job]:
+    """One job per row; backends that cannot run get a single unavailable row per model."""
+    jobs = []
+    reasons = {backend: backend_unavailable(backend) for backend in settings.providers}
+    for subject in subjects:
+        for backend in settings.providers:
+            formats = subject.formats(backend, settings)
+            reason = reasons[backend]
+            if backend in TORCH_BACKENDS and subject.checkpoint is None:
+                reason = "MODEL is an ONNX file: torch runs checkpoints (pass the checkpoint it came from)"
+            if reason:
+                row = subject.row(backend, ",".join(formats) or "-", None)
+                row.fail("unavailable", reason)
+                jobs.append(Job(row, subject))
+                continue
+            for fmt in formats:
+                path = subject.file_for(backend, fmt, workdir, progress)
+                jobs.append(Job(subject.row(backend, fmt, path), subject,
+                                Target(backend, fmt, str(path), settings.threads, settings.pools)))
+    return jobs
+
+
+def prepare_inputs(subject: Subject, settings: Settings, workdir: Path) -> None:
+    """The timing batch (the first images of ``settings.data``, else seeded noise), saved for the workers."""
+    size = max(settings.batches)
+    config = subject.card.config
+    if settings.data:
+        images = first_images(settings.data, subject.card, size)
+        images = np.resize(images, (size, *images.shape[1:]))  # repeats images when the folder is small
+    else:
+        shape = (size, config.in_channels, config.input_size, config.input_size)
+        images = np.random.default_rng(0).random(shape, dtype=np.float32)
+    subject.inputs = workdir / f"model{subject.key}-inputs.npy"
+    np.save(subject.inputs, images)
+
+
+def first_images(data: Path, card, count: int) -> np.ndarray:
+    """Up to ``count`` preprocessed images of ``data``, in id order, skipping unreadable ones."""
+    from edge.data import DatasetError, list_samples
+    from edge.preprocess import ImageError, load_image
+
+    arrays = []
+    for sample in list_samples(data, card.classes):
+        try:
+            arrays.append(load_image(sample.path, card.preprocess))
+        except ImageError:
+            continue
+        if len(arrays) == count:
+            break
+    if not arrays:
+        raise DatasetError(f"{data}: no image could be decoded")
+    return np.stack(arrays)
+
+
+def _start(jobs: list[Job]) -> None:
+    """Start every worker, then wait until all have loaded their libraries (none is timed meanwhile)."""
+    for job in jobs:
+        job.process = RowProcess(job.target)
+    for job in jobs:
+        status, reply = job.process.wait_ready()
+        if status != "ready":
+            job.row.fail(status, str(reply))
+
+
+def _measure_rounds(jobs: list[Job], settings: Settings, bar) -> None:
+    for repeat in range(settings.repeats):
+        shift = repeat % len(jobs)
+        for job in jobs[shift:] + jobs[:shift]:
+            if job.row.ok:
+                bar.set_postfix_str(f"{job.row.backend} {job.row.fmt}")
+                job.row.record(*job.process.call("measure", inputs=str(job.subject.inputs),
+                                                 batches=list(settings.batches), min_seconds=settings.min_seconds,
+                                                 min_calls=settings.min_calls))
+            bar.update()
+
+
+def _predict_all(jobs: list[Job], settings: Settings, bar) -> None:
+    for job in jobs:
+        if job.row.ok:
+            bar.set_postfix_str(f"predict {job.row.backend} {job.row.fmt}")
+            job.row.record_predict(*job.process.call("predict", data_dir=str(settings.data),
+                                                     labels=str(settings.labels) if settings.labels else None,
+                                                     batch=settings.predict_batch, workers=settings.workers))
+        bar.update()
+
+
+def _compare_to_reference(rows: list[Row]) -> None:
+    references = {r.model: r for r in rows if (r.backend, r.fmt) == REFERENCE and r.ok}
+    for row in rows:
+        if row.ok and row.model in references:
+            row.compare_to(references[row.model])
+
+
+def run_jobs(jobs: list[Job], settings: Settings, progress: bool) -> None:
+    from tqdm import tqdm
+
+    live = [job for job in jobs if job.target is not None]
+    if not live:
+        return
+    steps = len(live) * (settings.repeats + (1 if settings.data else 0))
+    try:
+        _start(live)
+        with tqdm(total=steps, desc="bench", unit="step", disable=not progress, file=sys.stderr) as bar:
+            _measure_rounds(live, settings, bar)
+            if settings.data:
+                _predict_all(live, settings, bar)
+    finally:
+        for job in live:
+            job.process.close()
+
+
+def run_bench(models: list[Path], settings: Settings, command: str, progress: bool = True) -> dict:
+    """Run the whole benchmark and return the results document (rows + machine + settings)."""
+    started, load_at_start = datetime.now(timezone.utc), machine.load()
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        workdir = Path(tmp)
+        subjects = load_subjects(models, settings, workdir)
+        jobs = plan(subjects, settings, workdir, progress)
+        for subject in subjects:
+            if any(job.subject is subject and job.target for job in jobs):
+                prepare_inputs(subject, settings, workdir)
+        run_jobs(jobs, settings, progress)
+    rows = [job.row for job in jobs]
+    _compare_to_reference(rows)
+    seconds = (datetime.now(timezone.utc) - started).total_seconds()
+    return {"command": command, "started": started.isoformat(timespec="seconds"), "seconds": seconds,
+            "machine": {**machine.describe(), "load_at_start": load_at_start}, "settings": _settings_json(settings),
+            "models": [_model_json(s) for s in subjects], "rows": [row.to_json() for row in rows]}
+
+
+def _model_json(subject: Subject) -> dict:
+    config = subject.card.config
+    return {"name": subject.name, "parameters": config.num_parameters(), "mflops_per_image": config.flops() / 1e6,
+            "input_size": config.input_size}
+
+
+def _settings_json(settings: Settings) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()}
+
+
+def command_line(argv: list[str]) -> str:
+    return "edge " + " ".join(shlex.quote(a) for a in argv)

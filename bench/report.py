@@ -1,0 +1,180 @@
+"""Turn a bench results document into a terminal table, a markdown report, JSON, and a comparison.
+
+Cells show the median over repeats; latency and throughput also show (min-max) over repeats,
+so a reader can tell a real difference from noise. Rows that did not run say why in a note.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edge.files import atomic_write
+
+COLUMNS = ("Backend", "Format", "Status", "Bytes", "Params", "Accuracy", "Agree", "Load ms", "p50 ms",
+           "p90 ms", "img/s", "GFLOP/s", "RSS MB", "x torch", "predict img/s")
+
+
+def _range(stats: dict | None, digits: int) -> str:
+    if not stats:
+        return ""
+    return f"{stats['median']:.{digits}f} ({stats['min']:.{digits}f}-{stats['max']:.{digits}f})"
+
+
+def _median(stats: dict | None, digits: int) -> str:
+    return f"{stats['median']:.{digits}f}" if stats else ""
+
+
+def _pct(value: float | None) -> str:
+    return f"{value:.1%}" if value is not None else ""
+
+
+def _gflops(row: dict, peak: float | None) -> str:
+    stats = row["gflops"]
+    if not stats:
+        return ""
+    share = f" ({stats['median'] / peak:.0%})" if peak and not row["backend"].endswith(("cuda", "tensorrt")) else ""
+    return f"{stats['median']:.1f}{share}"
+
+
+def _cells(row: dict, peak: float | None, note: int | None) -> list[str]:
+    if row["status"] != "ok":
+        return [row["backend"], row["format"], f"{row['status']} [{note}]"] + [""] * (len(COLUMNS) - 3)
+    predict = row["predict"] or {}
+    accuracy = predict.get("accuracy")
+    top = row["gflops_batch"]
+    rss = "/".join(f"{mb:.0f}" for mb in row["peak_rss_mb"].values())
+    return [row["backend"], row["format"], "ok", f"{row['bytes']:,}", f"{row['parameters']:,}",
+            _pct(accuracy[0] if accuracy else None), _pct(row["agreement_vs_torch_fp32"]),
+            _median(row["load_ms"], 0), _range(row["p50_ms"], 1), _median(row["p90_ms"], 1),
+            _range(row["img_s"][str(top)], 1), _gflops(row, peak), rss,
+            _range(row["speedup_vs_torch_cpu_fp32"], 2), _end_to_end(predict)]
+
+
+def _end_to_end(predict: dict) -> str:
+    """`edge predict`'s images/s and the share of its CPU time spent decoding + preprocessing."""
+    if not predict.get("images"):
+        return ""
+    cpu = predict["decode_cpu_s"] + predict["infer_cpu_s"]
+    return f"{predict['img_s']:.1f} ({predict['decode_cpu_s'] / cpu:.0%} decode)" if cpu else f"{predict['img_s']:.1f}"
+
+
+def table(doc: dict) -> tuple[list[str], list[list[str]], list[str]]:
+    """Headers, cell rows and numbered notes (why a row did not run); a Model column when several."""
+    peak = doc["machine"]["cpu"].get("peak_gflops")
+    batches = doc["settings"]["batches"]
+    headers = list(COLUMNS)
+    headers[headers.index("p50 ms")] = f"p50 ms b={min(batches)}"
+    headers[headers.index("p90 ms")] = f"p90 ms b={min(batches)}"
+    headers[headers.index("img/s")] = f"img/s b={max(batches)}"
+    headers[headers.index("RSS MB")] = "peak RSS MB b=" + "/".join(str(b) for b in batches)
+    notes: list[str] = []
+    cells = []
+    for row in doc["rows"]:
+        note = None
+        if row["status"] != "ok":
+            text = f"{row['backend']}: {row['reason']}"
+            if text not in notes:
+                notes.append(text)
+            note = notes.index(text) + 1
+        cells.append(_cells(row, peak, note))
+    if len(doc["models"]) > 1:
+        headers.insert(0, "Model")
+        cells = [[row["model"], *c] for row, c in zip(doc["rows"], cells)]
+    keep = [i for i, h in enumerate(headers) if any(c[i] for c in cells) or h in COLUMNS[:3]]
+    return [headers[i] for i in keep], [[c[i] for i in keep] for c in cells], notes
+
+
+def latency_ratios(doc: dict) -> list[str]:
+    """For each ONNX Runtime provider: every format's batch-1 latency / fp32's, paired per repeat."""
+    lines = []
+    rows = [r for r in doc["rows"] if r["status"] == "ok" and r["backend"].startswith("ort-")]
+    for base in (r for r in rows if r["format"] == "fp32"):
+        for other in rows:
+            if (other["model"], other["backend"]) != (base["model"], base["backend"]) or other is base:
+                continue
+            ratios = [o["p50_ms"] / b["p50_ms"] for o, b in zip(other["repeats"], base["repeats"])]
+            ratios.sort()
+            lines.append(f"{base['backend']} {other['format']} / fp32 p50 latency ({base['model']}): "
+                         f"{ratios[len(ratios) // 2]:.3f} (per repeat {ratios[0]:.3f}-{ratios[-1]:.3f})")
+    return lines
+
+
+def terminal(doc: dict) -> str:
+    """A padded plain-text table (like `yolo benchmark`'s) with the notes and ratios below it."""
+    headers, cells, notes = table(doc)
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *cells)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    lines += [f"[{i}] {text}" for i, text in enumerate(notes, 1)]
+    return "\n".join(lines + latency_ratios(doc) + [_legend(doc)])
+
+
+def _legend(doc: dict) -> str:
+    cpu = doc["machine"]["cpu"]
+    settings = doc["settings"]
+    return (f"median (min-max) over {settings['repeats']} interleaved repeats; CPU {cpu['model']}, "
+            f"{cpu['cores']} cores, load average {_load(doc['machine']['load_at_start'])} at start; "
+            f"peak {cpu.get('peak_gflops') or 0:.0f} GFLOP/s ({cpu['peak_note']}); "
+            f"GFLOP/s at b={max(settings['batches'])}, x torch = torch-cpu fp32 p50 / row p50 (paired per repeat)")
+
+
+def markdown(doc: dict) -> str:
+    """The report for bench/results and the README: command, machine, versions, table, notes."""
+    headers, cells, notes = table(doc)
+    machine = doc["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+    lines = [f"Command: `{doc['command']}`", "",
+             f"Run {doc['started']} ({doc['seconds']:.0f} s) on {machine['cpu']['model']}, "
+             f"{machine['cpu']['cores']} cores, GPU: {machine['gpu'] or 'none'}; {machine['os']}; "
+             f"load average {_load(machine['load_at_start'])} at start, {_load(machine)} at end "
+             f"(other processes share these cores), nice {machine['nice']}", "",
+             f"Versions: {versions}", "", *_model_lines(doc), "",
+             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in cells]
+    lines += [""] + [f"[{i}] {text}" for i, text in enumerate(notes, 1)]
+    lines += [""] + [f"- {line}" for line in latency_ratios(doc)] + ["", _legend(doc), ""]
+    return "\n".join(lines)
+
+
+def _load(state: dict) -> str:
+    averages = state.get("load_average")
+    return "/".join(f"{a:.1f}" for a in averages) if averages else "unknown"
+
+
+def _model_lines(doc: dict) -> list[str]:
+    return [f"- {m['name']}: {m['parameters']:,} parameters, {m['mflops_per_image']:.1f} MFLOP per image at "
+            f"{m['input_size']}x{m['input_size']}" for m in doc["models"]]
+
+
+def compare(doc: dict, previous: dict) -> list[str]:
+    """Whether each row's medians lie within the other run's min-max, both ways (p50, img/s)."""
+    def key(row):
+        return row["model"], row["backend"], row["format"]
+
+    earlier = {key(r): r for r in previous["rows"] if r["status"] == "ok"}
+    lines, agree, total = [], 0, 0
+    for row in (r for r in doc["rows"] if r["status"] == "ok" and key(r) in earlier):
+        old = earlier[key(row)]
+        top = str(row["gflops_batch"])
+        for label, new_stats, old_stats in (("p50 ms", row["p50_ms"], old["p50_ms"]),
+                                            (f"img/s b={top}", row["img_s"].get(top), old["img_s"].get(top))):
+            if not (new_stats and old_stats):
+                continue
+            inside = _within(new_stats, old_stats) and _within(old_stats, new_stats)
+            agree, total = agree + inside, total + 1
+            lines.append(f"{'agree ' if inside else 'DIFFER'} {row['backend']} {row['format']} {label}: "
+                         f"now {_range(new_stats, 1)}, before {_range(old_stats, 1)}")
+    return [f"{agree} of {total} medians lie within the other run's min-max", *lines]
+
+
+def _within(stats: dict, other: dict) -> bool:
+    return other["min"] <= stats["median"] <= other["max"]
+
+
+def write_json(path: Path, doc: dict) -> None:
+    atomic_write(path, lambda f: json.dump(doc, f, indent=1, sort_keys=False), binary=False)
+
+
+def write_markdown(path: Path, doc: dict) -> None:
+    atomic_write(path, lambda f: f.write(markdown(doc)), binary=False)

@@ -1,0 +1,193 @@
+"""One benchmark row in a process of its own: open one backend, time it, predict a folder with it.
+
+Every row runs in its own spawned process, so its peak RSS is what a deployment of that backend
+alone holds, the ONNX Runtime rows never import torch, and a backend that crashes takes only its
+own row down. The parent (`bench.harness`) sends ``(command, kwargs)`` over a pipe and gets
+``(status, reply)`` back, status being ``ok``, ``unavailable`` or ``error``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+ORT_BACKENDS = ("ort-cpu", "ort-cuda", "ort-tensorrt")
+TORCH_BACKENDS = ("torch-cpu", "torch-cuda")
+CHANNELS_LAST = "+cl"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one row runs: a backend, the weights' format, the file, thread count."""
+
+    backend: str  # one of ORT_BACKENDS + TORCH_BACKENDS
+    fmt: str  # ONNX: the file's weight format; torch: fp32 | fp16, "+cl" for channels_last
+    path: str  # the .onnx file, or the checkpoint torch loads
+    threads: int | None = None
+    pools: tuple[int, ...] | None = None
+
+    @property
+    def is_onnx(self) -> bool:
+        return self.backend in ORT_BACKENDS
+
+
+def open_backend(target: Target):
+    """The classifier for ``target``: `OnnxClassifier` (no torch) or `TorchClassifier`."""
+    if target.is_onnx:
+        from edge.runtime import OnnxClassifier
+
+        return OnnxClassifier(target.path, target.backend, target.threads)
+    from edge.checkpoints import load_checkpoint
+    from edge.torch_backend import TorchClassifier
+
+    device = target.backend.removeprefix("torch-")
+    return TorchClassifier(load_checkpoint(target.path, pools=target.pools), device, target.threads,
+                           half=target.fmt.startswith("fp16"), channels_last=target.fmt.endswith(CHANNELS_LAST))
+
+
+def time_calls(model, x: np.ndarray, min_calls: int, min_seconds: float) -> list[float]:
+    """Seconds per ``model(x)`` call, at least ``min_calls`` calls and ``min_seconds`` in all."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size. Linux: VmHWM, which starts afresh at exec (ru_maxrss
+    would keep the parent's peak from before the fork); elsewhere ru_maxrss (bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+class Worker:
+    """The commands a row's process answers; the model stays open between them."""
+
+    def __init__(self, target: Target):
+        self.target, self.model = target, None
+
+    def measure(self, inputs: str, batches: list[int], min_seconds: float, min_calls: int) -> dict:
+        """Open the backend afresh (timed: session creation with dequantization), then time each batch,
+        smallest first; the peak RSS after each batch (in the first repeat: what that batch size needs)."""
+        x = np.load(inputs)
+        self.model = None  # release the previous session before timing a new load
+        t0 = time.perf_counter()
+        self.model = open_backend(self.target)
+        load = time.perf_counter() - t0
+        times, rss = {}, {}
+        for batch in sorted(batches):
+            time_calls(self.model, x[:batch], 1, min_seconds / 10)  # warm-up
+            times[batch] = time_calls(self.model, x[:batch], min_calls, min_seconds)
+            rss[batch] = peak_rss_bytes()
+        session = getattr(self.model, "session", None)
+        return {"load_s": load, "times": times, "rss_bytes": rss, "torch_loaded": "torch" in sys.modules,
+                "providers": session.get_providers() if session else [self.model.provider]}
+
+    def predict(self, data_dir: str, labels: str | None, batch: int, workers: int) -> dict:
+        """`edge predict`'s own path over a folder: wall time, and its decode / inference CPU seconds."""
+        from edge.data import list_samples, read_labels
+        from edge.predict import predict_samples
+
+        model, lanes = self._as_predict_opens_it()
+        samples = list_samples(data_dir, model.card.classes)
+        result = predict_samples(model, samples, batch, workers, skip_bad=True, progress=False, lanes=lanes)
+        truth = read_labels(labels, len(model.card.classes)) if labels else None
+        return {"images": len(result.samples), "seconds": result.wall_s, "img_s": len(result.samples) / result.wall_s,
+                "decode_cpu_s": result.decode_cpu_s, "infer_cpu_s": result.infer_cpu_s, "batch": batch,
+                "workers": workers, "lanes": lanes, "skipped": len(result.skipped),
+                "accuracy": result.accuracy(truth),
+                "predictions": dict(zip((s.id for s in result.samples), result.labels.tolist()))}
+
+    def _as_predict_opens_it(self):
+        """(model, lanes) as `edge predict` opens this row's file; the torch variants it has no option
+        for (fp16, channels_last) run as this row's own classifier, one call at a time."""
+        target = self.target
+        if target.is_onnx or target.fmt == "fp32":
+            from edge.predict import open_model
+
+            return open_model(target.path, target.backend, target.threads, target.pools)
+        return self.model or open_backend(target), 1
+
+
+def _preload(target: Target) -> None:
+    """Import the backend's library before any timing, so no load time includes an import."""
+    if target.is_onnx:
+        import onnxruntime  # noqa: F401
+    else:
+        import torch  # noqa: F401
+
+
+def serve(conn, target: Target) -> None:
+    """The worker process's loop: say ready, then answer commands until ``stop`` or a closed pipe."""
+    from edge.runtime import ProviderUnavailable
+
+    _preload(target)
+    conn.send(("ready", None))
+    worker = Worker(target)
+    while True:
+        try:
+            command, kwargs = conn.recv()
+        except EOFError:
+            return
+        if command == "stop":
+            return
+        try:
+            conn.send(("ok", getattr(worker, command)(**kwargs)))
+        except ProviderUnavailable as err:
+            conn.send(("unavailable", str(err)))
+        except Exception as err:  # any backend failure becomes this row's error, never the run's
+            conn.send(("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+
+
+class RowProcess:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, target: Target):
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=serve, args=(child, target), daemon=True)
+        self.process.start()
+        child.close()
+
+    def wait_ready(self) -> tuple[str, object]:
+        return self._receive()
+
+    def call(self, command: str, **kwargs) -> tuple[str, object]:
+        try:
+            self.conn.send((command, kwargs))
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            return self._died()
+        return self._receive()
+
+    def _receive(self) -> tuple[str, object]:
+        try:
+            return self.conn.recv()
+        except (EOFError, ConnectionResetError):
+            return self._died()
+
+    def _died(self) -> tuple[str, str]:
+        self.process.join(5)
+        return "error", f"the worker process died (exit code {self.process.exitcode})"
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("stop", {}))
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            pass
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+        self.conn.close()

@@ -1,0 +1,174 @@
+"""`edge bench`: planning, worker processes, summaries, reports, and real runs (default model, TA student)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from bench import machine, report
+from bench.harness import Settings, load_subjects, parse_providers, plan, run_bench
+from bench.rows import spread, summarise_times
+from bench.worker import RowProcess, Target
+from edge.cli import main
+
+CUDA_IN_ORT = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """One real `edge bench` run through the CLI on the default model (fast settings)."""
+    out = tmp_path_factory.mktemp("bench")
+    args = ["bench", "--provider", "cpu,cuda,torch-cpu", "--quant", "fp32,uint8:minmax", "--batch", "1,2",
+            "--repeats", "2", "--min-time", "0.05", "--threads", "1", "--quiet", "--json", str(out / "r.json"),
+            "--markdown", str(out / "r.md"), "--plot", str(out / "r.png")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out, result.output, json.loads((out / "r.json").read_text())
+
+
+def _row(doc, backend, fmt=None):
+    return next(r for r in doc["rows"] if r["backend"] == backend and (fmt is None or r["format"] == fmt))
+
+
+def test_provider_names_accept_the_users_spelling():
+    assert parse_providers("cpu,cuda,torch-cpu,tensorrt") == ("ort-cpu", "ort-cuda", "torch-cpu", "ort-tensorrt")
+    assert parse_providers("ORT-CPU, cpu") == ("ort-cpu",)
+    with pytest.raises(ValueError, match="gpu"):
+        parse_providers("gpu")
+
+
+def test_rough_peak_follows_the_widest_simd_fma():
+    assert machine.flops_per_cycle({"avx512f", "avx2", "fma"})[0] == 64
+    assert machine.flops_per_cycle({"avx2", "fma"}, "GenuineIntel", 6, 85)[0] == 32
+    assert machine.flops_per_cycle({"avx2", "fma"}, "AuthenticAMD", 23, 1)[0] == 16  # Zen 1 splits 256-bit ops
+    assert machine.flops_per_cycle({"sse2"})[0] == 8
+    cpu = machine.cpu_info()
+    assert cpu["cores"] >= 1 and (cpu["peak_gflops"] is None or cpu["peak_gflops"] > 1)
+
+
+def test_repeat_summaries():
+    summary = summarise_times({1: [0.010, 0.020, 0.030, 0.040], 4: [0.1, 0.1]})
+    assert summary["latency_batch"] == 1
+    assert summary["p50_ms"] == pytest.approx(25.0)
+    assert summary["img_s"][4] == pytest.approx(40.0)
+    assert spread([3.0, 1.0, 2.0]) == {"min": 1.0, "median": 2.0, "max": 3.0}
+    assert spread([]) is None
+
+
+def test_default_run_rows(default_run):
+    _, output, doc = default_run
+    fp32, uint8, torch_row = (_row(doc, "ort-cpu", "fp32"), _row(doc, "ort-cpu", "uint8:minmax"),
+                              _row(doc, "torch-cpu"))
+    for row in (fp32, uint8, torch_row):
+        assert row["status"] == "ok" and len(row["repeats"]) == 2
+        assert 0 < row["p50_ms"]["min"] <= row["p50_ms"]["median"] <= row["p50_ms"]["max"]
+        assert row["img_s"]["2"]["median"] > 0 and row["load_ms"]["median"] > 0
+        assert 10 < row["peak_rss_mb"]["1"] <= row["peak_rss_mb"]["2"]
+        assert row["parameters"] == 256_779
+    assert uint8["bytes"] < fp32["bytes"] / 3  # uint8 codes + min-max vs float32
+    assert fp32["providers"] == ["CPUExecutionProvider"]
+    assert fp32["torch_loaded"] is False and uint8["torch_loaded"] is False  # ORT rows never import torch
+    assert torch_row["torch_loaded"] is True
+    assert torch_row["speedup_vs_torch_cpu_fp32"]["median"] == pytest.approx(1.0)
+    assert fp32["speedup_vs_torch_cpu_fp32"]["median"] > 0
+    assert "ort-cpu" in output and "p50 ms b=1" in output and doc["settings"]["threads"] == 1
+
+
+def test_unavailable_backend_gets_a_row_with_the_reason(default_run):
+    _, output, doc = default_run
+    cuda = [r for r in doc["rows"] if r["backend"] == "ort-cuda"]
+    if CUDA_IN_ORT:
+        assert all(r["status"] == "ok" and r["providers"][0] == "CUDAExecutionProvider" for r in cuda)
+    else:
+        assert len(cuda) == 1 and cuda[0]["status"] == "unavailable" and cuda[0]["p50_ms"] is None
+        assert "onnxruntime-gpu" in cuda[0]["reason"] and "unavailable [1]" in output
+
+
+def test_reports_are_written(default_run):
+    out, _, doc = default_run
+    text = (out / "r.md").read_text()
+    assert doc["command"] in text and doc["machine"]["cpu"]["model"] in text
+    assert "| Backend | Format | Status |" in text and "uint8:minmax / fp32 p50 latency" in text
+    assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_checks_medians_against_the_other_runs_spread(default_run):
+    _, _, doc = default_run
+    ok = sum(row["status"] == "ok" for row in doc["rows"])  # two medians each: p50 and img/s
+    assert report.compare(doc, doc)[0] == f"{2 * ok} of {2 * ok} medians lie within the other run's min-max"
+    slower = json.loads(json.dumps(doc))
+    for row in slower["rows"]:
+        if row["p50_ms"]:
+            row["p50_ms"] = {k: v * 10 for k, v in row["p50_ms"].items()}
+    lines = report.compare(slower, doc)
+    assert lines[0].startswith(f"{ok} of {2 * ok}") and sum(line.startswith("DIFFER") for line in lines) == ok
+
+
+def test_a_broken_backend_is_an_error_row_not_a_crash(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not onnx")
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 256, 256), np.float32))
+    process = RowProcess(Target("ort-cpu", "fp32", str(bad)))
+    try:
+        assert process.wait_ready()[0] == "ready"
+        status, reason = process.call("measure", inputs=str(tmp_path / "x.npy"), batches=[1], min_seconds=0.01,
+                                      min_calls=1)
+    finally:
+        process.close()
+    assert status == "error" and "not a loadable ONNX model" in reason
+
+
+def test_an_onnx_model_runs_as_it_is_and_torch_says_why_not(tmp_path):
+    from edge.models import init_checkpoint
+    from export.exporter import export_onnx
+    from export.quantize import QuantSpec
+
+    path = tmp_path / "m.onnx"
+    export_onnx(init_checkpoint(), path, QuantSpec("fp16"))
+    settings = Settings(providers=("ort-cpu", "torch-cpu"))
+    jobs = plan(load_subjects([path], settings, tmp_path), settings, tmp_path)
+    assert [(j.row.backend, j.row.fmt, j.row.status) for j in jobs] == [
+        ("ort-cpu", "fp16", "ok"), ("torch-cpu", "fp32", "unavailable")]
+    assert jobs[0].target.path == str(path) and "ONNX file" in jobs[1].row.reason
+    assert jobs[0].row.weights["weights"] == "fp16"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--provider", "gpu"], "unknown provider"),
+    (["--quant", "int4"], "unknown weight format"),
+    (["--labels", "x.csv"], "--labels needs --data"),
+    (["--batch", "0"], "positive batch sizes"),
+])
+def test_bad_options_are_usage_errors(args, message):
+    result = CliRunner().invoke(main, ["bench", *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_ta_student_on_real_photos(ta_student, food11_test, reference_labels, tmp_path):
+    """Accuracy and agreement come from `edge predict`'s own path on real photos."""
+    from edge.data import list_samples, read_labels
+    from edge.predict import open_model, predict_samples
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for sample in list_samples(food11_test)[:16]:
+        shutil.copy(sample.path, folder / sample.path.name)
+    settings = Settings(providers=("ort-cpu", "torch-cpu"), quants=("fp32", "uint8:minmax"), batches=(1, 8),
+                        threads=1, repeats=1, min_seconds=0.05, data=folder, labels=reference_labels)
+    doc = run_bench([ta_student], settings, "test", progress=False)
+    truth = read_labels(reference_labels)
+    model, lanes = open_model(ta_student, "torch-cpu")
+    direct = predict_samples(model, list_samples(folder), 8, progress=False, lanes=lanes)
+    fp32, uint8, torch_row = (_row(doc, "ort-cpu", "fp32"), _row(doc, "ort-cpu", "uint8:minmax"),
+                              _row(doc, "torch-cpu"))
+    assert tuple(torch_row["predict"]["accuracy"]) == direct.accuracy(truth)
+    assert fp32["agreement_vs_torch_fp32"] == 1.0 and uint8["agreement_vs_torch_fp32"] >= 0.9
+    assert fp32["predict"]["images"] == 16 and fp32["predict"]["img_s"] > 0
+    assert fp32["predict"]["decode_cpu_s"] > 0 and fp32["predict"]["infer_cpu_s"] > 0
+    assert fp32["bytes"] < (ta_student.stat().st_size * 1.05)
+
