@@ -116,10 +116,11 @@ def export(checkpoint, output, quant, per_channel, method, calib, calib_images, 
               help="Id,label CSV of the true labels: prints accuracy.")
 @click.option("--provider", default="cpu", show_default=True, type=click.Choice(PROVIDER_CHOICES),
               help="cpu/cuda: ONNX Runtime's CPU/CUDA provider for .onnx files (torch's device for checkpoints).")
-@click.option("--batch", default=8, show_default=True, type=click.IntRange(1),
+@click.option("--batch", default=4, show_default=True, type=click.IntRange(1),
               help="Images per model call (small batches stay in cache; the CSV is the same for any).")
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(1),
-              help="Threads that decode images (each a batch at a time, then runs the model on it).")
+@click.option("--workers", type=click.IntRange(1),
+              help="Threads that decode images, each a batch at a time before running the model on it "
+                   "(default: all cores).")
 @click.option("--threads", type=click.IntRange(1),
               help="Inference threads (default: all cores). ONNX on CPU: this many single-threaded "
                    "model calls at once.")

@@ -140,19 +140,21 @@ def _in_order(pool: ThreadPoolExecutor, task, chunks, ahead: int):
         yield pending.popleft().result()
 
 
-def predict_samples(model, samples: list[Sample], batch_size: int = 32, workers: int = 4,
+def predict_samples(model, samples: list[Sample], batch_size: int = 4, workers: int | None = None,
                     skip_bad: bool = False, progress: bool = True, lanes: int = 1) -> Predictions:
-    """Run ``model`` over ``samples`` with ``max(workers, lanes)`` threads and up to ``lanes``
-    concurrent model calls; bad images fail the run (listed together) unless ``skip_bad``."""
+    """Run ``model`` over ``samples`` with ``max(workers, lanes)`` threads (``workers`` defaults to
+    the cores) and up to ``lanes`` concurrent model calls; bad images fail the run (listed
+    together) unless ``skip_bad``."""
     from tqdm import tqdm
 
+    pool_size = max(workers or cpu_cores(), lanes)
     runner = _Runner(model, lanes, skip_bad)
     chunks = (samples[i:i + batch_size] for i in range(0, len(samples), batch_size))
     result, labels, start = Predictions([], np.zeros(0, np.int64)), [], time.perf_counter()
-    pool = ThreadPoolExecutor(max(workers, lanes), thread_name_prefix="predict")
+    pool = ThreadPoolExecutor(pool_size, thread_name_prefix="predict")
     try:
         with tqdm(total=len(samples), unit="img", disable=not progress, file=sys.stderr, desc="predict") as bar:
-            for batch in _in_order(pool, runner, chunks, ahead=2 * max(workers, lanes)):
+            for batch in _in_order(pool, runner, chunks, ahead=2 * pool_size):
                 for note in batch.notes:
                     bar.write(f"warning: {note}", file=sys.stderr)
                 _add(result, batch, labels)
