@@ -71,7 +71,7 @@ def _input_rows(layer: FoldedLayer, x: torch.Tensor) -> torch.Tensor:
 
 def grouped(layer: FoldedLayer, array: np.ndarray) -> torch.Tensor:
     """Weights (or per-row grid bounds) as (groups, outputs per group, weights per output)."""
-    flat = torch.from_numpy(np.ascontiguousarray(array)).double().reshape(array.shape[0], -1)
+    flat = torch.from_numpy(np.array(array, dtype=np.float64)).reshape(array.shape[0], -1)
     return flat[:, None, :] if layer.groups > 1 else flat[None]
 
 
