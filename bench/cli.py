@@ -35,17 +35,8 @@ def settings_from(data, labels, providers, quants, batches, threads, repeats, mi
         providers = parse_providers(providers)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--provider") from None
-    defaults = _predict_defaults()
     return Settings(providers, _quants(quants), tuple(sorted(set(batches))), threads, repeats, min_time,
-                    data=data, labels=labels, pools=pools, predict_batch=defaults["batch"],
-                    workers=defaults["workers"])
-
-
-def _predict_defaults() -> dict:
-    """`edge predict`'s own defaults (batch, decoding threads), so the end-to-end pass runs as it does."""
-    from edge.cli import predict
-
-    return {param.name: param.default for param in predict.params}
+                    data=data, labels=labels, pools=pools)
 
 
 def run_command(models: list[Path], *, json_out, markdown_out, plot_out, previous, quiet, **options) -> int:

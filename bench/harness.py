@@ -41,8 +41,8 @@ class Settings:
     data: Path | None = None
     labels: Path | None = None
     pools: tuple[int, ...] | None = None
-    predict_batch: int = 8  # the end-to-end pass runs as `edge predict` does: its batch and decoding threads
-    workers: int = 4
+    predict_batch: int | None = None  # the end-to-end pass: None = `edge predict`'s default batch
+    workers: int | None = None  # and decoding threads
 
 
 def parse_providers(text: str) -> tuple[str, ...]:

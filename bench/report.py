@@ -37,6 +37,13 @@ def _gflops(row: dict, peak: float | None) -> str:
     return f"{stats['median']:.1f}{share}"
 
 
+def usable_peak(doc: dict) -> tuple[float | None, int]:
+    """The rough CPU peak of the cores a row could use (``--threads`` caps them), and their count."""
+    cpu = doc["machine"]["cpu"]
+    cores = min(doc["settings"]["threads"] or cpu["cores"], cpu["cores"])
+    return (cpu["peak_gflops"] * cores / cpu["cores"] if cpu.get("peak_gflops") else None), cores
+
+
 def _cells(row: dict, peak: float | None, note: int | None) -> list[str]:
     if row["status"] != "ok":
         return [row["backend"], row["format"], f"{row['status']} [{note}]"] + [""] * (len(COLUMNS) - 3)
@@ -61,7 +68,7 @@ def _end_to_end(predict: dict) -> str:
 
 def table(doc: dict) -> tuple[list[str], list[list[str]], list[str]]:
     """Headers, cell rows and numbered notes (why a row did not run); a Model column when several."""
-    peak = doc["machine"]["cpu"].get("peak_gflops")
+    peak, _ = usable_peak(doc)
     batches = doc["settings"]["batches"]
     headers = list(COLUMNS)
     headers[headers.index("p50 ms")] = f"p50 ms b={min(batches)}"
@@ -113,9 +120,10 @@ def terminal(doc: dict) -> str:
 def _legend(doc: dict) -> str:
     cpu = doc["machine"]["cpu"]
     settings = doc["settings"]
+    peak, cores = usable_peak(doc)
     return (f"median (min-max) over {settings['repeats']} interleaved repeats; CPU {cpu['model']}, "
             f"{cpu['cores']} cores, load average {_load(doc['machine']['load_at_start'])} at start; "
-            f"peak {cpu.get('peak_gflops') or 0:.0f} GFLOP/s ({cpu['peak_note']}); "
+            f"peak {peak or 0:.0f} GFLOP/s on the {cores} core(s) used ({cpu['peak_note']}); "
             f"GFLOP/s at b={max(settings['batches'])}, x torch = torch-cpu fp32 p50 / row p50 (paired per repeat)")
 
 

@@ -95,14 +95,16 @@ class Worker:
         return {"load_s": load, "times": times, "rss_bytes": rss, "torch_loaded": "torch" in sys.modules,
                 "providers": session.get_providers() if session else [self.model.provider]}
 
-    def predict(self, data_dir: str, labels: str | None, batch: int, workers: int) -> dict:
-        """`edge predict`'s own path over a folder: wall time, and its decode / inference CPU seconds."""
+    def predict(self, data_dir: str, labels: str | None, batch: int | None, workers: int | None) -> dict:
+        """`edge predict`'s own path over a folder (its batch and decoding threads unless given): wall
+        time, and its decode / inference CPU seconds."""
         from edge.data import list_samples, read_labels
         from edge.predict import predict_samples
 
         model, lanes = self._as_predict_opens_it()
         samples = list_samples(data_dir, model.card.classes)
-        result = predict_samples(model, samples, batch, workers, skip_bad=True, progress=False, lanes=lanes)
+        options = {k: v for k, v in (("batch_size", batch), ("workers", workers)) if v is not None}
+        result = predict_samples(model, samples, skip_bad=True, progress=False, lanes=lanes, **options)
         truth = read_labels(labels, len(model.card.classes)) if labels else None
         return {"images": len(result.samples), "seconds": result.wall_s, "img_s": len(result.samples) / result.wall_s,
                 "decode_cpu_s": result.decode_cpu_s, "infer_cpu_s": result.infer_cpu_s, "batch": batch,

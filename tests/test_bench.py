@@ -95,6 +95,9 @@ def test_reports_are_written(default_run):
     assert doc["command"] in text and doc["machine"]["cpu"]["model"] in text
     assert "| Backend | Format | Status |" in text and "uint8:minmax / fp32 p50 latency" in text
     assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cpu = doc["machine"]["cpu"]
+    if cpu["peak_gflops"]:  # --threads 1: GFLOP/s are set against one core's share of the peak
+        assert report.usable_peak(doc) == (pytest.approx(cpu["peak_gflops"] / cpu["cores"]), 1)
 
 
 def test_compare_checks_medians_against_the_other_runs_spread(default_run):
