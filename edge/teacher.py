@@ -1,0 +1,91 @@
+"""Teachers: any torchvision classifier by name (resnet18 by default), with its weights.
+
+Weights come from our model file (a teacher `edge train` wrote), a plain state dict of that
+classifier (the homework's ``teacher_resnet18.bin``: ``torch.save(resnet18(num_classes=11)
+.state_dict())``), or torchvision's ImageNet weights. Nothing is downloaded: ``imagenet`` means
+the file torchvision would have cached (``~/.cache/torch/hub/checkpoints``), or pass its path.
+ImageNet weights lose their 1000-class head (re-initialised for our classes); for one-channel
+inputs the first conv's RGB filters are summed, which is what a grey image repeated on three
+channels would see.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edge.checkpoints import CheckpointError
+
+
+def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """``torchvision.models.<name>(num_classes=...)``, its first conv taking ``in_channels``."""
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        raise CheckpointError(f"unknown architecture {name!r}: use dw, cnn, group or a torchvision classifier "
+                              f"({', '.join(n for n in names if n.startswith(('resnet', 'mobilenet', 'efficientnet')))}, ...)")
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        _set_input_channels(model, in_channels)
+    return model
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    return next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+
+def _set_input_channels(model: nn.Module, channels: int) -> None:
+    name, conv = _first_conv(model)
+    new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups if conv.groups == 1 else channels, conv.bias is not None)
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], new)
+
+
+def imagenet_weights_path(name: str) -> Path:
+    """Where torchvision keeps ``name``'s ImageNet weights once downloaded; a clear error if absent."""
+    import torchvision
+
+    try:
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+    except (ValueError, AttributeError):
+        raise CheckpointError(f"torchvision has no ImageNet weights for {name!r}") from None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if not path.exists():
+        raise CheckpointError(f"ImageNet weights for {name} are not on this machine (nothing is downloaded): "
+                              f"fetch {url} yourself and pass its path, or place it at {path}")
+    return path
+
+
+def load_classifier_weights(model: nn.Module, source: str | os.PathLike, name: str) -> list[str]:
+    """Load a state dict into ``model`` from a path (or ``imagenet``); return the keys left at their
+    initialisation (a different head). Fails unless nearly every tensor fits."""
+    path = imagenet_weights_path(name) if str(source) == "imagenet" else Path(source)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such weights file") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types on damaged or foreign files
+        raise CheckpointError(f"{path}: not a readable state dict ({type(err).__name__}: {err})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = model.state_dict()
+    first = _first_conv(model)[0] + ".weight"
+    fitted, skipped = {}, []
+    for key, value in state.items():
+        if key == first and key in own and value.dim() == 4 and own[key].shape[1] == 1 and value.shape[1] == 3:
+            value = value.sum(1, keepdim=True)
+        if key in own and tuple(value.shape) == tuple(own[key].shape):
+            fitted[key] = value
+        else:
+            skipped.append(key)
+    missing = [k for k in own if k not in fitted]
+    if len(fitted) < 0.9 * len(own):
+        raise CheckpointError(f"{path}: not weights of a {name}: only {len(fitted)} of {len(own)} tensors fit "
+                              f"(e.g. missing {missing[:3]}, unexpected {skipped[:3]})")
+    model.load_state_dict(fitted, strict=False)
+    return missing
