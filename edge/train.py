@@ -1,0 +1,228 @@
+"""Train and validate: the loop behind `edge train`, `edge distill` and slimming's fine-tuning.
+
+`fit` runs a `Run` epoch by epoch (AdamW, cosine or constant learning rate per epoch), shows a
+progress bar with loss and accuracy, validates, and writes the run's file after every epoch:
+the model plus everything needed to continue (optimizer, objective's trainable parts, history,
+recipe, data description). ``resume=True`` continues such a file; since batch order,
+augmentation and every other random draw come from ``(seed, epoch, batch)``, a resumed run ends
+with the same weights as one that was never interrupted. The best epoch by validation
+accuracy is also written to ``<name>.best<suffix>``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge.config import ConfigError
+from edge.datasets import Augment, ImageSet, batches, seed_for
+from edge.nets import NetFile, load_net, save_net
+
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The hyper-parameters of a run; a resumed run must use the same."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    schedule: str = "cosine"
+    seed: int = 0
+    sparsity: float = 0.0  # L1 on BatchNorm weights (network slimming), 0 = off
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs, batch size and learning rate must be positive")
+
+    def lr_at(self, epoch: int) -> float:
+        if self.schedule == "constant":
+            return self.lr
+        return 0.5 * self.lr * (1 + math.cos(math.pi * epoch / self.epochs))
+
+
+class CrossEntropy:
+    """The objective of a model trained on labels alone."""
+
+    modules = nn.ModuleDict()
+    teacher = None
+
+    def to(self, device) -> "CrossEntropy":
+        return self
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+        if bool((labels < 0).any()):
+            raise ConfigError("training on labels needs labelled images (this set has images without a label); "
+                              "distil with --alpha 1 to learn from a teacher alone")
+        logits = model(images)
+        return F.cross_entropy(logits, labels), logits, labels
+
+
+@dataclass
+class Run:
+    """A model being trained, with what it is trained on and where it is written."""
+
+    net: NetFile  # spec, preprocessing, classes (its state is replaced as training goes)
+    model: nn.Module
+    objective: object  # CrossEntropy | edge.distill.Distillation
+    recipe: Recipe
+    train: ImageSet
+    augment: Augment | None
+    out: Path
+    val: ImageSet | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    workers: int = 0
+    about: dict = field(default_factory=dict)  # data sources, teacher ...: must match on resume
+    progress: bool = True
+
+    @property
+    def best_path(self) -> Path:
+        return self.out.with_name(f"{self.out.stem}.best{self.out.suffix or '.pt'}")
+
+
+def bn_l1_subgradient(model: nn.Module, strength: float) -> None:
+    """Network slimming's sparsity: add ``strength * sign(gamma)`` to every BatchNorm weight's grad."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d) and module.weight.grad is not None:
+            module.weight.grad.add_(torch.sign(module.weight.detach()), alpha=strength)
+
+
+def train_one_epoch(run: Run, optimizer: torch.optim.Optimizer, epoch: int) -> dict:
+    from tqdm import tqdm
+
+    run.model.train()
+    torch.manual_seed(seed_for(run.recipe.seed, epoch, 1 << 20))  # any other draw (dropout) is seeded too
+    loader = batches(run.train, run.recipe.batch_size, run.augment, run.recipe.seed, epoch, run.workers)
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{run.recipe.epochs}", unit="batch", leave=False,
+               disable=not run.progress, file=sys.stderr)
+    for images, labels, _ in bar:
+        images, labels = images.to(run.device, memory_format=torch.channels_last), labels.to(run.device)
+        loss, logits, targets = run.objective(run.model, images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if run.recipe.sparsity:
+            bn_l1_subgradient(run.model, run.recipe.sparsity)
+        optimizer.step()
+        total_loss += float(loss.detach()) * len(images)
+        correct += int((logits.argmax(1) == targets).sum())
+        seen += len(images)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.2%}")
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, data: ImageSet, device, batch_size: int = 128, workers: int = 0) -> torch.Tensor:
+    """Logits of ``model`` (eval mode) on every image of an evaluation set, in order."""
+    model.eval()
+    outs = [model(images.to(device)).float().cpu() for images, _, _ in batches(data, batch_size, workers=workers)]
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def accuracy(model: nn.Module, data: ImageSet, device, batch_size: int = 128) -> float:
+    """Top-1 accuracy of ``model`` against the labels of ``data``."""
+    if not data.labelled:
+        raise ConfigError("these images have no labels: give labels (a labelled folder or a labels CSV)")
+    return float((logits_of(model, data, device, batch_size).argmax(1) == data.labels).float().mean())
+
+
+def teacher_labelled(data: ImageSet, teacher: nn.Module | None, device) -> tuple[ImageSet, str]:
+    """``data`` itself if labelled; else a copy labelled with ``teacher``'s top-1 (label-free
+    validation measures agreement with the teacher)."""
+    if data.labelled:
+        return data, "accuracy"
+    if teacher is None:
+        raise ConfigError("the validation images have no labels: give labels (a labelled folder or a labels CSV), "
+                          "or distil from a teacher to measure agreement with it")
+    labels = logits_of(teacher, data, device).argmax(1)
+    return replace(data, labels=labels), "agreement with the teacher"
+
+
+def _state_payload(run: Run, optimizer, epoch: int, history: list, best: dict) -> dict:
+    return {"train": {"epoch": epoch, "recipe": asdict(run.recipe), "about": run.about, "history": history,
+                      "best": best, "optimizer": optimizer.state_dict(),
+                      "objective": run.objective.modules.state_dict()}}
+
+
+def _save(run: Run, path: Path, extra: dict) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
+    save_net(path, NetFile(run.net.spec, run.net.preprocess, run.net.classes, state, extra))
+
+
+def _restore(run: Run, optimizer) -> tuple[int, list, dict]:
+    if not run.out.exists():
+        raise ConfigError(f"{run.out}: nothing to resume (no such file): run without --resume first")
+    saved = load_net(run.out)
+    state = saved.extra.get("train")
+    if state is None:
+        raise ConfigError(f"{run.out}: a model file without training state: cannot resume it")
+    differ = {k: (v, asdict(run.recipe)[k]) for k, v in state["recipe"].items() if asdict(run.recipe).get(k) != v}
+    differ.update({k: (v, run.about.get(k)) for k, v in state["about"].items() if run.about.get(k) != v})
+    if differ or saved.spec != run.net.spec:
+        raise ConfigError(f"{run.out}: --resume needs the run's own settings; these differ (saved, now): "
+                          + ", ".join(f"{k} {a!r} != {b!r}" for k, (a, b) in differ.items())
+                          + ("" if saved.spec == run.net.spec else f" architecture {saved.spec.describe()}"))
+    run.model.load_state_dict(saved.state)
+    optimizer.load_state_dict(state["optimizer"])
+    run.objective.modules.load_state_dict(state["objective"])
+    return state["epoch"], list(state["history"]), dict(state["best"])
+
+
+def fit(run: Run, resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train ``run`` for its recipe's epochs (continuing its file when ``resume``; stopping after
+    epoch ``stop_after`` when given, to be resumed later); return the summary: last and best
+    epoch's validation accuracy, history."""
+    from tqdm import tqdm
+
+    run.model.to(run.device, memory_format=torch.channels_last)  # about 1.3x faster on CPU (oneDNN)
+    run.objective.to(run.device)
+    params = list(run.model.parameters()) + list(run.objective.modules.parameters())
+    optimizer = torch.optim.AdamW(params, lr=run.recipe.lr, weight_decay=run.recipe.weight_decay)
+    start, history, best = _restore(run, optimizer) if resume else (0, [], {})
+    val, val_kind = teacher_labelled(run.val, run.objective.teacher, run.device) if run.val else (None, "")
+    for epoch in range(start, min(run.recipe.epochs, stop_after or run.recipe.epochs)):
+        began = time.time()
+        for group in optimizer.param_groups:
+            group["lr"] = run.recipe.lr_at(epoch)
+        row = {"epoch": epoch + 1, "lr": run.recipe.lr_at(epoch), **train_one_epoch(run, optimizer, epoch)}
+        if val is not None:
+            row["val_accuracy"], row["val_kind"] = accuracy(run.model, val, run.device), val_kind
+        row["seconds"] = round(time.time() - began, 1)
+        history.append(row)
+        improved = "val_accuracy" not in row or row["val_accuracy"] > best.get("val_accuracy", -1.0)
+        if improved:
+            best = {k: row[k] for k in ("epoch", "val_accuracy") if k in row}
+        _save(run, run.out, _state_payload(run, optimizer, epoch + 1, history, best))
+        if improved:
+            _save(run, run.best_path, {"history": history})
+        tqdm.write(_epoch_line(row, run.recipe.epochs, improved), file=sys.stderr)
+    return {"history": history, "best": best, "last": history[-1] if history else {}}
+
+
+def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
+    val = f" | val {row['val_kind']} {row['val_accuracy']:.2%}{' (best)' if improved else ''}" \
+        if "val_accuracy" in row else ""
+    return (f"epoch {row['epoch']}/{epochs}: train loss {row['loss']:.4f} acc {row['accuracy']:.2%}{val} "
+            f"| lr {row['lr']:.2e} | {row['seconds']}s")
+
+
+def init_model(net: NetFile, seed: int) -> nn.Module:
+    """The module for ``net``: its weights when it has any, else initialised under ``seed``."""
+    from edge.nets import build_net
+
+    torch.manual_seed(seed)
+    model = build_net(net.spec)
+    if net.state:
+        model.load_state_dict(net.state)
+    return model
