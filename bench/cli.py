@@ -39,14 +39,26 @@ def settings_from(data, labels, providers, quants, batches, threads, repeats, mi
                     data=data, labels=labels, pools=pools)
 
 
+def _read_previous(path: Path) -> dict:
+    """An earlier --json, checked before the run so a wrong file fails at once."""
+    try:
+        doc = json.loads(path.read_text())
+        if isinstance(doc, dict) and isinstance(doc.get("rows"), list):
+            return doc
+    except (OSError, ValueError):
+        pass
+    raise click.BadParameter(f"{path} is not an `edge bench --json` file", param_hint="--compare")
+
+
 def run_command(models: list[Path], *, json_out, markdown_out, plot_out, previous, quiet, **options) -> int:
     """Run the benchmark; print the table; write what was asked. Exit code 1 when a row failed."""
     options["quants"] = options["quants"] or (DEFAULT_QUANTS if models else EMBEDDED_MODEL_QUANTS)
     settings = settings_from(**options)
+    earlier = _read_previous(previous) if previous else None
     doc = run_bench(models, settings, command_line(sys.argv[1:]), progress=not quiet)
+    if earlier:
+        doc["comparison"] = {"with": str(previous), "lines": report.compare(doc, earlier)}
     click.echo(report.terminal(doc))
-    if previous:
-        click.echo("\n".join(report.compare(doc, json.loads(previous.read_text()))))
     for path, write in ((json_out, report.write_json), (markdown_out, report.write_markdown)):
         if path:
             write(path, doc)

@@ -114,7 +114,12 @@ def terminal(doc: dict) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
     lines += [f"[{i}] {text}" for i, text in enumerate(notes, 1)]
-    return "\n".join(lines + latency_ratios(doc) + [_legend(doc)])
+    return "\n".join(lines + latency_ratios(doc) + [_legend(doc)] + _comparison(doc))
+
+
+def _comparison(doc: dict) -> list[str]:
+    compared = doc.get("comparison")
+    return [f"compared with {compared['with']}:", *compared["lines"]] if compared else []
 
 
 def _legend(doc: dict) -> str:
@@ -124,7 +129,8 @@ def _legend(doc: dict) -> str:
     return (f"median (min-max) over {settings['repeats']} interleaved repeats; CPU {cpu['model']}, "
             f"{cpu['cores']} cores, load average {_load(doc['machine']['load_at_start'])} at start; "
             f"peak {peak or 0:.0f} GFLOP/s on the {cores} core(s) used ({cpu['peak_note']}); "
-            f"GFLOP/s at b={max(settings['batches'])}, x torch = torch-cpu fp32 p50 / row p50 (paired per repeat)")
+            f"GFLOP/s at b={max(settings['batches'])}, x torch = torch-cpu fp32 p50 / row p50 (paired per repeat); "
+            f"predict img/s: one pass of `edge predict` over the folder (not repeated)")
 
 
 def markdown(doc: dict) -> str:
@@ -142,6 +148,9 @@ def markdown(doc: dict) -> str:
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in cells]
     lines += [""] + [f"[{i}] {text}" for i, text in enumerate(notes, 1)]
     lines += [""] + [f"- {line}" for line in latency_ratios(doc)] + ["", _legend(doc), ""]
+    compared = _comparison(doc)
+    if compared:
+        lines += [compared[0], "", "```", *compared[1:], "```", ""]
     return "\n".join(lines)
 
 
@@ -156,24 +165,30 @@ def _model_lines(doc: dict) -> list[str]:
 
 
 def compare(doc: dict, previous: dict) -> list[str]:
-    """Whether each row's medians lie within the other run's min-max, both ways (p50, img/s)."""
+    """Row by row (p50 and throughput): ``agree`` when each run's median lies within the other's
+    min-max, ``overlap`` when only the min-max ranges overlap, ``DIFFER`` when they are disjoint."""
     def key(row):
         return row["model"], row["backend"], row["format"]
 
     earlier = {key(r): r for r in previous["rows"] if r["status"] == "ok"}
-    lines, agree, total = [], 0, 0
+    lines, verdicts = [], []
     for row in (r for r in doc["rows"] if r["status"] == "ok" and key(r) in earlier):
         old = earlier[key(row)]
         top = str(row["gflops_batch"])
         for label, new_stats, old_stats in (("p50 ms", row["p50_ms"], old["p50_ms"]),
                                             (f"img/s b={top}", row["img_s"].get(top), old["img_s"].get(top))):
-            if not (new_stats and old_stats):
-                continue
-            inside = _within(new_stats, old_stats) and _within(old_stats, new_stats)
-            agree, total = agree + inside, total + 1
-            lines.append(f"{'agree ' if inside else 'DIFFER'} {row['backend']} {row['format']} {label}: "
-                         f"now {_range(new_stats, 1)}, before {_range(old_stats, 1)}")
-    return [f"{agree} of {total} medians lie within the other run's min-max", *lines]
+            if new_stats and old_stats:
+                verdicts.append(_verdict(new_stats, old_stats))
+                lines.append(f"{verdicts[-1]:7} {row['backend']} {row['format']} {label}: "
+                             f"now {_range(new_stats, 1)}, before {_range(old_stats, 1)}")
+    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("agree", "overlap", "DIFFER"))
+    return [f"{len(verdicts)} medians compared with the other run's min-max: {counts}", *lines]
+
+
+def _verdict(stats: dict, other: dict) -> str:
+    if _within(stats, other) and _within(other, stats):
+        return "agree"
+    return "overlap" if stats["min"] <= other["max"] and other["min"] <= stats["max"] else "DIFFER"
 
 
 def _within(stats: dict, other: dict) -> bool:

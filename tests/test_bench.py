@@ -103,13 +103,16 @@ def test_reports_are_written(default_run):
 def test_compare_checks_medians_against_the_other_runs_spread(default_run):
     _, _, doc = default_run
     ok = sum(row["status"] == "ok" for row in doc["rows"])  # two medians each: p50 and img/s
-    assert report.compare(doc, doc)[0] == f"{2 * ok} of {2 * ok} medians lie within the other run's min-max"
+    assert report.compare(doc, doc)[0].endswith(f": {2 * ok} agree, 0 overlap, 0 DIFFER")
     slower = json.loads(json.dumps(doc))
     for row in slower["rows"]:
         if row["p50_ms"]:
             row["p50_ms"] = {k: v * 10 for k, v in row["p50_ms"].items()}
     lines = report.compare(slower, doc)
-    assert lines[0].startswith(f"{ok} of {2 * ok}") and sum(line.startswith("DIFFER") for line in lines) == ok
+    assert lines[0].endswith(f": {ok} agree, 0 overlap, {ok} DIFFER")
+    assert sum(line.startswith("DIFFER  ort-cpu fp32 p50 ms") for line in lines) == 1
+    low, high = {"min": 1.0, "median": 2.0, "max": 3.0}, {"min": 2.5, "median": 4.0, "max": 5.0}
+    assert report._verdict(low, high) == "overlap"  # ranges meet, neither median inside the other range
 
 
 def test_a_broken_backend_is_an_error_row_not_a_crash(tmp_path):
@@ -146,8 +149,11 @@ def test_an_onnx_model_runs_as_it_is_and_torch_says_why_not(tmp_path):
     (["--quant", "int4"], "unknown weight format"),
     (["--labels", "x.csv"], "--labels needs --data"),
     (["--batch", "0"], "positive batch sizes"),
+    (["--compare", "x.json"], "not an `edge bench --json` file"),
 ])
-def test_bad_options_are_usage_errors(args, message):
+def test_bad_options_are_usage_errors(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.json").write_text("[]")
     result = CliRunner().invoke(main, ["bench", *args])
     assert result.exit_code == 2 and message in result.output
 
