@@ -73,7 +73,11 @@ def main():
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of real images for the parity check (default: random input). When it is the "
                    "--calib folder, the images after the calibration ones are used.")
-def export(checkpoint, output, quant, per_channel, method, calib, calib_images, pools, images):
+@click.option("--max-drop", type=click.FloatRange(0, 100), metavar="POINTS",
+              help="Pick the smallest weight format whose top-1 agreement with fp32 (and accuracy, with "
+                   "--labels) on --images stays within POINTS; prints what it tried. Overrides --quant.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --images.")
+def export(checkpoint, output, quant, per_channel, method, calib, calib_images, pools, images, max_drop, labels):
     """Export CHECKPOINT (ours, a homework .bin, 8-bit or 16-bit pickle) to ONNX.
 
     Without CHECKPOINT, exports a freshly initialised default StudentNet (seed 0), so the
@@ -95,9 +99,12 @@ def export(checkpoint, output, quant, per_channel, method, calib, calib_images, 
                    f"({ckpt.card.config.num_parameters():,} parameters, widths {list(ckpt.card.config.widths)}, "
                    f"pools {list(ckpt.card.config.pools)})")
         calibration = load_images(ckpt, calib, calib_images) if calib and spec.calibrated else (None, "")
+        same = images and calib and images.resolve() == calib.resolve()
+        if max_drop is not None:
+            return _export_within_drop(ckpt, output, max_drop, calibration, images, labels,
+                                       calib_images if same else 0)
         size, described = export_onnx(ckpt, output, spec, *calibration)
         leftover = leftover_dequantization(output)
-        same = images and calib and images.resolve() == calib.resolve()
         parity_input = load_images(ckpt, images, 64, offset=calib_images) if same else sample_inputs(ckpt, images)
         parity = parity_check(ckpt, output, *parity_input)
         click.echo(f"wrote {output}: {size:,} bytes, weights " + ", ".join(f"{k} {v}" for k, v in described.items()))
@@ -105,6 +112,66 @@ def export(checkpoint, output, quant, per_channel, method, calib, calib_images, 
                    f"top-1 agreement {parity.agreement:.2%}")
         click.echo("runtime graph: " + ("no dequantization left after load" if not leftover
                                          else f"decode ops left at run time: {leftover}"))
+
+
+def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, offset):
+    """--max-drop: try formats from the smallest file up, write the first within the drop."""
+    import numpy as np
+
+    from edge.data import list_samples, read_labels
+    from export.exporter import load_images
+    from export.select import select_format
+
+    if not images:
+        raise click.UsageError("--max-drop needs --images DIR (validation images to measure the drop on)")
+    samples = list_samples(images, ckpt.card.classes)[offset:]
+    pictures, _ = load_images(ckpt, images, len(samples), offset)
+    truth = read_labels(labels) if labels else {s.id: s.label for s in samples if s.label is not None}
+    known = truth and all(s.id in truth for s in samples)
+    label_array = np.array([truth[s.id] for s in samples]) if known else None
+    chosen, trials = select_format(ckpt, output, pictures, label_array, max_drop, *calibration)
+    click.echo(f"{'format':<20} {'bytes':>10} {'agreement':>10} {'accuracy':>9}  within {max_drop} pt "
+               f"on {len(samples)} images")
+    for trial in trials:
+        accuracy = f"{trial.accuracy:.2f}%" if trial.accuracy is not None else "-"
+        click.echo(f"{trial.name:<20} {trial.bytes:>10,} {trial.agreement:>9.2f}% {accuracy:>9}  "
+                   f"{'yes' if trial.passed else 'no'}")
+    if chosen is None:
+        raise click.ClickException(f"no format stays within {max_drop} points; nothing written")
+    click.echo(f"wrote {output}: {chosen.name}, {chosen.bytes:,} bytes")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--images", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of real images to measure on.")
+@click.option("--limit", default=128, show_default=True, type=click.IntRange(1), help="Images used (first by id).")
+@click.option("--bits", default=8, show_default=True, type=click.IntRange(1, 8), help="Bit width of the rounding.")
+@click.option("--per-channel", is_flag=True, help="Per-output-channel min-max instead of per tensor.")
+@click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the rows as JSON.")
+def sensitivity(checkpoint, images, limit, bits, per_channel, pools, json_out):
+    """Per-layer sensitivity: quantize each layer alone (min-max, --bits) and measure how many
+    answers change on real images; the most sensitive layers come first."""
+    import dataclasses
+    import json
+
+    from edge.checkpoints import load_checkpoint
+    from edge.files import atomic_write
+    from export.exporter import load_images
+    from export.sensitivity import layer_sensitivity
+
+    with _user_errors():
+        ckpt = load_checkpoint(checkpoint, pools=_int_list(pools))
+        pictures, source = load_images(ckpt, images, limit)
+        rows = layer_sensitivity(ckpt, pictures, bits, per_channel)
+        click.echo(f"uint{bits}{' per-channel' if per_channel else ''}, one layer at a time, on {source}")
+        click.echo(f"{'layer':<10} {'weights':>8} {'agreement':>10} {'max |dlogit|':>13}")
+        for row in rows:
+            click.echo(f"{row.name:<10} {row.weights:>8,} {row.agreement:>9.2%} {row.max_logit_change:>13.3f}")
+        if json_out:
+            text = json.dumps([dataclasses.asdict(r) for r in rows], indent=2)
+            atomic_write(json_out, lambda f: f.write(text), binary=False)
 
 
 @main.command()

@@ -64,3 +64,22 @@ def minmax_encode(w: np.ndarray, bits: int = 8, per_channel: bool = False,
     span = np.where(hi > lo, hi - lo, 1.0)
     q = np.clip(np.round((w64 - lo) / span * levels), 0, levels).astype(np.uint8)
     return MinMaxCode(q, lo, hi, bits)
+
+
+PACKABLE_BITS = (1, 2, 4)
+
+
+def pack_codes(q: np.ndarray, bits: int) -> np.ndarray:
+    """Flatten ``q`` and put ``8 // bits`` codes in each byte, first code in the lowest bits."""
+    per_byte = 8 // bits
+    flat = q.reshape(-1).astype(np.uint8)
+    flat = np.concatenate([flat, np.zeros(-len(flat) % per_byte, np.uint8)]).reshape(-1, per_byte)
+    shifts = np.arange(per_byte, dtype=np.uint8) * bits
+    return np.bitwise_or.reduce(flat << shifts, axis=1).astype(np.uint8)
+
+
+def unpack_codes(packed: np.ndarray, bits: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of `pack_codes`."""
+    shifts = np.arange(8 // bits, dtype=np.uint8) * bits
+    flat = ((packed[:, None] >> shifts) % (1 << bits)).reshape(-1)
+    return flat[: int(np.prod(shape))].reshape(shape)

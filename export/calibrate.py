@@ -121,3 +121,15 @@ def calibrate(layers: list[FoldedLayer], images: np.ndarray, encode) -> tuple[li
         x_float = _activation(layer, y_float)
         x_quant = _activation(layer, _pre_activation(layer, x_quant, weight, bias))
     return out, encodings
+
+
+def folded_forward(layers: list[FoldedLayer], images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Logits of the folded model (torch, fp32) for float32 NCHW ``images``."""
+    torch.set_grad_enabled(False)
+    outputs = []
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch]))
+        for layer in layers:
+            x = _activation(layer, _pre_activation(layer, x, layer.weight, layer.bias))
+        outputs.append(x.numpy())
+    return np.concatenate(outputs)

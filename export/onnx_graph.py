@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edge.config import ModelCard
 from edge.fold import FoldedLayer
 from edge.metadata import write_metadata
-from edge.quant import FloatWeight, MinMaxCode
+from edge.quant import PACKABLE_BITS, FloatWeight, MinMaxCode, pack_codes
 
 OPSET = 17
 IR_VERSION = 8
@@ -53,15 +53,37 @@ class _GraphBuilder:
         return self.node("Cast", [self.const(f"{name}.{array.dtype.name}", array)], name, to=TensorProto.FLOAT)
 
     def _minmax(self, name: str, code: MinMaxCode) -> str:
-        q = self.const(f"{name}.q", code.q)
+        q = self._codes(name, code)
         lo = self.const(f"{name}.min", code.lo.astype(np.float32))
         hi = self.const(f"{name}.max", code.hi.astype(np.float32))
-        levels = f"levels{code.bits}"
-        if levels not in self.shared:
-            self.shared.add(self.const(levels, np.array(code.levels, np.float32)))
+        levels = self.shared_const(f"levels{code.bits}", np.array(code.levels, np.float32))
         step = self.node("Div", [self.node("Sub", [hi, lo], self.temp()), levels], self.temp())
         scaled = self.node("Mul", [self.node("Cast", [q], self.temp(), to=TensorProto.FLOAT), step], self.temp())
         return self.node("Add", [scaled, lo], name)
+
+    def _codes(self, name: str, code: MinMaxCode) -> str:
+        """uint8 codes; 1-, 2- and 4-bit codes packed several to a byte and unpacked by
+        ``BitShift -> Mod -> Reshape -> Slice -> Reshape`` (constant-folded like the rest)."""
+        if code.bits not in PACKABLE_BITS:
+            return self.const(f"{name}.q", code.q)
+        per_byte = 8 // code.bits
+        packed = self.const(f"{name}.q{code.bits}", pack_codes(code.q, code.bits))
+        shifts = self.shared_const(f"shifts{code.bits}", (np.arange(per_byte, dtype=np.uint8) * code.bits)[None])
+        base = self.shared_const(f"base{code.bits}", np.array(1 << code.bits, np.uint8))
+        column = self.node("Unsqueeze", [packed, self.shared_const("axis1", np.array([1], np.int64))], self.temp())
+        digits = self.node("Mod", [self.node("BitShift", [column, shifts], self.temp(), direction="RIGHT"), base],
+                           self.temp())
+        flat = self.node("Reshape", [digits, self.shared_const("flat", np.array([-1], np.int64))], self.temp())
+        count = self.const(f"{name}.n", np.array([code.q.size], np.int64))
+        kept = self.node("Slice", [flat, self.shared_const("zero", np.array([0], np.int64)), count], self.temp())
+        return self.node("Reshape", [kept, self.const(f"{name}.shape", np.array(code.q.shape, np.int64))],
+                         self.temp())
+
+    def shared_const(self, name: str, array: np.ndarray) -> str:
+        """A constant added once however many tensors use it."""
+        if name not in self.shared:
+            self.shared.add(self.const(name, array))
+        return name
 
     def temp(self) -> str:
         """A short name for an intermediate of weight decoding (names cost bytes in every reference)."""
