@@ -1,0 +1,68 @@
+"""Weight codecs and the accuracy-aware tools: packing, sub-byte export, --max-drop, sensitivity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.checkpoints import load_checkpoint
+from edge.quant import minmax_encode, pack_codes, unpack_codes
+from edge.runtime import OnnxClassifier
+from export.exporter import export_onnx, leftover_dequantization, load_images
+from export.quantize import QuantSpec
+from export.select import select_format
+from export.sensitivity import layer_sensitivity
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.sampled_from([1, 2, 4]), size=st.integers(1, 300), seed=st.integers(0, 2 ** 16))
+def test_pack_unpack_roundtrip(bits, size, seed):
+    q = np.random.default_rng(seed).integers(0, 2 ** bits, size=size, dtype=np.uint8)
+    packed = pack_codes(q, bits)
+    assert len(packed) == -(-size * bits // 8)
+    np.testing.assert_array_equal(unpack_codes(packed, bits, q.shape), q)
+
+
+def test_minmax_is_exact_at_the_ends_and_on_constants():
+    w = np.array([[-1.0, 0.0, 3.0], [2.0, 2.0, 2.0]], np.float32)
+    code = minmax_encode(w, 8)
+    assert code.q.min() == 0 and code.q.max() == 255
+    assert code.decode()[0, 0] == -1.0 and code.decode()[0, 2] == 3.0
+    per_channel = minmax_encode(w, 4, per_channel=True)
+    np.testing.assert_array_equal(per_channel.decode()[1], w[1])
+
+
+@pytest.fixture(scope="module")
+def ta(ta_student):
+    return load_checkpoint(ta_student)
+
+
+def test_uint4_file_is_packed_and_folded_at_load(ta, food11_test, tmp_path):
+    path = tmp_path / "ta_uint4.onnx"
+    calibration = load_images(ta, food11_test, 32)
+    size, _ = export_onnx(ta, path, QuantSpec("uint4", per_channel=True), *calibration)
+    uint8_size, _ = export_onnx(ta, tmp_path / "ta_uint8.onnx", QuantSpec("uint8"), *calibration)
+    assert size < 0.65 * uint8_size
+    assert leftover_dequantization(path) == {}
+    images, _ = load_images(ta, food11_test, 64, offset=32)
+    agreement = np.mean(OnnxClassifier(path)(images).argmax(1) == OnnxClassifier(tmp_path / "ta_uint8.onnx")(images).argmax(1))
+    assert agreement >= 0.85
+
+
+def test_max_drop_returns_the_smallest_format_within_the_drop(ta, food11_test, tmp_path):
+    validation, _ = load_images(ta, food11_test, 96)
+    chosen, trials = select_format(ta, tmp_path / "chosen.onnx", validation, None, max_drop=0.5,
+                                   candidates=(QuantSpec("uint2", per_channel=True, method="minmax"),
+                                               QuantSpec("fp16"), QuantSpec("fp32")))
+    assert [t.passed for t in trials][:1] == [False]  # 2-bit min-max loses far more than 0.5 pt
+    assert chosen is trials[-1] and chosen.agreement >= 99.5
+    assert (tmp_path / "chosen.onnx").stat().st_size == chosen.bytes
+
+
+def test_sensitivity_ranks_layers(ta, food11_test):
+    images, _ = load_images(ta, food11_test, 16)
+    rows = layer_sensitivity(ta, images, bits=2)
+    assert len(rows) == 16 and rows[0].agreement <= rows[-1].agreement
+    assert rows[0].max_logit_change > 0
