@@ -58,9 +58,10 @@ def main():
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The .onnx file to write.")
-@click.option("--quant", default="fp32", show_default=True, metavar="fp32|fp16|uint8",
+@click.option("--quant", default="fp32", show_default=True, metavar="fp32|fp16|uint8|int8",
               help="How weights are stored: fp32, fp16, or uint8 (uintN, N<=8) codes with their min-max, "
-                   "dequantized when the model is loaded (inference stays fp32).")
+                   "dequantized when the model is loaded (inference stays fp32); int8: ONNX Runtime's "
+                   "calibrated QDQ (int8 weights and activations, int8 kernels), for comparison.")
 @click.option("--per-channel", is_flag=True, help="One min-max range per output channel (uintN only).")
 @click.option("--method", default="gptq", show_default=True, type=click.Choice(["gptq", "minmax"]),
               help="uintN rounding: gptq = calibrated GPTQ + bias correction, tiny layers fp16; "
@@ -110,8 +111,12 @@ def export(checkpoint, output, quant, per_channel, method, calib, calib_images, 
         click.echo(f"wrote {output}: {size:,} bytes, weights " + ", ".join(f"{k} {v}" for k, v in described.items()))
         click.echo(f"parity vs torch fp32 on {parity.source}: max |logit diff| {parity.max_abs_diff:.4g}, "
                    f"top-1 agreement {parity.agreement:.2%}")
-        click.echo("runtime graph: " + ("no dequantization left after load" if not leftover
-                                         else f"decode ops left at run time: {leftover}"))
+        if spec.weights == "int8":
+            click.echo(f"runtime graph: int8 QDQ kept for int8 kernels ({leftover.get('DequantizeLinear', 0)} "
+                       "DequantizeLinear)")
+        else:
+            click.echo("runtime graph: " + ("no dequantization left after load" if not leftover
+                                             else f"decode ops left at run time: {leftover}"))
 
 
 def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, offset):

@@ -18,6 +18,8 @@ from edge.files import atomic_write
 from edge.fold import fold_student
 from export.calibrate import synthetic_images
 from export.onnx_graph import build_onnx
+from edge.metadata import write_metadata
+from edge.quant import FloatWeight
 from export.quantize import QuantSpec, encode_layers
 
 CALIBRATION_IMAGES = 64
@@ -50,13 +52,24 @@ def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike, spec: QuantSpec
             calibration = synthetic_images(CALIBRATION_IMAGES, config.in_channels, config.input_size)
             calibration_source = f"{CALIBRATION_IMAGES} synthetic 1/f images (data-free)"
         quant["calibration"] = calibration_source
-    layers, encodings = encode_layers(layers, spec, calibration)
-    bias_dtype = np.float32 if spec.weights == "fp32" else np.float16
-    model = build_onnx(checkpoint.card, layers, encodings, bias_dtype, quant)
+    if spec.weights == "int8":
+        from export.int8 import quantize_qdq
+
+        model = quantize_qdq(build_onnx(checkpoint.card, layers, *_float_parts(layers), quant), calibration,
+                             spec.per_channel)
+        write_metadata(model, checkpoint.card, quant)
+    else:
+        layers, encodings = encode_layers(layers, spec, calibration)
+        bias_dtype = np.float32 if spec.weights == "fp32" else np.float16
+        model = build_onnx(checkpoint.card, layers, encodings, bias_dtype, quant)
     onnx.checker.check_model(model, full_check=True)
     data = model.SerializeToString()
     atomic_write(path, lambda f: f.write(data))
     return len(data), quant
+
+
+def _float_parts(layers):
+    return {layer.name: FloatWeight(layer.weight) for layer in layers}, np.float32
 
 
 def runtime_ops(path: str | os.PathLike) -> Counter:

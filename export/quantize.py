@@ -26,15 +26,15 @@ METHODS = ("minmax", "gptq")
 
 @dataclass(frozen=True)
 class QuantSpec:
-    weights: str = "fp32"  # fp32 | fp16 | uint1..uint8
+    weights: str = "fp32"  # fp32 | fp16 | uint1..uint8 | int8 (ONNX Runtime QDQ, int8 compute)
     per_channel: bool = False
     method: str = "gptq"
     fp16_below: int = 1024
 
     def __post_init__(self):
-        if self.weights not in ("fp32", "fp16") and not (
+        if self.weights not in ("fp32", "fp16", "int8") and not (
                 self.weights.startswith("uint") and self.weights[4:].isdigit() and 1 <= int(self.weights[4:]) <= 8):
-            raise ValueError(f"unknown weight format {self.weights!r}: use fp32, fp16 or uint8 (uint1..uint8)")
+            raise ValueError(f"unknown weight format {self.weights!r}: use fp32, fp16, uint8 (uint1..uint8) or int8")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
 
@@ -44,10 +44,12 @@ class QuantSpec:
 
     @property
     def calibrated(self) -> bool:
-        return self.bits is not None and self.method == "gptq"
+        return self.weights == "int8" or (self.bits is not None and self.method == "gptq")
 
     def describe(self) -> dict:
         info = {"weights": self.weights, "per_channel": self.per_channel}
+        if self.weights == "int8":
+            info.update(activations="uint8", format="QDQ via onnxruntime.quantization (int8 compute)")
         if self.bits:
             info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16")
             if self.calibrated:

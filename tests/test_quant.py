@@ -66,3 +66,17 @@ def test_sensitivity_ranks_layers(ta, food11_test):
     rows = layer_sensitivity(ta, images, bits=2)
     assert len(rows) == 16 and rows[0].agreement <= rows[-1].agreement
     assert rows[0].max_logit_change > 0
+
+
+def test_int8_qdq_runs_int8_kernels(ta, food11_test, tmp_path):
+    from export.exporter import runtime_ops
+
+    path = tmp_path / "ta_int8.onnx"
+    calibration = load_images(ta, food11_test, 16)
+    export_onnx(ta, path, QuantSpec("int8", per_channel=True), *calibration)
+    ops = runtime_ops(path)
+    assert any(op.startswith("QLinear") for op in ops), ops
+    model = OnnxClassifier(path)
+    assert model.quant["weights"] == "int8" and model.card == ta.card
+    images, _ = load_images(ta, food11_test, 32, offset=16)
+    assert model(images).shape == (32, 11)
