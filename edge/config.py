@@ -23,16 +23,22 @@ class ConfigError(ValueError):
     """A config that cannot describe a working model."""
 
 
-def _from_dict(cls, data: dict):
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
-    return cls(**data)
+class _JsonFields:
+    """to_dict/from_dict for a flat frozen dataclass (tuples become JSON lists and back)."""
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+        return cls(**data)
 
 
 @dataclass(frozen=True)
-class StudentConfig:
+class StudentConfig(_JsonFields):
     """One StudentNet: stage 0 is a 3x3 conv, stages 1.. are depthwise-separable blocks.
 
     ``widths[i]`` is the output width of stage i; a stage listed in ``pools`` is followed
@@ -81,16 +87,9 @@ class StudentConfig:
                 size //= 2
         return 2 * (total + channels * self.num_classes)
 
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "StudentConfig":
-        return _from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class Preprocess:
+class Preprocess(_JsonFields):
     """Image -> float32 CHW tensor, applied identically by the torch and ONNX paths.
 
     Order: decode (optionally applying EXIF orientation), convert to ``color``, resize the
@@ -113,13 +112,6 @@ class Preprocess:
             raise ConfigError(f"color must be RGB or L, got {self.color!r}")
         if len(self.mean) != len(self.color) or len(self.std) != len(self.color):
             raise ConfigError(f"mean/std need one value per {self.color} channel")
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Preprocess":
-        return _from_dict(cls, data)
 
 
 @dataclass(frozen=True)
