@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.harness import REFERENCE
 from edge.files import atomic_write
 
 COLUMNS = ("Backend", "Format", "Status", "Bytes", "Params", "Accuracy", "Agree", "Load ms", "p50 ms",
@@ -165,8 +166,8 @@ def _model_lines(doc: dict) -> list[str]:
 
 
 def compare(doc: dict, previous: dict) -> list[str]:
-    """Row by row (p50 and throughput): ``agree`` when each run's median lies within the other's
-    min-max, ``overlap`` when only the min-max ranges overlap, ``DIFFER`` when they are disjoint."""
+    """Row by row (p50, throughput, speed-up over torch): ``agree`` when each run's median lies within
+    the other's min-max, ``overlap`` when only the min-max ranges overlap, ``DIFFER`` when disjoint."""
     def key(row):
         return row["model"], row["backend"], row["format"]
 
@@ -175,8 +176,11 @@ def compare(doc: dict, previous: dict) -> list[str]:
     for row in (r for r in doc["rows"] if r["status"] == "ok" and key(r) in earlier):
         old = earlier[key(row)]
         top = str(row["gflops_batch"])
-        for label, new_stats, old_stats in (("p50 ms", row["p50_ms"], old["p50_ms"]),
-                                            (f"img/s b={top}", row["img_s"].get(top), old["img_s"].get(top))):
+        pairs = [("p50 ms", row["p50_ms"], old["p50_ms"]),
+                 (f"img/s b={top}", row["img_s"].get(top), old["img_s"].get(top))]
+        if (row["backend"], row["format"]) != REFERENCE:  # the reference's own ratio is 1 by definition
+            pairs.append(("x torch", row["speedup_vs_torch_cpu_fp32"], old["speedup_vs_torch_cpu_fp32"]))
+        for label, new_stats, old_stats in pairs:
             if new_stats and old_stats:
                 verdicts.append(_verdict(new_stats, old_stats))
                 lines.append(f"{verdicts[-1]:7} {row['backend']} {row['format']} {label}: "
