@@ -223,7 +223,13 @@ def markdown(result: dict, command: str, info: dict) -> str:
     for name, row in (("`edge predict` (ONNX Runtime)", ours), ("homework (PIL up front, torch eager, batch 32)", hw)):
         lines.append(f"| {name} | {row['wall_s_median']:.2f} ({row['wall_s_min']:.2f}-{row['wall_s_max']:.2f}) "
                      f"| {n / row['wall_s_median']:.0f} | {row['cpu_s_median']:.1f} | {row['peak_rss_mb_max']:.0f} |")
+    loads = [r["load_before"] for r in ours["runs"] + hw["runs"]]
+    cores = info["cores"]
     lines += [
+        "", f"Load average (1 min) before the runs: {min(loads):.1f}-{max(loads):.1f} on {cores} cores: other "
+        "jobs shared the machine, so wall times include waiting for a core. Our CPU seconds / cores = "
+        f"{ours['cpu_s_median'] / cores:.1f} s: the wall time on an idle machine if every core stayed busy "
+        "(a lower bound: start-up is single-threaded).",
         "", f"Speed-up (median wall): **{result['speedup_median']:.2f}x**. "
         f"Predictions agree on {result['csv_agreement_ours_vs_homework']:.2%} of images "
         "(uint8 weights vs the fp32 original).", "",
