@@ -100,6 +100,7 @@ def gptq_codes(weights: torch.Tensor, hessian: torch.Tensor, lo: torch.Tensor, s
     return torch.zeros_like(codes).scatter_(2, order[:, None, :].expand_as(codes), codes)
 
 
+@torch.no_grad()
 def calibrate(layers: list[FoldedLayer], images: np.ndarray, encode) -> tuple[list[FoldedLayer], dict]:
     """Encode ``layers`` in order on ``images`` and correct each bias so the mean pre-activation matches fp32.
 
@@ -107,7 +108,6 @@ def calibrate(layers: list[FoldedLayer], images: np.ndarray, encode) -> tuple[li
     ``input_rows()`` gives the layer's input on the already-quantized model, as `_input_rows` lays it out.
     Returns the layers with quantized weights and corrected biases, and the encodings by layer name.
     """
-    torch.set_grad_enabled(False)
     x_float = x_quant = torch.from_numpy(images)
     out, encodings = [], {}
     for layer in layers:
@@ -123,9 +123,9 @@ def calibrate(layers: list[FoldedLayer], images: np.ndarray, encode) -> tuple[li
     return out, encodings
 
 
+@torch.no_grad()
 def folded_forward(layers: list[FoldedLayer], images: np.ndarray, batch: int = 32) -> np.ndarray:
     """Logits of the folded model (torch, fp32) for float32 NCHW ``images``."""
-    torch.set_grad_enabled(False)
     outputs = []
     for start in range(0, len(images), batch):
         x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch]))
