@@ -204,7 +204,8 @@ def load_images(source: str, spec: Preprocess, augment: Augment | None = None, *
         samples = list_samples(name, class_hint)[part]
         if not samples:
             raise DatasetError(f"{source}: the slice selects no images")
-        files, ids, classes = [s.path for s in samples], [s.id for s in samples], _folder_classes(Path(name), samples, class_hint)
+        files, ids = [s.path for s in samples], [s.id for s in samples]
+        classes = _folder_classes(Path(name), samples, class_hint)
         labels = [-1 if s.label is None else s.label for s in samples]
     if labels_csv:
         truth = read_labels(labels_csv)
@@ -248,7 +249,8 @@ def _write_cache(cache_dir, name: str, key: str, data: ImageSet) -> None:
     if not cache_dir:
         return
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write(_cache_path(cache_dir, name, key), lambda f: torch.save({"pixels": data.pixels, "boxes": data.boxes}, f))
+    payload = {"pixels": data.pixels, "boxes": data.boxes}
+    atomic_write(_cache_path(cache_dir, name, key), lambda f: torch.save(payload, f))
 
 
 # ---------------------------------------------------------------- batches
@@ -273,7 +275,8 @@ def augment_batch(pixels: torch.Tensor, boxes: torch.Tensor, aug: Augment, gener
     u = torch.rand(n, 4, generator=generator)
     top = _offsets(boxes[:, 0], boxes[:, 2], crop, aug.padding, size, u[:, 0])
     left = _offsets(boxes[:, 1], boxes[:, 3], crop, aug.padding, size, u[:, 1])
-    crops = torch.stack([pixels[i, :, t:t + crop, l:l + crop] for i, (t, l) in enumerate(zip(top.tolist(), left.tolist()))])
+    crops = torch.stack([pixels[i, :, t:t + crop, x:x + crop]
+                         for i, (t, x) in enumerate(zip(top.tolist(), left.tolist()))])
     angle = torch.deg2rad((u[:, 2] * 2 - 1) * aug.max_angle)
     mirror = torch.where(u[:, 3] < 0.5, -1.0, 1.0) if aug.flip else torch.ones(n)
     cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
@@ -303,7 +306,8 @@ class EpochBatches(torch.utils.data.Dataset):
         n = len(data)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed_for(seed, epoch))) if shuffle \
             else torch.arange(n)
-        count = n // batch_size if shuffle and n > batch_size else math.ceil(n / batch_size)  # training drops a ragged tail
+        # training drops a ragged last batch (a batch of one breaks BatchNorm on 1x1 maps)
+        count = n // batch_size if shuffle and n > batch_size else math.ceil(n / batch_size)
         self.batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(count)]
 
     def __len__(self) -> int:

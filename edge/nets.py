@@ -105,9 +105,10 @@ def load_net(path: str | os.PathLike) -> NetFile:
     if isinstance(obj, dict) and obj.get(NET_KEY):
         try:
             spec = NetSpec.from_dict(obj["net"])
-            extra = {k: v for k, v in obj.items() if k not in (NET_KEY, CHECKPOINT_KEY, "net", "preprocess", "classes",
-                                                                 "state_dict", "card")}
-            return NetFile(spec, Preprocess.from_dict(obj["preprocess"]), tuple(obj["classes"]), obj["state_dict"], extra)
+            known = (NET_KEY, CHECKPOINT_KEY, "net", "preprocess", "classes", "state_dict", "card")
+            extra = {k: v for k, v in obj.items() if k not in known}
+            return NetFile(spec, Preprocess.from_dict(obj["preprocess"]), tuple(obj["classes"]), obj["state_dict"],
+                           extra)
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: damaged edge model file ({err})") from None
     ckpt = load_checkpoint(path)

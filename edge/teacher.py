@@ -26,8 +26,9 @@ def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3) ->
 
     names = torchvision.models.list_models(module=torchvision.models)
     if name not in names:
+        examples = ", ".join(n for n in names if n.startswith(("resnet", "mobilenet", "efficientnet")))
         raise CheckpointError(f"unknown architecture {name!r}: use dw, cnn, group or a torchvision classifier "
-                              f"({', '.join(n for n in names if n.startswith(('resnet', 'mobilenet', 'efficientnet')))}, ...)")
+                              f"({examples}, ...)")
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if in_channels != 3:
         _set_input_channels(model, in_channels)
