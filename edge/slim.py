@@ -160,7 +160,7 @@ def measure(net: NetFile, setup: SlimSetup, onnx_path: Path, val_kind: str, val)
     quant = QuantSpec(setup.storage, method=setup.method)
     calibration = (normalize(val.pixels[:CALIBRATION], val.preprocess).numpy(), f"{CALIBRATION} validation images") \
         if quant.calibrated else (None, "")
-    with torch.no_grad():  # and grad mode comes back as it was, whatever the exporter sets inside
+    with torch.no_grad():  # exporting and calibrating need no gradients
         size, described = export_onnx(Checkpoint(net.card, numpy_state(net), "edge"), onnx_path, quant, *calibration)
     point.update({"onnx": onnx_path.name, "onnx_bytes": size, "onnx_weights": described})
     if setup.test is not None:
@@ -195,9 +195,10 @@ def slim_curve(base: NetFile, rate: float, rounds: int, setup: SlimSetup, base_p
     for r in range(1, rounds + 1):
         pruned = prune_net(current, rate, setup.scope)
         before = measure_val(pruned, val, setup.device)
-        run = Run(pruned, init_model(pruned, setup.recipe.seed), Distillation(setup.teacher, setup.alpha, setup.temperature),
-                  setup.recipe, setup.train, setup.augment, folder / f"round{r}.pt", val, setup.device, setup.workers,
-                  {"slim_rate": rate, "round": r}, setup.progress)
+        objective = Distillation(setup.teacher, setup.alpha, setup.temperature)
+        run = Run(pruned, init_model(pruned, setup.recipe.seed), objective, setup.recipe, setup.train, setup.augment,
+                  folder / f"round{r}.pt", setup.val, setup.device, setup.workers, {"slim_rate": rate, "round": r},
+                  setup.progress)
         fit(run)
         current = load_net(run.best_path)
         point = measure(current, setup, folder / f"round{r}.onnx", val_kind, val)
@@ -218,24 +219,30 @@ def write_curves(path: Path, curves: dict) -> None:
 def plot_curves(path: Path, curves: dict) -> None:
     """Accuracy against parameters and against rounds, one line per rate, on one figure."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (by_size, by_round) = plt.subplots(1, 2, figsize=(11, 4.2))
+    first = curves["curves"][0]["points"][0]
+    key, kind = ("test_accuracy", first["test_kind"]) if "test_accuracy" in first \
+        else ("val_accuracy", first["val_kind"])
     for curve in curves["curves"]:
         points = curve["points"]
-        key = "test_accuracy" if "test_accuracy" in points[0] else "val_accuracy"
-        label = f"rate {curve['rate']:g}/round"
         acc = [100 * p[key] for p in points]
-        by_size.plot([p["parameters"] for p in points], acc, "o-", label=label)
-        by_round.plot([p["round"] for p in points], acc, "o-", label=label)
-    kind = curves["curves"][0]["points"][0].get("test_kind" if key == "test_accuracy" else "val_kind", "accuracy")
+        line, = by_size.plot([p["parameters"] for p in points], acc, "o-", label=f"rate {curve['rate']:g}/round, torch")
+        if "onnx_test_accuracy" in first:
+            by_size.plot([p["parameters"] for p in points], [100 * p["onnx_test_accuracy"] for p in points], "x--",
+                         color=line.get_color(), label=f"rate {curve['rate']:g}/round, uint8 ONNX")
+        by_round.plot([p["round"] for p in points], acc, "o-", color=line.get_color(),
+                      label=f"rate {curve['rate']:g}/round")
     by_size.set(xlabel="parameters", ylabel=f"{kind} (%)", title="accuracy vs size")
     by_round.set(xlabel="slimming round", ylabel=f"{kind} (%)", title="accuracy per round (KD fine-tuned)")
+    by_round.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for ax in (by_size, by_round):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.suptitle(curves.get("title", "network slimming"))
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
