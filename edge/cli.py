@@ -1,4 +1,4 @@
-"""The `edge` command line: export, predict, info, convert (and bench from the bench package).
+"""The `edge` command line: export, predict, info, convert, train, distill, slim (and bench from the bench package).
 
 Heavy modules (torch, onnx, export, bench) are imported inside the commands that need them,
 so `edge predict` on an ONNX file never imports torch.
@@ -315,6 +315,163 @@ def bench(models, data, labels, providers, quants, batches, threads, repeats, mi
                              batches=_int_list(batches), threads=threads, repeats=repeats, min_time=min_time,
                              pools=_int_list(pools), json_out=json_out, markdown_out=markdown_out,
                              plot_out=plot_out, previous=previous, quiet=quiet))
+
+
+def _float_list(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+_TRAINING_OPTIONS = [
+    click.option("--val", help="Validation data (same forms as DATA); keeps the best epoch. Unlabelled: agreement "
+                               "with the teacher."),
+    click.option("--test", help="Test data, scored at the end (never used to choose)."),
+    click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for DATA."),
+    click.option("--val-labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --val."),
+    click.option("--test-labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --test."),
+    click.option("--padding", default=0, show_default=True, type=click.IntRange(0),
+                 help="RandomCrop's symmetric padding per side (the homework: 0; e.g. 4 for 32 px images)."),
+    click.option("--no-flip", is_flag=True, help="No random horizontal flip."),
+    click.option("--batch", default=64, show_default=True, type=click.IntRange(1)),
+    click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True),
+                 help="AdamW learning rate."),
+    click.option("--weight-decay", default=0.01, show_default=True, type=click.FloatRange(0)),
+    click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "constant"]),
+                 help="Learning rate per epoch."),
+    click.option("--seed", default=0, show_default=True, type=int,
+                 help="Seeds initialisation, batch order and augmentation (an epoch is a function of it)."),
+    click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N."),
+    click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: all cores)."),
+    click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
+                 help="DataLoader worker processes that crop/augment batches (the same batches for any number)."),
+    click.option("--decode-threads", default=4, show_default=True, type=click.IntRange(1),
+                 help="Threads decoding images once into the uint8 cache."),
+    click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+                 help="Keep decoded images here; later runs on the same files skip decoding."),
+    click.option("--quiet", is_flag=True, help="No progress bars (epoch lines and the summary remain)."),
+]
+_KD_OPTIONS = [
+    click.option("--temperature", default=20.0, show_default=True, type=click.FloatRange(0, min_open=True),
+                 help="KD temperature T."),
+    click.option("--alpha", type=click.FloatRange(0, 1),
+                 help="KD weight: alpha*T^2*KL + (1-alpha)*CE [default: 0.5 with labels, 1 (label-free) without]."),
+]
+_FRESH_MODEL_OPTIONS = [
+    click.option("--input-size", type=click.IntRange(4),
+                 help="Input side in pixels [default: 256 for folders, 32 for fashion-mnist (zero-padded 28 px)]."),
+    click.option("--resize", type=click.IntRange(1), help="Resize the shorter side to this first (folders only)."),
+    click.option("--widths", callback=lambda ctx, param, value: _int_list(value), metavar="W0,W1,..",
+                 help="Stage widths [default: the homework's 16,32,64,128,256,256,256,256; baselines sized to "
+                      "its parameter count]."),
+    click.option("--pools", callback=lambda ctx, param, value: _int_list(value), metavar="I,J,..",
+                 help="Stages followed by a 2x2 max-pool [default: 0,1,2,3]."),
+    click.option("--groups", type=click.IntRange(1), help="Groups of the group-conv baseline [default: 4]."),
+    click.option("--epochs", default=10, show_default=True, type=click.IntRange(1)),
+    click.option("--sparsity", default=0.0, show_default=True, type=click.FloatRange(0),
+                 help="L1 on BatchNorm gammas (network slimming, e.g. 1e-4), so `edge slim` finds channels to cut."),
+    click.option("--resume", is_flag=True, help="Continue OUTPUT's run (same options) to the same result."),
+    click.option("--stop-after", type=click.IntRange(1), metavar="EPOCH",
+                 help="Stop after this epoch (the schedule still spans --epochs); continue later with --resume."),
+    click.option("--metrics", type=click.Path(dir_okay=False, path_type=Path), help="Write the run's summary JSON."),
+    click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                 help="The run's file (last epoch, resumable); the best epoch goes to NAME.best.pt."),
+]
+
+
+def _with(options):
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+@main.command()
+@click.argument("data")
+@click.option("--arch", default="dw", show_default=True,
+              help="dw (StudentNet), cnn / group (baselines at its parameter count), or a torchvision classifier "
+                   "(resnet18, ...) for a teacher.")
+@click.option("--weights", "--teacher-weights", "weights",
+              help="Initial weights of a torchvision arch: imagenet (the file torchvision caches; nothing is "
+                   "downloaded) or a state dict PATH (e.g. the homework's teacher_resnet18.bin).")
+@_with(_FRESH_MODEL_OPTIONS)
+@_with(_TRAINING_OPTIONS)
+def train(**opts):
+    """Train a model from scratch on DATA with cross-entropy: a teacher, a baseline or a student.
+
+    DATA: a folder (Food-11 training/ with <class>_<n>.jpg, or class subfolders) or
+    fashion-mnist:train; add @START:STOP for a slice in id order. Writes OUTPUT after every
+    epoch (resume with --resume) and the best epoch by --val accuracy to OUTPUT's .best.pt.
+    """
+    from edge.runs import train_command
+
+    with _user_errors():
+        train_command(opts)
+
+
+@main.command()
+@click.argument("data")
+@click.option("--teacher", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Teacher file: one `edge train` wrote, any StudentNet file, or a torchvision state dict "
+                   "(the homework's teacher_resnet18.bin) with --teacher-arch.")
+@click.option("--teacher-arch", default="resnet18", show_default=True,
+              help="The torchvision classifier a plain state dict --teacher belongs to.")
+@click.option("--student", default="dw", show_default=True,
+              help="dw | cnn | group for a fresh student, or a model file to start from.")
+@click.option("--feature", metavar="S_LAYER:T_LAYER",
+              help="Also distil a feature map through a 1x1 regressor, e.g. cnn.4:layer2.")
+@click.option("--feature-weight", default=1.0, show_default=True, type=click.FloatRange(0))
+@_with(_KD_OPTIONS)
+@_with(_FRESH_MODEL_OPTIONS)
+@_with(_TRAINING_OPTIONS)
+def distill(**opts):
+    """Train a student from a teacher (knowledge distillation, the homework's loss).
+
+    loss = alpha*T^2*KL(softmax(t/T) || softmax(s/T)) + (1-alpha)*CE, AdamW. Unlabelled DATA
+    (e.g. Food-11 testing/) trains label-free with alpha 1.
+    """
+    from edge.runs import distill_command
+
+    with _user_errors():
+        distill_command(opts)
+
+
+@main.command()
+@click.argument("student", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("data")
+@click.option("--rate", default="0.1", show_default=True, callback=lambda ctx, param, value: _float_list(value),
+              metavar="R[,R..]", help="Fraction of the remaining channels removed each round; several rates give "
+                                      "several curves on one figure.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--finetune-epochs", default=2, show_default=True, type=click.IntRange(1),
+              help="KD fine-tuning epochs after each round (the best by --val is kept).")
+@click.option("--scope", default="stage", show_default=True, type=click.Choice(["stage", "global"]),
+              help="Rank channels within each stage (the homework), or by one global |gamma| threshold "
+                   "(Liu et al., after --sparsity training).")
+@click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path),
+              help="Teacher for fine-tuning [default: the unpruned STUDENT].")
+@click.option("--teacher-arch", default="resnet18", show_default=True,
+              help="The torchvision classifier a plain state dict --teacher belongs to.")
+@click.option("--quant", default="uint8", show_default=True, help="Weight format of each round's ONNX export.")
+@click.option("--method", default="gptq", show_default=True, type=click.Choice(["gptq", "minmax"]),
+              help="Rounding of integer formats, as in `edge export` (gptq calibrates on 64 --val images).")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for curve.json, curve.png and every round's model and ONNX file.")
+@_with(_KD_OPTIONS)
+@_with(_TRAINING_OPTIONS)
+def slim(**opts):
+    """Network-slim STUDENT (a StudentNet file): prune channels by BatchNorm |gamma|, physically.
+
+    Each round removes RATE of the remaining channels per stage (never a whole layer), fine-tunes
+    with knowledge distillation on DATA (label-free when DATA has no labels), keeps the best epoch
+    by --val, exports it and records parameters, ONNX bytes and accuracy.
+    """
+    from edge.runs import slim_command
+
+    with _user_errors():
+        slim_command(opts)
 
 
 if __name__ == "__main__":

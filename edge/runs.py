@@ -1,0 +1,272 @@
+"""What `edge train`, `edge distill` and `edge slim` do with their options: open the data, build or
+load the models, put a `edge.train.Run` together, run it, and print a summary line.
+
+Option names (the keys of ``opts``) are the click parameter names of those commands.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+import torch
+
+from edge.checkpoints import CheckpointError
+from edge.config import ConfigError, Preprocess, StudentConfig
+from edge.datasets import Augment, ImageSet, load_images
+from edge.files import atomic_write
+from edge.nets import STUDENT_ARCHS, NetFile, NetSpec, check_compatible, count_parameters, load_net
+from edge.train import Recipe, Run, accuracy, fit, init_model
+
+FASHION_MNIST = "fashion-mnist"
+
+
+def _device(name: str) -> torch.device:
+    from edge.torch_backend import resolve_device
+
+    try:
+        return resolve_device(name)
+    except RuntimeError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _setup_threads(opts: dict) -> None:
+    if opts.get("threads"):
+        torch.set_num_threads(opts["threads"])
+
+
+def fresh_preprocess(opts: dict) -> Preprocess:
+    """The inputs of a model trained from scratch: Fashion-MNIST is grey (default 32 px, the 28 px
+    images zero-padded), folders RGB (default 256 px, the homework's centre crop)."""
+    grey = opts["data"].startswith(FASHION_MNIST)
+    size = opts.get("input_size") or (32 if grey else 256)
+    if grey:
+        return Preprocess(crop=size, resize=opts.get("resize"), mean=(0.0,), std=(1.0,), color="L")
+    return Preprocess(crop=size, resize=opts.get("resize"))
+
+
+def open_sets(opts: dict, preprocess: Preprocess, classes: tuple[str, ...] = ()):
+    """(train, val, test, augment) for ``preprocess``; val/test are None when not asked for."""
+    augment = Augment(preprocess.crop, opts.get("padding") or 0, flip=not opts.get("no_flip"))
+    common = {"workers": opts.get("decode_threads") or 4, "cache_dir": opts.get("cache_dir")}
+    train = load_images(opts["data"], preprocess, augment, labels_csv=opts.get("labels"), class_hint=classes, **common)
+    hint = classes or train.classes or ()
+
+    def evaluation(key: str) -> ImageSet | None:
+        return load_images(opts[key], preprocess, labels_csv=opts.get(f"{key}_labels"), class_hint=hint, **common) \
+            if opts.get(key) else None
+
+    val, test = evaluation("val"), evaluation("test")
+    click.echo(f"data: train {len(train)} images ({opts['data']}), val {len(val) if val else 0}, "
+               f"test {len(test) if test else 0}; input {preprocess.crop}px {preprocess.color}", err=True)
+    return train, val, test, augment
+
+
+def _recipe(opts: dict, epochs_key: str = "epochs") -> Recipe:
+    return Recipe(epochs=opts[epochs_key], batch_size=opts["batch"], lr=opts["lr"], weight_decay=opts["weight_decay"],
+                  schedule=opts["schedule"], seed=opts["seed"], sparsity=opts.get("sparsity") or 0.0)
+
+
+def _spec(arch: str, opts: dict, preprocess: Preprocess, classes: tuple[str, ...]) -> NetSpec:
+    """A fresh model's architecture: the homework's StudentNet shape unless --widths/--pools say
+    otherwise; baselines sized to that StudentNet's parameter count."""
+    shape = {k: opts[k] for k in ("widths", "pools") if opts.get(k) is not None}
+    base = StudentConfig(input_size=preprocess.crop, num_classes=len(classes), in_channels=len(preprocess.color),
+                         **shape)
+    if arch in ("cnn", "group"):
+        from edge.baselines import sized_like
+
+        groups = opts.get("groups") or 4 if arch == "group" else 1
+        return NetSpec(arch, base if opts.get("widths") else sized_like(base, groups), groups)
+    return NetSpec(arch, base)
+
+
+def _classes_of(train: ImageSet) -> tuple[str, ...]:
+    if train.classes is None:
+        raise ConfigError(f"the training images have no labels: a model trained from scratch needs labelled "
+                          f"data (a Food-11 training/ folder, class subfolders, {FASHION_MNIST}:train or --labels)")
+    return train.classes
+
+
+def _fresh_net(arch: str, opts: dict, train: ImageSet, preprocess: Preprocess) -> NetFile:
+    classes = _classes_of(train)
+    return NetFile(_spec(arch, opts, preprocess, classes), preprocess, classes, {})
+
+
+def _init(net: NetFile, opts: dict) -> torch.nn.Module:
+    model = init_model(net, opts["seed"])
+    if opts.get("weights") and net.spec.arch not in STUDENT_ARCHS:
+        from edge.teacher import load_classifier_weights
+
+        fresh = load_classifier_weights(model, opts["weights"], net.spec.arch)
+        click.echo(f"initial weights: {opts['weights']}" + (f" (re-initialised: {', '.join(fresh)})" if fresh else ""),
+                   err=True)
+    elif opts.get("weights"):
+        raise ConfigError("--weights initialises torchvision architectures; start a StudentNet from a file with "
+                          "`edge distill --student FILE`")
+    return model
+
+
+def _about(opts: dict, *keys: str) -> dict:
+    return {k: str(opts[k]) if isinstance(opts[k], Path) else opts[k] for k in keys if opts.get(k) is not None}
+
+
+def _finish(run: Run, summary: dict, test: ImageSet | None, opts: dict, began: float) -> dict:
+    """Test the last and the best epoch, print the summary line, write --metrics."""
+    result = {"command": "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "model": run.net.spec.describe(),
+              "parameters": count_parameters(run.model), "epochs": run.recipe.epochs,
+              "seconds": round(time.time() - began, 1), **summary}
+    line = f"{run.net.spec.describe()}, {result['parameters']:,} parameters, {run.recipe.epochs} epochs"
+    last = summary["last"]
+    if "val_accuracy" in last:
+        line += (f" | val {last['val_kind']}: last {last['val_accuracy']:.2%}, best "
+                 f"{summary['best']['val_accuracy']:.2%} (epoch {summary['best']['epoch']})")
+    if test is not None:
+        result["test_accuracy_last"] = accuracy(run.model, test, run.device)
+        result["test_accuracy_best"] = accuracy(load_net(run.best_path).build().to(run.device), test, run.device)
+        line += (f" | test accuracy: last {result['test_accuracy_last']:.2%}, "
+                 f"best-by-val {result['test_accuracy_best']:.2%}")
+    click.echo(f"done in {result['seconds']:.0f}s: {line} | wrote {run.out} (last, resumable) and {run.best_path}",
+               err=True)
+    if opts.get("metrics"):
+        atomic_write(opts["metrics"], lambda f: f.write(json.dumps(result, indent=2).encode()))
+    return result
+
+
+def _run(net: NetFile, model, objective, opts: dict, sets, about: dict) -> Run:
+    train, val, _, augment = sets
+    return Run(net, model, objective, _recipe(opts), train, augment, Path(opts["output"]), val, _device(opts["device"]),
+               opts.get("workers") or 0, about, not opts.get("quiet"))
+
+
+def train_command(opts: dict) -> dict:
+    """`edge train`: a teacher, baseline or student from scratch on labels (cross-entropy)."""
+    from edge.train import CrossEntropy
+
+    began = time.time()
+    _setup_threads(opts)
+    preprocess = fresh_preprocess(opts)
+    sets = open_sets(opts, preprocess)
+    net = _fresh_net(opts["arch"], opts, sets[0], preprocess)
+    model = _init(net, opts)
+    click.echo(f"model: {net.spec.describe()}, {count_parameters(model):,} parameters", err=True)
+    about = _about(opts, "data", "val", "labels", "val_labels", "padding", "weights", "arch")
+    run = _run(net, model, CrossEntropy(), opts, sets, about)
+    return _finish(run, fit(run, opts.get("resume", False), opts.get("stop_after")), sets[2], opts, began)
+
+
+def load_teacher(path: Path, arch: str, classes: tuple[str, ...], preprocess: Preprocess) -> torch.nn.Module:
+    """A teacher from our model file, any StudentNet file, or a torchvision state dict (``arch``)."""
+    try:
+        net = load_net(path)
+    except CheckpointError as err:
+        from edge.teacher import load_classifier_weights, torchvision_classifier
+
+        if arch in STUDENT_ARCHS:
+            raise err
+        model = torchvision_classifier(arch, len(classes), len(preprocess.color))
+        fresh = load_classifier_weights(model, path, arch)
+        if fresh:
+            raise CheckpointError(f"{path}: a teacher needs every weight; these do not fit a {arch} with "
+                                  f"{len(classes)} classes: {', '.join(fresh[:4])}") from None
+        click.echo(f"teacher: {arch} state dict {path} ({count_parameters(model):,} parameters)", err=True)
+        return model.eval()
+    check_compatible(net, NetFile(net.spec, preprocess, classes, {}), f"teacher {path} vs the student")
+    click.echo(f"teacher: {path} ({net.spec.describe()}, {count_parameters(net.build()):,} parameters)", err=True)
+    return net.build()
+
+
+def _alpha(opts: dict, train: ImageSet) -> float:
+    """--alpha, by default 0.5 on labelled data and 1 (label-free) on unlabelled data."""
+    if opts.get("alpha") is None:
+        return 0.5 if train.labelled else 1.0
+    if opts["alpha"] < 1 and not train.labelled:
+        raise ConfigError(f"--alpha {opts['alpha']:g} mixes in cross-entropy, but {opts['data']} has images without "
+                          f"labels: use --alpha 1 (label-free) or give --labels")
+    return opts["alpha"]
+
+
+def _objective(teacher, student: torch.nn.Module, opts: dict, preprocess: Preprocess, alpha: float):
+    from edge.distill import Distillation, FeatureHint
+
+    hint = None
+    if opts.get("feature"):
+        s_layer, _, t_layer = opts["feature"].partition(":")
+        if not t_layer:
+            raise ConfigError(f"--feature wants STUDENT_LAYER:TEACHER_LAYER (e.g. cnn.4:layer2), "
+                              f"got {opts['feature']!r}")
+        probe = torch.zeros(2, len(preprocess.color), preprocess.crop, preprocess.crop)
+        try:
+            hint = FeatureHint(student, teacher, s_layer, t_layer, probe)
+        except ValueError as err:
+            raise ConfigError(f"--feature: {err}") from None
+    return Distillation(teacher, alpha, opts["temperature"], hint, opts.get("feature_weight") or 1.0)
+
+
+def distill_command(opts: dict) -> dict:
+    """`edge distill`: a student (fresh, or started from a file) taught by a teacher."""
+    began = time.time()
+    _setup_threads(opts)
+    start = None if opts["student"] in STUDENT_ARCHS else load_net(opts["student"])
+    preprocess = start.preprocess if start else fresh_preprocess(opts)
+    sets = open_sets(opts, preprocess, start.classes if start else ())
+    net = start or _fresh_net(opts["student"], opts, sets[0], preprocess)
+    model = _init(net, opts)
+    teacher = load_teacher(opts["teacher"], opts["teacher_arch"], net.classes, preprocess)
+    alpha = _alpha(opts, sets[0])
+    click.echo(f"student: {net.spec.describe()}, {count_parameters(model):,} parameters; KD alpha {alpha:g}, "
+               f"T {opts['temperature']:g}" + (f", feature hint {opts['feature']}" if opts.get("feature") else ""),
+               err=True)
+    about = _about(opts, "data", "val", "labels", "val_labels", "padding", "teacher", "student", "feature",
+                   "feature_weight", "temperature") | {"alpha": alpha}
+    run = _run(net, model, _objective(teacher, model, opts, preprocess, alpha), opts, sets, about)
+    return _finish(run, fit(run, opts.get("resume", False), opts.get("stop_after")), sets[2], opts, began)
+
+
+def slim_command(opts: dict) -> dict:
+    """`edge slim`: iterative network slimming of a StudentNet, one curve per rate."""
+    from edge.slim import SlimSetup, plot_curves, slim_curve, write_curves
+
+    began = time.time()
+    _setup_threads(opts)
+    base = load_net(opts["student"])
+    if base.spec.arch != "dw":
+        raise ConfigError(f"{opts['student']}: slimming works on StudentNets (arch dw), this is {base.spec.arch}")
+    train, val, test, augment = open_sets(opts, base.preprocess, base.classes)
+    if val is None:
+        raise ConfigError("--val is required: each round keeps its best epoch by validation accuracy")
+    teacher = load_teacher(opts["teacher"], opts["teacher_arch"], base.classes, base.preprocess) \
+        if opts.get("teacher") else base.build()
+    alpha = _alpha(opts, train)
+    out = Path(opts["output"])
+    test_kind = f"agreement with {Path(opts['test_labels']).name}" if opts.get("test_labels") else "accuracy"
+    setup = SlimSetup(train, val, augment, teacher, _recipe(opts, "finetune_epochs"), out, alpha, opts["temperature"],
+                      opts["scope"], test, test_kind, opts["quant"], opts["method"], _device(opts["device"]),
+                      opts.get("workers") or 0, not opts.get("quiet"))
+    curves = {"title": f"slimming {Path(opts['student']).name} ({opts['scope']} threshold, KD alpha {alpha:g})",
+              "command": "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "curves": []}
+    for rate in opts["rate"]:
+        points = slim_curve(base, rate, opts["rounds"], setup, opts["student"])
+        curves["curves"].append({"rate": rate, "points": points})
+        write_curves(out / "curve.json", curves)
+    curves["seconds"] = round(time.time() - began, 1)
+    write_curves(out / "curve.json", curves)
+    plot_curves(out / "curve.png", curves)
+    for curve in curves["curves"]:
+        click.echo(_curve_line(curve), err=True)
+    click.echo(f"done in {curves['seconds']:.0f}s: wrote {out / 'curve.json'}, {out / 'curve.png'} and each round's "
+               f"model + {opts['quant']} ONNX under {out}/rate*/", err=True)
+    return curves
+
+
+def _curve_line(curve: dict) -> str:
+    parts = []
+    for p in curve["points"]:
+        acc = p.get("test_accuracy", p["val_accuracy"])
+        onnx = f"/{p['onnx_test_accuracy']:.1%} onnx" if "onnx_test_accuracy" in p else ""
+        parts.append(f"r{p['round']}: {p['parameters']:,}p {p['onnx_bytes']:,}B {acc:.1%}{onnx}")
+    return f"rate {curve['rate']:g}: " + " | ".join(parts)

@@ -1,0 +1,117 @@
+"""edge.slim: exact channel surgery on the TA's real student, layers never emptied, smaller files
+that load on their own, and the Fashion-MNIST pipeline teacher -> distil -> slim -> uint8 ONNX."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edge.checkpoints import load_checkpoint
+from edge.cli import main
+from edge.config import StudentConfig
+from edge.models import build_student
+from edge.nets import load_net
+from edge.slim import importance, prune, select_channels, zero_pruned_gates
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def ta(ta_student):
+    return load_checkpoint(ta_student)
+
+
+@pytest.fixture(scope="module")
+def photos(food11_test):
+    from edge.config import Preprocess
+    from edge.preprocess import load_image
+
+    return torch.from_numpy(np.stack([load_image(p, Preprocess()) for p in sorted(food11_test.iterdir())[:3]]))
+
+
+@pytest.mark.parametrize("rate,scope", [(0.3, "stage"), (0.5, "global")])
+def test_pruned_model_computes_exactly_the_original_with_pruned_gates_zeroed(ta, photos, rate, scope):
+    config, state = ta.card.config, ta.state
+    keep = select_channels(importance(config, state), rate, scope)
+    small_config, small = prune(config, state, keep)
+    assert small_config.num_parameters() < config.num_parameters()
+    assert list(small_config.widths[:-1]) == [len(k) for k in keep] and small_config.widths[-1] == 256
+    with torch.no_grad():
+        reference = build_student(config, zero_pruned_gates(config, state, keep))(photos)
+        pruned = build_student(small_config, small)(photos)
+        original = build_student(config, state)(photos)
+    scale = float(reference.abs().max())
+    assert float((pruned - reference).abs().max()) < 1e-5 * scale
+    assert float((original - reference).abs().max()) > 1e-3 * scale  # zeroing the gates does change the model
+
+
+def test_channels_with_the_smallest_gamma_go_first_and_no_layer_is_emptied(ta):
+    scores = importance(ta.card.config, ta.state)
+    keep = select_channels(scores, 0.25, "stage")
+    for s, k in zip(scores, keep):
+        assert len(k) == len(s) - int(0.25 * len(s))
+        assert s[k].min() >= np.delete(s, k).max()
+    for scope in ("stage", "global"):
+        assert all(len(k) >= 1 for k in select_channels(scores, 0.999, scope))
+    everything = sum(len(s) for s in scores)
+    removed = everything - sum(len(k) for k in select_channels(scores, 0.4, "global"))
+    assert removed == int(0.4 * everything)
+    with pytest.raises(ValueError, match="rate"):
+        select_channels(scores, 1.0)
+
+
+def test_bias_fold_keeps_what_a_dead_channel_fed_forward():
+    config = StudentConfig(widths=(4, 6, 8), pools=(0,), input_size=16)
+    torch.manual_seed(0)
+    model = build_student(config)
+    state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    state["cnn.1.1.bias"][:] = [0.5, -1.0, 7.0, 2.0]  # relu6 -> 0.5, 0, 6, 2
+    keep = [np.array([0, 1]), np.arange(6)]
+    _, small = prune(config, state, keep)
+    w = state["cnn.1.3.weight"][:, :, 0, 0]
+    assert np.allclose(small["cnn.1.3.bias"], state["cnn.1.3.bias"] + w[:, 2] * 6.0 + w[:, 3] * 2.0, atol=1e-6)
+
+
+def test_fashion_mnist_teacher_distil_slim_uint8(fashion_mnist, tmp_path):
+    """The whole pipeline through the CLI on a small subset, ending in smaller ONNX files that
+    score on real test images as the torch models do."""
+    data = ["fashion-mnist:train@:2048", "--val", "fashion-mnist:train@59000:59256", "--test", "fashion-mnist:test@:512",
+            "--padding", "2", "--batch", "64", "--threads", "2", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    runner = CliRunner()
+    teacher = runner.invoke(main, ["train", *data, "--arch", "cnn", "--widths", "16,32,64", "--pools", "0,1,2",
+                                   "--epochs", "3", "--lr", "3e-3", "-o", str(tmp_path / "teacher.pt"),
+                                   "--metrics", str(tmp_path / "teacher.json")])
+    assert teacher.exit_code == 0, teacher.output
+    distilled = runner.invoke(main, ["distill", *data, "--teacher", str(tmp_path / "teacher.best.pt"),
+                                     "--student", "dw", "--widths", "8,16,32,32", "--pools", "0,1,2", "--epochs", "2",
+                                     "--lr", "3e-3", "-o", str(tmp_path / "student.pt")])
+    assert distilled.exit_code == 0, distilled.output
+    slimmed = runner.invoke(main, ["slim", str(tmp_path / "student.best.pt"), *data, "--rate", "0.5", "--rounds", "1",
+                                   "--finetune-epochs", "1", "--lr", "1e-3", "-o", str(tmp_path / "slim")])
+    assert slimmed.exit_code == 0, slimmed.output
+    assert json.loads((tmp_path / "teacher.json").read_text())["test_accuracy_best"] > 0.4  # 10 classes: chance 0.1
+    curve = json.loads((tmp_path / "slim" / "curve.json").read_text())["curves"][0]["points"]
+    before, after = curve
+    small = StudentConfig(widths=(4, 8, 16, 32), pools=(0, 1, 2), input_size=32, num_classes=10, in_channels=1)
+    assert after["widths"] == [4, 8, 16, 32] and after["parameters"] == small.num_parameters()
+    assert after["parameters"] < 0.55 * before["parameters"]
+    assert after["onnx_bytes"] < before["onnx_bytes"] * 0.8  # a tiny model: graph and metadata are ~4 KB
+    for point in curve:
+        assert point["onnx_weights"]["weights"] == "uint8"
+        assert abs(point["onnx_test_accuracy"] - point["test_accuracy"]) <= 0.03
+        assert point["test_accuracy"] > 0.3
+    assert (tmp_path / "slim" / "curve.png").stat().st_size > 10_000
+    # the slimmed checkpoint stands on its own: a fresh process reads it from the file alone
+    info = subprocess.run([sys.executable, "-m", "edge", "info", after["file"]], capture_output=True, text=True,
+                          check=True)
+    assert json.loads(info.stdout)["config"]["widths"] == [4, 8, 16, 32]
+    assert load_net(after["file"]).spec.config.num_parameters() == after["parameters"]
