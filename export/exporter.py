@@ -4,10 +4,9 @@ size, and that no dequantization survives ONNX Runtime's session creation."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
-import tempfile
 
 import numpy as np
 import onnx
