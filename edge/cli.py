@@ -108,7 +108,7 @@ def export(checkpoint, output, quant, per_channel, method, calib, calib_images, 
         leftover = leftover_dequantization(output)
         parity_input = load_images(ckpt, images, 64, offset=calib_images) if same else sample_inputs(ckpt, images)
         parity = parity_check(ckpt, output, *parity_input)
-        click.echo(f"wrote {output}: {size:,} bytes, weights " + ", ".join(f"{k} {v}" for k, v in described.items()))
+        click.echo(f"wrote {output}: {size:,} bytes; " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in described.items()))
         click.echo(f"parity vs torch fp32 on {parity.source}: max |logit diff| {parity.max_abs_diff:.4g}, "
                    f"top-1 agreement {parity.agreement:.2%}")
         if spec.weights == "int8":

@@ -5,8 +5,8 @@
 
 - ``fp32`` / ``fp16``: float tensors.
 - ``uintN --method minmax``: the homework's per-tensor (or per-channel) min-max rounding, every weight.
-- ``uintN --method gptq`` (default): min-max grid, GPTQ rounding on calibration images, bias
-  correction; layers with fewer than ``fp16_below`` weights (the first conv and the thin early
+- ``uintN --method gptq`` (default): cross-layer equalization (exact, `export.equalize`), then the
+  min-max grid, GPTQ rounding on calibration images, bias correction; layers with fewer than ``fp16_below`` weights (the first conv and the thin early
   blocks, the most sensitive and together ~1.4 KB) stay fp16. Without calibration images, synthetic
   1/f images make it data-free.
 Biases are stored fp16 for integer formats (they are a few KB and fp16 keeps them to 1e-3 relative).
@@ -53,7 +53,7 @@ class QuantSpec:
         if self.bits:
             info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16")
             if self.calibrated:
-                info.update(fp16_below=self.fp16_below, bias_correction=True)
+                info.update(fp16_below=self.fp16_below, equalization="cross-layer (DFQ)", bias_correction=True)
         return info
 
 
@@ -89,5 +89,7 @@ def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.nd
     if spec.method == "minmax":
         return layers, {l.name: minmax_encode(l.weight, spec.bits, spec.per_channel) for l in layers}
     from export.calibrate import calibrate
+    from export.equalize import equalize
 
+    layers = equalize(layers, is_float=lambda layer: layer.weight.size < spec.fp16_below)
     return calibrate(layers, calibration, _gptq_encoder(spec))

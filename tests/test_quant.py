@@ -80,3 +80,28 @@ def test_int8_qdq_runs_int8_kernels(ta, food11_test, tmp_path):
     assert model.quant["weights"] == "int8" and model.card == ta.card
     images, _ = load_images(ta, food11_test, 32, offset=16)
     assert model(images).shape == (32, 11)
+
+
+def test_equalization_keeps_the_function_and_shrinks_per_tensor_error(ta, food11_test):
+    import dataclasses
+
+    from edge.fold import fold_student
+    from export.calibrate import folded_forward
+    from export.equalize import equalizable, equalize
+
+    images, _ = load_images(ta, food11_test, 16)
+    layers = fold_student(ta.card.config, ta.state)
+    equalized = equalize(layers)
+    pairs = [i for i in range(len(layers) - 1) if equalizable(layers[i], layers[i + 1])]
+    assert len(pairs) == 7  # every pointwise conv -> next depthwise conv, and the last one -> classifier
+    before, after = folded_forward(layers, images), folded_forward(equalized, images)
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+
+    def per_tensor_error(model, i):
+        quantized = list(model)
+        quantized[i] = dataclasses.replace(model[i], weight=minmax_encode(model[i].weight, 8).decode())
+        return float(np.square(folded_forward(quantized, images) - before).mean())
+
+    # the pair (cnn.5.3 -> cnn.6.0): its depthwise channels span very different ranges after BN folding
+    first = next(i for i, layer in enumerate(layers) if layer.name == "cnn.6.0")
+    assert per_tensor_error(equalized, first) < 0.6 * per_tensor_error(layers, first)
