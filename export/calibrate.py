@@ -41,7 +41,7 @@ def synthetic_images(count: int, channels: int, size: int, seed: int = 0) -> np.
     return np.clip(images, 0, 1).astype(np.float32)
 
 
-def _pre_activation(layer: FoldedLayer, x: torch.Tensor, weight: np.ndarray, bias: np.ndarray) -> torch.Tensor:
+def pre_activation(layer: FoldedLayer, x: torch.Tensor, weight: np.ndarray, bias: np.ndarray) -> torch.Tensor:
     w, b = torch.from_numpy(weight), torch.from_numpy(bias)
     if layer.kind == "fc":
         return F.linear(x.mean((2, 3)), w, b)
@@ -49,7 +49,7 @@ def _pre_activation(layer: FoldedLayer, x: torch.Tensor, weight: np.ndarray, bia
     return F.conv2d(x, w, b, padding=k // 2, groups=layer.groups)
 
 
-def _activation(layer: FoldedLayer, y: torch.Tensor) -> torch.Tensor:
+def activation(layer: FoldedLayer, y: torch.Tensor) -> torch.Tensor:
     if layer.relu6:
         y = y.clamp(0, 6)
     return F.max_pool2d(y, 2) if layer.pool_after else y
@@ -113,13 +113,13 @@ def calibrate(layers: list[FoldedLayer], images: np.ndarray, encode) -> tuple[li
     for layer in layers:
         encodings[layer.name] = encode(layer, lambda: _input_rows(layer, x_quant).double())
         weight = encodings[layer.name].decode()
-        y_float = _pre_activation(layer, x_float, layer.weight, layer.bias)
-        y_quant = _pre_activation(layer, x_quant, weight, layer.bias)
+        y_float = pre_activation(layer, x_float, layer.weight, layer.bias)
+        y_quant = pre_activation(layer, x_quant, weight, layer.bias)
         dims = (0,) if layer.kind == "fc" else (0, 2, 3)
         bias = (layer.bias + (y_float - y_quant).mean(dims).numpy()).astype(np.float32)
         out.append(dataclasses.replace(layer, weight=weight, bias=bias))
-        x_float = _activation(layer, y_float)
-        x_quant = _activation(layer, _pre_activation(layer, x_quant, weight, bias))
+        x_float = activation(layer, y_float)
+        x_quant = activation(layer, pre_activation(layer, x_quant, weight, bias))
     return out, encodings
 
 
@@ -130,6 +130,6 @@ def folded_forward(layers: list[FoldedLayer], images: np.ndarray, batch: int = 3
     for start in range(0, len(images), batch):
         x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch]))
         for layer in layers:
-            x = _activation(layer, _pre_activation(layer, x, layer.weight, layer.bias))
+            x = activation(layer, pre_activation(layer, x, layer.weight, layer.bias))
         outputs.append(x.numpy())
     return np.concatenate(outputs)

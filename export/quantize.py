@@ -53,7 +53,7 @@ class QuantSpec:
         if self.bits:
             info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16")
             if self.calibrated:
-                info.update(fp16_below=self.fp16_below, equalization="cross-layer (DFQ)", bias_correction=True)
+                info.update(fp16_below=self.fp16_below, equalization="cross-layer, balance searched per pair", bias_correction=True)
         return info
 
 
@@ -91,5 +91,6 @@ def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.nd
     from export.calibrate import calibrate
     from export.equalize import equalize
 
-    layers = equalize(layers, is_float=lambda layer: layer.weight.size < spec.fp16_below)
+    layers = equalize(layers, lambda layer: layer.weight.size < spec.fp16_below, calibration, spec.bits,
+                      spec.per_channel)
     return calibrate(layers, calibration, _gptq_encoder(spec))
