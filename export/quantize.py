@@ -53,7 +53,7 @@ class QuantSpec:
         if self.bits:
             info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16")
             if self.calibrated:
-                info.update(fp16_below=self.fp16_below, equalization="cross-layer, balance searched per pair", bias_correction=True)
+                info.update(fp16_below=self.fp16_below, equalization="cross-layer, searched", bias_correction=True)
         return info
 
 
