@@ -459,6 +459,12 @@ def distill(**opts):
               help="Rounding of integer formats, as in `edge export` (gptq calibrates on 64 --val images).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for curve.json, curve.png and every round's model and ONNX file.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted slimming in OUTPUT (same options): recorded rounds are kept, the "
+                   "round in progress continues from its last epoch, to the same result.")
+@click.option("--stop-after", type=click.IntRange(1), metavar="EPOCHS",
+              help="Stop once this many fine-tuning epochs have run in all (over rates and rounds, in order); "
+                   "continue later with --resume.")
 @_with(_KD_OPTIONS)
 @_with(_TRAINING_OPTIONS)
 def slim(**opts):
@@ -466,7 +472,8 @@ def slim(**opts):
 
     Each round removes RATE of the remaining channels per stage (never a whole layer), fine-tunes
     with knowledge distillation on DATA (label-free when DATA has no labels), keeps the best epoch
-    by --val, exports it and records parameters, ONNX bytes and accuracy.
+    by --val, exports it and records parameters, ONNX bytes and accuracy in OUTPUT/curve.json after
+    every round. An interrupted run (Ctrl-C, a crash, --stop-after) continues with --resume.
     """
     from edge.runs import slim_command
 

@@ -228,7 +228,7 @@ def distill_command(opts: dict) -> dict:
 
 
 def slim_command(opts: dict) -> dict:
-    """`edge slim`: iterative network slimming of a StudentNet, one curve per rate."""
+    """`edge slim`: iterative network slimming of a StudentNet, one curve per rate; resumable."""
     from edge.slim import SlimSetup, plot_curves, slim_curve, write_curves
 
     began = time.time()
@@ -246,20 +246,68 @@ def slim_command(opts: dict) -> dict:
     test_kind = f"agreement with {Path(opts['test_labels']).name}" if opts.get("test_labels") else "accuracy"
     setup = SlimSetup(train, val, augment, teacher, _recipe(opts, "finetune_epochs"), out, alpha, opts["temperature"],
                       opts["scope"], test, test_kind, opts["quant"], opts["method"], _device(opts["device"]),
-                      opts.get("workers") or 0, not opts.get("quiet"))
-    curves = {"title": f"slimming {Path(opts['student']).name} ({opts['scope']} threshold, KD alpha {alpha:g})",
-              "command": "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "curves": []}
-    for rate in opts["rate"]:
-        points = slim_curve(base, rate, opts["rounds"], setup, opts["student"])
-        curves["curves"].append({"rate": rate, "points": points})
+                      opts.get("workers") or 0, not opts.get("quiet"), bool(opts.get("resume")))
+    curves = _slim_record(opts, out, setup, alpha)
+    previous_seconds = curves.get("seconds", 0.0)
+
+    def save() -> None:
+        curves["seconds"] = round(previous_seconds + time.time() - began, 1)
         write_curves(out / "curve.json", curves)
-    curves["seconds"] = round(time.time() - began, 1)
-    write_curves(out / "curve.json", curves)
+
+    per_curve = opts["rounds"] * opts["finetune_epochs"]
+    for i, rate in enumerate(opts["rate"]):
+        stop = None if opts.get("stop_after") is None else opts["stop_after"] - i * per_curve
+        if stop is not None and stop <= 0:
+            return _stopped(opts, out, curves)
+        if i == len(curves["curves"]):
+            curves["curves"].append({"rate": rate, "points": []})
+        curve = curves["curves"][i]
+
+        def record(points: list[dict], curve=curve) -> None:
+            curve["points"] = list(points)
+            save()
+
+        if len(slim_curve(base, rate, opts["rounds"], setup, opts["student"], curve["points"], stop, record)) \
+                <= opts["rounds"]:
+            return _stopped(opts, out, curves)
+    save()
     plot_curves(out / "curve.png", curves)
     for curve in curves["curves"]:
         click.echo(_curve_line(curve), err=True)
     click.echo(f"done in {curves['seconds']:.0f}s: wrote {out / 'curve.json'}, {out / 'curve.png'} and each round's "
                f"model + {opts['quant']} ONNX under {out}/rate*/", err=True)
+    return curves
+
+
+def _slim_record(opts: dict, out: Path, setup, alpha: float) -> dict:
+    """A fresh curve record, or with --resume the one in OUTPUT (its settings must be these)."""
+    from dataclasses import asdict
+
+    settings = json.loads(json.dumps(
+        _about(opts, "student", "data", "val", "test", "labels", "val_labels", "test_labels", "padding", "no_flip",
+               "teacher", "teacher_arch", "rounds", "scope", "quant", "method", "temperature")
+        | {"rate": list(opts["rate"]), "alpha": alpha, "recipe": asdict(setup.recipe)}))
+    path = out / "curve.json"
+    if not opts.get("resume"):
+        return {"title": f"slimming {Path(opts['student']).name} ({opts['scope']} threshold, KD alpha {alpha:g})",
+                "command": "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "settings": settings,
+                "curves": []}
+    if not path.exists():
+        raise ConfigError(f"{path}: nothing to resume (no such file): run without --resume first")
+    try:
+        saved = json.loads(path.read_text())
+        differ = {k: (saved["settings"].get(k), v) for k, v in settings.items() if saved["settings"].get(k) != v}
+    except (ValueError, KeyError, AttributeError) as err:
+        raise ConfigError(f"{path}: not a resumable slimming record ({err})") from None
+    if differ:
+        raise ConfigError(f"{path}: --resume needs the run's own settings; these differ (saved, now): "
+                          + ", ".join(f"{k} {a!r} != {b!r}" for k, (a, b) in differ.items()))
+    return saved
+
+
+def _stopped(opts: dict, out: Path, curves: dict) -> dict:
+    click.echo(f"stopped after {opts['stop_after']} fine-tuning epochs: {out / 'curve.json'} holds the rounds done; "
+               f"continue with --resume (same options)", err=True)
     return curves
 
 

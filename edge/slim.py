@@ -17,7 +17,9 @@ keep)`` computes with every channel kept (tests check it).
 global threshold; never a whole layer), fine-tunes with knowledge distillation from the unpruned
 model (or a given teacher), keeps the round's best epoch by validation accuracy, exports it as
 uint8 ONNX, and records parameters, bytes and accuracies; `plot_curves` draws every rate on one
-figure.
+figure. A curve is resumable: the rounds already recorded are not redone (the next one starts
+from the last recorded round's best file), and the round in progress continues its own run file
+(`edge.train.fit`'s resume), so a resumed curve ends exactly where an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ class SlimSetup:
     device: torch.device = torch.device("cpu")
     workers: int = 0
     progress: bool = True
+    resume: bool = False  # continue each round's run file when there is one
 
 
 def measure(net: NetFile, setup: SlimSetup, onnx_path: Path, val_kind: str, val) -> dict:
@@ -181,29 +184,59 @@ def onnx_accuracy(path: Path, data, batch_size: int = 64) -> float:
     return float(np.mean(np.concatenate(predicted) == data.labels.numpy()))
 
 
-def slim_curve(base: NetFile, rate: float, rounds: int, setup: SlimSetup, base_path: str = "") -> list[dict]:
-    """``rounds`` of prune-by-``rate`` + KD fine-tuning from ``base``; one point per round (0 = base)."""
-    from edge.distill import Distillation
-    from edge.train import Run, fit, init_model, teacher_labelled
+def slim_curve(base: NetFile, rate: float, rounds: int, setup: SlimSetup, base_path: str = "",
+               done: list[dict] = (), stop_after: int | None = None, record=lambda points: None) -> list[dict]:
+    """``rounds`` of prune-by-``rate`` + KD fine-tuning from ``base``; one point per round (0 = base).
+
+    ``done``: the points an interrupted run of this curve recorded (kept, not redone); with
+    ``setup.resume`` the next round continues its run file when there is one. ``stop_after``:
+    stop once this curve has run that many fine-tuning epochs in all, counted from round 1 (the
+    round's run file then holds the last epoch). ``record`` gets the points each time one is
+    added. Fewer than ``rounds + 1`` points come back when it stopped early."""
     from edge.nets import load_net
+    from edge.train import teacher_labelled
 
     folder = setup.out_dir / f"rate{rate:g}"
     folder.mkdir(parents=True, exist_ok=True)
     val, val_kind = teacher_labelled(setup.val, setup.teacher, setup.device)
-    points = [{"round": 0, "file": str(base_path), **measure(base, setup, folder / "round0.onnx", val_kind, val)}]
-    current = base
-    for r in range(1, rounds + 1):
-        pruned = prune_net(current, rate, setup.scope)
-        before = measure_val(pruned, val, setup.device)
-        objective = Distillation(setup.teacher, setup.alpha, setup.temperature)
-        run = Run(pruned, init_model(pruned, setup.recipe.seed), objective, setup.recipe, setup.train, setup.augment,
-                  folder / f"round{r}.pt", setup.val, setup.device, setup.workers, {"slim_rate": rate, "round": r},
-                  setup.progress)
-        fit(run)
-        current = load_net(run.best_path)
-        point = measure(current, setup, folder / f"round{r}.onnx", val_kind, val)
-        points.append({"round": r, "file": str(run.best_path), "val_before_finetune": before, **point})
+    points = list(done)
+    if not points:
+        points.append({"round": 0, "file": str(base_path), **measure(base, setup, folder / "round0.onnx", val_kind, val)})
+        record(points)
+    current = load_net(points[-1]["file"]) if len(points) > 1 else base
+    for r in range(len(points), rounds + 1):
+        epochs_left = None if stop_after is None else stop_after - (r - 1) * setup.recipe.epochs
+        if epochs_left is not None and epochs_left <= 0:
+            break
+        current, point = _slim_round(current, rate, r, setup, folder, (val_kind, val), epochs_left)
+        if point is None:
+            break
+        points.append(point)
+        record(points)
     return points
+
+
+def _slim_round(current: NetFile, rate: float, r: int, setup: SlimSetup, folder: Path, val_set,
+                stop_after: int | None) -> tuple[NetFile, dict | None]:
+    """Round ``r``: prune ``current``, fine-tune (continuing its run file with ``setup.resume``),
+    measure the best epoch. -> (that model, its point), or (``current``, None) when stopped early."""
+    from edge.distill import Distillation
+    from edge.nets import load_net
+    from edge.train import Run, fit, init_model
+
+    val_kind, val = val_set
+    pruned = prune_net(current, rate, setup.scope)
+    before = measure_val(pruned, val, setup.device)
+    objective = Distillation(setup.teacher, setup.alpha, setup.temperature)
+    run = Run(pruned, init_model(pruned, setup.recipe.seed), objective, setup.recipe, setup.train, setup.augment,
+              folder / f"round{r}.pt", setup.val, setup.device, setup.workers, {"slim_rate": rate, "round": r},
+              setup.progress)
+    fit(run, setup.resume and run.out.exists(), stop_after)
+    if stop_after is not None and stop_after < setup.recipe.epochs:
+        return current, None
+    best = load_net(run.best_path)
+    point = measure(best, setup, folder / f"round{r}.onnx", val_kind, val)
+    return best, {"round": r, "file": str(run.best_path), "val_before_finetune": before, **point}
 
 
 def measure_val(net: NetFile, val, device) -> float:

@@ -115,3 +115,64 @@ def test_fashion_mnist_teacher_distil_slim_uint8(fashion_mnist, tmp_path):
                           check=True)
     assert json.loads(info.stdout)["config"]["widths"] == [4, 8, 16, 32]
     assert load_net(after["file"]).spec.config.num_parameters() == after["parameters"]
+
+
+def _run_files(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.suffix in (".pt", ".onnx")}
+
+
+def _epoch_lines(output: str) -> list[str]:
+    return [line.split()[1].rstrip(":") for line in output.splitlines() if line.startswith("epoch ")]
+
+
+def test_interrupted_slimming_resumes_to_the_same_weights_and_curve(fashion_mnist, tmp_path):
+    """Stopped inside round 2 of the first rate, then inside round 1 of the second, then resumed to
+    the end: every round's weights, ONNX file and the curve equal an uninterrupted run's."""
+    common = ["--val", "fashion-mnist:train@59000:59128", "--test", "fashion-mnist:test@:128", "--padding", "2",
+              "--batch", "64", "--threads", "2", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    runner = CliRunner()
+    student = runner.invoke(main, ["train", "fashion-mnist:train@:384", *common, "--widths", "8,16,16",
+                                   "--pools", "0,1,2", "--epochs", "1", "-o", str(tmp_path / "student.pt")])
+    assert student.exit_code == 0, student.output
+    out = tmp_path / "slim"
+    slim = ["slim", str(tmp_path / "student.pt"), "fashion-mnist:train@:384", *common, "--rate", "0.5,0.3",
+            "--rounds", "2", "--finetune-epochs", "2", "-o", str(out)]
+    assert runner.invoke(main, slim).exit_code == 0
+    straight_curve = json.loads((out / "curve.json").read_text())
+    straight = {name: (load_net(p).state if p.suffix == ".pt" else p.read_bytes()) for name, p in _run_files(out).items()}
+    for path in out.rglob("*"):
+        if path.is_file():
+            path.unlink()
+
+    stopped = runner.invoke(main, [*slim, "--stop-after", "3"])
+    assert stopped.exit_code == 0 and "stopped after 3 fine-tuning epochs" in stopped.output
+    partial = json.loads((out / "curve.json").read_text())["curves"]
+    assert [[p["round"] for p in c["points"]] for c in partial] == [[0, 1]]
+    assert load_net(out / "rate0.5" / "round2.pt").extra["train"]["epoch"] == 1
+    first_round = (out / "rate0.5" / "round1.best.pt").stat().st_mtime_ns
+    middle = runner.invoke(main, [*slim, "--resume", "--stop-after", "5"])
+    assert middle.exit_code == 0 and _epoch_lines(middle.output) == ["2/2", "1/2"]  # nothing done twice
+    partial = json.loads((out / "curve.json").read_text())["curves"]
+    assert [[p["round"] for p in c["points"]] for c in partial] == [[0, 1, 2], [0]]
+    assert load_net(out / "rate0.3" / "round1.pt").extra["train"]["epoch"] == 1
+    resumed = runner.invoke(main, [*slim, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert _epoch_lines(resumed.output) == ["2/2", "1/2", "2/2"]
+    assert (out / "rate0.5" / "round1.best.pt").stat().st_mtime_ns == first_round
+
+    curve = json.loads((out / "curve.json").read_text())
+    assert {k: v for k, v in curve.items() if k != "seconds"} == {k: v for k, v in straight_curve.items()
+                                                                     if k != "seconds"}
+    files = _run_files(out)
+    assert files.keys() == straight.keys() and len(files) == 2 * (3 + 2 * 2)  # per rate: 3 ONNX, 2 rounds x 2 .pt
+    for name, path in files.items():
+        if path.suffix == ".onnx":
+            assert path.read_bytes() == straight[name], name
+        else:
+            state = load_net(path).state
+            assert all(torch.equal(state[k], straight[name][k]) for k in straight[name]), name
+
+    changed = runner.invoke(main, [*slim, "--resume", "--rounds", "3"])
+    assert changed.exit_code == 2 and "rounds 2 != 3" in changed.output
+    nothing = runner.invoke(main, [*slim[:-1], str(tmp_path / "elsewhere"), "--resume"])
+    assert nothing.exit_code == 2 and "nothing to resume" in nothing.output
