@@ -22,6 +22,7 @@ import numpy as np
 from bench import machine
 from bench.rows import Row
 from bench.worker import CHANNELS_LAST, ORT_BACKENDS, TORCH_BACKENDS, RowProcess, Target
+from edge.metadata import model_size
 
 BACKENDS = ORT_BACKENDS + TORCH_BACKENDS
 ALIASES = {"cpu": "ort-cpu", "cuda": "ort-cuda", "tensorrt": "ort-tensorrt"}
@@ -67,6 +68,7 @@ class Subject:
     onnx: dict[str, Path] = field(default_factory=dict)
     weights: dict[str, dict] = field(default_factory=dict)  # format -> how the file stores its weights
     inputs: Path | None = None
+    net: dict | None = None  # a baseline's arch and size from its ONNX metadata (edge.metadata.read_net)
 
     def formats(self, backend: str, settings: Settings) -> list[str]:
         if backend in ORT_BACKENDS:
@@ -89,8 +91,7 @@ class Subject:
         return self.onnx[fmt]
 
     def row(self, backend: str, fmt: str, path: Path | None) -> Row:
-        return Row(self.name, backend, fmt, path.stat().st_size if path else None,
-                   self.card.config.num_parameters(), self.card.config.flops(),
+        return Row(self.name, backend, fmt, path.stat().st_size if path else None, *model_size(self.card, self.net),
                    weights=self.weights.get(fmt) if backend in ORT_BACKENDS else None)
 
 
@@ -126,7 +127,7 @@ def _subject(key: int, path: Path, name: str, settings: Settings) -> Subject:
 
         model = OnnxClassifier(path)
         fmt = model.quant.get("weights", "fp32")
-        return Subject(key, name, model.card, onnx={fmt: path}, weights={fmt: model.quant})
+        return Subject(key, name, model.card, onnx={fmt: path}, weights={fmt: model.quant}, net=model.net)
     from edge.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(path, pools=settings.pools)
@@ -291,9 +292,9 @@ def run_bench(models: list[Path], settings: Settings, command: str, progress: bo
 
 
 def _model_json(subject: Subject) -> dict:
-    config = subject.card.config
-    return {"name": subject.name, "parameters": config.num_parameters(), "mflops_per_image": config.flops() / 1e6,
-            "input_size": config.input_size}
+    parameters, flops = model_size(subject.card, subject.net)
+    return {"name": subject.name, "parameters": parameters, "mflops_per_image": flops / 1e6,
+            "input_size": subject.card.config.input_size}
 
 
 def _settings_json(settings: Settings) -> dict:

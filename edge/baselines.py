@@ -62,6 +62,17 @@ def convnet_parameters(config: StudentConfig, groups: int = 1) -> int:
     return total + channels * config.num_classes + config.num_classes
 
 
+def convnet_flops(config: StudentConfig, groups: int = 1) -> int:
+    """Multiply-accumulates x2 per image of the folded ``ConvNet(config, groups)`` (as `StudentConfig.flops`)."""
+    size, total, channels = config.input_size, 0, config.in_channels
+    for stage, width in enumerate(config.widths):
+        total += size * size * width * (channels // (groups if stage else 1)) * 9
+        channels = width
+        if stage in config.pools:
+            size //= 2
+    return 2 * (total + channels * config.num_classes)
+
+
 def sized_like(student: StudentConfig, groups: int = 1) -> StudentConfig:
     """``student`` with its widths scaled by one factor (rounded to multiples of ``groups``) so that
     ``ConvNet(config, groups)`` has about as many parameters as the StudentNet ``student``."""

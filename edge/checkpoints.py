@@ -43,6 +43,10 @@ class Checkpoint:
     state: dict[str, np.ndarray]
     source: str  # edge | state-dict | homework-8bit | homework-16bit
 
+    @property
+    def parameters(self) -> int:
+        return self.card.config.num_parameters()
+
 
 def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
                     input_size: int | None = None) -> Checkpoint:

@@ -83,11 +83,13 @@ def export(checkpoint, output, quant, per_channel, method, calib, calib_images, 
 
     Without CHECKPOINT, exports a freshly initialised default StudentNet (seed 0), so the
     command works on a fresh machine. BatchNorm is folded; the StudentNet config,
-    preprocessing, classes and weight format go into the file's metadata.
+    preprocessing, classes and weight format go into the file's metadata. The cnn / group
+    baselines (`edge train --arch cnn|group`) export too, as fp32, fp16 or uintN --method minmax.
     """
     from edge.checkpoints import load_checkpoint
     from edge.models import init_checkpoint
     from export.exporter import export_onnx, leftover_dequantization, load_images, parity_check, sample_inputs
+    from export.generic import read_baseline
     from export.quantize import QuantSpec
 
     with _user_errors():
@@ -95,9 +97,10 @@ def export(checkpoint, output, quant, per_channel, method, calib, calib_images, 
             spec = QuantSpec(quant, per_channel, method)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--quant") from None
-        ckpt = load_checkpoint(checkpoint, pools=_int_list(pools)) if checkpoint else init_checkpoint()
+        ckpt = (read_baseline(checkpoint) or load_checkpoint(checkpoint, pools=_int_list(pools))) if checkpoint \
+            else init_checkpoint()
         click.echo(f"model: {checkpoint or 'default StudentNet, ' + ckpt.source} "
-                   f"({ckpt.card.config.num_parameters():,} parameters, widths {list(ckpt.card.config.widths)}, "
+                   f"({ckpt.parameters:,} parameters, widths {list(ckpt.card.config.widths)}, "
                    f"pools {list(ckpt.card.config.pools)})")
         calibration = load_images(ckpt, calib, calib_images) if calib and spec.calibrated else (None, "")
         same = images and calib and images.resolve() == calib.resolve()
@@ -233,20 +236,24 @@ def info(model, pools):
     """Show what MODEL is: StudentNet config, preprocessing, classes, weight format, size."""
     import json
 
+    from edge.metadata import model_size
+
     with _user_errors():
         if model.suffix.lower() == ".onnx":
             from edge.runtime import OnnxClassifier
 
             loaded = OnnxClassifier(model)
-            card, extra = loaded.card, {"weights": loaded.quant}
+            card, net, extra = loaded.card, loaded.net, {"weights": loaded.quant}
         else:
             from edge.checkpoints import load_checkpoint
 
             ckpt = load_checkpoint(model, pools=_int_list(pools))
-            card, extra = ckpt.card, {"format": ckpt.source}
-        summary = {"file": str(model), "bytes": model.stat().st_size,
-                   "parameters": card.config.num_parameters(), "mflops": round(card.config.flops() / 1e6, 1),
-                   **card.to_dict(), **extra}
+            card, net, extra = ckpt.card, None, {"format": ckpt.source}
+        parameters, flops = model_size(card, net)
+        summary = {"file": str(model), "bytes": model.stat().st_size, "parameters": parameters,
+                   "mflops": round(flops / 1e6, 1), **card.to_dict(), **extra}
+        if net:
+            summary["architecture"] = {"arch": net["arch"], "groups": net["groups"]}
         click.echo(json.dumps(summary, indent=2))
 
 

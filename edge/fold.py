@@ -1,4 +1,5 @@
-"""StudentNet weights -> the inference graph's layers, BatchNorm folded into the conv before it.
+"""StudentNet (and baseline ConvNet) weights -> the inference graph's layers, BatchNorm folded
+into the conv before it.
 
 Pure numpy, shared by the ONNX exporter and anything that wants the deployed weights
 (quantization studies, size accounting). Layer names follow the homework's keys.
@@ -36,6 +37,10 @@ def _fold_bn(state: dict, conv: str, bn: str) -> tuple[np.ndarray, np.ndarray]:
     return (w * scale[:, None, None, None]).astype(np.float32), (b * scale + shift).astype(np.float32)
 
 
+def _classifier(state: dict) -> FoldedLayer:
+    return FoldedLayer("fc.0", "fc", state["fc.0.weight"].astype(np.float32), state["fc.0.bias"].astype(np.float32))
+
+
 def fold_student(config: StudentConfig, state: dict[str, np.ndarray]) -> list[FoldedLayer]:
     """Fold each stage's BatchNorm into the conv in front of it; pointwise convs keep their own bias."""
     layers = []
@@ -48,7 +53,17 @@ def fold_student(config: StudentConfig, state: dict[str, np.ndarray]) -> list[Fo
         layers.append(FoldedLayer(f"cnn.{stage}.0", "conv", w, b, groups=w.shape[0], relu6=True))
         layers.append(FoldedLayer(f"cnn.{stage}.3", "conv", state[f"cnn.{stage}.3.weight"].astype(np.float32),
                                   state[f"cnn.{stage}.3.bias"].astype(np.float32), pool_after=pool))
-    layers.append(FoldedLayer("fc.0", "fc", state["fc.0.weight"].astype(np.float32),
-                              state["fc.0.bias"].astype(np.float32)))
+    layers.append(_classifier(state))
     return layers
 
+
+def fold_convnet(config: StudentConfig, groups: int, state: dict[str, np.ndarray]) -> list[FoldedLayer]:
+    """The same for an `edge.baselines.ConvNet`: every stage is one 3x3 conv (grouped after stage 0)
+    with its BatchNorm folded in. Its channel shuffles are not layers: `export.generic` adds them."""
+    layers = []
+    for stage in range(config.depth):
+        w, b = _fold_bn(state, f"cnn.{stage}.0", f"cnn.{stage}.1")
+        layers.append(FoldedLayer(f"cnn.{stage}.0", "conv", w, b, groups=groups if stage else 1, relu6=True,
+                                  pool_after=stage in config.pools))
+    layers.append(_classifier(state))
+    return layers

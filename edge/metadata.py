@@ -1,7 +1,10 @@
 """The keys under which an ONNX file we write describes itself (read without torch or onnx).
 
 ``edge.card``: the `ModelCard` (StudentNet config, preprocessing, class names) as JSON;
-``edge.quant``: how the weights are stored; ``edge.format``: the version of this layout.
+``edge.quant``: how the weights are stored; ``edge.format``: the version of this layout;
+``edge.net``: only on architectures other than StudentNet (the ``cnn`` / ``group`` baselines),
+their `edge.nets.NetSpec` (arch, the config giving their widths, groups) plus ``parameters``
+and ``flops`` as JSON, since the card's StudentNet formulas do not count them.
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ import json
 from edge.config import ModelCard
 
 FORMAT_VERSION = "1"
-CARD_KEY, QUANT_KEY, FORMAT_KEY = "edge.card", "edge.quant", "edge.format"
+CARD_KEY, QUANT_KEY, FORMAT_KEY, NET_KEY = "edge.card", "edge.quant", "edge.format", "edge.net"
 
 
 class MetadataError(ValueError):
     """An ONNX file without (or with damaged) edge metadata."""
 
 
-def write_metadata(model, card: ModelCard, quant: dict) -> None:
-    """Set our keys on an ``onnx.ModelProto`` (replacing old values)."""
+def write_metadata(model, card: ModelCard, quant: dict, net: dict | None = None) -> None:
+    """Set our keys on an ``onnx.ModelProto`` (replacing old values); ``net``: a baseline's ``edge.net``."""
     entries = {CARD_KEY: card.to_json(), QUANT_KEY: json.dumps(quant, sort_keys=True), FORMAT_KEY: FORMAT_VERSION}
+    if net is not None:
+        entries[NET_KEY] = json.dumps(net, sort_keys=True)
     kept = [p for p in model.metadata_props if p.key not in entries]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
@@ -38,3 +43,18 @@ def read_metadata(props: dict[str, str], origin: str) -> tuple[ModelCard, dict]:
         return ModelCard.from_json(props[CARD_KEY]), json.loads(props.get(QUANT_KEY, "{}"))
     except (ValueError, KeyError, TypeError) as err:
         raise MetadataError(f"{origin}: damaged {CARD_KEY!r} metadata ({err})") from None
+
+
+def read_net(props: dict[str, str], origin: str) -> dict | None:
+    """The ``edge.net`` entry (a baseline's NetSpec, parameters and flops); None on a StudentNet."""
+    if NET_KEY not in props:
+        return None
+    try:
+        return json.loads(props[NET_KEY])
+    except ValueError as err:
+        raise MetadataError(f"{origin}: damaged {NET_KEY!r} metadata ({err})") from None
+
+
+def model_size(card: ModelCard, net: dict | None) -> tuple[int, int]:
+    """(parameters, flops per image): a baseline's from its ``edge.net``, a StudentNet's from its config."""
+    return (net["parameters"], net["flops"]) if net else (card.config.num_parameters(), card.config.flops())

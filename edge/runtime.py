@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.metadata import MetadataError, read_metadata
+from edge.metadata import MetadataError, read_metadata, read_net
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider", "ort-cpu": "CPUExecutionProvider",
@@ -80,8 +80,10 @@ class OnnxClassifier:
         if wanted not in self.session.get_providers():
             raise ProviderUnavailable(f"{wanted} did not start for {self.path} (session runs on "
                                       f"{self.session.get_providers()}): {_INSTALL_HINT.get(wanted, '')}")
+        props = self.session.get_modelmeta().custom_metadata_map
         try:
-            self.card, self.quant = read_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+            self.card, self.quant = read_metadata(props, str(self.path))
+            self.net = read_net(props, str(self.path))  # None on a StudentNet; a baseline's arch and size
         except MetadataError as err:
             raise ModelError(str(err)) from None
         self.input_name = self.session.get_inputs()[0].name

@@ -16,6 +16,7 @@ from edge.data import DatasetError
 from edge.files import atomic_write
 from edge.fold import fold_student
 from export.calibrate import synthetic_images
+from export.generic import BaselineCheckpoint, export_baseline
 from export.onnx_graph import build_onnx
 from edge.metadata import write_metadata
 from edge.quant import FloatWeight
@@ -43,6 +44,8 @@ def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike, spec: QuantSpec
     Calibrated integer formats use ``calibration`` images, or synthetic ones when none are given.
     Returns the file size in bytes and the weight-format description stored in the metadata.
     """
+    if isinstance(checkpoint, BaselineCheckpoint):
+        return export_baseline(checkpoint, path, spec)
     layers = fold_student(checkpoint.card.config, checkpoint.state)
     quant = spec.describe()
     if spec.calibrated:
