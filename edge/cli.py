@@ -44,7 +44,8 @@ def _user_errors():
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("interrupted: nothing was written", err=True)
+        click.echo("interrupted: no file was left half-written (train, distill and slim continue with --resume)",
+                   err=True)
         sys.exit(130)
 
 

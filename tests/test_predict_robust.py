@@ -239,7 +239,7 @@ def test_ctrl_c_mid_run_leaves_the_old_csv_and_no_partial_file(ta_onnx, photos, 
         progress += chunk
     child.send_signal(signal.SIGINT)
     tail = child.communicate(timeout=60)[1]
-    assert child.returncode == 130 and b"interrupted: nothing was written" in tail
+    assert child.returncode == 130 and b"interrupted: no file was left half-written" in tail
     assert out.read_text() == "Id,label\nprevious,1\n" and not leftovers(tmp_path)
 
 
