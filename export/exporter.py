@@ -13,11 +13,10 @@ import onnx
 
 from edge.checkpoints import Checkpoint
 from edge.data import DatasetError
-from edge.files import atomic_write
 from edge.fold import fold_student
 from export.calibrate import synthetic_images
 from export.generic import BaselineCheckpoint, export_baseline
-from export.onnx_graph import build_onnx
+from export.onnx_graph import build_onnx, write_checked
 from edge.metadata import write_metadata
 from edge.quant import FloatWeight
 from export.quantize import QuantSpec, encode_layers
@@ -64,10 +63,7 @@ def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike, spec: QuantSpec
         layers, encodings = encode_layers(layers, spec, calibration)
         bias_dtype = np.float32 if spec.weights == "fp32" else np.float16
         model = build_onnx(checkpoint.card, layers, encodings, bias_dtype, quant)
-    onnx.checker.check_model(model, full_check=True)
-    data = model.SerializeToString()
-    atomic_write(path, lambda f: f.write(data))
-    return len(data), quant
+    return write_checked(model, path), quant
 
 
 def _float_parts(layers):

@@ -22,11 +22,10 @@ from onnx import helper, numpy_helper
 from edge.baselines import convnet_flops, convnet_parameters
 from edge.checkpoints import CheckpointError
 from edge.config import ConfigError, ModelCard
-from edge.files import atomic_write
 from edge.fold import fold_convnet
 from edge.metadata import write_metadata
 from edge.nets import NetFile, load_net
-from export.onnx_graph import build_onnx
+from export.onnx_graph import build_onnx, write_checked
 from export.quantize import QuantSpec, encode_layers
 
 BASELINE_ARCHS = ("cnn", "group")
@@ -81,10 +80,7 @@ def export_baseline(checkpoint: BaselineCheckpoint, path: str | os.PathLike, spe
         add_channel_shuffles(model, net.groups, {i: net.config.widths[i] for i in range(1, net.config.depth)})
     write_metadata(model, checkpoint.card, quant, {**net.to_dict(), "parameters": checkpoint.parameters,
                                                    "flops": convnet_flops(net.config, net.groups)})
-    onnx.checker.check_model(model, full_check=True)
-    data = model.SerializeToString()
-    atomic_write(path, lambda f: f.write(data))
-    return len(data), quant
+    return write_checked(model, path), quant
 
 
 def add_channel_shuffles(model: onnx.ModelProto, groups: int, widths: dict[int, int]) -> None:

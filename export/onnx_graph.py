@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge.config import ModelCard
+from edge.files import atomic_write
 from edge.fold import FoldedLayer
 from edge.metadata import write_metadata
 from edge.quant import PACKABLE_BITS, FloatWeight, MinMaxCode, pack_codes
@@ -123,3 +124,11 @@ def build_onnx(card: ModelCard, layers: list[FoldedLayer], encodings: dict, bias
     model.ir_version = IR_VERSION
     write_metadata(model, card, quant)
     return model
+
+
+def write_checked(model: onnx.ModelProto, path) -> int:
+    """Run the full onnx.checker, then write ``model`` atomically to ``path``; -> its size in bytes."""
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    atomic_write(path, lambda f: f.write(data))
+    return len(data)
