@@ -14,6 +14,7 @@ Biases are stored fp16 for integer formats (they are a few KB and fp16 keeps the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,15 +83,24 @@ def _gptq_encoder(spec: QuantSpec):
     return encode
 
 
-def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.ndarray | None = None):
-    """-> (layers with the weights and biases the file will hold, {layer name: weight encoding})."""
+def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.ndarray | None = None,
+                  layer_bits: dict[str, int] | None = None):
+    """-> (layers with the weights and biases the file will hold, {layer name: weight encoding}).
+
+    ``layer_bits`` gives named layers another bit width (mixed precision)."""
     if spec.bits is None:
         return layers, _float_encodings(layers, np.float16 if spec.weights == "fp16" else np.float32)
+
+    def bits_of(layer: FoldedLayer) -> int:
+        return (layer_bits or {}).get(layer.name, spec.bits)
+
     if spec.method == "minmax":
-        return layers, {l.name: minmax_encode(l.weight, spec.bits, spec.per_channel) for l in layers}
+        return layers, {l.name: minmax_encode(l.weight, bits_of(l), spec.per_channel) for l in layers}
     from export.calibrate import calibrate
     from export.equalize import equalize
 
     layers = equalize(layers, lambda layer: layer.weight.size < spec.fp16_below, calibration, spec.bits,
                       spec.per_channel)
-    return calibrate(layers, calibration, _gptq_encoder(spec))
+    encoders = {bits: _gptq_encoder(dataclasses.replace(spec, weights=f"uint{bits}"))
+                for bits in {spec.bits, *(layer_bits or {}).values()}}
+    return calibrate(layers, calibration, lambda layer, rows: encoders[bits_of(layer)](layer, rows))

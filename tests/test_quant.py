@@ -105,3 +105,24 @@ def test_equalization_keeps_the_function_and_shrinks_per_tensor_error(ta, food11
     # the pair (cnn.5.3 -> cnn.6.0): its depthwise channels span very different ranges after BN folding
     first = next(i for i, layer in enumerate(layers) if layer.name == "cnn.6.0")
     assert per_tensor_error(equalized, first) < 0.6 * per_tensor_error(layers, first)
+
+
+def test_mixed_precision_gives_named_layers_their_own_width(ta, food11_test):
+    from edge.fold import fold_student
+    from export.calibrate import folded_forward
+    from export.quantize import encode_layers
+
+    calibration, _ = load_images(ta, food11_test, 16)
+    held_out, _ = load_images(ta, food11_test, 32, offset=16)
+    layers = fold_student(ta.card.config, ta.state)
+    spec = QuantSpec("uint4", per_channel=True)
+    plain_layers, plain = encode_layers(layers, spec, calibration)
+    mixed_layers, mixed = encode_layers(layers, spec, calibration, layer_bits={"cnn.4.3": 8})
+    assert mixed["cnn.4.3"].bits == 8 and plain["cnn.4.3"].bits == 4
+    assert all(mixed[name].bits == 4 for name in ("cnn.3.3", "cnn.5.3", "fc.0"))
+    reference = folded_forward(layers, held_out)
+
+    def error(quantized):
+        return float(np.square(folded_forward(quantized, held_out) - reference).mean())
+
+    assert error(mixed_layers) < 0.9 * error(plain_layers)  # 32,768 weights at 8 bits: a visible share of the error
