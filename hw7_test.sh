@@ -28,7 +28,19 @@ if [ ! -d "$1/testing" ]; then
   exit 2
 fi
 
-if command -v edge >/dev/null 2>&1; then edge=(edge); else edge=(python3 -m edge); fi
+# edge on PATH (an activated environment), else the quick start's .venv beside this script, else
+# python3 with edge's dependencies; a fresh shell needs no activation.
+if command -v edge >/dev/null 2>&1; then
+  edge=(edge)
+elif [ -x "$here/.venv/bin/edge" ]; then
+  edge=("$here/.venv/bin/edge")
+elif PYTHONPATH="$here" python3 -c "import click, numpy, onnxruntime, PIL, tqdm" >/dev/null 2>&1; then
+  edge=(env PYTHONPATH="$here" python3 -m edge)
+else
+  echo "hw7_test.sh: edge is not installed: run 'python3 -m venv .venv && .venv/bin/pip install -e .' in $here," \
+       "or activate the environment that has it" >&2
+  exit 2
+fi
 echo "model: $model ($size bytes)" >&2
 start=$SECONDS
 "${edge[@]}" predict "$model" "$1/testing" -o "$2"

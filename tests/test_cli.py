@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,40 @@ def test_hw7_test_sh_on_the_real_photos(food11_test, reference_labels, tmp_path)
     agreement = sum(int(r["label"]) == truth[r["Id"]] for r in rows) / len(rows)
     print(f"\nhw7_test.sh: agreement with reference labels {agreement:.2%}")
     assert agreement > 0.78
+
+
+def _photos(food11_test, tmp_path, count: int = 6) -> Path:
+    root = tmp_path / "food-11"
+    (root / "testing").mkdir(parents=True)
+    for photo in sorted(food11_test.glob("*.jpg"))[:count]:
+        (root / "testing" / photo.name).symlink_to(photo)
+    return root
+
+
+def test_hw7_test_sh_finds_the_quick_start_venv_without_activation(food11_test, tmp_path):
+    checkout = tmp_path / "checkout"
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(REPO / "hw7_test.sh", checkout)
+    (checkout / "models").symlink_to(REPO / "models")
+    (checkout / ".venv" / "bin" / "edge").symlink_to(Path(sys.executable).parent / "edge")
+    done = subprocess.run(["bash", str(checkout / "hw7_test.sh"), str(_photos(food11_test, tmp_path)),
+                           str(tmp_path / "pred.csv")], capture_output=True, text=True,
+                          env={**os.environ, "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(list(csv.DictReader(open(tmp_path / "pred.csv")))) == 6
+
+
+def test_hw7_test_sh_says_when_edge_is_not_installed(food11_test, tmp_path):
+    bare = {"PATH": "/usr/bin:/bin"}
+    if subprocess.run(["python3", "-c", "import click, numpy, onnxruntime, PIL, tqdm"], env=bare,
+                      capture_output=True).returncode == 0:
+        pytest.skip("the system python3 has edge's dependencies, so hw7_test.sh would use it")
+    shutil.copy(REPO / "hw7_test.sh", tmp_path)
+    done = subprocess.run(["bash", str(tmp_path / "hw7_test.sh"), str(_photos(food11_test, tmp_path)),
+                           str(tmp_path / "pred.csv")], capture_output=True, text=True,
+                          env={**bare, "EDGE_MODEL": str(SHIPPED_MODEL)}, timeout=60)
+    assert done.returncode == 2 and "edge is not installed" in done.stderr, done.stderr
+    assert not (tmp_path / "pred.csv").exists()
 
 
 def test_hw7_test_sh_refuses_a_model_over_the_limit(tmp_path):
