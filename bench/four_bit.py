@@ -30,6 +30,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TARGET_BYTES, TARGET_AGREEMENT = 140_000, 0.97
+_RANGES = "ranges (fp32 min, max per channel)"
+_KIND_BY_SUFFIX = {"q4": "4-bit codes", "q": "8-bit codes", "min": _RANGES, "max": _RANGES,
+                   "float16": "fp16 tensors (biases, small layers)"}  # initializer names of export.onnx_graph
 
 
 def file_bytes_by_kind(path: Path) -> dict[str, int]:
@@ -39,10 +42,8 @@ def file_bytes_by_kind(path: Path) -> dict[str, int]:
     model = onnx.load(str(path))
     kinds = Counter()
     for tensor in model.graph.initializer:
-        suffix = tensor.name.rsplit(".", 1)[-1]
-        kind = {"q4": "4-bit codes", "q": "8-bit codes", "min": "ranges (fp32 min, max per channel)",
-                "max": "ranges (fp32 min, max per channel)", "float16": "fp16 tensors (biases, small layers)"}
-        kinds[kind.get(suffix, "graph constants (shapes, shifts)")] += len(tensor.SerializeToString())
+        kind = _KIND_BY_SUFFIX.get(tensor.name.rsplit(".", 1)[-1], "graph constants (shapes, shifts)")
+        kinds[kind] += len(tensor.SerializeToString())
     kinds["graph nodes"] = sum(len(node.SerializeToString()) for node in model.graph.node)
     kinds["metadata"] = sum(len(prop.SerializeToString()) for prop in model.metadata_props)
     kinds["protobuf framing"] = path.stat().st_size - sum(kinds.values())
