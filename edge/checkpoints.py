@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +25,11 @@ import numpy as np
 
 from edge.config import HOMEWORK_POOLS, ModelCard, Preprocess, StudentConfig, default_classes
 from edge.files import atomic_write
+from edge.formats import sniff
 from edge.quant import minmax_encode
 from edge.safe_pickle import UnsafePickleError, safe_loads
 
 CHECKPOINT_KEY = "edge_checkpoint"
-_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
 class CheckpointError(ValueError):
@@ -58,8 +59,15 @@ def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = Non
         raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
     if not data:
         raise CheckpointError(f"{path}: file is empty")
-    if data[:2] == b"PK" or _is_legacy_torch(data):
-        obj, source = _torch_load(path), "state-dict"
+    kind = sniff(data)
+    if kind == "onnx":
+        raise CheckpointError(f"{path}: this is an ONNX model (by its contents), not a weights file: name it "
+                              f"*.onnx to run it with `edge predict` / `edge info`; export reads checkpoints")
+    if kind == "unknown":
+        raise CheckpointError(f"{path}: not a weights file edge reads (a torch checkpoint or state dict, or the "
+                              f"homework's 8-/16-bit pickle): its first bytes match none of them")
+    if kind.startswith("torch"):
+        obj, source = read_torch(path), "state-dict"
     else:
         obj, source = _pickle_load(path, data), None
     if isinstance(obj, dict) and obj.get(CHECKPOINT_KEY):
@@ -70,23 +78,32 @@ def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = Non
                       state, source)
 
 
-def _is_legacy_torch(data: bytes) -> bool:
-    try:
-        return data[:2] == b"\x80\x02" and pickle.loads(data[: data.index(b".") + 1]) == _TORCH_LEGACY_MAGIC
-    except (ValueError, pickle.UnpicklingError, EOFError):
-        return False
-
-
-def _torch_load(path: Path):
+def read_torch(path: str | os.PathLike):
+    """``torch.load(weights_only=True)`` of ``path``: never runs code from the file; a refusal or a
+    damaged file is a `CheckpointError` with one line saying which."""
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: refused: the file holds more than weights and may try to run code "
-                              f"({str(err).splitlines()[0]})") from None
-    except Exception as err:  # torch raises RuntimeError/EOFError/... on damaged files
-        raise CheckpointError(f"{path}: not a readable torch file ({type(err).__name__}: {err})") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign file
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a folder, not a weights file") from None
+    except Exception as err:  # torch raises UnpicklingError/RuntimeError/EOFError/... on foreign or damaged files
+        reason = _torch_reason(err)
+        if "unsupported global" in reason.lower():
+            raise CheckpointError(f"{path}: refused: the file holds more than weights and may try to run code "
+                                  f"({reason})") from None
+        raise CheckpointError(f"{path}: not a readable torch file ({reason})") from None
+
+
+def _torch_reason(err: Exception) -> str:
+    """torch's message without its advice to load with ``weights_only=False`` (never do that)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    kept = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
+    return kept[0] if kept else type(err).__name__
 
 
 def _pickle_load(path: Path, data: bytes):

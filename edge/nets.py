@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.checkpoints import CHECKPOINT_KEY, CheckpointError, load_checkpoint
+from edge.checkpoints import CHECKPOINT_KEY, CheckpointError, load_checkpoint, read_torch
 from edge.config import ConfigError, ModelCard, Preprocess, StudentConfig
 from edge.files import atomic_write
+from edge.formats import sniff_file
 
 NET_KEY = "edge_net"
 STUDENT_ARCHS = ("dw", "cnn", "group")
@@ -119,15 +120,11 @@ def load_net(path: str | os.PathLike) -> NetFile:
 def _read_torch(path: Path):
     """``torch.load(weights_only=True)`` of a zip-format file, else None (let other readers try)."""
     try:
-        with open(path, "rb") as f:
-            if f.read(2) != b"PK":
-                return None
+        if sniff_file(path) != "torch-zip":
+            return None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types on damaged files
-        raise CheckpointError(f"{path}: not a readable torch file ({type(err).__name__}: {err})") from None
+    return read_torch(path)
 
 
 def check_compatible(a: NetFile | ModelCard, b: NetFile | ModelCard, what: str) -> None:

@@ -159,6 +159,18 @@ def train_command(opts: dict) -> dict:
     return _finish(run, fit(run, opts.get("resume", False), opts.get("stop_after")), sets[2], opts, began)
 
 
+def check_teacher_file(path: Path, arch: str) -> None:
+    """Read the teacher file once before any data is decoded, so a hostile or damaged file fails first."""
+    try:
+        load_net(path)
+    except CheckpointError:
+        if arch in STUDENT_ARCHS:
+            raise
+        from edge.checkpoints import read_torch
+
+        read_torch(path)
+
+
 def load_teacher(path: Path, arch: str, classes: tuple[str, ...], preprocess: Preprocess) -> torch.nn.Module:
     """A teacher from our model file, any StudentNet file, or a torchvision state dict (``arch``)."""
     try:
@@ -211,6 +223,7 @@ def distill_command(opts: dict) -> dict:
     """`edge distill`: a student (fresh, or started from a file) taught by a teacher."""
     began = time.time()
     _setup_threads(opts)
+    check_teacher_file(opts["teacher"], opts["teacher_arch"])
     start = None if opts["student"] in STUDENT_ARCHS else load_net(opts["student"])
     preprocess = start.preprocess if start else fresh_preprocess(opts)
     sets = open_sets(opts, preprocess, start.classes if start else ())

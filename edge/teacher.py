@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge.checkpoints import CheckpointError
+from edge.checkpoints import CheckpointError, read_torch
 
 
 def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -66,12 +66,7 @@ def load_classifier_weights(model: nn.Module, source: str | os.PathLike, name: s
     """Load a state dict into ``model`` from a path (or ``imagenet``); return the keys left at their
     initialisation (a different head). Fails unless nearly every tensor fits."""
     path = imagenet_weights_path(name) if str(source) == "imagenet" else Path(source)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such weights file") from None
-    except Exception as err:  # noqa: BLE001 - torch raises many types on damaged or foreign files
-        raise CheckpointError(f"{path}: not a readable state dict ({type(err).__name__}: {err})") from None
+    state = read_torch(path)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     own = model.state_dict()
