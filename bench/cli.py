@@ -10,6 +10,7 @@ import click
 
 from bench import report
 from bench.harness import Settings, command_line, parse_providers, quant_spec, run_bench
+from edge.files import check_output
 
 DEFAULT_QUANTS = "fp32,fp16,uint8"
 EMBEDDED_MODEL_QUANTS = "fp32,fp16,uint8:minmax"  # GPTQ needs a trained model and images to be worth its time
@@ -53,6 +54,11 @@ def _read_previous(path: Path) -> dict:
 def run_command(models: list[Path], *, json_out, markdown_out, plot_out, previous, quiet, **options) -> int:
     """Run the benchmark; print the table; write what was asked. Exit code 1 when a row failed."""
     options["quants"] = options["quants"] or (DEFAULT_QUANTS if models else EMBEDDED_MODEL_QUANTS)
+    outputs = {"JSON": json_out, "markdown report": markdown_out, "plot": plot_out}
+    for what, path in outputs.items():
+        if path:
+            others = [p for p in outputs.values() if p is not path]
+            check_output(path, inputs=(*models, options["labels"], options["data"], previous, *others), what=what)
     settings = settings_from(**options)
     earlier = _read_previous(previous) if previous else None
     doc = run_bench(models, settings, command_line(sys.argv[1:]), progress=not quiet)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge.files import atomic_write
+
 
 def _quality(row: dict) -> tuple[float | None, str]:
     """Accuracy when labels were known, else agreement with torch fp32, else nothing to plot."""
@@ -55,5 +57,5 @@ def write_plot(path: Path, doc: dict) -> None:
         _latency_panel(right, rows, len(doc["models"]) > 1)
     fig.suptitle(", ".join(m["name"] for m in doc["models"]) + f" on {doc['machine']['cpu']['model']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)

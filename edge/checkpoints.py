@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.config import HOMEWORK_POOLS, ModelCard, Preprocess, StudentConfig, default_classes
+from edge.errors import EdgeError
 from edge.files import atomic_write
 from edge.formats import sniff
 from edge.quant import minmax_encode
@@ -32,7 +33,7 @@ from edge.safe_pickle import UnsafePickleError, safe_loads
 CHECKPOINT_KEY = "edge_checkpoint"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EdgeError, ValueError):
     """A weights file that cannot be read as a StudentNet, with the reason."""
 
 
@@ -100,9 +101,15 @@ def read_torch(path: str | os.PathLike):
 
 
 def _torch_reason(err: Exception) -> str:
-    """torch's message without its advice to load with ``weights_only=False`` (never do that)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    kept = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
+    """torch's own reason in one line, without its advice to load with ``weights_only=False``
+    (never do that with a file you did not make)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error:" in line or "unsupported global" in line.lower():
+            return line.split("WeightsUnpickler error:")[-1].split(". Please use")[0].strip()
+    advice = ("weights_only", "Weights only load failed", "trusted source", "Check the documentation")
+    kept = [line for line in lines if not any(a in line for a in advice)]
     return kept[0] if kept else type(err).__name__
 
 

@@ -28,19 +28,13 @@ def _int_list(value: str | None) -> tuple[int, ...] | None:
 
 @contextmanager
 def _user_errors():
-    """Known failures -> one clear line on stderr and exit code 2 (never a traceback)."""
-    from edge.checkpoints import CheckpointError
-    from edge.config import ConfigError
-    from edge.data import DatasetError
-    from edge.metadata import MetadataError
-    from edge.predict import BadImages, OutputError
-    from edge.preprocess import ImageError
-    from edge.runtime import ModelError, ProviderUnavailable
+    """Known failures (`edge.errors.EdgeError`) -> one clear line on stderr and exit code 2 (never a
+    traceback); click's own usage errors pass through to click, which also exits 2."""
+    from edge.errors import EdgeError
 
     try:
         yield
-    except (CheckpointError, ConfigError, DatasetError, MetadataError, BadImages, ImageError, ModelError,
-            OutputError, ProviderUnavailable) as err:
+    except EdgeError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -88,12 +82,14 @@ def export(checkpoint, output, quant, per_channel, method, calib, calib_images, 
     baselines (`edge train --arch cnn|group`) export too, as fp32, fp16 or uintN --method minmax.
     """
     from edge.checkpoints import load_checkpoint
+    from edge.files import check_output
     from edge.models import init_checkpoint
     from export.exporter import export_onnx, leftover_dequantization, load_images, parity_check, sample_inputs
     from export.generic import read_baseline
     from export.quantize import QuantSpec
 
     with _user_errors():
+        check_output(output, inputs=(checkpoint, calib, images, labels), writes_model=True, what="ONNX file")
         try:
             spec = QuantSpec(quant, per_channel, method)
         except ValueError as err:
@@ -166,11 +162,13 @@ def sensitivity(checkpoint, images, limit, bits, per_channel, pools, json_out):
     import json
 
     from edge.checkpoints import load_checkpoint
-    from edge.files import atomic_write
+    from edge.files import atomic_write, check_output
     from export.exporter import load_images
     from export.sensitivity import layer_sensitivity
 
     with _user_errors():
+        if json_out:
+            check_output(json_out, inputs=(checkpoint, images), what="JSON")
         ckpt = load_checkpoint(checkpoint, pools=_int_list(pools))
         pictures, source = load_images(ckpt, images, limit)
         rows = layer_sensitivity(ckpt, pictures, bits, per_channel)
@@ -211,10 +209,11 @@ def predict(model, data_dir, output, labels, provider, batch, workers, threads, 
     or a folder of class subfolders.
     """
     from edge.data import list_samples, read_labels
-    from edge.predict import check_output, open_model, predict_samples, write_csv
+    from edge.files import check_output
+    from edge.predict import open_model, predict_samples, write_csv
 
     with _user_errors():
-        check_output(output)
+        check_output(output, inputs=(model, labels, data_dir), what="prediction CSV")
         classifier, lanes = open_model(model, provider, threads, _int_list(pools))
         samples = list_samples(data_dir, classifier.card.classes)
         truth = read_labels(labels, len(classifier.card.classes)) if labels else None
@@ -267,8 +266,10 @@ def info(model, pools):
 def convert(checkpoint, target, output, pools):
     """Rewrite CHECKPOINT in another weights format (homework pickles read by the homework's decoder)."""
     from edge.checkpoints import load_checkpoint, save_checkpoint, save_homework_pickle
+    from edge.files import check_output
 
     with _user_errors():
+        check_output(output, inputs=(checkpoint,), writes_model=True, what="converted model")
         ckpt = load_checkpoint(checkpoint, pools=_int_list(pools))
         if target == "edge":
             save_checkpoint(output, ckpt.card, ckpt.state)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from edge.errors import EdgeError
+
 FOOD11_CLASSES = (
     "Bread", "Dairy product", "Dessert", "Egg", "Fried food", "Meat",
     "Noodles/Pasta", "Rice", "Seafood", "Soup", "Vegetable/Fruit",
@@ -19,7 +21,7 @@ HOMEWORK_WIDTHS = tuple(16 * m for m in (1, 2, 4, 8, 16, 16, 16, 16))
 HOMEWORK_POOLS = (0, 1, 2, 3)
 
 
-class ConfigError(ValueError):
+class ConfigError(EdgeError, ValueError):
     """A config that cannot describe a working model."""
 
 

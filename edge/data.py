@@ -14,12 +14,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.errors import EdgeError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _FOOD11_LABELLED = re.compile(r"([0-9]+)_([0-9]+)")
 _NUMBER = re.compile(r"[0-9]+")
 
 
-class DatasetError(ValueError):
+class DatasetError(EdgeError, ValueError):
     """A data folder or label file that cannot be used, with the reason."""
 
 

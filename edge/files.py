@@ -1,15 +1,111 @@
-"""Writing files so that a failure or Ctrl-C never leaves a half-written or clobbered file."""
+"""Writing files safely: the one output-path guard every command runs before any work, and
+atomic writes, so a failure or Ctrl-C never leaves a half-written or clobbered file.
+
+`check_output` refuses, up front, an output that would destroy something the user has: one of
+the command's own inputs (the same file under any name), a folder, a device, a pipe or socket,
+a symbolic link (refused rather than written through, so a link can never redirect an output onto
+another file), an existing run unless resuming, or a model file about to be replaced by
+something that is not a model (a CSV, JSON, a report). `check_output_dir` does the same for
+commands whose output is a folder.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO, Callable, Iterable
+
+from edge.errors import EdgeError
+from edge.formats import MODEL_FORMATS, sniff_file
+
+
+class OutputError(EdgeError, ValueError):
+    """An output path edge refuses to write (any existing file is left as it was)."""
+
+
+def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: bool = True,
+                 writes_model: bool = False, what: str = "output", hint: str = "choose another name") -> Path:
+    """Fail before any work when writing ``path`` could destroy something; return it as a Path.
+
+    ``inputs``: the command's input files and folders and its other outputs: none may be ``path``. ``overwrite=False``: an existing file is refused (a run's file without --resume).
+    ``writes_model=False``: an existing model file (ONNX, torch, binary pickle) is refused.
+    ``what`` names the output in messages; ``hint`` says what to do when it already exists.
+    """
+    path = Path(path)
+    _check_not_special(path, what)
+    _check_not_an_input(path, inputs, what)
+    if path.exists():
+        if not overwrite:
+            raise OutputError(f"{path}: {what} exists and edge does not replace it: {hint}")
+        if not writes_model and _is_model_file(path):
+            raise OutputError(f"{path}: {what} would replace a model file; edge never overwrites a model with "
+                              f"a {what}: choose another name")
+    _check_folder(path, what)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, *, inputs: Iterable = (), what: str = "output folder") -> Path:
+    """An output folder: a folder or a new name (never a file, device or link), not an input, in a
+    folder edge may write in."""
+    path = Path(path)
+    if path.is_symlink():
+        raise OutputError(f"{path}: {what} is a symbolic link; give the real folder")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: {what} exists and is not a folder")
+    _check_not_an_input(path, inputs, what)
+    if not path.exists():
+        _check_folder(path, what)
+    elif not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: {what}: no permission to write in it")
+    return path
+
+
+def _check_not_special(path: Path, what: str) -> None:
+    if path.is_symlink():
+        raise OutputError(f"{path}: {what} is a symbolic link; edge does not write through links "
+                          f"(give the real path)")
+    if path.is_dir():
+        raise OutputError(f"{path}: {what} is a folder, not a file to write")
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        raise OutputError(f"{path}: {what} is not a regular file (a device, pipe or socket); edge writes only "
+                          f"regular files")
+
+
+def _check_not_an_input(path: Path, inputs: Iterable, what: str) -> None:
+    for source in inputs:
+        if source is None or str(source) == "":
+            continue
+        source = Path(source)
+        try:
+            same = source.exists() and os.path.samefile(source, path)
+        except OSError:
+            same = False
+        if same or source.resolve() == path.resolve():
+            raise OutputError(f"{path}: {what} is the same file as {source}, which this command also reads or "
+                              f"writes: choose another name")
+
+
+def _check_folder(path: Path, what: str) -> None:
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"{path}: cannot write {what}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write {what}: no permission to create files in {folder}")
+
+
+def _is_model_file(path: Path) -> bool:
+    try:
+        return sniff_file(path) in MODEL_FORMATS
+    except OSError:
+        return False
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:
-    """Write through ``write(f)`` into a temporary file beside ``path``, then rename it into place."""
+    """Write through ``write(f)`` into a temporary file beside ``path``, then rename it into place.
+    A link, folder or device at ``path`` is refused (`OutputError`) rather than replaced."""
     path = Path(path)
+    _check_not_special(path, "output")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb" if binary else "w", newline=None if binary else "") as f:

@@ -17,8 +17,9 @@ import os
 import pickletools
 
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MODEL_FORMATS = frozenset({"torch-zip", "torch-legacy", "pickle", "onnx"})
 _HEAD = 64  # bytes enough to recognise every format above
-_PICKLE_OPENERS = frozenset(b"\x80(}][cdlI")  # PROTO, and protocol 0/1 opcodes a weights pickle starts with
+_PICKLE_OPENERS = frozenset(b"\x80(}]c")  # PROTO; protocol 0/1 MARK, EMPTY_DICT, EMPTY_LIST, GLOBAL
 
 
 def sniff(data: bytes) -> str:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 
 from edge.config import ModelCard
+from edge.errors import EdgeError
 
 FORMAT_VERSION = "1"
 CARD_KEY, QUANT_KEY, FORMAT_KEY, NET_KEY = "edge.card", "edge.quant", "edge.format", "edge.net"
 
 
-class MetadataError(ValueError):
+class MetadataError(EdgeError, ValueError):
     """An ONNX file without (or with damaged) edge metadata."""
 
 

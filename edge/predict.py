@@ -24,7 +24,8 @@ import numpy as np
 
 from edge.config import Preprocess
 from edge.data import Sample
-from edge.files import atomic_write
+from edge.errors import EdgeError
+from edge.files import OutputError, atomic_write
 from edge.preprocess import ImageError, read_image, to_array
 
 
@@ -47,15 +48,12 @@ class Predictions:
         return float(np.mean([p == t for p, t in pairs])), len(pairs)
 
 
-class BadImages(ValueError):
-    def __init__(self, problems: list[str]):
-        super().__init__(f"{len(problems)} image(s) could not be read:\n  " + "\n  ".join(problems)
-                         + "\n(use --skip-bad to predict the others and list these)")
+class BadImages(EdgeError, ValueError):
+    def __init__(self, problems: list[str], all_bad: bool = False):
+        hint = ("(none could be read, so nothing was written)" if all_bad
+                else "(use --skip-bad to predict the others and list these)")
+        super().__init__(f"{len(problems)} image(s) could not be read:\n  " + "\n  ".join(problems) + "\n" + hint)
         self.problems = problems
-
-
-class OutputError(ValueError):
-    """The CSV cannot be written where it was asked for (any existing file is left as it was)."""
 
 
 def cpu_cores() -> int:
@@ -161,8 +159,8 @@ def predict_samples(model, samples: list[Sample], batch_size: int = 4, workers: 
                 bar.update(len(batch.samples) + len(batch.problems))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    if result.skipped and not skip_bad:
-        raise BadImages(result.skipped)
+    if result.skipped and (not skip_bad or not result.samples):
+        raise BadImages(result.skipped, all_bad=not result.samples)
     result.labels = np.concatenate(labels) if labels else result.labels
     result.wall_s = time.perf_counter() - start
     return result
@@ -175,18 +173,6 @@ def _add(result: Predictions, batch: _Batch, labels: list[np.ndarray]) -> None:
     result.warnings += batch.notes
     result.decode_cpu_s += batch.decode_cpu_s
     result.infer_cpu_s += batch.infer_cpu_s
-
-
-def check_output(path: str | Path) -> None:
-    """Fail before any work when the CSV could not be written at ``path``."""
-    path = Path(path)
-    folder = path.parent
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder, not a file to write")
-    if not folder.is_dir():
-        raise OutputError(f"{path}: cannot write: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: cannot write: no permission to create files in {folder}")
 
 
 def write_csv(path: str | Path, predictions: Predictions) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from edge.config import Preprocess
+from edge.errors import EdgeError
 
 try:
     import simplejpeg
@@ -31,7 +32,7 @@ JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 _TURBO_COLORSPACES = ("YCbCr", "Gray")
 
 
-class ImageError(ValueError):
+class ImageError(EdgeError, ValueError):
     """An image file that cannot be decoded."""
 
 

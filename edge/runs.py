@@ -18,9 +18,9 @@ import torch
 from edge.checkpoints import CheckpointError
 from edge.config import ConfigError, Preprocess, StudentConfig
 from edge.datasets import Augment, ImageSet, load_images
-from edge.files import atomic_write
+from edge.files import atomic_write, check_output, check_output_dir
 from edge.nets import STUDENT_ARCHS, NetFile, NetSpec, check_compatible, count_parameters, load_net
-from edge.train import Recipe, Run, accuracy, fit, init_model
+from edge.train import Recipe, Run, accuracy, best_path, fit, init_model
 
 FASHION_MNIST = "fashion-mnist"
 
@@ -37,6 +37,34 @@ def _device(name: str) -> torch.device:
 def _setup_threads(opts: dict) -> None:
     if opts.get("threads"):
         torch.set_num_threads(opts["threads"])
+
+
+def _input_paths(opts: dict) -> list[Path]:
+    """The files and folders a run reads (data folders without their @START:STOP slice)."""
+    paths = [Path(str(opts[k]).rsplit("@", 1)[0]) for k in ("data", "val", "test") if opts.get(k)]
+    return paths + [Path(opts[k]) for k in ("labels", "val_labels", "test_labels", "teacher", "student", "weights")
+                    if opts.get(k)]
+
+
+def check_run_outputs(opts: dict) -> None:
+    """Every path `edge train` / `edge distill` write, checked before any data is decoded: the run
+    file and its .best.pt (an existing run is continued only with --resume, never replaced),
+    --metrics and --cache-dir; none may be an input."""
+    out, resume, inputs = Path(opts["output"]), bool(opts.get("resume")), _input_paths(opts)
+    hint = "continue its run with --resume (same options), or choose another -o"
+    check_output(out, inputs=inputs, overwrite=resume, writes_model=True, what="run file", hint=hint)
+    if resume and not out.exists():
+        raise ConfigError(f"{out}: nothing to resume (no such file): run without --resume first")
+    best = best_path(out)
+    check_output(best, inputs=inputs, overwrite=resume, writes_model=True, what="best-epoch file", hint=hint)
+    if opts.get("metrics"):
+        check_output(opts["metrics"], inputs=[*inputs, out, best], what="--metrics JSON")
+    _check_cache_dir(opts, inputs)
+
+
+def _check_cache_dir(opts: dict, inputs: list[Path]) -> None:
+    if opts.get("cache_dir"):
+        check_output_dir(opts["cache_dir"], inputs=inputs, what="--cache-dir")
 
 
 def fresh_preprocess(opts: dict) -> Preprocess:
@@ -148,6 +176,7 @@ def train_command(opts: dict) -> dict:
     from edge.train import CrossEntropy
 
     began = time.time()
+    check_run_outputs(opts)
     _setup_threads(opts)
     preprocess = fresh_preprocess(opts)
     sets = open_sets(opts, preprocess)
@@ -222,6 +251,7 @@ def _objective(teacher, student: torch.nn.Module, opts: dict, preprocess: Prepro
 def distill_command(opts: dict) -> dict:
     """`edge distill`: a student (fresh, or started from a file) taught by a teacher."""
     began = time.time()
+    check_run_outputs(opts)
     _setup_threads(opts)
     check_teacher_file(opts["teacher"], opts["teacher_arch"])
     start = None if opts["student"] in STUDENT_ARCHS else load_net(opts["student"])
@@ -245,6 +275,7 @@ def slim_command(opts: dict) -> dict:
     from edge.slim import SlimSetup, plot_curves, slim_curve, write_curves
 
     began = time.time()
+    _check_slim_output(opts)
     _setup_threads(opts)
     base = load_net(opts["student"])
     if base.spec.arch != "dw":
@@ -292,6 +323,24 @@ def slim_command(opts: dict) -> dict:
     return curves
 
 
+def _check_slim_output(opts: dict) -> None:
+    """The output folder, before any work: a new or empty folder, or with --resume one holding
+    the run's curve.json; never an input."""
+    out, inputs = Path(opts["output"]), _input_paths(opts)
+    check_output_dir(out, inputs=inputs, what="slimming output folder")
+    record = out / "curve.json"
+    if opts.get("resume") and not record.exists():
+        raise ConfigError(f"{record}: nothing to resume (no such file): run without --resume first")
+    if not opts.get("resume") and out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out}: the output folder is not empty" + (" (it holds a slimming run: continue it with "
+                          "--resume)" if record.exists() else "") + "; choose a new or empty folder")
+    for path in inputs:
+        if path.resolve().is_relative_to(out.resolve()) and path.is_file():
+            raise ConfigError(f"{path}: an input inside the output folder {out} could be overwritten by a round's "
+                              f"file: move it out or choose another -o")
+    _check_cache_dir(opts, inputs)
+
+
 def _slim_record(opts: dict, out: Path, setup, alpha: float) -> dict:
     """A fresh curve record, or with --resume the one in OUTPUT (its settings must be these)."""
     from dataclasses import asdict
@@ -305,8 +354,6 @@ def _slim_record(opts: dict, out: Path, setup, alpha: float) -> dict:
         return {"title": f"slimming {Path(opts['student']).name} ({opts['scope']} threshold, KD alpha {alpha:g})",
                 "command": "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "settings": settings,
                 "curves": []}
-    if not path.exists():
-        raise ConfigError(f"{path}: nothing to resume (no such file): run without --resume first")
     try:
         saved = json.loads(path.read_text())
         differ = {k: (saved["settings"].get(k), v) for k, v in settings.items() if saved["settings"].get(k) != v}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.errors import EdgeError
 from edge.metadata import MetadataError, read_metadata, read_net
 
 PROVIDERS = {
@@ -25,11 +26,11 @@ _INSTALL_HINT = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(EdgeError, ValueError):
     """An ONNX file that cannot be used as an edge classifier."""
 
 
-class ProviderUnavailable(RuntimeError):
+class ProviderUnavailable(EdgeError, RuntimeError):
     """The requested execution provider is not in this ONNX Runtime build or did not start."""
 
 

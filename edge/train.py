@@ -88,7 +88,12 @@ class Run:
 
     @property
     def best_path(self) -> Path:
-        return self.out.with_name(f"{self.out.stem}.best{self.out.suffix or '.pt'}")
+        return best_path(self.out)
+
+
+def best_path(out: Path) -> Path:
+    """Where a run writing ``out`` keeps its best epoch: ``NAME.best.pt``."""
+    return out.with_name(f"{out.stem}.best{out.suffix or '.pt'}")
 
 
 def bn_l1_subgradient(model: nn.Module, strength: float) -> None:
