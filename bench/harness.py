@@ -206,7 +206,8 @@ def first_images(data: Path, card, count: int) -> np.ndarray:
     for sample in list_samples(data, card.classes):
         try:
             arrays.append(load_image(sample.path, card.preprocess))
-        except ImageError:
+        except ImageError as err:
+            print(f"warning: skipped {err}", file=sys.stderr)
             continue
         if len(arrays) == count:
             break

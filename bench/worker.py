@@ -102,7 +102,7 @@ class Worker:
         from edge.predict import predict_samples
 
         model, lanes = self._as_predict_opens_it()
-        samples = list_samples(data_dir, model.card.classes)
+        samples = list_samples(data_dir, model.card.classes, strict_classes=True)
         options = {k: v for k, v in (("batch_size", batch), ("workers", workers)) if v is not None}
         result = predict_samples(model, samples, skip_bad=True, progress=False, lanes=lanes, **options)
         truth = read_labels(labels, len(model.card.classes)) if labels else None

@@ -31,6 +31,7 @@ from edge.quant import minmax_encode
 from edge.safe_pickle import UnsafePickleError, safe_loads
 
 CHECKPOINT_KEY = "edge_checkpoint"
+NET_KEY = "edge_net"  # edge.nets' model files of any architecture
 
 
 class CheckpointError(EdgeError, ValueError):
@@ -48,6 +49,26 @@ class Checkpoint:
     @property
     def parameters(self) -> int:
         return self.card.config.num_parameters()
+
+
+def first_non_finite(state) -> str | None:
+    """The name of the first floating tensor in ``state`` (numpy arrays or torch tensors) holding a
+    NaN or an infinity, else None."""
+    for name, value in state.items():
+        if hasattr(value, "isfinite"):  # a torch tensor (bfloat16 included), without importing torch
+            if value.is_floating_point() and not bool(value.isfinite().all()):
+                return name
+        elif np.asarray(value).dtype.kind in "fc" and not np.isfinite(np.asarray(value)).all():
+            return name
+    return None
+
+
+def check_finite(state, origin) -> None:
+    """The weights sanity check every model reader runs at load: a NaN or infinite weight makes a
+    model answer one class for everything (or nan), so it is an error naming the tensor."""
+    name = first_non_finite(state)
+    if name is not None:
+        raise CheckpointError(f"non-finite weights in {origin}: tensor {name}")
 
 
 def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
@@ -73,7 +94,13 @@ def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = Non
         obj, source = _pickle_load(path, data), None
     if isinstance(obj, dict) and obj.get(CHECKPOINT_KEY):
         return _from_edge_dict(path, obj, pools, input_size)
+    if isinstance(obj, dict) and obj.get(NET_KEY):
+        check_finite(obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else {}, path)
+        arch = obj.get("net", {}).get("arch") if isinstance(obj.get("net"), dict) else None
+        raise CheckpointError(f"{path}: an edge model file of arch {arch!r}, not a StudentNet: this command reads "
+                              f"StudentNets (edge train --arch dw, edge distill, the homework's files)")
     state, source = _to_numpy_state(path, obj, source)
+    check_finite(state, path)
     config = infer_config(state, pools=pools, input_size=input_size, origin=str(path))
     return Checkpoint(ModelCard(config, Preprocess(crop=config.input_size), default_classes(config.num_classes)),
                       state, source)
@@ -105,9 +132,10 @@ def _torch_reason(err: Exception) -> str:
     (never do that with a file you did not make)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
+    for i, line in enumerate(lines):
         if "WeightsUnpickler error:" in line or "unsupported global" in line.lower():
-            return line.split("WeightsUnpickler error:")[-1].split(". Please use")[0].strip()
+            reason = line.split("WeightsUnpickler error:")[-1].split(". Please use")[0].strip()
+            return reason or (lines[i + 1] if i + 1 < len(lines) else type(err).__name__)
     advice = ("weights_only", "Weights only load failed", "trusted source", "Check the documentation")
     kept = [line for line in lines if not any(a in line for a in advice)]
     return kept[0] if kept else type(err).__name__
@@ -124,8 +152,11 @@ def _pickle_load(path: Path, data: bytes):
 
 
 def _to_numpy_state(path: Path, obj, source: str | None) -> tuple[dict[str, np.ndarray], str]:
-    if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of weights (tensor name -> tensor), found a "
+                              f"{type(obj).__name__}")
+    if not obj:
+        raise CheckpointError(f"{path}: holds an empty dict: no weights")
     state, kinds = {}, set()
     for name, value in obj.items():
         if isinstance(value, tuple) and len(value) == 3:
@@ -140,7 +171,8 @@ def _to_numpy_state(path: Path, obj, source: str | None) -> tuple[dict[str, np.n
                 kinds.add("homework-16bit")
             state[name] = array
         if state[name].dtype.kind not in "fiub":
-            raise CheckpointError(f"{path}: entry {name!r} is not numeric")
+            raise CheckpointError(f"{path}: entry {name!r} is not a tensor of numbers (found "
+                                  f"{type(value).__name__}): not a weights file edge reads")
     if source is None:
         source = kinds.pop() if len(kinds) == 1 else "state-dict"
     return {k: v.astype(np.int64) if k.endswith("num_batches_tracked") else v.astype(np.float32)
@@ -151,8 +183,11 @@ def _from_edge_dict(path: Path, obj: dict, pools, input_size) -> Checkpoint:
     try:
         card = ModelCard.from_dict(obj["card"])
         state, _ = _to_numpy_state(path, obj["state_dict"], "edge")
+    except CheckpointError:
+        raise
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: damaged edge checkpoint ({err})") from None
+    check_finite(state, path)
     if pools is not None or input_size is not None:
         config = card.config
         config = StudentConfig(config.widths, config.pools if pools is None else pools,

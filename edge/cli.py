@@ -6,6 +6,7 @@ so `edge predict` on an ONNX file never imports torch.
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,13 +18,28 @@ from edge import __version__
 PROVIDER_CHOICES = ["cpu", "cuda", "ort-cpu", "ort-cuda", "tensorrt", "torch-cpu", "torch-cuda"]
 
 
-def _int_list(value: str | None) -> tuple[int, ...] | None:
+def _int_list(value: str | None, option: str = "--pools", distinct: bool = True) -> tuple[int, ...] | None:
+    """``"0,1,2"`` -> (0, 1, 2); at least one integer, with ``distinct`` none twice (else a usage error)."""
     if value is None:
         return None
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
+        numbers = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=option) from None
+    if not numbers or (distinct and len(set(numbers)) != len(numbers)):
+        raise click.BadParameter(f"expected comma-separated integers{', each once' if distinct else ''}, got "
+                                 f"{value!r}", param_hint=option)
+    return numbers
+
+
+class FiniteRange(click.FloatRange):
+    """`click.FloatRange` that also refuses nan and inf (``float()`` accepts both)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 @contextmanager
@@ -69,7 +85,7 @@ def main():
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of real images for the parity check (default: random input). When it is the "
                    "--calib folder, the images after the calibration ones are used.")
-@click.option("--max-drop", type=click.FloatRange(0, 100), metavar="POINTS",
+@click.option("--max-drop", type=FiniteRange(0, 100), metavar="POINTS",
               help="Pick the smallest weight format whose top-1 agreement with fp32 (and accuracy, with "
                    "--labels) on --images stays within POINTS; prints what it tried. Overrides --quant.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --images.")
@@ -94,6 +110,7 @@ def export(checkpoint, output, quant, per_channel, method, calib, calib_images, 
             spec = QuantSpec(quant, per_channel, method)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--quant") from None
+        _check_export_options(spec, calib, images, labels, max_drop)
         ckpt = (read_baseline(checkpoint) or load_checkpoint(checkpoint, pools=_int_list(pools))) if checkpoint \
             else init_checkpoint()
         click.echo(f"model: {checkpoint or 'default StudentNet, ' + ckpt.source} "
@@ -119,6 +136,17 @@ def export(checkpoint, output, quant, per_channel, method, calib, calib_images, 
                                              else f"decode ops left at run time: {leftover}"))
 
 
+def _check_export_options(spec, calib, images, labels, max_drop) -> None:
+    """Options that would do nothing in this mode are mistakes, said at once (exit 2)."""
+    if spec.per_channel and spec.weights in ("fp32", "fp16") and max_drop is None:
+        raise click.UsageError(f"--per-channel sets integer ranges; --quant {spec.weights} has none")
+    if calib and not spec.calibrated and max_drop is None:
+        raise click.UsageError(f"--calib calibrates gptq and int8; --quant {spec.weights} --method {spec.method} "
+                               "uses no calibration")
+    if labels and not images:
+        raise click.UsageError("--labels label the --images folder; give --images DIR too")
+
+
 def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, offset):
     """--max-drop: try formats from the smallest file up, write the first within the drop."""
     import numpy as np
@@ -129,7 +157,7 @@ def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, off
 
     if not images:
         raise click.UsageError("--max-drop needs --images DIR (validation images to measure the drop on)")
-    samples = list_samples(images, ckpt.card.classes)[offset:]
+    samples = list_samples(images, ckpt.card.classes, strict_classes=True)[offset:]
     pictures, _ = load_images(ckpt, images, len(samples), offset)
     truth = read_labels(labels) if labels else {s.id: s.label for s in samples if s.label is not None}
     known = truth and all(s.id in truth for s in samples)
@@ -215,7 +243,7 @@ def predict(model, data_dir, output, labels, provider, batch, workers, threads, 
     with _user_errors():
         check_output(output, inputs=(model, labels, data_dir), what="prediction CSV")
         classifier, lanes = open_model(model, provider, threads, _int_list(pools))
-        samples = list_samples(data_dir, classifier.card.classes)
+        samples = list_samples(data_dir, classifier.card.classes, strict_classes=True)
         truth = read_labels(labels, len(classifier.card.classes)) if labels else None
         result = predict_samples(classifier, samples, batch, workers, skip_bad, progress=not quiet, lanes=lanes)
         write_csv(output, result)
@@ -236,10 +264,11 @@ def info(model, pools):
     """Show what MODEL is: StudentNet config, preprocessing, classes, weight format, size."""
     import json
 
+    from edge.formats import is_onnx
     from edge.metadata import model_size
 
     with _user_errors():
-        if model.suffix.lower() == ".onnx":
+        if is_onnx(model):
             from edge.runtime import OnnxClassifier
 
             loaded = OnnxClassifier(model)
@@ -297,7 +326,7 @@ def convert(checkpoint, target, output, pools):
                    "with other work, 1 is far steadier.")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
               help="Rounds over all rows (interleaved); cells show median (min-max) over them.")
-@click.option("--min-time", default=0.5, show_default=True, type=click.FloatRange(0.01),
+@click.option("--min-time", default=0.5, show_default=True, type=FiniteRange(0.01),
               help="Seconds of timed calls per batch size per repeat (after warm-up).")
 @click.option("--pools", metavar="I,J,..", help="Pool positions for homework checkpoints (default 0,1,2,3).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results JSON.")
@@ -321,16 +350,21 @@ def bench(models, data, labels, providers, quants, batches, threads, repeats, mi
 
     with _user_errors():
         sys.exit(run_command(list(models), data=data, labels=labels, providers=providers, quants=quants,
-                             batches=_int_list(batches), threads=threads, repeats=repeats, min_time=min_time,
+                             batches=_int_list(batches, "--batch", distinct=False), threads=threads, repeats=repeats,
+                             min_time=min_time,
                              pools=_int_list(pools), json_out=json_out, markdown_out=markdown_out,
                              plot_out=plot_out, previous=previous, quiet=quiet))
 
 
-def _float_list(value: str) -> tuple[float, ...]:
+def _rates(value: str) -> tuple[float, ...]:
+    """``--rate``: one or more fractions strictly between 0 and 1."""
     try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
+        rates = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+        rates = ()
+    if not rates or not all(0 < r < 1 for r in rates):
+        raise click.BadParameter(f"expected comma-separated fractions between 0 and 1, got {value!r}")
+    return rates
 
 
 _TRAINING_OPTIONS = [
@@ -344,9 +378,9 @@ _TRAINING_OPTIONS = [
                  help="RandomCrop's symmetric padding per side (the homework: 0; e.g. 4 for 32 px images)."),
     click.option("--no-flip", is_flag=True, help="No random horizontal flip."),
     click.option("--batch", default=64, show_default=True, type=click.IntRange(1)),
-    click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True),
+    click.option("--lr", default=1e-3, show_default=True, type=FiniteRange(0, min_open=True),
                  help="AdamW learning rate."),
-    click.option("--weight-decay", default=0.01, show_default=True, type=click.FloatRange(0)),
+    click.option("--weight-decay", default=0.01, show_default=True, type=FiniteRange(0)),
     click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "constant"]),
                  help="Learning rate per epoch."),
     click.option("--seed", default=0, show_default=True, type=int,
@@ -362,23 +396,24 @@ _TRAINING_OPTIONS = [
     click.option("--quiet", is_flag=True, help="No progress bars (epoch lines and the summary remain)."),
 ]
 _KD_OPTIONS = [
-    click.option("--temperature", default=20.0, show_default=True, type=click.FloatRange(0, min_open=True),
+    click.option("--temperature", default=20.0, show_default=True, type=FiniteRange(0, min_open=True),
                  help="KD temperature T."),
-    click.option("--alpha", type=click.FloatRange(0, 1),
+    click.option("--alpha", type=FiniteRange(0, 1),
                  help="KD weight: alpha*T^2*KL + (1-alpha)*CE [default: 0.5 with labels, 1 (label-free) without]."),
 ]
 _FRESH_MODEL_OPTIONS = [
     click.option("--input-size", type=click.IntRange(4),
                  help="Input side in pixels [default: 256 for folders, 32 for fashion-mnist (zero-padded 28 px)]."),
     click.option("--resize", type=click.IntRange(1), help="Resize the shorter side to this first (folders only)."),
-    click.option("--widths", callback=lambda ctx, param, value: _int_list(value), metavar="W0,W1,..",
+    click.option("--widths", callback=lambda ctx, param, value: _int_list(value, "--widths", distinct=False),
+                 metavar="W0,W1,..",
                  help="Stage widths [default: the homework's 16,32,64,128,256,256,256,256; baselines sized to "
                       "its parameter count]."),
     click.option("--pools", callback=lambda ctx, param, value: _int_list(value), metavar="I,J,..",
                  help="Stages followed by a 2x2 max-pool [default: 0,1,2,3]."),
     click.option("--groups", type=click.IntRange(1), help="Groups of the group-conv baseline [default: 4]."),
     click.option("--epochs", default=10, show_default=True, type=click.IntRange(1)),
-    click.option("--sparsity", default=0.0, show_default=True, type=click.FloatRange(0),
+    click.option("--sparsity", default=0.0, show_default=True, type=FiniteRange(0),
                  help="L1 on BatchNorm gammas (network slimming, e.g. 1e-4), so `edge slim` finds channels to cut."),
     click.option("--resume", is_flag=True, help="Continue OUTPUT's run (same options) to the same result."),
     click.option("--stop-after", type=click.IntRange(1), metavar="EPOCH",
@@ -431,7 +466,7 @@ def train(**opts):
               help="dw | cnn | group for a fresh student, or a model file to start from.")
 @click.option("--feature", metavar="S_LAYER:T_LAYER",
               help="Also distil a feature map through a 1x1 regressor, e.g. cnn.4:layer2.")
-@click.option("--feature-weight", default=1.0, show_default=True, type=click.FloatRange(0))
+@click.option("--feature-weight", default=1.0, show_default=True, type=FiniteRange(0))
 @_with(_KD_OPTIONS)
 @_with(_FRESH_MODEL_OPTIONS)
 @_with(_TRAINING_OPTIONS)
@@ -450,7 +485,7 @@ def distill(**opts):
 @main.command()
 @click.argument("student", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("data")
-@click.option("--rate", default="0.1", show_default=True, callback=lambda ctx, param, value: _float_list(value),
+@click.option("--rate", default="0.1", show_default=True, callback=lambda ctx, param, value: _rates(value),
               metavar="R[,R..]", help="Fraction of the remaining channels removed each round; several rates give "
                                       "several curves on one figure.")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1))

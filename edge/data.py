@@ -10,6 +10,7 @@ Ids must be unique; labels can also come from a ``Id,label`` CSV.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,9 @@ def _parse_id(text: str) -> str:
     return str(int(text)) if _NUMBER.fullmatch(text) else text
 
 
-def _flat_samples(folder: Path) -> list[Sample]:
+def _flat_samples(folder: Path, classes: tuple[str, ...]) -> list[Sample]:
+    """Images directly in ``folder``; ``<class>_<n>`` names give labels unless one of them names a
+    class the model does not have (then the names are not labels, and none is used)."""
     samples = []
     for path in folder.iterdir():
         if not is_image(path):
@@ -59,6 +62,8 @@ def _flat_samples(folder: Path) -> list[Sample]:
         match = _FOOD11_LABELLED.fullmatch(path.stem)
         label = int(match.group(1)) if match else None
         samples.append(Sample(_parse_id(path.stem) if not match else path.stem, path, label))
+    if classes and any(s.label is not None and s.label >= len(classes) for s in samples):
+        samples = [Sample(s.id, s.path) for s in samples]
     return samples
 
 
@@ -68,12 +73,16 @@ def _class_index(name: str, classes: tuple[str, ...]) -> int | None:
     return int(name) if _NUMBER.fullmatch(name) and int(name) < len(classes) else None
 
 
-def _tree_samples(folder: Path, classes: tuple[str, ...]) -> list[Sample]:
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _tree_samples(folder: Path, classes: tuple[str, ...], strict_classes: bool) -> list[Sample]:
     samples = []
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subdirs = _subfolders(folder)
     known = {d.name: _class_index(d.name, classes) for d in subdirs}
-    if any(v is None for v in known.values()):  # folder names are not the model's classes: sorted order
-        known = {d.name: i for i, d in enumerate(subdirs)}
+    if any(v is None for v in known.values()):  # folder names are not the model's classes
+        known = {d.name: None if strict_classes else i for i, d in enumerate(subdirs)}
     for directory in subdirs:
         for path in directory.iterdir():
             if is_image(path):
@@ -81,20 +90,51 @@ def _tree_samples(folder: Path, classes: tuple[str, ...]) -> list[Sample]:
     return samples
 
 
-def list_samples(folder: str | Path, classes: tuple[str, ...] = ()) -> list[Sample]:
-    """Every image of ``folder`` in id order; raises `DatasetError` on an unusable folder."""
+def _check_layout(folder: Path, flat: bool) -> None:
+    """Images where edge would not look are an error, not silently left out: in subfolders of a
+    folder that holds images itself, or one level deeper than class subfolders."""
+    for sub in _subfolders(folder):
+        deeper = [sub] if flat else _subfolders(sub)
+        for place in deeper:
+            if any(is_image(p) for p in place.iterdir()):
+                layout = "holds images itself and in" if flat else "has images nested in"
+                raise DatasetError(f"{folder}: {layout} {place.relative_to(folder)}/; edge reads DIR/<image> or "
+                                   f"DIR/<class>/<image>: give one of those layouts")
+
+
+def _check_names(samples: list[Sample]) -> None:
+    """File names that are not valid UTF-8 cannot be written to the CSV: said before any work."""
+    bad = []
+    for sample in samples:
+        try:
+            sample.id.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(os.fsencode(sample.path.name))
+    if bad:
+        raise DatasetError(f"{samples[0].path.parent}: {len(bad)} image name(s) are not valid UTF-8 (e.g. "
+                           f"{bad[0]!r}) and cannot go into a CSV: rename them")
+
+
+def list_samples(folder: str | Path, classes: tuple[str, ...] = (), strict_classes: bool = False) -> list[Sample]:
+    """Every image of ``folder`` in id order; raises `DatasetError` on an unusable folder.
+
+    ``classes``: the model's class names. Class subfolders named otherwise are labelled in sorted
+    order (training from scratch), or, with ``strict_classes`` (scoring a model), not at all."""
     folder = Path(folder)
     if not folder.exists():
         raise DatasetError(f"{folder}: no such folder{_contents_hint(folder.parent, '; ')}")
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder")
     try:
-        samples = _flat_samples(folder) or _tree_samples(folder, classes)
+        flat = _flat_samples(folder, classes)
+        _check_layout(folder, flat=bool(flat))
+        samples = flat or _tree_samples(folder, classes, strict_classes)
     except PermissionError as err:
         raise DatasetError(f"{err.filename}: permission denied") from None
     if not samples:
         raise DatasetError(f"{folder}: no images found (files ending in {', '.join(sorted(IMAGE_SUFFIXES))}, "
                            f"any case){_contents_hint(folder, ': ')}")
+    _check_names(samples)
     _check_unique(samples)
     return sorted(samples, key=lambda s: s.sort_key)
 

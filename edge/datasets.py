@@ -131,6 +131,14 @@ def _folder_classes(folder: Path, samples, hint: tuple[str, ...]) -> tuple[str, 
     return tuple(folders)
 
 
+def _csv_classes(truth: dict[str, int], hint: tuple[str, ...]) -> tuple[str, ...]:
+    """Classes of images labelled by a CSV: the hint's, Food-11's when the labels fit, else numbered."""
+    top = max(truth.values(), default=0)
+    if hint:
+        return hint
+    return FOOD11_CLASSES if top < len(FOOD11_CLASSES) else tuple(str(i) for i in range(top + 1))
+
+
 # ---------------------------------------------------------------- decoding
 
 def _canvas(pixels: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -202,14 +210,15 @@ def load_images(source: str, spec: Preprocess, augment: Augment | None = None, *
         images, labels, classes, samples = images[part], labels[part], FASHION_MNIST_CLASSES, None
     else:
         samples = list_samples(name, class_hint)[part]
-        if not samples:
-            raise DatasetError(f"{source}: the slice selects no images")
         files, ids = [s.path for s in samples], [s.id for s in samples]
         classes = _folder_classes(Path(name), samples, class_hint)
         labels = [-1 if s.label is None else s.label for s in samples]
+    if not len(ids):
+        raise DatasetError(f"{source}: the slice selects no images")
     if labels_csv:
-        truth = read_labels(labels_csv)
+        truth = read_labels(labels_csv, len(class_hint) if class_hint else None)
         labels = [truth.get(i, -1) for i in ids]
+        classes = classes or _csv_classes(truth, class_hint)
     key = _cache_key(source, files, spec, augment, labels)
     cached = _read_cache(cache_dir, name, key)
     if cached is not None:

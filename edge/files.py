@@ -28,7 +28,8 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: b
                  writes_model: bool = False, what: str = "output", hint: str = "choose another name") -> Path:
     """Fail before any work when writing ``path`` could destroy something; return it as a Path.
 
-    ``inputs``: the command's input files and folders and its other outputs: none may be ``path``. ``overwrite=False``: an existing file is refused (a run's file without --resume).
+    ``inputs``: the command's input files and folders and its other outputs: none may be ``path``.
+    ``overwrite=False``: an existing file is refused (a run's file without --resume).
     ``writes_model=False``: an existing model file (ONNX, torch, binary pickle) is refused.
     ``what`` names the output in messages; ``hint`` says what to do when it already exists.
     """
@@ -103,7 +104,8 @@ def _is_model_file(path: Path) -> bool:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:
     """Write through ``write(f)`` into a temporary file beside ``path``, then rename it into place.
-    A link, folder or device at ``path`` is refused (`OutputError`) rather than replaced."""
+    A link, folder or device at ``path`` is refused, and a failed write reported, as `OutputError`
+    (any existing file is left as it was)."""
     path = Path(path)
     _check_not_special(path, "output")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -113,5 +115,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a folder that went away: the old file is left as it was
+        raise OutputError(f"{path}: cannot write ({err.strerror or err}); nothing was written") from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -51,3 +51,13 @@ def _is_legacy_torch(data: bytes) -> bool:
     except Exception:  # noqa: BLE001 - genops raises ValueError (and others) on truncated or odd bytes
         return False
     return len(ops) == 3 and ops[0][0] == "PROTO" and ops[1][1] == TORCH_LEGACY_MAGIC and ops[2][0] == "STOP"
+
+
+def is_onnx(path: str | os.PathLike) -> bool:
+    """An ONNX file by its name or, under any other name, by its bytes (unreadable: by its name)."""
+    if str(path).lower().endswith(".onnx"):
+        return True
+    try:
+        return sniff_file(path) == "onnx"
+    except OSError:
+        return False

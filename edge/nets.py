@@ -21,12 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.checkpoints import CHECKPOINT_KEY, CheckpointError, load_checkpoint, read_torch
+from edge.checkpoints import CHECKPOINT_KEY, NET_KEY, CheckpointError, check_finite, load_checkpoint, read_torch
 from edge.config import ConfigError, ModelCard, Preprocess, StudentConfig
 from edge.files import atomic_write
 from edge.formats import sniff_file
 
-NET_KEY = "edge_net"
 STUDENT_ARCHS = ("dw", "cnn", "group")
 
 
@@ -108,10 +107,12 @@ def load_net(path: str | os.PathLike) -> NetFile:
             spec = NetSpec.from_dict(obj["net"])
             known = (NET_KEY, CHECKPOINT_KEY, "net", "preprocess", "classes", "state_dict", "card")
             extra = {k: v for k, v in obj.items() if k not in known}
-            return NetFile(spec, Preprocess.from_dict(obj["preprocess"]), tuple(obj["classes"]), obj["state_dict"],
-                           extra)
+            net = NetFile(spec, Preprocess.from_dict(obj["preprocess"]), tuple(obj["classes"]), obj["state_dict"],
+                          extra)
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: damaged edge model file ({err})") from None
+        check_finite(net.state, path)
+        return net
     ckpt = load_checkpoint(path)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ckpt.state.items()}
     return NetFile(NetSpec("dw", ckpt.card.config), ckpt.card.preprocess, ckpt.card.classes, state)

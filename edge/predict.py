@@ -25,7 +25,7 @@ import numpy as np
 from edge.config import Preprocess
 from edge.data import Sample
 from edge.errors import EdgeError
-from edge.files import OutputError, atomic_write
+from edge.files import atomic_write
 from edge.preprocess import ImageError, read_image, to_array
 
 
@@ -56,28 +56,53 @@ class BadImages(EdgeError, ValueError):
         self.problems = problems
 
 
+class NonFiniteOutput(EdgeError):
+    """The model answered NaN or inf: a damaged model, not an answer."""
+
+
 def cpu_cores() -> int:
     """Cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+_TORCH_DEVICES = {"cpu": "cpu", "torch-cpu": "cpu", "cuda": "cuda", "torch-cuda": "cuda"}
+
+
 def open_model(path: str | Path, provider: str = "cpu", threads: int | None = None,
                pools: tuple[int, ...] | None = None):
-    """-> (classifier, lanes): an ONNX file -> `OnnxClassifier` (no torch); any checkpoint ->
-    `TorchClassifier`. ``lanes`` is how many model calls may run at once: on ONNX Runtime's CPU
-    provider, ``threads`` (default: all cores) single-threaded calls; otherwise 1."""
+    """-> (classifier, lanes): an ONNX file (by name or content) -> `OnnxClassifier` (no torch);
+    any checkpoint -> `TorchClassifier`. ``lanes`` is how many model calls may run at once: on ONNX
+    Runtime's CPU provider, ``threads`` (default: all cores) single-threaded calls; otherwise 1."""
+    from edge.formats import is_onnx
+
     path = Path(path)
-    if path.suffix.lower() == ".onnx":
+    if is_onnx(path):
         from edge.runtime import OnnxClassifier, resolve_provider
 
         if resolve_provider(provider) == "CPUExecutionProvider":
             return OnnxClassifier(path, provider, threads=1), threads or cpu_cores()
         return OnnxClassifier(path, provider, threads), 1
     from edge.checkpoints import load_checkpoint
+
+    checkpoint = load_checkpoint(path, pools=pools)
+    return _torch_classifier(path, checkpoint, provider, threads), 1
+
+
+def _torch_classifier(path: Path, checkpoint, provider: str, threads: int | None):
+    """A checkpoint runs on torch: --provider cpu/torch-cpu or cuda/torch-cuda (when torch sees a GPU)."""
+    import torch
+
+    from edge.runtime import ProviderUnavailable
     from edge.torch_backend import TorchClassifier
 
-    device = {"cpu": "cpu", "torch-cpu": "cpu", "cuda": "cuda", "torch-cuda": "cuda"}.get(provider, provider)
-    return TorchClassifier(load_checkpoint(path, pools=pools), device, threads), 1
+    device = _TORCH_DEVICES.get(provider)
+    if device is None:
+        raise ProviderUnavailable(f"--provider {provider} is ONNX Runtime's, which runs .onnx files; {path} is a "
+                                  f"checkpoint, run by torch: use --provider cpu or cuda, or `edge export` it first")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ProviderUnavailable(f"--provider {provider}: torch sees no CUDA GPU here (for {path}): use --provider "
+                                  f"cpu, or a CUDA build of torch on a GPU machine")
+    return TorchClassifier(checkpoint, device, threads)
 
 
 @dataclass
@@ -123,7 +148,11 @@ class _Runner:
         labels = np.zeros(0, np.int64)
         if good and (self.skip_bad or not self.failed.is_set()):
             with self.gate:
-                labels = self.model(arrays).argmax(axis=1)
+                logits = self.model(arrays)
+            if not np.isfinite(logits).all():  # argmax would quietly answer class 0
+                raise NonFiniteOutput(f"{getattr(self.model, 'path', 'the model')}: gave non-finite logits for "
+                                      f"{good[0].path.name}: its weights hold NaN or inf; nothing was written")
+            labels = logits.argmax(axis=1)
         return _Batch(good, labels, problems, notes, decoded - start, time.thread_time() - decoded)
 
 
@@ -183,7 +212,4 @@ def write_csv(path: str | Path, predictions: Predictions) -> None:
         writer.writerow(["Id", "label"])
         writer.writerows((s.id, int(label)) for s, label in zip(predictions.samples, predictions.labels))
 
-    try:
-        atomic_write(path, write, binary=False)
-    except OSError as err:
-        raise OutputError(f"{path}: cannot write ({err.strerror or err}); nothing was written") from None
+    atomic_write(path, write, binary=False)

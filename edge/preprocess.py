@@ -30,6 +30,12 @@ except ImportError:  # an optional speed-up: Pillow decodes the same pixels
 
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 _TURBO_COLORSPACES = ("YCbCr", "Gray")
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+MAX_FILE_BYTES = 256 * 1024 * 1024  # far above any photo; a larger "image" is refused unread
+
+# Pillow only warns on images between its pixel limit and twice it; edge refuses them itself
+# (`_check_pixels`, an ImageError naming the file), so Pillow's raw warning is not shown.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(EdgeError, ValueError):
@@ -41,8 +47,13 @@ class TruncatedImageWarning(UserWarning):
 
 
 def read_file(path) -> bytes:
-    """The file's bytes; `ImageError` naming the file when it cannot be read or is empty."""
+    """The file's bytes; `ImageError` naming the file when it cannot be read, is empty or is larger
+    than `MAX_FILE_BYTES` (refused before reading, so a huge or sparse file costs no memory)."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageError(f"{path}: refused: {size:,} bytes, more than any image edge decodes "
+                             f"({MAX_FILE_BYTES:,})")
         data = Path(path).read_bytes()
     except OSError as err:
         raise ImageError(f"{path}: cannot read ({err.strerror or err})") from None
@@ -79,12 +90,33 @@ def _resize_shorter(image: Image.Image, size: int) -> Image.Image:
     return image.resize(new, Image.BILINEAR)
 
 
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit (and 32-bit integer) grey images -> 8-bit by their top byte; Pillow's own ``convert``
+    clips every value above 255 to white."""
+    if image.mode not in _WIDE_MODES:
+        return image
+    pixels = np.asarray(image)
+    if image.mode == "I" and pixels.max(initial=0) <= 255:  # an 8-bit image stored wide
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
+    return Image.fromarray((np.clip(pixels, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8), "L")
+
+
+def _check_pixels(image: Image.Image) -> None:
+    """Refuse an image over Pillow's pixel limit before decoding it (Pillow itself refuses only
+    above twice the limit)."""
+    pixels = image.width * image.height
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"{image.width}x{image.height} = {pixels:,} pixels, over the limit of "
+                                           f"{Image.MAX_IMAGE_PIXELS:,} (a possible decompression bomb)")
+
+
 def _decode_pillow(source, spec: Preprocess) -> np.ndarray:
     with Image.open(source) as image:
+        _check_pixels(image)
         image.load()
         if spec.exif_transpose:
             image = ImageOps.exif_transpose(image)
-        image = image.convert(spec.color)
+        image = _to_8bit(image).convert(spec.color)
     if spec.resize:
         image = _resize_shorter(image, spec.resize)
     return np.asarray(image).reshape(image.height, image.width, len(spec.color))

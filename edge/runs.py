@@ -120,9 +120,12 @@ def _classes_of(train: ImageSet) -> tuple[str, ...]:
     return train.classes
 
 
-def _fresh_net(arch: str, opts: dict, train: ImageSet, preprocess: Preprocess) -> NetFile:
-    classes = _classes_of(train)
+def _fresh_net(arch: str, opts: dict, train: ImageSet, preprocess: Preprocess,
+               known: tuple[str, ...] = ()) -> NetFile:
+    """A new model for ``train``'s classes (or, on unlabelled data, ``known``: the teacher's)."""
+    classes = train.classes or known or _classes_of(train)
     return NetFile(_spec(arch, opts, preprocess, classes), preprocess, classes, {})
+
 
 
 def _init(net: NetFile, opts: dict) -> torch.nn.Module:
@@ -188,16 +191,18 @@ def train_command(opts: dict) -> dict:
     return _finish(run, fit(run, opts.get("resume", False), opts.get("stop_after")), sets[2], opts, began)
 
 
-def check_teacher_file(path: Path, arch: str) -> None:
-    """Read the teacher file once before any data is decoded, so a hostile or damaged file fails first."""
+def teacher_classes(path: Path, arch: str) -> tuple[str, ...]:
+    """Read the teacher file before any data is decoded (a hostile or damaged file fails first);
+    -> the classes it names (an edge file), or () for a plain torchvision state dict."""
     try:
-        load_net(path)
+        return load_net(path).classes
     except CheckpointError:
         if arch in STUDENT_ARCHS:
             raise
         from edge.checkpoints import read_torch
 
         read_torch(path)
+        return ()
 
 
 def load_teacher(path: Path, arch: str, classes: tuple[str, ...], preprocess: Preprocess) -> torch.nn.Module:
@@ -253,11 +258,12 @@ def distill_command(opts: dict) -> dict:
     began = time.time()
     check_run_outputs(opts)
     _setup_threads(opts)
-    check_teacher_file(opts["teacher"], opts["teacher_arch"])
+    named = teacher_classes(opts["teacher"], opts["teacher_arch"])
     start = None if opts["student"] in STUDENT_ARCHS else load_net(opts["student"])
     preprocess = start.preprocess if start else fresh_preprocess(opts)
-    sets = open_sets(opts, preprocess, start.classes if start else ())
-    net = start or _fresh_net(opts["student"], opts, sets[0], preprocess)
+    known = start.classes if start else named
+    sets = open_sets(opts, preprocess, known)
+    net = start or _fresh_net(opts["student"], opts, sets[0], preprocess, known)
     model = _init(net, opts)
     teacher = load_teacher(opts["teacher"], opts["teacher_arch"], net.classes, preprocess)
     alpha = _alpha(opts, sets[0])
@@ -276,6 +282,7 @@ def slim_command(opts: dict) -> dict:
 
     began = time.time()
     _check_slim_output(opts)
+    _check_quant(opts)
     _setup_threads(opts)
     base = load_net(opts["student"])
     if base.spec.arch != "dw":
@@ -323,6 +330,16 @@ def slim_command(opts: dict) -> dict:
     return curves
 
 
+def _check_quant(opts: dict) -> None:
+    """--quant / --method of each round's export, checked before any work."""
+    from export.quantize import QuantSpec
+
+    try:
+        QuantSpec(opts["quant"], method=opts["method"])
+    except ValueError as err:
+        raise ConfigError(f"--quant {opts['quant']}: {err}") from None
+
+
 def _check_slim_output(opts: dict) -> None:
     """The output folder, before any work: a new or empty folder, or with --resume one holding
     the run's curve.json; never an input."""
@@ -331,9 +348,9 @@ def _check_slim_output(opts: dict) -> None:
     record = out / "curve.json"
     if opts.get("resume") and not record.exists():
         raise ConfigError(f"{record}: nothing to resume (no such file): run without --resume first")
-    if not opts.get("resume") and out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out}: the output folder is not empty" + (" (it holds a slimming run: continue it with "
-                          "--resume)" if record.exists() else "") + "; choose a new or empty folder")
+    if not opts.get("resume") and (record.exists() or any(p.is_file() for p in out.glob("rate*/*"))):
+        raise ConfigError(f"{out}: holds a slimming run (curve.json or rate*/ files): continue it with --resume "
+                          f"(same options), or choose a new folder")
     for path in inputs:
         if path.resolve().is_relative_to(out.resolve()) and path.is_file():
             raise ConfigError(f"{path}: an input inside the output folder {out} could be overwritten by a round's "

@@ -91,7 +91,11 @@ class OnnxClassifier:
         self._check_io()
 
     def _check_io(self) -> None:
-        config = self.card.config
+        config, preprocess = self.card.config, self.card.preprocess
+        if preprocess.crop != config.input_size or len(preprocess.color) != config.in_channels:
+            raise ModelError(f"{self.path}: its metadata disagrees with itself: preprocessing makes "
+                             f"{len(preprocess.color)}x{preprocess.crop}x{preprocess.crop} inputs, the network takes "
+                             f"{config.in_channels}x{config.input_size}x{config.input_size}")
         shape = self.session.get_inputs()[0].shape
         expected = [config.in_channels, config.input_size, config.input_size]
         if len(shape) != 4 or list(shape[1:]) != expected:

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge.checkpoints import first_non_finite
 from edge.config import ConfigError
 from edge.datasets import Augment, ImageSet, batches, seed_for
+from edge.errors import EdgeError
 from edge.nets import NetFile, load_net, save_net
 
 SCHEDULES = ("cosine", "constant")
@@ -96,6 +98,10 @@ def best_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.best{out.suffix or '.pt'}")
 
 
+class TrainingDiverged(EdgeError):
+    """The loss or a weight became NaN/inf: nothing of that epoch is saved."""
+
+
 def bn_l1_subgradient(model: nn.Module, strength: float) -> None:
     """Network slimming's sparsity: add ``strength * sign(gamma)`` to every BatchNorm weight's grad."""
     for module in model.modules():
@@ -115,12 +121,16 @@ def train_one_epoch(run: Run, optimizer: torch.optim.Optimizer, epoch: int) -> d
     for images, labels, _ in bar:
         images, labels = images.to(run.device, memory_format=torch.channels_last), labels.to(run.device)
         loss, logits, targets = run.objective(run.model, images, labels)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"training diverged: the loss became {value} in epoch {epoch + 1} (lower --lr, "
+                                   f"now {run.recipe.lr:g}); {run.out} keeps the last finished epoch, if any")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if run.recipe.sparsity:
             bn_l1_subgradient(run.model, run.recipe.sparsity)
         optimizer.step()
-        total_loss += float(loss.detach()) * len(images)
+        total_loss += value * len(images)
         correct += int((logits.argmax(1) == targets).sum())
         seen += len(images)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.2%}")
@@ -204,6 +214,10 @@ def fit(run: Run, resume: bool = False, stop_after: int | None = None) -> dict:
         if val is not None:
             row["val_accuracy"], row["val_kind"] = accuracy(run.model, val, run.device), val_kind
         row["seconds"] = round(time.time() - began, 1)
+        bad = first_non_finite(run.model.state_dict())
+        if bad is not None:
+            raise TrainingDiverged(f"training diverged: weight {bad} became non-finite in epoch {epoch + 1} (lower "
+                                   f"--lr, now {run.recipe.lr:g}); nothing of this epoch was saved")
         history.append(row)
         improved = "val_accuracy" not in row or row["val_accuracy"] > best.get("val_accuracy", -1.0)
         if improved:

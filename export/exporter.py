@@ -94,7 +94,7 @@ def load_images(checkpoint: Checkpoint, image_dir, limit: int, offset: int = 0) 
     from edge.data import list_samples
     from edge.preprocess import load_image
 
-    samples = list_samples(image_dir, checkpoint.card.classes)[offset:offset + limit]
+    samples = list_samples(image_dir, checkpoint.card.classes, strict_classes=True)[offset:offset + limit]
     if not samples:
         raise DatasetError(f"{image_dir}: no images left after the first {offset}")
     images = np.stack([load_image(s.path, checkpoint.card.preprocess) for s in samples])

@@ -106,7 +106,8 @@ def test_the_sniffer_names_each_format_without_running_it(hostile):
 @pytest.mark.parametrize("reader", [load_checkpoint, load_net, read_torch])
 def test_every_reader_refuses_every_hostile_file(hostile, reader):
     for name, (path, _) in hostile.items():
-        with pytest.raises(CheckpointError, match="refused") as caught:
+        expected = "refused|not a readable torch file" if reader is read_torch else "refused"  # a plain pickle
+        with pytest.raises(CheckpointError, match=expected) as caught:
             reader(path)
         assert str(path) in str(caught.value) and "weights_only" not in str(caught.value), name
     assert not _markers(hostile)

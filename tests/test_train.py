@@ -169,7 +169,7 @@ def test_edge_train_cli_end_to_end_on_cpu(fashion_mnist, tmp_path):
     net = load_net(out)
     assert net.spec.config.widths == (8, 16, 16) and net.preprocess.color == "L"
     assert (tmp_path / "student.best.pt").exists()
-    missing = CliRunner().invoke(main, ["train", "fashion-mnist:valid", "-o", str(out)])
+    missing = CliRunner().invoke(main, ["train", "fashion-mnist:valid", "-o", str(tmp_path / "other.pt")])
     assert missing.exit_code == 2 and "splits are train, test" in missing.output
 
 
