@@ -32,6 +32,7 @@ from edge.safe_pickle import UnsafePickleError, safe_loads
 
 CHECKPOINT_KEY = "edge_checkpoint"
 NET_KEY = "edge_net"  # edge.nets' model files of any architecture
+MAX_PICKLE_BYTES = 1 << 30  # a weights pickle is read whole; torch files are read by torch
 
 
 class CheckpointError(EdgeError, ValueError):
@@ -74,9 +75,10 @@ def check_finite(state, origin) -> None:
 def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
                     input_size: int | None = None) -> Checkpoint:
     """Read any supported weights file; ``pools``/``input_size`` override what is inferred."""
-    path = Path(path)
+    path = _model_file(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_PICKLE_BYTES + 1)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
     if not data:
@@ -90,6 +92,9 @@ def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = Non
                               f"homework's 8-/16-bit pickle): its first bytes match none of them")
     if kind.startswith("torch"):
         obj, source = read_torch(path), "state-dict"
+    elif len(data) > MAX_PICKLE_BYTES:
+        raise CheckpointError(f"{path}: refused: a weights pickle over {MAX_PICKLE_BYTES:,} bytes (the homework's "
+                              f"are well under 1 MB)")
     else:
         obj, source = _pickle_load(path, data), None
     if isinstance(obj, dict) and obj.get(CHECKPOINT_KEY):
@@ -106,19 +111,28 @@ def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = Non
                       state, source)
 
 
+def _model_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is a regular file; a device, pipe or folder would be read forever or not at all."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: cannot read (no such file)")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a weights file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file (a device or pipe): give a weights file")
+    return path
+
+
 def read_torch(path: str | os.PathLike):
     """``torch.load(weights_only=True)`` of ``path``: never runs code from the file; a refusal or a
     damaged file is a `CheckpointError` with one line saying which."""
     import torch
 
+    path = _model_file(path)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign file
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a folder, not a weights file") from None
     except Exception as err:  # torch raises UnpicklingError/RuntimeError/EOFError/... on foreign or damaged files
         reason = _torch_reason(err)
         if "unsupported global" in reason.lower():
@@ -159,17 +173,11 @@ def _to_numpy_state(path: Path, obj, source: str | None) -> tuple[dict[str, np.n
         raise CheckpointError(f"{path}: holds an empty dict: no weights")
     state, kinds = {}, set()
     for name, value in obj.items():
-        if isinstance(value, tuple) and len(value) == 3:
-            lo, hi, q = value
-            state[name] = (np.float64(q) / 255 * (hi - lo)) + lo  # the homework's decode8, term for term
-            kinds.add("homework-8bit")
-        elif hasattr(value, "detach"):
-            state[name] = value.detach().cpu().numpy()
-        else:
-            array = np.asarray(value)
-            if array.dtype == np.float16:
-                kinds.add("homework-16bit")
-            state[name] = array
+        try:
+            state[name], kind = _to_array(value)
+        except (TypeError, ValueError, OverflowError, MemoryError):
+            state[name], kind = np.asarray(None), None
+        kinds |= {kind} - {None}
         if state[name].dtype.kind not in "fiub":
             raise CheckpointError(f"{path}: entry {name!r} is not a tensor of numbers (found "
                                   f"{type(value).__name__}): not a weights file edge reads")
@@ -177,6 +185,21 @@ def _to_numpy_state(path: Path, obj, source: str | None) -> tuple[dict[str, np.n
         source = kinds.pop() if len(kinds) == 1 else "state-dict"
     return {k: v.astype(np.int64) if k.endswith("num_batches_tracked") else v.astype(np.float32)
             for k, v in state.items()}, source
+
+
+def _to_array(value) -> tuple[np.ndarray, str | None]:
+    """One entry of a weights dict -> (numpy array, the homework format it shows, if any). Only
+    arrays, tensors, numbers and the 8-bit (min, max, codes) triple are weights: a list is refused
+    (nested lists sharing one object expand to any size)."""
+    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[2], np.ndarray):
+        lo, hi, q = (float(v) if not isinstance(v, np.ndarray) else v for v in value)
+        return (np.float64(q) / 255 * (hi - lo)) + lo, "homework-8bit"  # the homework's decode8, term for term
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy(), None
+    if not isinstance(value, (np.ndarray, np.generic, int, float)):
+        raise TypeError(type(value).__name__)
+    array = np.asarray(value)
+    return array, "homework-16bit" if array.dtype == np.float16 else None
 
 
 def _from_edge_dict(path: Path, obj: dict, pools, input_size) -> Checkpoint:

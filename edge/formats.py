@@ -58,6 +58,6 @@ def is_onnx(path: str | os.PathLike) -> bool:
     if str(path).lower().endswith(".onnx"):
         return True
     try:
-        return sniff_file(path) == "onnx"
+        return os.path.isfile(path) and sniff_file(path) == "onnx"
     except OSError:
         return False

@@ -81,14 +81,16 @@ class OnnxClassifier:
         if wanted not in self.session.get_providers():
             raise ProviderUnavailable(f"{wanted} did not start for {self.path} (session runs on "
                                       f"{self.session.get_providers()}): {_INSTALL_HINT.get(wanted, '')}")
-        props = self.session.get_modelmeta().custom_metadata_map
         try:
+            props = self.session.get_modelmeta().custom_metadata_map
             self.card, self.quant = read_metadata(props, str(self.path))
             self.net = read_net(props, str(self.path))  # None on a StudentNet; a baseline's arch and size
+            self.input_name = self.session.get_inputs()[0].name
+            self._check_io()
         except MetadataError as err:
             raise ModelError(str(err)) from None
-        self.input_name = self.session.get_inputs()[0].name
-        self._check_io()
+        except (UnicodeDecodeError, IndexError) as err:  # damaged names or a graph without inputs/outputs
+            raise ModelError(f"{self.path}: damaged ONNX model ({type(err).__name__}: {err})") from None
 
     def _check_io(self) -> None:
         config, preprocess = self.card.config, self.card.preprocess

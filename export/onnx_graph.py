@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edge.checkpoints import CheckpointError
 from edge.config import ModelCard
 from edge.files import atomic_write
 from edge.fold import FoldedLayer
@@ -127,8 +128,14 @@ def build_onnx(card: ModelCard, layers: list[FoldedLayer], encodings: dict, bias
 
 
 def write_checked(model: onnx.ModelProto, path) -> int:
-    """Run the full onnx.checker, then write ``model`` atomically to ``path``; -> its size in bytes."""
+    """Run the full onnx.checker and check every stored weight is finite (a weight beyond fp16's
+    range becomes inf), then write ``model`` atomically to ``path``; -> its size in bytes."""
     onnx.checker.check_model(model, full_check=True)
+    for tensor in model.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise CheckpointError(f"{path}: not written: stored weight {tensor.name} would be non-finite "
+                                  f"({values.dtype}; weights beyond its range?): choose a wider --quant")
     data = model.SerializeToString()
     atomic_write(path, lambda f: f.write(data))
     return len(data)

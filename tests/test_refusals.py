@@ -265,3 +265,23 @@ def test_unlabelled_data_trains_from_the_teachers_classes_or_a_labels_csv(tiny, 
     (tmp_path / "labels.csv").write_text("Id,label\n0,1\n1,2\n2,3\n")
     result = invoke("train", tiny["images"], "--labels", tmp_path / "labels.csv", "-o", tmp_path / "t.pt", *common)
     assert result.exit_code == 0 and "--labels" not in result.stderr, result.output
+
+
+def test_devices_pipes_and_expanding_pickles_are_refused_without_reading_them(tmp_path):
+    os.mkfifo(tmp_path / "pipe.bin")
+    for path in ("/dev/zero", tmp_path / "pipe.bin"):
+        refused(invoke("info", path), "not a regular file")
+    refused(invoke("distill", tmp_path, "--teacher", "/dev/zero", "-o", tmp_path / "d.pt"), "/dev/zero")
+    square = [[1.0] * 1000] * 1000  # one shared row: 13 kB of pickle, 8 GB as an array
+    (tmp_path / "bomb.pkl").write_bytes(pickle.dumps({"cnn.0.0.weight": [square] * 1000}))
+    refused(invoke("info", tmp_path / "bomb.pkl"), "'cnn.0.0.weight'", "not a tensor of numbers")
+
+
+def test_weights_beyond_fp16_are_not_exported_as_inf(tmp_path):
+    ckpt = init_checkpoint(TINY)
+    state = {**ckpt.state, "cnn.1.3.weight": np.full_like(ckpt.state["cnn.1.3.weight"], 1e6)}
+    save_checkpoint(tmp_path / "big.pt", ckpt.card, state)
+    refused(invoke("export", tmp_path / "big.pt", "--quant", "fp16", "-o", tmp_path / "big.onnx"), "non-finite",
+            "cnn.1.3.weight")
+    assert not (tmp_path / "big.onnx").exists()
+    assert invoke("export", tmp_path / "big.pt", "--quant", "fp32", "-o", tmp_path / "big.onnx").exit_code == 0
