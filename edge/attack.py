@@ -76,7 +76,8 @@ def parse_eps(text: str) -> tuple[Epsilon, ...]:
         budgets.append(Epsilon(part, value))
     if not budgets:
         raise AttackError("--eps: give one or more budgets, e.g. 1/255,2/255,8/255")
-    return tuple(sorted(dict((b.value, b) for b in budgets).values(), key=lambda b: b.value))
+    unique = {round(b.value * 255, 6): b for b in budgets}  # 2/255 and 0.0078431373 are one budget
+    return tuple(sorted(unique.values(), key=lambda b: b.value))
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
