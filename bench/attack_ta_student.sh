@@ -2,9 +2,11 @@
 # FGSM against the homework TA's StudentNet at fp32 and as uint8 / uint4 exports (data-free GPTQ
 # calibration, so no test photo shapes the weights), white-box and transferred from the fp32
 # checkpoint, with four input defenses, on all of ../shared/food11/testing against
-# reference_labels.csv (bench/results/attack_ta_student.{json,md,png}, -examples.png); then the
-# independent check (bench/attack_check.py) scores the saved PNGs with the homework's own code.
-# Usage: bench/attack_ta_student.sh [SCRATCH_DIR]   (exports and PNGs go there, not into the repo)
+# reference_labels.csv (bench/results/attack_ta_student.{json,md,png}, -examples.png), and iterative
+# FGSM on the first 48 (attack_ta_student_ifgsm.*); then bench/attack_check.py scores the fp32 FGSM
+# 2/255 PNGs with the homework's own code (attack_check_ta_student.{json,md}).
+# Usage: bench/attack_ta_student.sh [SCRATCH_DIR]   (exports and PNGs go there, not into the repo);
+# `edge` on PATH, PYTHON: the interpreter with edge's dependencies (default python3).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${EDGE_SHARED:-$(cd "$REPO/.." && pwd)/shared}
@@ -22,3 +24,13 @@ run attack "$TA" "$OUT/ta_uint8.onnx" "$OUT/ta_uint4.onnx" "$SHARED/food11/testi
     --defense gaussian:1.5,median:3,jpeg:75,bits:4 --source "$TA" --save-adversarial "$OUT/adversarial" \
     --json "$RESULTS/attack_ta_student.json" --markdown "$RESULTS/attack_ta_student.md" \
     --plot "$RESULTS/attack_ta_student.png"
+# iterative FGSM (5 steps) costs 15 gradient passes per model and image: the first 48 photos only
+run attack "$TA" "$OUT/ta_uint8.onnx" "$OUT/ta_uint4.onnx" "$SHARED/food11/testing" \
+    --labels "$SHARED/food11/reference_labels.csv" --method ifgsm --steps 5 --eps 1/255,2/255,8/255 --limit 48 \
+    --defense gaussian:1.5,median:3,jpeg:75,bits:4 --source "$TA" \
+    --json "$RESULTS/attack_ta_student_ifgsm.json" --markdown "$RESULTS/attack_ta_student_ifgsm.md" \
+    --plot "$RESULTS/attack_ta_student_ifgsm.png"
+cd "$REPO" && "${PYTHON:-python3}" -m bench.attack_check "$OUT/adversarial/student_custom_small.bin/fgsm-eps2" "$TA" \
+    "$SHARED/food11/testing" "$SHARED/food11/reference_labels.csv" --report "$RESULTS/attack_ta_student.json" \
+    --model student_custom_small.bin --method fgsm --eps 2/255 \
+    --json "$RESULTS/attack_check_ta_student.json" --markdown "$RESULTS/attack_check_ta_student.md"

@@ -170,8 +170,8 @@ def _normalise(card: ModelCard, x: np.ndarray) -> np.ndarray:
 
 
 def open_target(path: Path, pools: tuple[int, ...] | None = None, white_box: bool = True) -> Target:
-    """A checkpoint (scored and attacked by the same torch StudentNet) or one of our ONNX files (scored by
-    ONNX Runtime, attacked through `edge.onnx_torch`)."""
+    """A checkpoint (a StudentNet or a cnn / group baseline, scored and attacked by the same torch module)
+    or one of our ONNX files (scored by ONNX Runtime, attacked through `edge.onnx_torch`)."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         from edge.onnx_torch import torch_from_onnx
@@ -184,10 +184,11 @@ def open_target(path: Path, pools: tuple[int, ...] | None = None, white_box: boo
         network = PixelModel(torch_from_onnx(path), card) if white_box else None
         return Target(path.name, path, card, f"{kind} (ONNX Runtime)", score, network)
     from edge.checkpoints import load_checkpoint
-    from edge.models import build_student
+    from edge.torch_backend import TorchClassifier
+    from export.generic import read_baseline
 
-    checkpoint = load_checkpoint(path, pools=pools)
-    network = PixelModel(build_student(checkpoint.card.config, checkpoint.state), checkpoint.card)
+    checkpoint = read_baseline(path) or load_checkpoint(path, pools=pools)
+    network = PixelModel(TorchClassifier(checkpoint).model, checkpoint.card)
 
     def score(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -4,7 +4,7 @@ weights exactly as ONNX Runtime uses them (white-box attacks on uint8 / uint4 / 
 ONNX Runtime's own constant folding decodes the stored weights (uintN codes, fp16 casts, packed
 4-bit codes) into float initializers; the folded graph is then run op by op in torch. Only the ops
 our exports use are known (Conv, Clip, MaxPool, GlobalAveragePool, Flatten, Gemm, and the
-baselines' channel shuffle Reshape/Transpose, plus elementwise arithmetic); anything else (int8
+baselines' channel shuffle Shape/Reshape/Transpose, plus elementwise arithmetic); anything else (int8
 QDQ graphs) is a `ModelError` naming the op.
 """
 
@@ -74,6 +74,7 @@ OPS = {
     "Flatten": lambda node, x: x.reshape(int(np.prod(x.shape[:_attrs(node).get("axis", 1)])), -1),
     "Gemm": _gemm,
     "Reshape": _reshape,
+    "Shape": lambda node, x: torch.tensor(x.shape, dtype=torch.int64),
     "Transpose": lambda node, x: x.permute(*_attrs(node)["perm"]),
     "Add": lambda node, x, y: x + y,
     "Sub": lambda node, x, y: x - y,

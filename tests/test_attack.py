@@ -192,3 +192,28 @@ def test_real_photos_independent_pipeline_agrees(ta_student, food11_test, refere
     assert theirs["images"] == 8 and theirs["max_linf_255"] == 2
     assert abs(theirs["accuracy"] - ours) <= 1 / 8
     assert ours <= 0.5 < json.loads((tmp_path / "r.json").read_text())["clean"]["accuracy"]
+
+
+def test_group_baseline_checkpoint_and_onnx_are_attackable(tmp_path):
+    """The group-conv baseline: its channel shuffles (Reshape/Transpose) rebuild in torch too."""
+    from edge.attack import open_target
+    from edge.config import FOOD11_CLASSES, Preprocess
+    from edge.nets import NetFile, NetSpec, build_net, save_net
+    from export.exporter import export_onnx
+    from export.generic import read_baseline
+    from export.quantize import QuantSpec
+
+    torch.manual_seed(5)
+    spec = NetSpec("group", StudentConfig(widths=(8, 8, 16), pools=(0, 1), input_size=16), 2)
+    save_net(tmp_path / "group.pt", NetFile(spec, Preprocess(crop=16), FOOD11_CLASSES, build_net(spec).state_dict()))
+    export_onnx(read_baseline(tmp_path / "group.pt"), tmp_path / "group.onnx", QuantSpec("uint8", method="minmax"))
+    pixels = torch.from_numpy(np.random.default_rng(6).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8))
+    x = pixels.numpy().astype(np.float32) / 255
+    torch_target, onnx_target = open_target(tmp_path / "group.pt"), open_target(tmp_path / "group.onnx")
+    with torch.no_grad():
+        rebuilt = onnx_target.white_box(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(rebuilt, onnx_target.score(x), atol=1e-4)
+    np.testing.assert_allclose(torch_target.score(x), onnx_target.score(x), atol=0.05)
+    eps = parse_eps("2/255")[0]
+    adversarial = fgsm(onnx_target.white_box, pixels, torch.zeros(4, dtype=torch.int64), (eps,))[eps]
+    assert int((adversarial.int() - pixels.int()).abs().max()) == 2
