@@ -321,7 +321,10 @@ def _save_batch(run: Run, samples: list[Sample], crafted: dict) -> None:
 
 def check_compatible(targets: list[Target], source: Target | None) -> None:
     """All models must see the same input space (crop, colour) and classes."""
-    first = targets[0]
+    first, paths = targets[0], {}
+    for model in [*targets, *([source] if source else [])]:
+        if paths.setdefault(model.key, model.path.resolve()) != model.path.resolve():
+            raise AttackError(f"{model.path} and {paths[model.key]}: two models named {model.key}; rename one")
     for other in [*targets[1:], *([source] if source else [])]:
         a, b = first.card.preprocess, other.card.preprocess
         if (a.crop, a.resize, a.color, a.exif_transpose) != (b.crop, b.resize, b.color, b.exif_transpose):

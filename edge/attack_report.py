@@ -279,7 +279,7 @@ def attack_command(models: list[Path], data_dir: Path, *, labels: Path | None, e
     settings = Settings(parse_methods(methods), parse_eps(eps), steps, parse_defenses(defenses), batch, save_dir)
     files = [json_out, markdown_out, plot_out, examples_path(plot_out) if plot_out else None]
     check_outputs(files, save_dir, [*models, data_dir, *filter(None, [labels, source])], overwrite)
-    targets = [open_target(m, pools) for m in models]
+    targets = [_open_target(m, pools, transfer_only_ok=source is not None) for m in models]
     source_model = open_target(source, pools) if source else None
     samples = list_samples(data_dir, targets[0].card.classes)[:limit]
     truth = read_labels(labels, len(targets[0].card.classes)) if labels else None
@@ -296,6 +296,21 @@ def attack_command(models: list[Path], data_dir: Path, *, labels: Path | None, e
     for name, folder in run.saved.items():
         print(f"adversarial PNGs ({name}): {folder}")
     return doc
+
+
+def _open_target(path: Path, pools, transfer_only_ok: bool):
+    """A model to attack; one whose graph torch cannot rebuild (int8 QDQ) is a transfer target when
+    there is a --source, else its error stands."""
+    from edge.attack import open_target
+    from edge.runtime import ModelError
+
+    try:
+        return open_target(path, pools)
+    except ModelError as err:
+        if not transfer_only_ok or "cannot rebuild" not in str(err):
+            raise
+        print(f"note: {err}; scoring it on the transfer attack only")
+        return open_target(path, pools, white_box=False)
 
 
 def terminal(doc: dict) -> str:

@@ -217,3 +217,20 @@ def test_group_baseline_checkpoint_and_onnx_are_attackable(tmp_path):
     eps = parse_eps("2/255")[0]
     adversarial = fgsm(onnx_target.white_box, pixels, torch.zeros(4, dtype=torch.int64), (eps,))[eps]
     assert int((adversarial.int() - pixels.int()).abs().max()) == 2
+
+
+def test_int8_qdq_export_is_scored_on_the_transfer_attack_only(tiny, tmp_path):
+    from export.exporter import export_onnx
+    from export.quantize import QuantSpec
+
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint(checkpoint, tiny[0].card, tiny[0].state)
+    export_onnx(tiny[0], tmp_path / "tiny_int8.onnx", QuantSpec("int8"))
+    photos = _photos(tmp_path / "photos", count=3)
+    alone = _run(tmp_path / "tiny_int8.onnx", photos, "--method", "fgsm", "--quiet")
+    assert alone.exit_code == 2 and "cannot rebuild ops" in alone.output
+    result = _run(tmp_path / "tiny_int8.onnx", photos, "--method", "fgsm", "--eps", "2/255", "--source", checkpoint,
+                  "--defense", "", "--json", tmp_path / "r.json", "--quiet")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "r.json").read_text())["attacks"]
+    assert [(r["attack"], r["method"], r["eps_text"]) for r in rows] == [("transfer", "fgsm", "2/255")]
