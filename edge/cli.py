@@ -356,6 +356,60 @@ def bench(models, data, labels, providers, quants, batches, threads, repeats, mi
                              plot_out=plot_out, previous=previous, quiet=quiet))
 
 
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="Id,label CSV of the true labels (default: from the file names, else the first model's "
+                   "clean answers).")
+@click.option("--eps", default="1/255,2/255,8/255", show_default=True, metavar="E,..",
+              help="L-inf budgets on 0..1 pixels, fractions or decimals, each >= 1/255.")
+@click.option("--method", "methods", default="fgsm,ifgsm", show_default=True, metavar="fgsm,ifgsm",
+              help="fgsm: one signed-gradient step; ifgsm: --steps projected steps of 2.5*eps/steps.")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(1), help="ifgsm iterations.")
+@click.option("--defense", "defenses", default="gaussian:1.5,median:3,jpeg:75,bits:4", show_default=True,
+              metavar="NAME:VALUE,..", help="Input defenses scored on clean and attacked images: gaussian:SIGMA, "
+                                           "median:K, jpeg:QUALITY, bits:N; '' for none.")
+@click.option("--source", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also a transfer attack: images made on this model (e.g. the fp32 checkpoint) scored by each MODEL.")
+@click.option("--save-adversarial", "save_dir", type=click.Path(path_type=Path),
+              help="Folder for the attacked images as lossless PNGs named by image (METHOD-epsK/0007.png; "
+                   "under the crafting model's file name when several models craft).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report JSON.")
+@click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the markdown table.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write accuracy-vs-eps curves here and the original/attacked/defended grid to OUT-examples.png.")
+@click.option("--limit", type=click.IntRange(1), help="Only the first N images (id order).")
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(1), help="Images per gradient step.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch CPU threads.")
+@click.option("--pools", metavar="I,J,..", help="Pool positions for homework checkpoints (default 0,1,2,3).")
+@click.option("--overwrite", is_flag=True, help="Replace existing report files / write into a non-empty folder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def attack(models, data_dir, labels, eps, methods, steps, defenses, source, save_dir, json_out, markdown_out,
+           plot_out, limit, batch, threads, pools, overwrite, quiet):
+    """Attack MODEL(s) with FGSM / iterative FGSM on DATA_DIR's images and score input defenses.
+
+    MODEL: a checkpoint (attacked and scored in torch) or an ONNX file we exported (attacked
+    white-box through its decoded weights rebuilt in torch, scored by ONNX Runtime). Images are
+    attacked in the model's input space (its centre crop), rounded to 8-bit pixels, L-inf <= eps.
+    Prints accuracy, attack success rate, L-inf and each defense's accuracy per model x method x eps.
+    """
+    import shlex
+
+    import torch
+
+    from edge.attack_report import attack_command
+
+    torch.set_num_threads(threads)
+    with _user_errors():
+        attack_command(list(models), data_dir, labels=labels, eps=eps, methods=methods, steps=steps,
+                       defenses=defenses, source=source, save_dir=save_dir, json_out=json_out,
+                       markdown_out=markdown_out, plot_out=plot_out, limit=limit, batch=batch,
+                       pools=_int_list(pools), overwrite=overwrite, progress=not quiet,
+                       command="edge attack " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
+
+
 def _rates(value: str) -> tuple[float, ...]:
     """``--rate``: one or more fractions strictly between 0 and 1."""
     try:
