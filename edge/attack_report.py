@@ -223,10 +223,10 @@ def check_outputs(files: list[Path | None], save_dir: Path | None, inputs: list[
                      what="report file", hint="pass --overwrite to replace it")
     if save_dir is None:
         return
-    check_output_dir(save_dir, inputs=inputs, what="--save-adversarial folder")
     resolved = [p.resolve() for p in inputs if p.is_dir()]
     if any(save_dir.resolve().is_relative_to(p) or p.is_relative_to(save_dir.resolve()) for p in resolved):
         raise OutputError(f"{save_dir}: overlaps the data folder; choose a folder of its own")
+    check_output_dir(save_dir, inputs=inputs, what="--save-adversarial folder")
     if save_dir.exists() and any(save_dir.iterdir()) and not overwrite:
         raise OutputError(f"{save_dir}: exists and is not an empty folder; pass --overwrite to write into it")
 

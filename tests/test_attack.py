@@ -171,7 +171,7 @@ def test_cli_report_schema_files_and_output_checks(tiny, tmp_path):
     assert "| white-box | fgsm | 1/255 |" in (out / "r.md").read_text()
     assert (out / "r.png").stat().st_size > 0 and (out / "r-examples.png").stat().st_size > 0
     again = _run(*args)
-    assert again.exit_code == 2 and "already exists" in again.output
+    assert again.exit_code == 2 and "pass --overwrite" in again.output
     bad = _run(checkpoint, photos, "--defense", "blur:2", "--quiet")
     assert bad.exit_code == 2 and "unknown defense 'blur:2'" in bad.output
     onto_data = _run(checkpoint, photos, "--save-adversarial", photos, "--quiet")
