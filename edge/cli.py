@@ -501,7 +501,9 @@ def slim(**opts):
               help="Id,label CSV: validation accuracy ranks candidates first (agreement with MODEL otherwise), "
                    "and labels --test.")
 @click.option("--val", metavar="DIR[@A:B]", help="Validation photos (instead of holding back every 5th of --images).")
-@click.option("--test", metavar="DIR[@A:B]", help="Photos only scored (with --labels), never used to choose.")
+@click.option("--test", metavar="DIR[@A:B]", help="Photos only scored, never used to choose.")
+@click.option("--test-labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="Id,label CSV for --test [default: --labels].")
 @click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path),
               help="Teacher for fine-tuning [default: MODEL itself].")
 @click.option("--teacher-arch", default="resnet18", show_default=True,
@@ -510,14 +512,15 @@ def slim(**opts):
               help="Folder for report.json/.md, frontier.png, state.json and every candidate [default: OUTPUT.compress].")
 @click.option("--resume", is_flag=True, help="Continue the interrupted search in the report folder (same options).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option("--epochs", default=8, show_default=True, type=click.IntRange(1),
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(1),
               help="Function-matching fine-tuning epochs per slimming round.")
 @click.option("--step", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Largest cut of the keep fraction in one round.")
 @click.option("--min-keep", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Never slim the prunable widths below this fraction.")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(2))
-@click.option("--lr", default=5e-4, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--lr", default=5e-5, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="AdamW learning rate of the fine-tuning (cosine); larger ones undo the reconstruction.")
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--budget-minutes", default=50.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Start no slimming round that would end after this (judged by the slowest round so far).")

@@ -45,11 +45,11 @@ class Settings:
     """What a search is asked to do; a resumed search must be given the same."""
 
     target_bytes: int
-    epochs: int = 8  # function-matching epochs per slimming round
+    epochs: int = 4  # function-matching epochs per slimming round
     step: float = 0.1  # largest cut of the keep fraction in one round
     min_keep: float = 0.5  # never slim below this fraction of the prunable widths
     batch: int = 32
-    lr: float = 5e-4
+    lr: float = 5e-5
     temperature: float = 1.0
     calibration: int = 64  # training photos that calibrate GPTQ (and 4x that for reconstruction)
     seed: int = 0
@@ -225,10 +225,10 @@ class Search:
 
         self.state["seconds_before"] = self.state.get("seconds", 0.0)
         base = self.inputs.base
-        for spec in self.candidates:
+        for spec in self._formats("quantization only"):
             self.point("quantization", 1.0, base, spec)
         current = self._merged() if mergeable(base.spec.config) else base
-        for spec in self.candidates:
+        for spec in self._formats("classifier merged"):
             self.point("slimming", 1.0, current, spec, {"round": 0})
         for keep in self._path(current):
             current = self._round(current, keep)
@@ -237,6 +237,13 @@ class Search:
         self.state["done"] = True
         self.save()
         return self.state
+
+    def _formats(self, label: str):
+        """The candidate formats, with a progress bar (exporting with GPTQ takes seconds each)."""
+        from tqdm import tqdm
+
+        return tqdm(self.candidates, desc=f"export + measure ({label})", unit="file", leave=False,
+                    disable=not self.progress, file=sys.stderr)
 
     def _merged(self) -> NetFile:
         from edge.reconstruct import merge_classifier
@@ -251,7 +258,7 @@ class Search:
             targets = {}
             probe = self.work / "probe.onnx"
             calibration = self.inputs.calibration[:2].numpy()
-            for spec in self.candidates:
+            for spec in self._formats("sizes of slimmed shapes"):
                 if spec.bits is None:
                     continue
                 keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe, calibration)
@@ -279,7 +286,7 @@ class Search:
                 return None
             recorded = self._train_round(current, keep, number)
         best = load_net(self.work / recorded["model"])
-        for spec in self.candidates:
+        for spec in self._formats(f"keep {keep:.3f}"):
             self.point("slimming", keep, best, spec, {"round": recorded["round"]})
         return best
 
@@ -321,9 +328,12 @@ class Search:
                   self.work / f"round{number}.pt", self.inputs.val, torch.device("cpu"), 0,
                   {"keep": keep, "round": number}, self.progress)
         summary = fit(run, run.out.exists())
-        record = {"round": number, "keep": keep, "widths": list(widths), "model": run.best_path.name,
-                  "val_before_finetune": before, "best_epoch": summary["best"].get("epoch"),
-                  "val_after_finetune": summary["best"].get("val_accuracy"),
+        tuned = summary["best"].get("val_accuracy", -1.0)
+        keep_tuned = tuned > before  # fine-tuning must beat the reconstruction alone on validation
+        record = {"round": number, "keep": keep, "widths": list(widths),
+                  "model": run.best_path.name if keep_tuned else start_file.name,
+                  "val_before_finetune": before, "best_epoch": summary["best"].get("epoch") if keep_tuned else 0,
+                  "val_after_finetune": tuned,
                   "epoch_seconds": [h["seconds"] for h in summary["history"]],
                   "seconds": round(time.time() - began, 1), "done": True}
         self.state["rounds"] = [r for r in self.state["rounds"] if r["keep"] != keep] + [record]
@@ -389,7 +399,8 @@ def check_paths(model: Path, output: Path, work: Path, inputs: list[Path], resum
 
 def open_inputs(model: Path, images: str, settings: Settings, labels: Path | None = None, val: str | None = None,
                 teacher: Path | None = None, teacher_arch: str = "resnet18", test: str | None = None,
-                cache_dir: Path | None = None, log=lambda line: print(line, file=sys.stderr)) -> Inputs:
+                test_labels: Path | None = None, cache_dir: Path | None = None,
+                log=lambda line: print(line, file=sys.stderr)) -> Inputs:
     """Load the model, the teacher and the photos, and split them."""
     from edge.data import read_labels
     from edge.datasets import Augment, load_images, normalize
@@ -419,9 +430,9 @@ def open_inputs(model: Path, images: str, settings: Settings, labels: Path | Non
     val_truth = _truth(val_set, truth)
     test_set, test_reference = None, None
     if test:
-        test_set = load_images(test, base.preprocess, labels_csv=labels, **common)
+        test_set = load_images(test, base.preprocess, labels_csv=test_labels or labels, **common)
         if not test_set.labelled:
-            raise ConfigError(f"--test {test}: every test photo needs a label (give --labels CSV covering them)")
+            raise ConfigError(f"--test {test}: every test photo needs a label (give --test-labels CSV covering them)")
         test_reference = logits_of(model_net, test_set, torch.device("cpu")).argmax(1).numpy()
     train = subset(canvases, train_at)
     calibration = normalize(subset(crops, train_at[:4 * settings.calibration]).pixels, base.preprocess)
@@ -439,7 +450,7 @@ def _truth(data, truth: dict | None) -> np.ndarray | None:
 
 def compress(model: Path, images: str, output: Path, settings: Settings, *, labels: Path | None = None,
              val: str | None = None, teacher: Path | None = None, teacher_arch: str = "resnet18",
-             test: str | None = None, report: Path | None = None, resume: bool = False, overwrite: bool = False,
+             test: str | None = None, test_labels: Path | None = None, report: Path | None = None, resume: bool = False, overwrite: bool = False,
              cache_dir: Path | None = None, candidates=None, progress: bool = True, command: str = "",
              log=lambda line: print(line, file=sys.stderr)) -> dict:
     """Search, write the best fitting ONNX file to ``output`` and the report; -> the report's record."""
@@ -448,10 +459,11 @@ def compress(model: Path, images: str, output: Path, settings: Settings, *, labe
 
     work = report or output.with_name(output.name + ".compress")
     check_paths(model, output, work, [model, teacher], resume, overwrite)
-    inputs = open_inputs(model, images, settings, labels, val, teacher, teacher_arch, test, cache_dir, log)
+    inputs = open_inputs(model, images, settings, labels, val, teacher, teacher_arch, test, test_labels, cache_dir, log)
     work.mkdir(parents=True, exist_ok=True)
     about = {"model": str(model), "images": images, "val": val, "teacher": str(teacher) if teacher else None,
-             "labels": str(labels) if labels else None, "test": test}
+             "labels": str(labels) if labels else None, "test": test,
+             "test_labels": str(test_labels) if test_labels else None}
     search = Search(inputs, settings, work, candidates or CANDIDATES, about, progress, log)
     if resume:
         search.load()
@@ -482,6 +494,6 @@ def run_command(opts: dict) -> dict:
                         opts["temperature"], seed=opts["seed"], budget_minutes=opts["budget_minutes"])
     return compress(opts["model"], opts["images"], opts["output"], settings, labels=opts.get("labels"),
                     val=opts.get("val"), teacher=opts.get("teacher"), teacher_arch=opts["teacher_arch"],
-                    test=opts.get("test"), report=opts.get("report"), resume=opts["resume"],
+                    test=opts.get("test"), test_labels=opts.get("test_labels"), report=opts.get("report"), resume=opts["resume"],
                     overwrite=opts["overwrite"], cache_dir=opts.get("cache_dir"), progress=not opts["quiet"],
                     command="edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]))

@@ -59,12 +59,13 @@ def markdown_report(state: dict) -> str:
         row += [_pct(p.get("test_accuracy")), _pct(p.get("test_agreement"))] if has_test else []
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Slimming rounds (least-squares reconstruction, then function-matching KD):", "",
-              "| round | keep | widths | val agreement before fine-tuning | after (best epoch) | seconds per epoch | "
-              "round seconds |", "|---|---|---|---|---|---|---|"]
+              "| round | keep | widths | val agreement before fine-tuning | after (best epoch) | kept | seconds per epoch | "
+              "round seconds |", "|---|---|---|---|---|---|---|---|"]
     for r in state["rounds"]:
         per_epoch = sum(r["epoch_seconds"]) / max(len(r["epoch_seconds"]), 1)
         lines.append(f"| {r['round']} | {r['keep']:.3f} | {r['widths']} | {_pct(r['val_before_finetune'])} | "
-                     f"{_pct(r['val_after_finetune'])} (epoch {r['best_epoch']}) | {per_epoch:.0f} | {r['seconds']:.0f} |")
+                     f"{_pct(r['val_after_finetune'])} | {'fine-tuned' if r['best_epoch'] else 'reconstruction alone'} | "
+                     f"{per_epoch:.0f} | {r['seconds']:.0f} |")
     fitting = state.get("fitting_keep", {})
     if fitting:
         lines += ["", "Keep fraction at which each integer format fits the target: "
