@@ -522,6 +522,9 @@ def slim(**opts):
 @click.option("--lr", default=5e-5, show_default=True, type=click.FloatRange(0, min_open=True),
               help="AdamW learning rate of the fine-tuning (cosine); larger ones undo the reconstruction.")
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--ridge", default=0.01, show_default=True, type=click.FloatRange(0),
+              help="Pull each least-squares re-fit towards the layer's weights before pruning (relative to the "
+                   "inputs' mean energy; 0 = plain least squares): smaller weights quantize better.")
 @click.option("--budget-minutes", default=50.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Start no slimming round that would end after this (judged by the slowest round so far).")
 @click.option("--seed", default=0, show_default=True, type=int)

@@ -51,6 +51,7 @@ class Settings:
     batch: int = 32
     lr: float = 5e-5
     temperature: float = 1.0
+    ridge: float = 0.01  # least-squares re-fits pulled towards the layer's old weights (quantize better)
     calibration: int = 64  # training photos that calibrate GPTQ (and 4x that for reconstruction)
     seed: int = 0
     budget_minutes: float = 50.0
@@ -312,7 +313,8 @@ class Search:
         else:
             self.log(f"round {number}: keep {keep:.3f} -> widths {list(widths)}; least-squares reconstruction")
             reconstruction = self.inputs.calibration
-            config, state = prune_reconstruct(current.spec.config, numpy_state(current), widths, reconstruction)
+            config, state = prune_reconstruct(current.spec.config, numpy_state(current), widths, reconstruction,
+                                              pull=self.settings.ridge)
             pruned = NetFile(NetSpec("dw", config), current.preprocess, current.classes,
                              {k: torch.from_numpy(v) for k, v in state.items()})
             save_net(start_file, pruned)
@@ -491,7 +493,7 @@ def run_command(opts: dict) -> dict:
     if opts.get("threads"):
         torch.set_num_threads(opts["threads"])
     settings = Settings(opts["target_bytes"], opts["epochs"], opts["step"], opts["min_keep"], opts["batch"], opts["lr"],
-                        opts["temperature"], seed=opts["seed"], budget_minutes=opts["budget_minutes"])
+                        opts["temperature"], opts["ridge"], seed=opts["seed"], budget_minutes=opts["budget_minutes"])
     return compress(opts["model"], opts["images"], opts["output"], settings, labels=opts.get("labels"),
                     val=opts.get("val"), teacher=opts.get("teacher"), teacher_arch=opts["teacher_arch"],
                     test=opts.get("test"), test_labels=opts.get("test_labels"), report=opts.get("report"), resume=opts["resume"],

@@ -103,15 +103,25 @@ def obs_select(gram: np.ndarray, weights: np.ndarray, remove: int, row_weights: 
     return np.flatnonzero(alive[:-1])
 
 
-def solve(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, damping: float = DAMPING) -> np.ndarray:
-    """Least-squares weights (len(keep)+1, D) on the kept inputs and the constant (last row: bias)."""
+def solve(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, damping: float = DAMPING,
+          prior: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares weights (len(keep)+1, D) on the kept inputs and the constant (last row: bias).
+
+    With ``prior`` (C+1, D: the layer's weights before pruning), the ridge pulls the solution
+    towards them instead of towards zero (``damping`` relative to the mean of X^T X's diagonal)."""
     rows = np.append(keep, len(gram) - 1)
-    return np.linalg.solve(_damped(gram[np.ix_(rows, rows)], damping), cross[rows])
+    sub, rhs = gram[np.ix_(rows, rows)], cross[rows]
+    if prior is not None:
+        rhs = rhs + damping * _scale(sub) * prior[rows]
+    return np.linalg.solve(_damped(sub, damping), rhs)
+
+
+def _scale(gram: np.ndarray) -> float:
+    return max(float(np.mean(np.diag(gram))), 1e-12)
 
 
 def _damped(gram: np.ndarray, damping: float) -> np.ndarray:
-    scale = max(float(np.mean(np.diag(gram))), 1e-12)
-    return gram + np.eye(len(gram)) * damping * scale
+    return gram + np.eye(len(gram)) * damping * _scale(gram)
 
 
 # ---------------------------------------------------------------- statistics from images
@@ -170,10 +180,11 @@ def output_weights(config: StudentConfig, state: dict, width: int) -> np.ndarray
 
 
 def prune_reconstruct(config: StudentConfig, state: dict[str, np.ndarray], widths: tuple[int, ...], images,
-                      progress=None) -> tuple[StudentConfig, dict]:
+                      progress=None, pull: float = 0.0) -> tuple[StudentConfig, dict]:
     """Shrink ``config`` to ``widths`` (only prunable widths may shrink), channel by channel as
     least-squares OBS selects, re-fitting each consumer on ``images`` (float NCHW tensor) to the
-    outputs it computed before. ``progress(width)`` is called as each width is done."""
+    outputs it computed before; ``pull`` > 0 ridges the re-fit towards the consumer's old weights.
+    ``progress(width)`` is called as each width is done."""
     from edge.matching import tail
     from edge.models import build_student
 
@@ -192,11 +203,12 @@ def prune_reconstruct(config: StudentConfig, state: dict[str, np.ndarray], width
         everything = np.arange(config.widths[width])
         kept = obs_select(gram, solve(gram, cross, everything), config.widths[width] - widths[width],
                           output_weights(config, state, width))
-        fitted = solve(gram, cross, kept)
+        consumer = f"cnn.{width + 1}.3"
+        prior = np.vstack([state[consumer + ".weight"][:, :, 0, 0].T, state[consumer + ".bias"][None]])
+        fitted = solve(gram, cross, kept, pull, prior) if pull else solve(gram, cross, kept)
         keep = [np.arange(w) for w in config.widths[:-1]]
         keep[width] = kept
         config, state = prune(config, state, keep)
-        consumer = f"cnn.{width + 1}.3"
         state[consumer + ".weight"] = np.ascontiguousarray(fitted[:-1].T[:, :, None, None], dtype=np.float32)
         state[consumer + ".bias"] = fitted[-1].astype(np.float32)
         if progress:

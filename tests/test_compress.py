@@ -80,6 +80,18 @@ def test_obs_removes_the_input_whose_loss_the_others_can_replace():
     assert 1 in kept and len(kept) == 2  # input 1 carries what no other input can replace
 
 
+def test_ridge_pulls_the_refit_towards_the_old_weights():
+    rng = np.random.default_rng(1)
+    rows = np.hstack([rng.normal(size=(200, 4)), np.ones((200, 1))])
+    y = rows @ rng.normal(size=(5, 2))
+    gram, cross, prior = rows.T @ rows, rows.T @ y, rng.normal(size=(5, 2))
+    kept = np.array([0, 2, 3])
+    plain, pulled = solve(gram, cross, kept), solve(gram, cross, kept, 1e6, prior)
+    np.testing.assert_allclose(pulled, prior[[0, 2, 3, 4]], atol=1e-4)  # a huge ridge keeps the old weights
+    loose = solve(gram, cross, kept, 1e-12, prior)
+    np.testing.assert_allclose(loose, plain, atol=1e-4)  # a vanishing one is plain least squares
+
+
 def test_pruned_and_reconstructed_layer_beats_pruned_only_on_held_out_images():
     state = _trained_like(CONFIG)
     widths = target_widths(CONFIG, 0.5)
