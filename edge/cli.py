@@ -44,8 +44,8 @@ def _user_errors():
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("interrupted: no file was left half-written (train, distill and slim continue with --resume)",
-                   err=True)
+        click.echo("interrupted: no file was left half-written (train, distill, slim and compress continue with "
+                   "--resume)", err=True)
         sys.exit(130)
 
 
@@ -509,7 +509,8 @@ def slim(**opts):
 @click.option("--teacher-arch", default="resnet18", show_default=True,
               help="The torchvision classifier a plain state dict --teacher belongs to.")
 @click.option("--report", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for report.json/.md, frontier.png, state.json and every candidate [default: OUTPUT.compress].")
+              help="Folder for report.json/.md, frontier.png, state.json and every candidate "
+                   "[default: OUTPUT.compress].")
 @click.option("--resume", is_flag=True, help="Continue the interrupted search in the report folder (same options).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(1),

@@ -135,11 +135,16 @@ def shaped(net: NetFile, widths: tuple[int, ...]) -> NetFile:
 
     config = net.spec.config
     keep = [np.arange(w) for w in widths[:-1]]
-    small, state = prune(config, numpy_state(net), keep)
-    return NetFile(NetSpec("dw", small), net.preprocess, net.classes, {k: torch.from_numpy(v) for k, v in state.items()})
+    return with_weights(net, *prune(config, numpy_state(net), keep))
 
 
-def fitting_keep(net: NetFile, spec, target: int, min_keep: float, probe: Path, calibration: np.ndarray) -> float | None:
+def with_weights(like: NetFile, config, state: dict[str, np.ndarray]) -> NetFile:
+    """A StudentNet file of ``config`` and numpy ``state``, with ``like``'s preprocessing and classes."""
+    return NetFile(NetSpec("dw", config), like.preprocess, like.classes, {k: torch.from_numpy(v) for k, v in state.items()})
+
+
+def fitting_keep(net: NetFile, spec, target: int, min_keep: float, probe: Path,
+                 calibration: np.ndarray) -> float | None:
     """The largest keep fraction (to 1/256) whose file in ``spec`` fits ``target`` bytes; None below ``min_keep``."""
     from edge.reconstruct import target_widths
 
@@ -250,9 +255,7 @@ class Search:
         from edge.reconstruct import merge_classifier
         from edge.slim import numpy_state
 
-        config, state = merge_classifier(self.inputs.base.spec.config, numpy_state(self.inputs.base))
-        base = self.inputs.base
-        return NetFile(NetSpec("dw", config), base.preprocess, base.classes, {k: torch.from_numpy(v) for k, v in state.items()})
+        return with_weights(self.inputs.base, *merge_classifier(self.inputs.base.spec.config, numpy_state(self.inputs.base)))
 
     def _path(self, start: NetFile) -> list[float]:
         if "path" not in self.state:
@@ -298,6 +301,7 @@ class Search:
         return elapsed + estimate <= 60 * self.settings.budget_minutes
 
     def _train_round(self, current: NetFile, keep: float, number: int) -> dict:
+        from edge.datasets import Augment
         from edge.matching import FunctionMatching
         from edge.nets import load_net, save_net
         from edge.reconstruct import head_stages, prune_reconstruct, target_widths
@@ -312,20 +316,15 @@ class Search:
             pruned = load_net(start_file)
         else:
             self.log(f"round {number}: keep {keep:.3f} -> widths {list(widths)}; least-squares reconstruction")
-            reconstruction = self.inputs.calibration
-            config, state = prune_reconstruct(current.spec.config, numpy_state(current), widths, reconstruction,
-                                              pull=self.settings.ridge)
-            pruned = NetFile(NetSpec("dw", config), current.preprocess, current.classes,
-                             {k: torch.from_numpy(v) for k, v in state.items()})
+            pruned = with_weights(current, *prune_reconstruct(current.spec.config, numpy_state(current), widths,
+                                                              self.inputs.calibration, pull=self.settings.ridge))
             save_net(start_file, pruned)
         before = accuracy(pruned.build(), self.inputs.val, torch.device("cpu"))
         self.log(f"round {number}: validation agreement after reconstruction, before fine-tuning: {before:.2%}")
         s = self.settings
-        objective = FunctionMatching(self.inputs.teacher, head_stages(base_config) if self.inputs.teacher_is_base else 0,
-                                     s.temperature)
+        shared_head = head_stages(base_config) if self.inputs.teacher_is_base else 0
+        objective = FunctionMatching(self.inputs.teacher, shared_head, s.temperature)
         recipe = Recipe(epochs=s.epochs, batch_size=s.batch, lr=s.lr, weight_decay=0.0, seed=s.seed + number)
-        from edge.datasets import Augment
-
         run = Run(pruned, pruned.build(), objective, recipe, self.inputs.train, Augment(pruned.preprocess.crop),
                   self.work / f"round{number}.pt", self.inputs.val, torch.device("cpu"), 0,
                   {"keep": keep, "round": number}, self.progress)
@@ -452,7 +451,8 @@ def _truth(data, truth: dict | None) -> np.ndarray | None:
 
 def compress(model: Path, images: str, output: Path, settings: Settings, *, labels: Path | None = None,
              val: str | None = None, teacher: Path | None = None, teacher_arch: str = "resnet18",
-             test: str | None = None, test_labels: Path | None = None, report: Path | None = None, resume: bool = False, overwrite: bool = False,
+             test: str | None = None, test_labels: Path | None = None, report: Path | None = None,
+             resume: bool = False, overwrite: bool = False,
              cache_dir: Path | None = None, candidates=None, progress: bool = True, command: str = "",
              log=lambda line: print(line, file=sys.stderr)) -> dict:
     """Search, write the best fitting ONNX file to ``output`` and the report; -> the report's record."""
