@@ -54,8 +54,8 @@ def _user_errors():
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("interrupted: no file was left half-written (train, distill and slim continue with --resume)",
-                   err=True)
+        click.echo("interrupted: no file was left half-written (train, distill, slim and compress continue with "
+                   "--resume)", err=True)
         sys.exit(130)
 
 
@@ -577,6 +577,64 @@ def slim(**opts):
 
     with _user_errors():
         slim_command(opts)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--images", required=True, metavar="DIR[@A:B]",
+              help="Unlabelled photos to calibrate, reconstruct and fine-tune on (every 5th by id is held back "
+                   "for validation unless --val is given).")
+@click.option("--target-bytes", required=True, type=click.IntRange(1), help="The ONNX file must fit this many bytes.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The .onnx file to write: the best fitting candidate.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="Id,label CSV: validation accuracy ranks candidates first (agreement with MODEL otherwise), "
+                   "and labels --test.")
+@click.option("--val", metavar="DIR[@A:B]", help="Validation photos (instead of holding back every 5th of --images).")
+@click.option("--test", metavar="DIR[@A:B]", help="Photos only scored, never used to choose.")
+@click.option("--test-labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="Id,label CSV for --test [default: --labels].")
+@click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path),
+              help="Teacher for fine-tuning [default: MODEL itself].")
+@click.option("--teacher-arch", default="resnet18", show_default=True,
+              help="The torchvision classifier a plain state dict --teacher belongs to.")
+@click.option("--report", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for report.json/.md, frontier.png, state.json and every candidate "
+                   "[default: OUTPUT.compress].")
+@click.option("--resume", is_flag=True, help="Continue the interrupted search in the report folder (same options).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(1),
+              help="Function-matching fine-tuning epochs per slimming round.")
+@click.option("--step", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Largest cut of the keep fraction in one round.")
+@click.option("--min-keep", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Never slim the prunable widths below this fraction.")
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(2))
+@click.option("--lr", default=5e-5, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="AdamW learning rate of the fine-tuning (cosine); larger ones undo the reconstruction.")
+@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--ridge", default=0.01, show_default=True, type=click.FloatRange(0),
+              help="Pull each least-squares re-fit towards the layer's weights before pruning (relative to the "
+                   "inputs' mean energy; 0 = plain least squares): smaller weights quantize better.")
+@click.option("--budget-minutes", default=50.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Start no slimming round that would end after this (judged by the slowest round so far).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: all cores).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep decoded photos here.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def compress(**opts):
+    """Compress MODEL (a StudentNet) into an ONNX file of at most --target-bytes, label-free.
+
+    Searches slimming depth x weight format: quantization alone, the exact merge of the last
+    pointwise conv into the classifier, then channels pruned with least-squares reconstruction
+    and fine-tuned by function matching (teacher and student see the same augmented, mixed
+    photos); keeps the best validation agreement with MODEL whose file fits. Writes the report
+    (JSON, markdown, frontier PNG). Interrupted? Run again with --resume.
+    """
+    from edge.compress import run_command
+
+    with _user_errors():
+        run_command(opts)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""edge.reconstruct (exact classifier merge, least-squares channel pruning) and `edge compress` end to end
+on a tiny seeded StudentNet and synthetic photos: byte target met, report written, resume = same result."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from edge.cli import main
+from edge.config import Preprocess, StudentConfig
+from edge.models import build_student, state_to_numpy, StudentNet
+from edge.reconstruct import (consumer_statistics, merge_classifier, obs_select, prune_reconstruct, prunable_widths,
+                              solve, target_widths)
+from edge.slim import prune
+
+CONFIG = StudentConfig(widths=(8, 16, 48, 48, 48), pools=(0, 1), input_size=16, num_classes=3)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _trained_like(config: StudentConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded weights with BatchNorm statistics that are not the identity (like a trained model)."""
+    torch.manual_seed(seed)
+    model = StudentNet(config)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.2, 1.5), m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.05, 0.5)
+    return state_to_numpy(model)
+
+
+def _images(count: int, seed: int) -> torch.Tensor:
+    return torch.rand(count, 3, CONFIG.input_size, CONFIG.input_size, generator=torch.Generator().manual_seed(seed))
+
+
+def _logits(config, state, x):
+    with torch.no_grad():
+        return build_student(config, state)(x)
+
+
+def test_merged_classifier_computes_the_same_logits_with_fewer_parameters():
+    state = _trained_like(CONFIG)
+    config, merged = merge_classifier(CONFIG, state)
+    assert config.widths == (8, 16, 48, 48, 3) and config.num_parameters() < CONFIG.num_parameters()
+    x = _images(8, 1)
+    assert torch.allclose(_logits(config, merged, x), _logits(CONFIG, state, x), atol=1e-5)
+
+
+def test_reconstruction_is_exact_when_nothing_is_pruned():
+    state = _trained_like(CONFIG)
+    model, images = build_student(CONFIG, state), _images(16, 2)
+    gram, cross = consumer_statistics(model, model, 2, images)
+    everything = np.arange(CONFIG.widths[2])
+    assert np.array_equal(obs_select(gram, solve(gram, cross, everything), 0), everything)
+    fitted = solve(gram, cross, everything)
+    refit = dict(state)
+    refit["cnn.3.3.weight"] = fitted[:-1].T[:, :, None, None].astype(np.float32)
+    refit["cnn.3.3.bias"] = fitted[-1].astype(np.float32)
+    original = _logits(CONFIG, state, images)
+    assert float((_logits(CONFIG, refit, images) - original).abs().max()) < 1e-4 * float(original.abs().max())
+
+
+def test_obs_removes_the_input_whose_loss_the_others_can_replace():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 3))
+    x[:, 2] = x[:, 0] + 0.01 * rng.normal(size=500)  # input 2 is (almost) input 0 again
+    rows = np.hstack([x, np.ones((500, 1))])
+    y = rows @ np.array([[1.0], [1.0], [1.0], [0.0]])
+    gram, cross = rows.T @ rows, rows.T @ y
+    kept = obs_select(gram, solve(gram, cross, np.arange(3)), 1)
+    assert 1 in kept and len(kept) == 2  # input 1 carries what no other input can replace
+
+
+def test_ridge_pulls_the_refit_towards_the_old_weights():
+    rng = np.random.default_rng(1)
+    rows = np.hstack([rng.normal(size=(200, 4)), np.ones((200, 1))])
+    y = rows @ rng.normal(size=(5, 2))
+    gram, cross, prior = rows.T @ rows, rows.T @ y, rng.normal(size=(5, 2))
+    kept = np.array([0, 2, 3])
+    plain, pulled = solve(gram, cross, kept), solve(gram, cross, kept, 1e6, prior)
+    np.testing.assert_allclose(pulled, prior[[0, 2, 3, 4]], atol=1e-4)  # a huge ridge keeps the old weights
+    loose = solve(gram, cross, kept, 1e-12, prior)
+    np.testing.assert_allclose(loose, plain, atol=1e-4)  # a vanishing one is plain least squares
+
+
+def test_pruned_and_reconstructed_layer_beats_pruned_only_on_held_out_images():
+    state = _trained_like(CONFIG)
+    widths = target_widths(CONFIG, 0.5)
+    assert prunable_widths(CONFIG) == [2, 3] and widths == (8, 16, 24, 24, 48)
+    config, rebuilt = prune_reconstruct(CONFIG, state, widths, _images(64, 3))
+    assert config.widths == widths
+    # the same channels, pruned by surgery alone (the dropped channels' constant folded into the bias)
+    kept = [np.arange(w) for w in CONFIG.widths[:-1]]
+    for width in (2, 3):
+        kept[width] = _kept_channels(state, rebuilt, width)
+    _, surgery_only = prune(CONFIG, state, kept)
+    held_out = _images(64, 4)
+    reference = _logits(CONFIG, state, held_out)
+    error_rebuilt = float((_logits(config, rebuilt, held_out) - reference).pow(2).mean())
+    error_surgery = float((_logits(config, surgery_only, held_out) - reference).pow(2).mean())
+    assert error_rebuilt < 0.5 * error_surgery
+
+
+def _kept_channels(original: dict, pruned: dict, width: int) -> np.ndarray:
+    """Which channels of ``width`` survived: match the depthwise filters of the gate."""
+    before = original[f"cnn.{width + 1}.0.weight"].reshape(len(original[f"cnn.{width + 1}.0.weight"]), -1)
+    after = pruned[f"cnn.{width + 1}.0.weight"].reshape(len(pruned[f"cnn.{width + 1}.0.weight"]), -1)
+    return np.array([int(np.argmin(np.abs(before - row).sum(1))) for row in after])
+
+
+# ---------------------------------------------------------------- edge compress end to end
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny StudentNet file and 40 synthetic photos it was never trained on."""
+    from edge.config import ModelCard, default_classes
+    from edge.checkpoints import save_checkpoint
+
+    root = tmp_path_factory.mktemp("compress")
+    photos = root / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        smooth = rng.random((4, 4, 3))
+        pixels = np.kron(smooth, np.ones((5, 5, 1))) * 200 + rng.random((20, 20, 3)) * 55
+        Image.fromarray(pixels.astype(np.uint8)).save(photos / f"{i}.png")
+    card = ModelCard(CONFIG, Preprocess(crop=16), default_classes(3))
+    save_checkpoint(root / "tiny.pt", card, _trained_like(CONFIG))
+    return root
+
+
+def _compress(root, out, report, *extra):
+    return CliRunner().invoke(main, ["compress", str(root / "tiny.pt"), "--images", str(root / "photos"),
+                                     "--target-bytes", "9000", "-o", str(out), "--report", str(report),
+                                     "--epochs", "2", "--batch", "8", "--step", "0.3", "--min-keep", "0.3",
+                                     "--threads", "1", "--quiet", *extra])
+
+
+def test_compress_meets_the_byte_target_and_reports_the_frontier(workspace):
+    out, report = workspace / "small.onnx", workspace / "report"
+    result = _compress(workspace, out, report)
+    assert result.exit_code == 0, result.output
+    assert 0 < out.stat().st_size <= 9000
+    record = json.loads((report / "report.json").read_text())
+    series = {p["stage"] for p in record["points"]}
+    assert series == {"quantization", "slimming"} and record["rounds"]  # slimming had to carry part of it
+    assert record["chosen"]["bytes"] == out.stat().st_size
+    assert min(p["bytes"] for p in record["points"] if p["stage"] == "quantization") > 9000
+    assert (report / "frontier.png").stat().st_size > 10_000 and "| series |" in (report / "report.md").read_text()
+    again = _compress(workspace, out, workspace / "report2")
+    assert again.exit_code == 2 and "already exists" in again.output  # never clobbers a file
+    busy = _compress(workspace, workspace / "other.onnx", report)
+    assert busy.exit_code == 2 and "--resume" in busy.output
+
+
+def test_interrupted_compress_resumes_to_the_same_file(workspace, monkeypatch):
+    import edge.train
+
+    whole = _compress(workspace, workspace / "whole.onnx", workspace / "whole")
+    assert whole.exit_code == 0, whole.output
+    real_epoch, calls = edge.train.train_one_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the second round's first epoch
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(edge.train, "train_one_epoch", interrupted)
+    stopped = _compress(workspace, workspace / "resumed.onnx", workspace / "resumed")
+    assert stopped.exit_code == 130 and not (workspace / "resumed.onnx").exists()
+    monkeypatch.setattr(edge.train, "train_one_epoch", real_epoch)
+    resumed = _compress(workspace, workspace / "resumed.onnx", workspace / "resumed", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert (workspace / "resumed.onnx").read_bytes() == (workspace / "whole.onnx").read_bytes()
+    first, second = (json.loads((workspace / d / "report.json").read_text()) for d in ("whole", "resumed"))
+    strip = lambda points: [{k: v for k, v in p.items()} for p in points]  # noqa: E731
+    assert strip(first["points"]) == strip(second["points"])
