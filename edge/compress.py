@@ -378,24 +378,19 @@ def split(count: int, every: int = VAL_EVERY) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_paths(model: Path, output: Path, work: Path, inputs: list[Path], resume: bool, overwrite: bool) -> None:
-    """Fail before any work when OUTPUT or the work folder cannot be written, or would clobber something."""
-    from edge.predict import OutputError, check_output
+    """Fail before any work when OUTPUT or the work folder cannot be written, or would clobber something
+    (`edge.files`' guard)."""
+    from edge.files import OutputError, check_output, check_output_dir
 
-    check_output(output)
     if output.suffix.lower() != ".onnx":
         raise OutputError(f"{output}: the compressed model is an ONNX file: name it .onnx")
-    if any(output.resolve() == p.resolve() for p in inputs if p is not None):
-        raise OutputError(f"{output}: is one of the inputs; choose another output name")
-    if output.exists() and not (overwrite or resume):
-        raise OutputError(f"{output}: already exists (pass --overwrite to replace it)")
-    if output.exists() and not output.is_file():
-        raise OutputError(f"{output}: not a regular file")
-    if work.exists() and not work.is_dir():
-        raise OutputError(f"{work}: exists and is not a folder")
+    inputs = [p for p in [model, *inputs] if p is not None]
+    check_output(output, inputs=[*inputs, work], overwrite=overwrite or resume, writes_model=True,
+                 what="compressed model", hint="pass --overwrite to replace it")
+    check_output_dir(work, inputs=[*inputs, output], what="--report folder")
     if (work / STATE).exists() and not resume:
         raise OutputError(f"{work}: holds a compress run already: continue it with --resume, or choose another "
                           f"--report folder")
-    check_output(work / STATE if work.exists() else work)
 
 
 def open_inputs(model: Path, images: str, settings: Settings, labels: Path | None = None, val: str | None = None,
@@ -460,7 +455,9 @@ def compress(model: Path, images: str, output: Path, settings: Settings, *, labe
     from export.select import CANDIDATES
 
     work = report or output.with_name(output.name + ".compress")
-    check_paths(model, output, work, [model, teacher], resume, overwrite)
+    folders = [Path(spec.rsplit("@", 1)[0]) for spec in (images, val, test) if spec]
+    sources = [teacher, labels, test_labels, cache_dir, *folders]
+    check_paths(model, output, work, sources, resume, overwrite)
     inputs = open_inputs(model, images, settings, labels, val, teacher, teacher_arch, test, test_labels, cache_dir, log)
     work.mkdir(parents=True, exist_ok=True)
     about = {"model": str(model), "images": images, "val": val, "teacher": str(teacher) if teacher else None,

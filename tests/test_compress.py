@@ -158,7 +158,7 @@ def test_compress_meets_the_byte_target_and_reports_the_frontier(workspace):
     assert min(p["bytes"] for p in record["points"] if p["stage"] == "quantization") > 9000
     assert (report / "frontier.png").stat().st_size > 10_000 and "| series |" in (report / "report.md").read_text()
     again = _compress(workspace, out, workspace / "report2")
-    assert again.exit_code == 2 and "already exists" in again.output  # never clobbers a file
+    assert again.exit_code == 2 and "--overwrite" in again.output  # never clobbers a file
     busy = _compress(workspace, workspace / "other.onnx", report)
     assert busy.exit_code == 2 and "--resume" in busy.output
 
