@@ -13,6 +13,7 @@ also an edge checkpoint (card + homework-named weights), so `edge export`, `pred
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,11 +98,12 @@ def save_net(path: str | os.PathLike, net: NetFile) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def load_net(path: str | os.PathLike) -> NetFile:
+def load_net(path: str | os.PathLike, contents: bytes | None = None) -> NetFile:
     """Our model file of any arch, or anything `load_checkpoint` reads as a StudentNet (edge
-    checkpoints, the homework's .bin and pickles) as a ``dw`` net."""
+    checkpoints, the homework's .bin and pickles) as a ``dw`` net. ``contents``: the file's bytes,
+    already read (e.g. sent by another process); then only our own model files are read."""
     path = Path(path)
-    obj = _read_torch(path)
+    obj = _read_torch(path, contents)
     if isinstance(obj, dict) and obj.get(NET_KEY):
         try:
             spec = NetSpec.from_dict(obj["net"])
@@ -111,23 +113,31 @@ def load_net(path: str | os.PathLike) -> NetFile:
                            extra)
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: damaged edge model file ({err})") from None
+    if contents is not None:
+        raise CheckpointError(f"{path}: not an edge model file")
     ckpt = load_checkpoint(path)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ckpt.state.items()}
     return NetFile(NetSpec("dw", ckpt.card.config), ckpt.card.preprocess, ckpt.card.classes, state)
 
 
-def _read_torch(path: Path):
-    """``torch.load(weights_only=True)`` of a zip-format file, else None (let other readers try)."""
+def _read_torch(path: Path, contents: bytes | None = None):
+    """``torch.load(weights_only=True)`` of a zip-format file (or its ``contents``), else None (let
+    other readers try)."""
     try:
-        with open(path, "rb") as f:
-            if f.read(2) != b"PK":
-                return None
+        if not (contents if contents is not None else _head(path)).startswith(b"PK"):
+            return None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(contents) if contents is not None else path, map_location="cpu",
+                          weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types on damaged files
         raise CheckpointError(f"{path}: not a readable torch file ({type(err).__name__}: {err})") from None
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(2)
 
 
 def check_compatible(a: NetFile | ModelCard, b: NetFile | ModelCard, what: str) -> None:
