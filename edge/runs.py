@@ -292,8 +292,9 @@ def slim_command(opts: dict) -> dict:
                 <= opts["rounds"]:
             return _stopped(opts, out, curves)
     save()
-    if group().main:
-        plot_curves(out / "curve.png", curves)
+    if not group().main:  # the record, the figure and the summary are rank 0's
+        return curves
+    plot_curves(out / "curve.png", curves)
     for curve in curves["curves"]:
         say(_curve_line(curve))
     say(f"done in {curves['seconds']:.0f}s: wrote {out / 'curve.json'}, {out / 'curve.png'} and each round's "

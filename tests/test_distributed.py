@@ -131,3 +131,21 @@ def test_a_failure_on_one_rank_stops_every_rank_with_a_clear_message(fashion_mni
     assert "exitcode  : 2" in result.stderr  # a clear error's exit code (rank 1 may be stopped by torchrun first)
     assert result.stderr.count("Traceback") == 1 and "ChildFailedError" in result.stderr  # torchrun's own summary
     assert time.time() - began < 120 and not (tmp_path / "missing").exists()
+
+
+def test_torchrun_slims_with_rank_0_measuring_and_recording(fashion_mnist, tmp_path):
+    import json
+
+    student = tmp_path / "student.pt"
+    trained = CliRunner().invoke(main, ["train", "fashion-mnist:train@:256", "--widths", "8,16,16", "--pools", "0,1,2",
+                                        "--epochs", "1", "--threads", "1", "--quiet", "-o", str(student)])
+    assert trained.exit_code == 0, trained.output
+    result = _torchrun(["slim", str(student), "fashion-mnist:train@:256", "--val", "fashion-mnist:train@58000:58200",
+                        "--test", "fashion-mnist:test@:200", "--rate", "0.25", "--rounds", "1", "--finetune-epochs",
+                        "1", "--threads", "1", "--quiet", "--method", "minmax", "-o", "slim"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("rate 0.25: r0:") == 1 and result.stderr.count("done in") == 1
+    points = json.loads((tmp_path / "slim" / "curve.json").read_text())["curves"][0]["points"]
+    assert [p["round"] for p in points] == [0, 1] and points[1]["parameters"] < points[0]["parameters"]
+    assert 0 <= points[1]["onnx_test_accuracy"] <= 1
+    assert load_net(tmp_path / "slim" / "rate0.25" / "round1.best.pt").spec.config.widths == (6, 12, 16)
