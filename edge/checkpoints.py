@@ -14,6 +14,7 @@ default to the homework's and can be given).
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -123,16 +124,18 @@ def _model_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_torch(path: str | os.PathLike):
-    """``torch.load(weights_only=True)`` of ``path``: never runs code from the file; a refusal or a
-    damaged file is a `CheckpointError` with one line saying which."""
+def read_torch(path: str | os.PathLike, contents: bytes | None = None):
+    """``torch.load(weights_only=True)`` of ``path`` (or of its ``contents``, already read, e.g. sent
+    by another process): never runs code from the file; a refusal or a damaged file is a
+    `CheckpointError` with one line saying which."""
     import torch
 
-    path = _model_file(path)
+    path = Path(path) if contents is not None else _model_file(path)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign file
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(contents) if contents is not None else path, map_location="cpu",
+                              weights_only=True)
     except Exception as err:  # torch raises UnpicklingError/RuntimeError/EOFError/... on foreign or damaged files
         reason = _torch_reason(err)
         if "unsupported global" in reason.lower():

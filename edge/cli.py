@@ -448,6 +448,9 @@ _TRAINING_OPTIONS = [
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
                  help="Keep decoded images here; later runs on the same files skip decoding."),
     click.option("--quiet", is_flag=True, help="No progress bars (epoch lines and the summary remain)."),
+    click.option("--sync-bn", is_flag=True,
+                 help="Under torchrun: BatchNorm statistics over the global batch (all processes), not each "
+                      "process's share."),
 ]
 _KD_OPTIONS = [
     click.option("--temperature", default=20.0, show_default=True, type=FiniteRange(0, min_open=True),

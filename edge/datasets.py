@@ -278,10 +278,12 @@ def _offsets(start, extent, crop: int, padding: int, canvas: int, u: torch.Tenso
     return low + (u * (high - low + 1).float()).long().clamp(max=(high - low))
 
 
-def augment_batch(pixels: torch.Tensor, boxes: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Random crop, horizontal flip and rotation of a uint8 batch of canvases -> float 0..255."""
+def augment_batch(pixels: torch.Tensor, boxes: torch.Tensor, aug: Augment, generator: torch.Generator | None,
+                  draws: torch.Tensor | None = None) -> torch.Tensor:
+    """Random crop, horizontal flip and rotation of a uint8 batch of canvases -> float 0..255.
+    The batch's random numbers are ``draws`` (n x 4 uniforms) when given, else drawn from ``generator``."""
     n, size, crop = len(pixels), pixels.shape[-1], aug.crop
-    u = torch.rand(n, 4, generator=generator)
+    u = torch.rand(n, 4, generator=generator) if draws is None else draws
     top = _offsets(boxes[:, 0], boxes[:, 2], crop, aug.padding, size, u[:, 0])
     left = _offsets(boxes[:, 1], boxes[:, 3], crop, aug.padding, size, u[:, 1])
     crops = torch.stack([pixels[i, :, t:t + crop, x:x + crop]
@@ -307,11 +309,16 @@ def normalize(images: torch.Tensor, spec: Preprocess) -> torch.Tensor:
 
 class EpochBatches(torch.utils.data.Dataset):
     """Batch ``b`` of epoch ``epoch``: (inputs, labels, indices), shuffled and augmented from
-    ``(seed, epoch)`` and ``(seed, epoch, b)`` only, so any worker can build any batch."""
+    ``(seed, epoch)`` and ``(seed, epoch, b)`` only, so any worker can build any batch.
+
+    ``share`` (a function of a batch's length, `edge.distributed.Group.share`): the part of every
+    batch this process trains on, when several do (None: all); its images are augmented exactly
+    as in the whole batch."""
 
     def __init__(self, data: ImageSet, batch_size: int, augment: Augment | None = None, seed: int = 0,
-                 epoch: int = 0, shuffle: bool = False):
+                 epoch: int = 0, shuffle: bool = False, share=None):
         self.data, self.batch_size, self.augment, self.seed, self.epoch = data, batch_size, augment, seed, epoch
+        self.share = share
         n = len(data)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed_for(seed, epoch))) if shuffle \
             else torch.arange(n)
@@ -323,17 +330,21 @@ class EpochBatches(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, b: int):
-        index = self.batches[b]
+        whole = self.batches[b]
+        mine = self.share(len(whole)) if self.share else slice(None)
+        index = whole[mine]
         pixels = self.data.pixels[index]
         if self.augment is not None:
             generator = torch.Generator().manual_seed(seed_for(self.seed, self.epoch, b))
-            pixels = augment_batch(pixels, self.data.boxes[index], self.augment, generator)
+            draws = torch.rand(len(whole), 4, generator=generator)[mine]
+            pixels = augment_batch(pixels, self.data.boxes[index], self.augment, None, draws)
         return normalize(pixels, self.data.preprocess), self.data.labels[index], index
 
 
 def batches(data: ImageSet, batch_size: int, augment: Augment | None = None, seed: int = 0, epoch: int = 0,
-            workers: int = 0):
-    """An iterable of one epoch's batches (shuffled and augmented when ``augment`` is given)."""
-    dataset = EpochBatches(data, batch_size, augment, seed, epoch, shuffle=augment is not None)
+            workers: int = 0, share=None):
+    """An iterable of one epoch's batches (shuffled and augmented when ``augment`` is given;
+    this process's ``share`` of each, see `EpochBatches`)."""
+    dataset = EpochBatches(data, batch_size, augment, seed, epoch, shuffle=augment is not None, share=share)
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                        persistent_workers=False)

@@ -24,7 +24,7 @@ from torch import nn
 from edge.checkpoints import CHECKPOINT_KEY, NET_KEY, CheckpointError, check_finite, load_checkpoint, read_torch
 from edge.config import ConfigError, ModelCard, Preprocess, StudentConfig
 from edge.files import atomic_write
-from edge.formats import sniff_file
+from edge.formats import sniff, sniff_file
 
 STUDENT_ARCHS = ("dw", "cnn", "group")
 
@@ -97,11 +97,12 @@ def save_net(path: str | os.PathLike, net: NetFile) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def load_net(path: str | os.PathLike) -> NetFile:
+def load_net(path: str | os.PathLike, contents: bytes | None = None) -> NetFile:
     """Our model file of any arch, or anything `load_checkpoint` reads as a StudentNet (edge
-    checkpoints, the homework's .bin and pickles) as a ``dw`` net."""
+    checkpoints, the homework's .bin and pickles) as a ``dw`` net. ``contents``: the file's bytes,
+    already read (e.g. sent by another process); then only our own model files are read."""
     path = Path(path)
-    obj = _read_torch(path)
+    obj = _read_torch(path, contents)
     if isinstance(obj, dict) and obj.get(NET_KEY):
         try:
             spec = NetSpec.from_dict(obj["net"])
@@ -113,19 +114,22 @@ def load_net(path: str | os.PathLike) -> NetFile:
             raise CheckpointError(f"{path}: damaged edge model file ({err})") from None
         check_finite(net.state, path)
         return net
+    if contents is not None:
+        raise CheckpointError(f"{path}: not an edge model file")
     ckpt = load_checkpoint(path)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ckpt.state.items()}
     return NetFile(NetSpec("dw", ckpt.card.config), ckpt.card.preprocess, ckpt.card.classes, state)
 
 
-def _read_torch(path: Path):
-    """``torch.load(weights_only=True)`` of a zip-format file, else None (let other readers try)."""
+def _read_torch(path: Path, contents: bytes | None = None):
+    """``torch.load(weights_only=True)`` of a zip-format file (or its ``contents``), else None (let
+    other readers try)."""
     try:
-        if sniff_file(path) != "torch-zip":
+        if (sniff(contents) if contents is not None else sniff_file(path)) != "torch-zip":
             return None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
-    return read_torch(path)
+    return read_torch(path, contents)
 
 
 def check_compatible(a: NetFile | ModelCard, b: NetFile | ModelCard, what: str) -> None:

@@ -2,6 +2,10 @@
 load the models, put a `edge.train.Run` together, run it, and print a summary line.
 
 Option names (the keys of ``opts``) are the click parameter names of those commands.
+
+Under ``torchrun`` each command joins the process group first (`edge.distributed`); setting up
+(data, models, the output check) runs on every rank inside `edge.distributed.together`, so a
+failure on one rank stops them all; rank 0 alone prints and writes.
 """
 
 from __future__ import annotations
@@ -12,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-import click
 import torch
 
 from edge.checkpoints import CheckpointError
 from edge.config import ConfigError, Preprocess, StudentConfig
 from edge.datasets import Augment, ImageSet, load_images
+from edge.distributed import group, load_shared, say, together
 from edge.files import atomic_write, check_output, check_output_dir
 from edge.nets import STUDENT_ARCHS, NetFile, NetSpec, check_compatible, count_parameters, load_net
 from edge.train import Recipe, Run, accuracy, best_path, fit, init_model
@@ -34,9 +38,13 @@ def _device(name: str) -> torch.device:
         raise ConfigError(str(err)) from None
 
 
-def _setup_threads(opts: dict) -> None:
+def _setup(opts: dict) -> torch.device:
+    """Threads, and the device this process trains on (joining torchrun's process group, if any)."""
+    from edge import distributed
+
     if opts.get("threads"):
         torch.set_num_threads(opts["threads"])
+    return distributed.start(_device(opts["device"]), bool(opts.get("sync_bn")))
 
 
 def _input_paths(opts: dict) -> list[Path]:
@@ -89,8 +97,8 @@ def open_sets(opts: dict, preprocess: Preprocess, classes: tuple[str, ...] = ())
             if opts.get(key) else None
 
     val, test = evaluation("val"), evaluation("test")
-    click.echo(f"data: train {len(train)} images ({opts['data']}), val {len(val) if val else 0}, "
-               f"test {len(test) if test else 0}; input {preprocess.crop}px {preprocess.color}", err=True)
+    say(f"data: train {len(train)} images ({opts['data']}), val {len(val) if val else 0}, "
+        f"test {len(test) if test else 0}; input {preprocess.crop}px {preprocess.color}")
     return train, val, test, augment
 
 
@@ -134,8 +142,7 @@ def _init(net: NetFile, opts: dict) -> torch.nn.Module:
         from edge.teacher import load_classifier_weights
 
         fresh = load_classifier_weights(model, opts["weights"], net.spec.arch)
-        click.echo(f"initial weights: {opts['weights']}" + (f" (re-initialised: {', '.join(fresh)})" if fresh else ""),
-                   err=True)
+        say(f"initial weights: {opts['weights']}" + (f" (re-initialised: {', '.join(fresh)})" if fresh else ""))
     elif opts.get("weights"):
         raise ConfigError("--weights initialises torchvision architectures; start a StudentNet from a file with "
                           "`edge distill --student FILE`")
@@ -149,7 +156,7 @@ def _about(opts: dict, *keys: str) -> dict:
 def _finish(run: Run, summary: dict, test: ImageSet | None, opts: dict, began: float) -> dict:
     """Test the last and the best epoch, print the summary line, write --metrics."""
     result = {"command": "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "model": run.net.spec.describe(),
-              "parameters": count_parameters(run.model), "epochs": run.recipe.epochs,
+              "parameters": count_parameters(run.model), "epochs": run.recipe.epochs, "processes": group().world,
               "seconds": round(time.time() - began, 1), **summary}
     line = f"{run.net.spec.describe()}, {result['parameters']:,} parameters, {run.recipe.epochs} epochs"
     last = summary["last"]
@@ -157,20 +164,20 @@ def _finish(run: Run, summary: dict, test: ImageSet | None, opts: dict, began: f
         line += (f" | val {last['val_kind']}: last {last['val_accuracy']:.2%}, best "
                  f"{summary['best']['val_accuracy']:.2%} (epoch {summary['best']['epoch']})")
     if test is not None:
-        result["test_accuracy_last"] = accuracy(run.model, test, run.device)
-        result["test_accuracy_best"] = accuracy(load_net(run.best_path).build().to(run.device), test, run.device)
+        result["test_accuracy_last"] = accuracy(run.model, test, run.device, group=group())
+        best = load_shared(run.best_path).build().to(run.device)
+        result["test_accuracy_best"] = accuracy(best, test, run.device, group=group())
         line += (f" | test accuracy: last {result['test_accuracy_last']:.2%}, "
                  f"best-by-val {result['test_accuracy_best']:.2%}")
-    click.echo(f"done in {result['seconds']:.0f}s: {line} | wrote {run.out} (last, resumable) and {run.best_path}",
-               err=True)
-    if opts.get("metrics"):
+    say(f"done in {result['seconds']:.0f}s: {line} | wrote {run.out} (last, resumable) and {run.best_path}")
+    if opts.get("metrics") and group().main:
         atomic_write(opts["metrics"], lambda f: f.write(json.dumps(result, indent=2).encode()))
     return result
 
 
-def _run(net: NetFile, model, objective, opts: dict, sets, about: dict) -> Run:
+def _run(net: NetFile, model, objective, opts: dict, sets, about: dict, device: torch.device) -> Run:
     train, val, _, augment = sets
-    return Run(net, model, objective, _recipe(opts), train, augment, Path(opts["output"]), val, _device(opts["device"]),
+    return Run(net, model, objective, _recipe(opts), train, augment, Path(opts["output"]), val, device,
                opts.get("workers") or 0, about, not opts.get("quiet"))
 
 
@@ -179,15 +186,17 @@ def train_command(opts: dict) -> dict:
     from edge.train import CrossEntropy
 
     began = time.time()
-    check_run_outputs(opts)
-    _setup_threads(opts)
-    preprocess = fresh_preprocess(opts)
-    sets = open_sets(opts, preprocess)
-    net = _fresh_net(opts["arch"], opts, sets[0], preprocess)
-    model = _init(net, opts)
-    click.echo(f"model: {net.spec.describe()}, {count_parameters(model):,} parameters", err=True)
+    device = _setup(opts)
+    with together("setting up"):
+        if group().main:
+            check_run_outputs(opts)
+        preprocess = fresh_preprocess(opts)
+        sets = open_sets(opts, preprocess)
+        net = _fresh_net(opts["arch"], opts, sets[0], preprocess)
+        model = _init(net, opts)
+    say(f"model: {net.spec.describe()}, {count_parameters(model):,} parameters")
     about = _about(opts, "data", "val", "labels", "val_labels", "padding", "weights", "arch")
-    run = _run(net, model, CrossEntropy(), opts, sets, about)
+    run = _run(net, model, CrossEntropy(), opts, sets, about, device)
     return _finish(run, fit(run, opts.get("resume", False), opts.get("stop_after")), sets[2], opts, began)
 
 
@@ -219,10 +228,10 @@ def load_teacher(path: Path, arch: str, classes: tuple[str, ...], preprocess: Pr
         if fresh:
             raise CheckpointError(f"{path}: a teacher needs every weight; these do not fit a {arch} with "
                                   f"{len(classes)} classes: {', '.join(fresh[:4])}") from None
-        click.echo(f"teacher: {arch} state dict {path} ({count_parameters(model):,} parameters)", err=True)
+        say(f"teacher: {arch} state dict {path} ({count_parameters(model):,} parameters)")
         return model.eval()
     check_compatible(net, NetFile(net.spec, preprocess, classes, {}), f"teacher {path} vs the student")
-    click.echo(f"teacher: {path} ({net.spec.describe()}, {count_parameters(net.build()):,} parameters)", err=True)
+    say(f"teacher: {path} ({net.spec.describe()}, {count_parameters(net.build()):,} parameters)")
     return net.build()
 
 
@@ -256,23 +265,24 @@ def _objective(teacher, student: torch.nn.Module, opts: dict, preprocess: Prepro
 def distill_command(opts: dict) -> dict:
     """`edge distill`: a student (fresh, or started from a file) taught by a teacher."""
     began = time.time()
-    check_run_outputs(opts)
-    _setup_threads(opts)
-    named = teacher_classes(opts["teacher"], opts["teacher_arch"])
-    start = None if opts["student"] in STUDENT_ARCHS else load_net(opts["student"])
-    preprocess = start.preprocess if start else fresh_preprocess(opts)
-    known = start.classes if start else named
-    sets = open_sets(opts, preprocess, known)
-    net = start or _fresh_net(opts["student"], opts, sets[0], preprocess, known)
-    model = _init(net, opts)
-    teacher = load_teacher(opts["teacher"], opts["teacher_arch"], net.classes, preprocess)
-    alpha = _alpha(opts, sets[0])
-    click.echo(f"student: {net.spec.describe()}, {count_parameters(model):,} parameters; KD alpha {alpha:g}, "
-               f"T {opts['temperature']:g}" + (f", feature hint {opts['feature']}" if opts.get("feature") else ""),
-               err=True)
+    device = _setup(opts)
+    with together("setting up"):
+        if group().main:
+            check_run_outputs(opts)
+        named = teacher_classes(opts["teacher"], opts["teacher_arch"])
+        start = None if opts["student"] in STUDENT_ARCHS else load_net(opts["student"])
+        preprocess = start.preprocess if start else fresh_preprocess(opts)
+        known = start.classes if start else named
+        sets = open_sets(opts, preprocess, known)
+        net = start or _fresh_net(opts["student"], opts, sets[0], preprocess, known)
+        model = _init(net, opts)
+        teacher = load_teacher(opts["teacher"], opts["teacher_arch"], net.classes, preprocess)
+        alpha = _alpha(opts, sets[0])
+    say(f"student: {net.spec.describe()}, {count_parameters(model):,} parameters; KD alpha {alpha:g}, "
+        f"T {opts['temperature']:g}" + (f", feature hint {opts['feature']}" if opts.get("feature") else ""))
     about = _about(opts, "data", "val", "labels", "val_labels", "padding", "teacher", "student", "feature",
                    "feature_weight", "temperature") | {"alpha": alpha}
-    run = _run(net, model, _objective(teacher, model, opts, preprocess, alpha), opts, sets, about)
+    run = _run(net, model, _objective(teacher, model, opts, preprocess, alpha), opts, sets, about, device)
     return _finish(run, fit(run, opts.get("resume", False), opts.get("stop_after")), sets[2], opts, began)
 
 
@@ -281,29 +291,32 @@ def slim_command(opts: dict) -> dict:
     from edge.slim import SlimSetup, plot_curves, slim_curve, write_curves
 
     began = time.time()
-    _check_slim_output(opts)
-    _check_quant(opts)
-    _setup_threads(opts)
-    base = load_net(opts["student"])
-    if base.spec.arch != "dw":
-        raise ConfigError(f"{opts['student']}: slimming works on StudentNets (arch dw), this is {base.spec.arch}")
-    train, val, test, augment = open_sets(opts, base.preprocess, base.classes)
-    if val is None:
-        raise ConfigError("--val is required: each round keeps its best epoch by validation accuracy")
-    teacher = load_teacher(opts["teacher"], opts["teacher_arch"], base.classes, base.preprocess) \
-        if opts.get("teacher") else base.build()
-    alpha = _alpha(opts, train)
+    device = _setup(opts)
+    with together("setting up"):
+        if group().main:
+            _check_slim_output(opts)
+        _check_quant(opts)
+        base = load_net(opts["student"])
+        if base.spec.arch != "dw":
+            raise ConfigError(f"{opts['student']}: slimming works on StudentNets (arch dw), this is {base.spec.arch}")
+        train, val, test, augment = open_sets(opts, base.preprocess, base.classes)
+        if val is None:
+            raise ConfigError("--val is required: each round keeps its best epoch by validation accuracy")
+        teacher = load_teacher(opts["teacher"], opts["teacher_arch"], base.classes, base.preprocess) \
+            if opts.get("teacher") else base.build()
+        alpha = _alpha(opts, train)
     out = Path(opts["output"])
     test_kind = f"agreement with {Path(opts['test_labels']).name}" if opts.get("test_labels") else "accuracy"
     setup = SlimSetup(train, val, augment, teacher, _recipe(opts, "finetune_epochs"), out, alpha, opts["temperature"],
-                      opts["scope"], test, test_kind, opts["quant"], opts["method"], _device(opts["device"]),
+                      opts["scope"], test, test_kind, opts["quant"], opts["method"], device,
                       opts.get("workers") or 0, not opts.get("quiet"), bool(opts.get("resume")))
     curves = _slim_record(opts, out, setup, alpha)
     previous_seconds = curves.get("seconds", 0.0)
 
     def save() -> None:
         curves["seconds"] = round(previous_seconds + time.time() - began, 1)
-        write_curves(out / "curve.json", curves)
+        if group().main:
+            write_curves(out / "curve.json", curves)
 
     per_curve = opts["rounds"] * opts["finetune_epochs"]
     for i, rate in enumerate(opts["rate"]):
@@ -322,11 +335,13 @@ def slim_command(opts: dict) -> dict:
                 <= opts["rounds"]:
             return _stopped(opts, out, curves)
     save()
+    if not group().main:  # the record, the figure and the summary are rank 0's
+        return curves
     plot_curves(out / "curve.png", curves)
     for curve in curves["curves"]:
-        click.echo(_curve_line(curve), err=True)
-    click.echo(f"done in {curves['seconds']:.0f}s: wrote {out / 'curve.json'}, {out / 'curve.png'} and each round's "
-               f"model + {opts['quant']} ONNX under {out}/rate*/", err=True)
+        say(_curve_line(curve))
+    say(f"done in {curves['seconds']:.0f}s: wrote {out / 'curve.json'}, {out / 'curve.png'} and each round's "
+        f"model + {opts['quant']} ONNX under {out}/rate*/")
     return curves
 
 
@@ -371,8 +386,11 @@ def _slim_record(opts: dict, out: Path, setup, alpha: float) -> dict:
         return {"title": f"slimming {Path(opts['student']).name} ({opts['scope']} threshold, KD alpha {alpha:g})",
                 "command": "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "settings": settings,
                 "curves": []}
+    contents = group().file_bytes(path)  # rank 0's record, on every rank
+    if contents is None:
+        raise ConfigError(f"{path}: nothing to resume (no such file): run without --resume first")
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(contents)
         differ = {k: (saved["settings"].get(k), v) for k, v in settings.items() if saved["settings"].get(k) != v}
     except (ValueError, KeyError, AttributeError) as err:
         raise ConfigError(f"{path}: not a resumable slimming record ({err})") from None
@@ -383,8 +401,8 @@ def _slim_record(opts: dict, out: Path, setup, alpha: float) -> dict:
 
 
 def _stopped(opts: dict, out: Path, curves: dict) -> dict:
-    click.echo(f"stopped after {opts['stop_after']} fine-tuning epochs: {out / 'curve.json'} holds the rounds done; "
-               f"continue with --resume (same options)", err=True)
+    say(f"stopped after {opts['stop_after']} fine-tuning epochs: {out / 'curve.json'} holds the rounds done; "
+        f"continue with --resume (same options)")
     return curves
 
 

@@ -20,6 +20,8 @@ uint8 ONNX, and records parameters, bytes and accuracies; `plot_curves` draws ev
 figure. A curve is resumable: the rounds already recorded are not redone (the next one starts
 from the last recorded round's best file), and the round in progress continues its own run file
 (`edge.train.fit`'s resume), so a resumed curve ends exactly where an uninterrupted one does.
+Under ``torchrun`` every rank fine-tunes (`edge.train.fit` in DDP); rank 0 alone measures,
+exports and records, and the other ranks take each round's best file from it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from edge.config import ConfigError, StudentConfig
+from edge.distributed import group
 from edge.files import atomic_write
 from edge.nets import NetFile, NetSpec
 
@@ -173,6 +176,11 @@ def measure(net: NetFile, setup: SlimSetup, onnx_path: Path, val_kind: str, val)
     return point
 
 
+def _measure_main(net: NetFile, setup: SlimSetup, onnx_path: Path, val_kind: str, val) -> dict:
+    """`measure` on rank 0, which writes the files and the record (nothing on the other ranks)."""
+    return measure(net, setup, onnx_path, val_kind, val) if group().main else {}
+
+
 def onnx_accuracy(path: Path, data, batch_size: int = 64) -> float:
     """Top-1 accuracy of an exported file run by ONNX Runtime on a labelled evaluation set."""
     from edge.datasets import normalize
@@ -193,17 +201,19 @@ def slim_curve(base: NetFile, rate: float, rounds: int, setup: SlimSetup, base_p
     stop once this curve has run that many fine-tuning epochs in all, counted from round 1 (the
     round's run file then holds the last epoch). ``record`` gets the points each time one is
     added. Fewer than ``rounds + 1`` points come back when it stopped early."""
-    from edge.nets import load_net
+    from edge.distributed import load_shared
     from edge.train import teacher_labelled
 
     folder = setup.out_dir / f"rate{rate:g}"
-    folder.mkdir(parents=True, exist_ok=True)
+    if group().main:
+        folder.mkdir(parents=True, exist_ok=True)
     val, val_kind = teacher_labelled(setup.val, setup.teacher, setup.device)
     points = list(done)
     if not points:
-        points.append({"round": 0, "file": str(base_path), **measure(base, setup, folder / "round0.onnx", val_kind, val)})
+        points.append({"round": 0, "file": str(base_path), **_measure_main(base, setup, folder / "round0.onnx",
+                                                                            val_kind, val)})
         record(points)
-    current = load_net(points[-1]["file"]) if len(points) > 1 else base
+    current = load_shared(points[-1]["file"]) if len(points) > 1 else base
     for r in range(len(points), rounds + 1):
         epochs_left = None if stop_after is None else stop_after - (r - 1) * setup.recipe.epochs
         if epochs_left is not None and epochs_left <= 0:
@@ -221,21 +231,21 @@ def _slim_round(current: NetFile, rate: float, r: int, setup: SlimSetup, folder:
     """Round ``r``: prune ``current``, fine-tune (continuing its run file with ``setup.resume``),
     measure the best epoch. -> (that model, its point), or (``current``, None) when stopped early."""
     from edge.distill import Distillation
-    from edge.nets import load_net
+    from edge.distributed import load_shared
     from edge.train import Run, fit, init_model
 
     val_kind, val = val_set
     pruned = prune_net(current, rate, setup.scope)
-    before = measure_val(pruned, val, setup.device)
+    before = measure_val(pruned, val, setup.device) if group().main else None
     objective = Distillation(setup.teacher, setup.alpha, setup.temperature)
     run = Run(pruned, init_model(pruned, setup.recipe.seed), objective, setup.recipe, setup.train, setup.augment,
               folder / f"round{r}.pt", setup.val, setup.device, setup.workers, {"slim_rate": rate, "round": r},
               setup.progress)
-    fit(run, setup.resume and run.out.exists(), stop_after)
+    fit(run, setup.resume and group().file_bytes(run.out) is not None, stop_after)
     if stop_after is not None and stop_after < setup.recipe.epochs:
         return current, None
-    best = load_net(run.best_path)
-    point = measure(best, setup, folder / f"round{r}.onnx", val_kind, val)
+    best = load_shared(run.best_path)
+    point = _measure_main(best, setup, folder / f"round{r}.onnx", val_kind, val)
     return best, {"round": r, "file": str(run.best_path), "val_before_finetune": before, **point}
 
 
