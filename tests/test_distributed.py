@@ -90,7 +90,10 @@ def test_sync_bn_gives_the_single_process_gradients_of_the_global_batch(fashion_
     single = StudentNet(TINY)
     F.cross_entropy(single(images), labels).backward()
     ddp = torch.load(tmp_path / "g.pt", weights_only=True)
-    close = {n: torch.allclose(ddp[n], p.grad, rtol=1e-3, atol=2e-5) for n, p in single.named_parameters()}
+    # a conv bias before BatchNorm has a zero gradient in exact arithmetic: its float value is rounding
+    # noise (~4e-5 on 128 images), so the tolerance is relative to the model's largest gradient
+    scale = max(float(p.grad.abs().max()) for p in single.parameters())
+    close = {n: torch.allclose(ddp[n], p.grad, rtol=1e-3, atol=1e-3 * scale) for n, p in single.named_parameters()}
     if sync_bn:
         assert all(close.values()), [n for n, ok in close.items() if not ok]
     else:  # each rank normalising its own half is another computation: the test can tell
@@ -126,7 +129,7 @@ def test_a_failure_on_one_rank_stops_every_rank_with_a_clear_message(fashion_mni
     began = time.time()
     result = _torchrun(["train", *TRAIN_ARGS, "-o", "missing/ddp.pt"], tmp_path)  # only rank 0 checks its output
     assert result.returncode != 0
-    assert "error: missing/ddp.pt: cannot write: folder missing does not exist" in result.stderr
+    assert "error: missing/ddp.pt: cannot write run file: folder missing does not exist" in result.stderr
     assert "error: rank 0 failed while setting up (its error is above): rank 1 stops too" in result.stderr
     assert "exitcode  : 2" in result.stderr  # a clear error's exit code (rank 1 may be stopped by torchrun first)
     assert result.stderr.count("Traceback") == 1 and "ChildFailedError" in result.stderr  # torchrun's own summary
