@@ -47,8 +47,8 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: b
 
 
 def check_output_dir(path: str | os.PathLike, *, inputs: Iterable = (), what: str = "output folder") -> Path:
-    """An output folder: a folder or a new name (never a file, device or link), not an input, in a
-    folder edge may write in."""
+    """An output folder: a folder or a new name (never a file, device or link), not an input, that
+    edge may create (missing parents included) or write in."""
     path = Path(path)
     if path.is_symlink():
         raise OutputError(f"{path}: {what} is a symbolic link; give the real folder")
@@ -56,7 +56,9 @@ def check_output_dir(path: str | os.PathLike, *, inputs: Iterable = (), what: st
         raise OutputError(f"{path}: {what} exists and is not a folder")
     _check_not_an_input(path, inputs, what)
     if not path.exists():
-        _check_folder(path, what)
+        existing = next(p for p in path.absolute().parents if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"{path}: cannot create {what}: {existing} is not a folder edge may write in")
     elif not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: {what}: no permission to write in it")
     return path

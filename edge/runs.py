@@ -124,7 +124,8 @@ def _spec(arch: str, opts: dict, preprocess: Preprocess, classes: tuple[str, ...
 def _classes_of(train: ImageSet) -> tuple[str, ...]:
     if train.classes is None:
         raise ConfigError(f"the training images have no labels: a model trained from scratch needs labelled "
-                          f"data (a Food-11 training/ folder, class subfolders, {FASHION_MNIST}:train or --labels)")
+                          f"data (a Food-11 training/ folder, class subfolders, {FASHION_MNIST}:train or --labels; "
+                          f"distill also takes the classes an edge teacher file names)")
     return train.classes
 
 
@@ -133,7 +134,6 @@ def _fresh_net(arch: str, opts: dict, train: ImageSet, preprocess: Preprocess,
     """A new model for ``train``'s classes (or, on unlabelled data, ``known``: the teacher's)."""
     classes = train.classes or known or _classes_of(train)
     return NetFile(_spec(arch, opts, preprocess, classes), preprocess, classes, {})
-
 
 
 def _init(net: NetFile, opts: dict) -> torch.nn.Module:
@@ -356,8 +356,8 @@ def _check_quant(opts: dict) -> None:
 
 
 def _check_slim_output(opts: dict) -> None:
-    """The output folder, before any work: a new or empty folder, or with --resume one holding
-    the run's curve.json; never an input."""
+    """The output folder, before any work: a new folder or one without a slimming run (with
+    --resume: one holding the run's curve.json); never an input or a folder holding one."""
     out, inputs = Path(opts["output"]), _input_paths(opts)
     check_output_dir(out, inputs=inputs, what="slimming output folder")
     record = out / "curve.json"
