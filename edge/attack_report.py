@@ -86,7 +86,8 @@ def markdown(doc: dict) -> str:
              f"Machine: {doc['machine']['cpu'].get('model')}, {doc['machine']['cpu'].get('cores')} usable cores, "
              f"torch threads {doc['torch_threads']}; wall {doc['wall_s']:.0f} s.", "",
              f"{doc['images']} images from `{doc['data']}`; labels: {doc['labels']}. Attacks on the 8-bit "
-             f"centre crop (L∞ measured after rounding); ifgsm: {doc['steps']} steps. Success rate: share of the "
+             f"centre crop (L∞ measured after rounding)" + (f"; ifgsm: {doc['steps']} steps" if "ifgsm" in doc["methods"] else "")
+             + ". Success rate: share of the "
              "images right when clean that the attack turns wrong. Defense cells: accuracy on attacked images "
              "behind the defense (its clean accuracy in brackets).", ""]
     for name, report in model_reports(doc).items():
