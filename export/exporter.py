@@ -23,7 +23,8 @@ from export.quantize import QuantSpec, encode_layers
 
 CALIBRATION_IMAGES = 64
 
-_DEQUANT_OPS = {"Cast", "Sub", "Div", "Mul", "Add", "DequantizeLinear"}
+_DEQUANT_OPS = {"Cast", "Sub", "Div", "Mul", "Add", "DequantizeLinear", "BitShift", "Mod", "Split", "Gather",
+                "GatherElements"}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.fold import FoldedLayer
-from edge.quant import FloatWeight, MinMaxCode, minmax_encode
+from edge.quant import FloatWeight, minmax_encode
 
 METHODS = ("minmax", "gptq")
 
@@ -42,6 +42,11 @@ class QuantSpec:
     @property
     def bits(self) -> int | None:
         return int(self.weights[4:]) if self.weights.startswith("uint") else None
+
+    @property
+    def range_dtype(self):
+        """How the grids' offsets and steps are stored: fp16 per channel (many), exact per tensor (two)."""
+        return np.float16 if self.per_channel else None
 
     @property
     def calibrated(self) -> bool:
@@ -70,15 +75,14 @@ def _gptq_encoder(spec: QuantSpec):
     def encode(layer: FoldedLayer, input_rows):
         if layer.weight.size < spec.fp16_below:
             return FloatWeight(layer.weight.astype(np.float16))
-        grid = minmax_encode(layer.weight, spec.bits, per_channel=spec.per_channel)
+        grid = minmax_encode(layer.weight, spec.bits, spec.per_channel, range_dtype=spec.range_dtype)
         rows = input_rows()
         hessian = torch.einsum("gmk,gml->gkl", rows, rows)
-        lo = grouped(layer, np.broadcast_to(grid.lo, (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)))
-        hi = grouped(layer, np.broadcast_to(grid.hi, (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)))
-        step = torch.where(hi > lo, hi - lo, torch.ones_like(hi)) / grid.levels
+        per_row = (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)
+        lo = grouped(layer, np.broadcast_to(grid.offset, per_row))
+        step = grouped(layer, np.broadcast_to(np.where(grid.step > 0, grid.step, 1.0), per_row))
         codes = gptq_codes(grouped(layer, layer.weight), hessian, lo, step, grid.levels)
-        q = codes.reshape(layer.weight.shape).numpy().astype(np.uint8)
-        return MinMaxCode(q, grid.lo, grid.hi, spec.bits)
+        return dataclasses.replace(grid, q=codes.reshape(layer.weight.shape).numpy().astype(np.uint8))
 
     return encode
 
@@ -95,7 +99,8 @@ def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.nd
         return (layer_bits or {}).get(layer.name, spec.bits)
 
     if spec.method == "minmax":
-        return layers, {l.name: minmax_encode(l.weight, bits_of(l), spec.per_channel) for l in layers}
+        return layers, {l.name: minmax_encode(l.weight, bits_of(l), spec.per_channel, range_dtype=spec.range_dtype)
+                        for l in layers}
     from export.calibrate import calibrate
     from export.equalize import equalize
 
