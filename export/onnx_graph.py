@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge.config import ModelCard
+from edge.entropy import entropy_code
 from edge.files import atomic_write
 from edge.fold import FoldedLayer
 from edge.metadata import write_metadata
@@ -72,7 +73,7 @@ class _GraphBuilder:
         book = self.tensor(f"{name}.book", FloatWeight(code.codebook.astype(np.float16)))
         if not code.per_channel:
             return self.node("Gather", [book, self._codes(name, code.q, code.bits, TensorProto.INT64)], name)
-        rows = self._codes(name, code.q.reshape(len(code.codebook), -1), code.bits, TensorProto.INT64)
+        rows = self._codes(f"{name}.rows", code.q.reshape(len(code.codebook), -1), code.bits, TensorProto.INT64)
         gathered = self.node("GatherElements", [book, rows], self.temp(), axis=1)
         return self.node("Reshape", [gathered, self.const(f"{name}.shape", np.array(code.q.shape, np.int64))], name)
 
@@ -135,8 +136,9 @@ class _GraphBuilder:
         if layer.kind == "fc":
             pooled = self.node("GlobalAveragePool", [x], "pooled")
             return self.node("Gemm", [self.node("Flatten", [pooled], "features", axis=1), w, b], OUTPUT_NAME, transB=1)
-        k = layer.weight.shape[-1]
-        y = self.node("Conv", [x, w, b], f"{layer.name}.y", group=layer.groups, kernel_shape=[k, k], pads=[k // 2] * 4)
+        k = layer.weight.shape[-1]  # kernel_shape comes from the weight; defaults (group 1, no pads) are left out
+        attrs = ({"group": layer.groups} if layer.groups > 1 else {}) | ({"pads": [k // 2] * 4} if k > 1 else {})
+        y = self.node("Conv", [x, w, b], f"{layer.name}.y", **attrs)
         if layer.relu6:
             y = self.node("Clip", [y, *clip], f"{layer.name}.a")
         if layer.pool_after:
@@ -164,9 +166,10 @@ def build_onnx(card: ModelCard, layers: list[FoldedLayer], encodings: dict, bias
     return model
 
 
-def write_checked(model: onnx.ModelProto, path) -> int:
-    """Run the full onnx.checker, then write ``model`` atomically to ``path``; -> its size in bytes."""
+def write_checked(model: onnx.ModelProto, path, entropy: bool = False) -> int:
+    """Run the full onnx.checker, then write ``model`` (its code streams entropy-coded with ``entropy``,
+    `edge.entropy`) atomically to ``path``; -> its size in bytes."""
     onnx.checker.check_model(model, full_check=True)
-    data = model.SerializeToString()
+    data = (entropy_code(model) if entropy else model).SerializeToString()
     atomic_write(path, lambda f: f.write(data))
     return len(data)

@@ -21,27 +21,45 @@ import numpy as np
 
 from edge.fold import FoldedLayer
 from edge.quant import FloatWeight, minmax_encode
+from export.formats import CANDIDATES, WeightFormat, parse_format
 
 METHODS = ("minmax", "gptq")
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    weights: str = "fp32"  # fp32 | fp16 | uint1..uint8 | int8 (ONNX Runtime QDQ, int8 compute)
+    weights: str = "fp32"  # a format of `export.formats.FORMATS`: fp32 | fp16 | uintN | kmeansK | int8
     per_channel: bool = False
     method: str = "gptq"
     fp16_below: int = 1024
+    entropy: bool = False  # codes entropy-coded in the file (`edge.entropy`): only edge's runtime opens it
+    train_epochs: int = 0  # kmeansK --method gptq: KD fine-tuning of the codebooks on the calibration images
 
     def __post_init__(self):
-        if self.weights not in ("fp32", "fp16", "int8") and not (
-                self.weights.startswith("uint") and self.weights[4:].isdigit() and 1 <= int(self.weights[4:]) <= 8):
-            raise ValueError(f"unknown weight format {self.weights!r}: use fp32, fp16, uint8 (uint1..uint8) or int8")
+        fmt, _ = parse_format(self.weights)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.entropy and "entropy" not in fmt.options:
+            raise ValueError(f"--entropy codes the integer codes of uintN and kmeansK; {self.weights} has none")
+        if self.train_epochs and "train_epochs" not in fmt.options:
+            raise ValueError(f"--train-epochs fine-tunes kmeansK codebooks; {self.weights} has none")
+        if self.train_epochs and self.method != "gptq":
+            raise ValueError("--train-epochs fine-tunes on calibration images: use it with --method gptq")
+
+    @property
+    def format(self) -> WeightFormat:
+        return parse_format(self.weights)[0]
 
     @property
     def bits(self) -> int | None:
-        return int(self.weights[4:]) if self.weights.startswith("uint") else None
+        """Bits per stored code (uintN, kmeansK); None for float and int8 formats."""
+        fmt, size = parse_format(self.weights)
+        return None if size is None else fmt.bits(size)
+
+    @property
+    def codebook_size(self) -> int | None:
+        fmt, size = parse_format(self.weights)
+        return size if fmt.family == "kmeans" else None
 
     @property
     def range_dtype(self):
@@ -52,15 +70,32 @@ class QuantSpec:
     def calibrated(self) -> bool:
         return self.weights == "int8" or (self.bits is not None and self.method == "gptq")
 
+    @property
+    def label(self) -> str:
+        """Short display name: ``kmeans16 per-channel entropy``."""
+        return " ".join([self.weights] + ["per-channel"] * self.per_channel + ["entropy"] * self.entropy)
+
     def describe(self) -> dict:
         info = {"weights": self.weights, "per_channel": self.per_channel}
         if self.weights == "int8":
             info.update(activations="uint8", format="QDQ via onnxruntime.quantization (int8 compute)")
         if self.bits:
-            info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16")
+            info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16",
+                        code_bits=self.bits, packing="dense bit stream")
+            if self.codebook_size:
+                info.update(codebook=f"{self.codebook_size} fp16 values per {'channel' if self.per_channel else 'tensor'}")
             if self.calibrated:
                 info.update(fp16_below=self.fp16_below, equalization="cross-layer, searched", bias_correction=True)
+            if self.train_epochs:
+                info.update(trained_codebooks=f"{self.train_epochs} epochs of KD on the calibration images")
+            if self.entropy:
+                info.update(entropy="codes entropy-coded (edge.entropy): open with edge, or `edge convert --to onnx`")
         return info
+
+
+def candidate_specs() -> tuple[QuantSpec, ...]:
+    """`export.formats.CANDIDATES` as specs, smallest file first."""
+    return tuple(QuantSpec(weights, **options) for weights, options in CANDIDATES)
 
 
 def _float_encodings(layers: list[FoldedLayer], dtype) -> dict[str, FloatWeight]:
@@ -70,7 +105,7 @@ def _float_encodings(layers: list[FoldedLayer], dtype) -> dict[str, FloatWeight]
 def _gptq_encoder(spec: QuantSpec):
     import torch
 
-    from export.calibrate import grouped, gptq_codes
+    from export.calibrate import grid_quantizer, grouped, gptq_codes
 
     def encode(layer: FoldedLayer, input_rows):
         if layer.weight.size < spec.fp16_below:
@@ -81,8 +116,29 @@ def _gptq_encoder(spec: QuantSpec):
         per_row = (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)
         lo = grouped(layer, np.broadcast_to(grid.offset, per_row))
         step = grouped(layer, np.broadcast_to(np.where(grid.step > 0, grid.step, 1.0), per_row))
-        codes = gptq_codes(grouped(layer, layer.weight), hessian, lo, step, grid.levels)
+        codes = gptq_codes(grouped(layer, layer.weight), hessian, grid_quantizer(lo, step, grid.levels))
         return dataclasses.replace(grid, q=codes.reshape(layer.weight.shape).numpy().astype(np.uint8))
+
+    return encode
+
+
+def _shares(layer: FoldedLayer, spec: QuantSpec) -> bool:
+    """Whether a codebook is smaller than the weights it covers (a depthwise channel's 9 weights are
+    not worth a 16-entry codebook of their own: they stay fp16)."""
+    return not spec.per_channel or layer.weight[0].size > spec.codebook_size
+
+
+def _kmeans_encoder(spec: QuantSpec):
+    import torch
+
+    from export.kmeans import calibrated_codebook
+
+    def encode(layer: FoldedLayer, input_rows):
+        if layer.weight.size < spec.fp16_below or not _shares(layer, spec):
+            return FloatWeight(layer.weight.astype(np.float16))
+        rows = input_rows()
+        return calibrated_codebook(layer, torch.einsum("gmk,gml->gkl", rows, rows), spec.codebook_size,
+                                   spec.per_channel)
 
     return encode
 
@@ -98,6 +154,11 @@ def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.nd
     def bits_of(layer: FoldedLayer) -> int:
         return (layer_bits or {}).get(layer.name, spec.bits)
 
+    if spec.codebook_size and spec.method == "minmax":
+        from export.kmeans import plain_codebook
+
+        return layers, {l.name: plain_codebook(l.weight, spec.codebook_size, spec.per_channel) if _shares(l, spec)
+                        else FloatWeight(l.weight.astype(np.float16)) for l in layers}
     if spec.method == "minmax":
         return layers, {l.name: minmax_encode(l.weight, bits_of(l), spec.per_channel, range_dtype=spec.range_dtype)
                         for l in layers}
@@ -106,6 +167,13 @@ def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.nd
 
     layers = equalize(layers, lambda layer: layer.weight.size < spec.fp16_below, calibration, spec.bits,
                       spec.per_channel)
+    if spec.codebook_size:
+        quantized, encodings = calibrate(layers, calibration, _kmeans_encoder(spec))
+        if not spec.train_epochs:
+            return quantized, encodings
+        from export.kmeans import finetune_codebooks
+
+        return finetune_codebooks(quantized, encodings, layers, calibration, spec.train_epochs)
     encoders = {bits: _gptq_encoder(dataclasses.replace(spec, weights=f"uint{bits}"))
                 for bits in {spec.bits, *(layer_bits or {}).values()}}
     return calibrate(layers, calibration, lambda layer, rows: encoders[bits_of(layer)](layer, rows))
