@@ -74,6 +74,9 @@ def main():
                    "writes the plain ONNX file).")
 @click.option("--train-epochs", default=0, show_default=True, type=click.IntRange(0),
               help="kmeansK: KD fine-tuning epochs of the codebooks and biases on the --calib images.")
+@click.option("--low-rank", type=click.FloatRange(0, 1, min_open=True), metavar="ENERGY",
+              help="fp32/fp16: store pointwise convs and the classifier as SVD factors U·V keeping ENERGY (e.g. "
+                   "0.99) of the squared singular values, where that saves bytes (folded back at load).")
 @click.option("--calib", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of unlabelled images to calibrate gptq on (default: synthetic images, data-free).")
 @click.option("--calib-images", default=64, show_default=True, type=click.IntRange(1),
@@ -86,8 +89,8 @@ def main():
               help="Pick the smallest weight format whose top-1 agreement with fp32 (and accuracy, with "
                    "--labels) on --images stays within POINTS; prints what it tried. Overrides --quant.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --images.")
-def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs, calib, calib_images, pools, images,
-           max_drop, labels):
+def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs, low_rank, calib, calib_images, pools,
+           images, max_drop, labels):
     """Export CHECKPOINT (ours, a homework .bin, 8-bit or 16-bit pickle) to ONNX.
 
     Without CHECKPOINT, exports a freshly initialised default StudentNet (seed 0), so the
@@ -103,7 +106,7 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
 
     with _user_errors():
         try:
-            spec = QuantSpec(quant, per_channel, method, entropy=entropy, train_epochs=train_epochs)
+            spec = QuantSpec(quant, per_channel, method, entropy=entropy, train_epochs=train_epochs, low_rank=low_rank)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--quant") from None
         ckpt = (read_baseline(checkpoint) or load_checkpoint(checkpoint, pools=_int_list(pools))) if checkpoint \

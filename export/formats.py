@@ -29,8 +29,8 @@ class WeightFormat:
 CODED_OPTIONS = ("per_channel", "method", "entropy")
 
 FORMATS = (
-    WeightFormat("fp32", "fp32", "float32 weights"),
-    WeightFormat("fp16", "fp16", "float16 weights and biases, cast to float32 at load"),
+    WeightFormat("fp32", "fp32", "float32 weights", options=("low_rank",)),
+    WeightFormat("fp16", "fp16", "float16 weights and biases, cast to float32 at load", options=("low_rank",)),
     WeightFormat("uint", "uintN", "N-bit codes (N = 1..8, densely packed) on a min-max grid per tensor, or per "
                  "output channel (fp16 offset + step), dequantized at load", range(1, 9), CODED_OPTIONS,
                  ("gptq", "minmax")),

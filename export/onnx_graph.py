@@ -4,6 +4,7 @@ Encodings (the computation is always fp32):
 - `FloatWeight` fp32: a float initializer; fp16: a float16 initializer + Cast to float.
 - `MinMaxCode` (uintN, N <= 8): codes plus the grid's offset (min) and step ((max - min) / levels),
   per tensor (fp32) or per output channel (fp16), decoded as ``offset + q * step`` (Mul -> Add).
+- `LowRankWeight` (--low-rank): two float factors and ``MatMul -> Reshape``.
 - `CodebookCode` (kmeansK): codes that index an fp16 codebook, decoded by Gather (per tensor) or
   GatherElements (one codebook per output channel).
 Codes of every width go into one dense bit stream per width (``codes4``: all 4-bit codes of the
@@ -27,6 +28,7 @@ from edge.entropy import entropy_code
 from edge.files import atomic_write
 from edge.fold import FoldedLayer
 from edge.metadata import write_metadata
+from export.lowrank import LowRankWeight
 from edge.quant import CodebookCode, FloatWeight, MinMaxCode, code_stream_name, pack_codes
 
 OPSET = 17
@@ -57,6 +59,10 @@ class _GraphBuilder:
             return self._minmax(name, encoding)
         if isinstance(encoding, CodebookCode):
             return self._codebook(name, encoding)
+        if isinstance(encoding, LowRankWeight):
+            product = self.node("MatMul", [self.tensor(f"{name}.u", encoding.left), self.tensor(f"{name}.v", encoding.right)],
+                                self.temp())
+            return self.node("Reshape", [product, self.const(f"{name}.shape", np.array(encoding.shape, np.int64))], name)
         array = encoding.array
         if array.dtype == np.float32:
             return self.const(name, array)

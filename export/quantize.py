@@ -34,6 +34,7 @@ class QuantSpec:
     fp16_below: int = 1024
     entropy: bool = False  # codes entropy-coded in the file (`edge.entropy`): only edge's runtime opens it
     train_epochs: int = 0  # kmeansK --method gptq: KD fine-tuning of the codebooks on the calibration images
+    low_rank: float | None = None  # fp32/fp16: SVD-factor pointwise convs and the classifier, keeping this energy
 
     def __post_init__(self):
         fmt, _ = parse_format(self.weights)
@@ -43,6 +44,9 @@ class QuantSpec:
             raise ValueError(f"--entropy codes the integer codes of uintN and kmeansK; {self.weights} has none")
         if self.train_epochs and "train_epochs" not in fmt.options:
             raise ValueError(f"--train-epochs fine-tunes kmeansK codebooks; {self.weights} has none")
+        if self.low_rank is not None and ("low_rank" not in fmt.options or not 0 < self.low_rank <= 1):
+            raise ValueError(f"--low-rank takes an energy in (0, 1] and factors fp32 or fp16 weights, "
+                             f"not {self.weights} at {self.low_rank}")
         if self.train_epochs and self.method != "gptq":
             raise ValueError("--train-epochs fine-tunes on calibration images: use it with --method gptq")
 
@@ -73,10 +77,14 @@ class QuantSpec:
     @property
     def label(self) -> str:
         """Short display name: ``kmeans16 per-channel entropy``."""
-        return " ".join([self.weights] + ["per-channel"] * self.per_channel + ["entropy"] * self.entropy)
+        return " ".join([self.weights] + ["per-channel"] * self.per_channel + ["entropy"] * self.entropy
+                        + [f"low-rank {self.low_rank:g}"] * (self.low_rank is not None))
 
     def describe(self) -> dict:
         info = {"weights": self.weights, "per_channel": self.per_channel}
+        if self.low_rank is not None:
+            info.update(low_rank=f"pointwise convs and classifier as U·V keeping {self.low_rank:g} of the energy "
+                                 "(folded at load)")
         if self.weights == "int8":
             info.update(activations="uint8", format="QDQ via onnxruntime.quantization (int8 compute)")
         if self.bits:
@@ -149,7 +157,12 @@ def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.nd
 
     ``layer_bits`` gives named layers another bit width (mixed precision)."""
     if spec.bits is None:
-        return layers, _float_encodings(layers, np.float16 if spec.weights == "fp16" else np.float32)
+        dtype = np.float16 if spec.weights == "fp16" else np.float32
+        if spec.low_rank is not None:
+            from export.lowrank import low_rank_encodings
+
+            return layers, low_rank_encodings(layers, spec.low_rank, dtype)
+        return layers, _float_encodings(layers, dtype)
 
     def bits_of(layer: FoldedLayer) -> int:
         return (layer_bits or {}).get(layer.name, spec.bits)

@@ -190,3 +190,36 @@ def test_formats_table_parses_names_and_lists_the_candidates():
     assert len(candidate_specs()) == len(CANDIDATES) and candidate_specs()[-1] == QuantSpec("fp32")
     with pytest.raises(ValueError, match="train-epochs"):
         QuantSpec("uint4", train_epochs=2)
+
+
+def test_low_rank_is_exact_at_full_rank_and_keeps_the_asked_energy():
+    from export.lowrank import factorize, rank_for_energy
+
+    weight = np.random.default_rng(3).normal(size=(24, 16, 1, 1)).astype(np.float32)
+    np.testing.assert_allclose(factorize(weight, 16).decode(), weight, atol=1e-5)
+    singular = np.array([3.0, 2.0, 1.0, 0.0])
+    assert [rank_for_energy(singular, e) for e in (0.5, 9 / 14, 13 / 14, 0.99, 1.0)] == [1, 1, 2, 3, 3]
+    truncated = factorize(weight, 4)
+    assert truncated.rank == 4 and truncated.left.array.shape == (24, 4) and truncated.right.array.shape == (4, 16)
+    kept = np.linalg.svd(weight.reshape(24, 16), compute_uv=False)
+    residual = np.linalg.norm(truncated.decode() - weight) ** 2
+    assert residual == pytest.approx(np.sum(kept[4:] ** 2), rel=1e-4)  # Eckart-Young: the best rank-4 error
+
+
+def test_low_rank_file_is_smaller_folded_at_load_and_exact_at_energy_one(small, tmp_path):
+    from export.lowrank import LowRankWeight
+
+    layers = fold_student(SMALL, small.state)
+    full, _ = export_onnx(small, tmp_path / "fp16.onnx", QuantSpec("fp16"))
+    export_onnx(small, tmp_path / "one.onnx", QuantSpec("fp16", low_rank=1.0))
+    assert not any(node.op_type == "MatMul" for node in onnx.load(tmp_path / "one.onnx").graph.node)  # full rank
+    # never saves bytes, so nothing is factored
+    path = tmp_path / "low.onnx"
+    size, described = export_onnx(small, path, QuantSpec("fp16", low_rank=0.5))
+    assert size < 0.9 * full and "U·V" in described["low_rank"]
+    assert leftover_dequantization(path) == {}
+    _, encodings = encode_layers(layers, QuantSpec("fp16", low_rank=0.5))
+    assert any(isinstance(e, LowRankWeight) for e in encodings.values())
+    images = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(OnnxClassifier(path)(images), folded_forward(_decoded(layers, encodings), images),
+                               rtol=1e-3, atol=1e-3)
