@@ -167,10 +167,12 @@ def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, off
               help="Folder of real images to measure on.")
 @click.option("--limit", default=128, show_default=True, type=click.IntRange(1), help="Images used (first by id).")
 @click.option("--bits", default=8, show_default=True, type=click.IntRange(1, 8), help="Bit width of the rounding.")
-@click.option("--per-channel", is_flag=True, help="Per-output-channel min-max instead of per tensor.")
+@click.option("--per-channel", is_flag=True, help="Per-output-channel min-max (or codebook) instead of per tensor.")
+@click.option("--kmeans", type=click.IntRange(2, 256), metavar="K",
+              help="Weight sharing instead of min-max: K shared values (plain k-means) per tensor or channel.")
 @click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the rows as JSON.")
-def sensitivity(checkpoint, images, limit, bits, per_channel, pools, json_out):
+def sensitivity(checkpoint, images, limit, bits, per_channel, kmeans, pools, json_out):
     """Per-layer sensitivity: quantize each layer alone (min-max, --bits) and measure how many
     answers change on real images; the most sensitive layers come first."""
     import dataclasses
@@ -184,8 +186,9 @@ def sensitivity(checkpoint, images, limit, bits, per_channel, pools, json_out):
     with _user_errors():
         ckpt = load_checkpoint(checkpoint, pools=_int_list(pools))
         pictures, source = load_images(ckpt, images, limit)
-        rows = layer_sensitivity(ckpt, pictures, bits, per_channel)
-        click.echo(f"uint{bits}{' per-channel' if per_channel else ''}, one layer at a time, on {source}")
+        rows = layer_sensitivity(ckpt, pictures, bits, per_channel, kmeans)
+        click.echo(f"{f'kmeans{kmeans}' if kmeans else f'uint{bits}'}{' per-channel' if per_channel else ''}, "
+                   f"one layer at a time, on {source}")
         click.echo(f"{'layer':<10} {'weights':>8} {'agreement':>10} {'max |dlogit|':>13}")
         for row in rows:
             click.echo(f"{row.name:<10} {row.weights:>8,} {row.agreement:>9.2%} {row.max_logit_change:>13.3f}")

@@ -62,25 +62,28 @@ class MinMaxCode:
 
 @dataclass(frozen=True)
 class CodebookCode:
-    """Weight sharing: ``q`` indexes ``codebook`` (K,) for the whole tensor, or (out, K) per output channel."""
+    """Weight sharing: ``q`` indexes ``codebook`` (K,); per output channel, each channel's values are
+    the codebook times its own ``scale`` (out,)."""
 
     q: np.ndarray
     codebook: np.ndarray
+    scale: np.ndarray | None = None
 
     @property
     def bits(self) -> int:
-        return max(1, int(np.ceil(np.log2(self.codebook.shape[-1]))))
+        return max(1, int(np.ceil(np.log2(len(self.codebook)))))
 
     @property
     def per_channel(self) -> bool:
-        return self.codebook.ndim == 2
+        return self.scale is not None
+
+    def channel_scale(self) -> np.ndarray:
+        """The scales shaped to broadcast over ``q`` (ones when shared per tensor)."""
+        scale = np.ones(len(self.q), np.float32) if self.scale is None else self.scale.astype(np.float32)
+        return scale.reshape((-1,) + (1,) * (self.q.ndim - 1))
 
     def decode(self, dtype=np.float32) -> np.ndarray:
-        book = self.codebook.astype(np.float32)
-        if not self.per_channel:
-            return book[self.q].astype(dtype)
-        rows = np.take_along_axis(book, self.q.reshape(len(book), -1).astype(np.int64), axis=1)
-        return rows.reshape(self.q.shape).astype(dtype)
+        return (self.codebook.astype(np.float32)[self.q] * self.channel_scale()).astype(dtype)
 
 
 def _ranges(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ from export.quantize import QuantSpec, encode_layers
 CALIBRATION_IMAGES = 64
 
 _DEQUANT_OPS = {"Cast", "Sub", "Div", "Mul", "Add", "DequantizeLinear", "BitShift", "Mod", "Split", "Gather",
-                "GatherElements", "MatMul"}
+                "MatMul"}
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ FORMATS = (
                  "output channel (fp16 offset + step), dequantized at load", range(1, 9), CODED_OPTIONS,
                  ("gptq", "minmax")),
     WeightFormat("kmeans", "kmeansK", "weight sharing: ceil(log2 K)-bit indices (K = 2..256, densely packed) into an "
-                 "fp16 codebook per tensor, or per output channel; gptq: k-means weighted by the input Hessian, "
+                 "fp16 codebook per tensor (per channel: times an fp16 scale per output channel); gptq: k-means weighted by the input Hessian, "
                  "GPTQ assignment, least-squares centroids (optionally KD-trained); minmax: plain k-means, no data",
                  range(2, 257), CODED_OPTIONS + ("train_epochs",), ("gptq", "minmax")),
     WeightFormat("int8", "int8", "ONNX Runtime's calibrated QDQ (int8 weights and activations, int8 kernels)",

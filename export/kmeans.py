@@ -11,6 +11,10 @@ already computes (`export.calibrate`). So, per layer:
    rounding error is pushed onto the columns not yet assigned (`export.calibrate.gptq_codes`);
 3. the centroids refitted by least squares on the full Hessian with the assignment fixed
    (minimising ``Σ_r (w_r - A_r c)ᵀ H (w_r - A_r c)`` over the codebook ``c``), then stored as fp16.
+
+Per channel (``--per-channel``), each output channel gets its own K values at the cost of one fp16
+number: the tensor's codebook scaled by the channel's largest |weight| (a full codebook per channel
+would cost 16 fp16 values per channel, more than the indices of a 64-input channel).
 """
 
 from __future__ import annotations
@@ -44,16 +48,17 @@ def weighted_kmeans_1d(values: np.ndarray, weights: np.ndarray, k: int) -> np.nd
     return centroids
 
 
-def fit_codebooks(weights: np.ndarray, importance: np.ndarray, k: int, per_channel: bool) -> np.ndarray:
-    """(k,) codebook for the tensor, or (out, k) per output channel (axis 0), padded by repeating the
-    last centroid where a channel has fewer than ``k`` distinct weights."""
-    rows = [(weights.reshape(len(weights), -1), importance.reshape(len(weights), -1))] if not per_channel else \
-        [(w[None], i[None]) for w, i in zip(weights.reshape(len(weights), -1), importance.reshape(len(weights), -1))]
-    books = []
-    for w, i in rows:
-        centroids = weighted_kmeans_1d(w.reshape(-1), i.reshape(-1), k)
-        books.append(np.concatenate([centroids, np.repeat(centroids[-1:], k - len(centroids))]))
-    return np.stack(books) if per_channel else books[0]
+def fit_codebook(weights: np.ndarray, importance: np.ndarray, k: int) -> np.ndarray:
+    """(k,) centroids of all of ``weights``, padded by repeating the last where there are fewer
+    than ``k`` distinct values."""
+    centroids = weighted_kmeans_1d(weights.reshape(-1), importance.reshape(-1), k)
+    return np.concatenate([centroids, np.repeat(centroids[-1:], k - len(centroids))])
+
+
+def channel_scales(weight: np.ndarray) -> np.ndarray:
+    """Per output channel: its largest |weight| as stored (fp16), 1 for an all-zero channel."""
+    peak = np.abs(weight.reshape(len(weight), -1)).max(1).astype(np.float16)
+    return np.where(peak > 0, peak, np.float16(1))
 
 
 def codebook_quantizer(books: torch.Tensor):
@@ -66,61 +71,60 @@ def codebook_quantizer(books: torch.Tensor):
     return quantize
 
 
-def refit_codebooks(weights: torch.Tensor, hessian: torch.Tensor, codes: torch.Tensor, books: torch.Tensor,
-                    per_channel: bool, damping: float = 1e-3) -> torch.Tensor:
-    """Least-squares centroids for fixed ``codes``: minimise the output error through ``hessian``.
+def refit_codebook(weights: torch.Tensor, hessian: torch.Tensor, codes: torch.Tensor, book: torch.Tensor,
+                   scales: torch.Tensor, damping: float = 1e-3) -> torch.Tensor:
+    """Least-squares codebook (K,) for fixed ``codes``: minimise the output error through ``hessian``,
+    ``Σ_r (w_r - s_r A_r c)ᵀ H (w_r - s_r A_r c)``.
 
-    ``weights``/``codes`` are (G, R, K_in), ``hessian`` (G, K_in, K_in), ``books`` (G, R, K) (per
-    channel) or (1, 1, K). A small ridge towards the current centroids keeps empty clusters put.
+    ``weights``/``codes`` are (G, R, K_in), ``hessian`` (G, K_in, K_in), ``scales`` (G, R) per output
+    channel (ones for a plain shared codebook). A small ridge towards ``book`` keeps empty clusters put.
     """
-    onehot = torch.nn.functional.one_hot(codes, books.shape[-1]).to(weights.dtype)  # (G, R, K_in, K)
+    onehot = torch.nn.functional.one_hot(codes, len(book)).to(weights.dtype) * scales[..., None, None]
     h_onehot = torch.einsum("gij,grjl->gril", hessian, onehot)
-    if per_channel:
-        normal = torch.einsum("grik,gril->grkl", onehot, h_onehot)
-        target = torch.einsum("gril,gri->grl", h_onehot, weights)
-    else:
-        normal = torch.einsum("grik,gril->kl", onehot, h_onehot)[None, None]
-        target = torch.einsum("gril,gri->l", h_onehot, weights)[None, None]
-    ridge = damping * torch.diagonal(normal, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)[..., None]
-    eye = torch.eye(books.shape[-1], dtype=weights.dtype)
-    return torch.linalg.solve(normal + ridge[..., None] * eye, target + ridge * books)
+    normal = torch.einsum("grik,gril->kl", onehot, h_onehot)
+    target = torch.einsum("gril,gri->l", h_onehot, weights)
+    ridge = damping * torch.diagonal(normal).mean().clamp_min(1e-12)
+    return torch.linalg.solve(normal + ridge * torch.eye(len(book), dtype=weights.dtype), target + ridge * book)
 
 
-def _half(books: torch.Tensor) -> torch.Tensor:
-    return books.to(torch.float16).to(books.dtype)
+def _half(values: torch.Tensor) -> torch.Tensor:
+    return values.to(torch.float16).to(values.dtype)
 
 
-def _grouped_books(layer, books: np.ndarray, per_channel: bool) -> torch.Tensor:
-    from export.calibrate import grouped
-
-    return grouped(layer, books) if per_channel else torch.from_numpy(books.astype(np.float64))[None, None]
+def _code(layer_weight: np.ndarray, codes: torch.Tensor, book, scales) -> CodebookCode:
+    return CodebookCode(codes.reshape(layer_weight.shape).numpy().astype(np.uint8), np.asarray(book, np.float16),
+                        scales)
 
 
 def plain_codebook(weight: np.ndarray, k: int, per_channel: bool) -> CodebookCode:
-    """Data-free weight sharing: unweighted k-means, each weight to its nearest fp16 centroid."""
-    books = fit_codebooks(weight, np.ones_like(weight), k, per_channel).astype(np.float16)
-    table = torch.from_numpy(books.astype(np.float64))
-    flat = torch.from_numpy(weight.reshape(len(weight), -1).astype(np.float64))
-    codes, _ = codebook_quantizer(table[:, None, :] if per_channel else table[None, None])(flat)
-    return CodebookCode(codes.reshape(weight.shape).numpy().astype(np.uint8), books)
+    """Data-free weight sharing: unweighted k-means (of the weights over their channel's scale, per
+    channel), each weight to its nearest fp16 value."""
+    scales = channel_scales(weight) if per_channel else None
+    rows = weight.reshape(len(weight), -1).astype(np.float64)
+    row_scale = np.ones(len(rows)) if scales is None else scales.astype(np.float64)
+    book = fit_codebook(rows / row_scale[:, None], np.ones_like(rows), k).astype(np.float16)
+    values = torch.from_numpy(row_scale)[:, None, None] * torch.from_numpy(book.astype(np.float64))
+    codes, _ = codebook_quantizer(values)(torch.from_numpy(rows))
+    return _code(weight, codes, book, scales)
 
 
 def calibrated_codebook(layer, hessian: torch.Tensor, k: int, per_channel: bool, refits: int = 2) -> CodebookCode:
     """Weight sharing fitted to ``layer``'s output error through its input ``hessian`` (G, K_in, K_in):
-    Hessian-weighted k-means, then ``refits`` rounds of GPTQ assignment + least-squares centroids."""
+    Hessian-weighted k-means, then ``refits`` rounds of GPTQ assignment + least-squares codebook.
+    Per channel, the codebook is shared and each output channel scales it by its own fp16 factor."""
     from export.calibrate import grouped, gptq_codes
 
     weights = grouped(layer, layer.weight)
-    importance = torch.diagonal(hessian, dim1=1, dim2=2)[:, None, :].expand_as(weights)
-    books = _grouped_books(layer, fit_codebooks(layer.weight, importance.reshape(layer.weight.shape).numpy(), k,
-                                                per_channel), per_channel)
-    books = _half(books)
+    scales = channel_scales(layer.weight) if per_channel else np.ones(len(layer.weight), np.float16)
+    row_scale = grouped(layer, scales.astype(np.float64)[:, None])[..., 0]  # (G, R)
+    importance = torch.diagonal(hessian, dim1=1, dim2=2)[:, None, :] * row_scale[..., None] ** 2
+    book = _half(torch.from_numpy(fit_codebook((weights / row_scale[..., None]).numpy(),
+                                               importance.expand_as(weights).numpy(), k)))
     for _ in range(refits):
-        codes = gptq_codes(weights, hessian, codebook_quantizer(books))
-        books = _half(refit_codebooks(weights, hessian, codes, books, per_channel))
-    codes = gptq_codes(weights, hessian, codebook_quantizer(books))
-    table = books.reshape(len(layer.weight), k) if per_channel else books.reshape(k)
-    return CodebookCode(codes.reshape(layer.weight.shape).numpy().astype(np.uint8), table.numpy().astype(np.float16))
+        codes = gptq_codes(weights, hessian, codebook_quantizer(row_scale[..., None] * book))
+        book = _half(refit_codebook(weights, hessian, codes, book, row_scale))
+    codes = gptq_codes(weights, hessian, codebook_quantizer(row_scale[..., None] * book))
+    return _code(layer.weight, codes, book.numpy(), scales if per_channel else None)
 
 
 def finetune_codebooks(layers, encodings: dict, teacher_layers, images: np.ndarray, epochs: int,
@@ -138,17 +142,15 @@ def finetune_codebooks(layers, encodings: dict, teacher_layers, images: np.ndarr
     targets = torch.from_numpy(folded_forward(teacher_layers, images))
     books = {n: torch.nn.Parameter(torch.from_numpy(e.codebook.astype(np.float32)))
              for n, e in encodings.items() if isinstance(e, CodebookCode)}
-    indices = {n: torch.from_numpy(encodings[n].q.reshape(len(encodings[n].q), -1).astype(np.int64)
-                                   if encodings[n].per_channel else encodings[n].q.astype(np.int64)) for n in books}
+    indices = {n: torch.from_numpy(encodings[n].q.astype(np.int64)) for n in books}
+    scales = {n: torch.from_numpy(encodings[n].channel_scale().astype(np.float32)) for n in books}
     biases = [torch.nn.Parameter(torch.from_numpy(layer.bias.copy())) for layer in layers]
     fixed = {layer.name: torch.from_numpy(layer.weight) for layer in layers if layer.name not in books}
 
     def weight(layer):
         if layer.name not in books:
             return fixed[layer.name]
-        book, idx = books[layer.name], indices[layer.name]
-        w = torch.gather(book, 1, idx) if book.ndim == 2 else book[idx]
-        return w.reshape(layer.weight.shape)
+        return books[layer.name][indices[layer.name]] * scales[layer.name]
 
     def forward(x):
         for layer, bias in zip(layers, biases):

@@ -5,8 +5,8 @@ Encodings (the computation is always fp32):
 - `MinMaxCode` (uintN, N <= 8): codes plus the grid's offset (min) and step ((max - min) / levels),
   per tensor (fp32) or per output channel (fp16), decoded as ``offset + q * step`` (Mul -> Add).
 - `LowRankWeight` (--low-rank): two float factors and ``MatMul -> Reshape``.
-- `CodebookCode` (kmeansK): codes that index an fp16 codebook, decoded by Gather (per tensor) or
-  GatherElements (one codebook per output channel).
+- `CodebookCode` (kmeansK): codes that index an fp16 codebook, decoded by Gather (and a Mul by
+  the fp16 scale of each output channel, per channel).
 Codes of every width go into one dense bit stream per width (``codes4``: all 4-bit codes of the
 file, `edge.quant.pack_codes`), unpacked once by ``BitShift -> Mod`` into bit planes and summed by a
 MatMul with the powers of two, then Split into the tensors. Every input of those nodes is a
@@ -79,11 +79,12 @@ class _GraphBuilder:
 
     def _codebook(self, name: str, code: CodebookCode) -> str:
         book = self.tensor(f"{name}.book", FloatWeight(code.codebook.astype(np.float16)))
+        shared = self.node("Gather", [book, self._codes(name, code.q, code.bits, TensorProto.INT64)],
+                           self.temp() if code.per_channel else name)
         if not code.per_channel:
-            return self.node("Gather", [book, self._codes(name, code.q, code.bits, TensorProto.INT64)], name)
-        rows = self._codes(f"{name}.rows", code.q.reshape(len(code.codebook), -1), code.bits, TensorProto.INT64)
-        gathered = self.node("GatherElements", [book, rows], self.temp(), axis=1)
-        return self.node("Reshape", [gathered, self.const(f"{name}.shape", np.array(code.q.shape, np.int64))], name)
+            return shared
+        scale = self.tensor(f"{name}.scale", FloatWeight(code.channel_scale().astype(np.float16)))
+        return self.node("Mul", [shared, scale], name)
 
     def _codes(self, name: str, q: np.ndarray, bits: int, dtype: int) -> str:
         """The codes ``q`` as a tensor of ``dtype`` and q's shape, taken from the file's ``bits``-wide

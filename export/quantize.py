@@ -91,7 +91,8 @@ class QuantSpec:
             info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16",
                         code_bits=self.bits, packing="dense bit stream")
             if self.codebook_size:
-                info.update(codebook=f"{self.codebook_size} fp16 values per {'channel' if self.per_channel else 'tensor'}")
+                info.update(codebook=f"{self.codebook_size} fp16 values per tensor"
+                                     + (", scaled per output channel (fp16)" if self.per_channel else ""))
             if self.calibrated:
                 info.update(fp16_below=self.fp16_below, equalization="cross-layer, searched", bias_correction=True)
             if self.train_epochs:
@@ -130,19 +131,13 @@ def _gptq_encoder(spec: QuantSpec):
     return encode
 
 
-def _shares(layer: FoldedLayer, spec: QuantSpec) -> bool:
-    """Whether a codebook is smaller than the weights it covers (a depthwise channel's 9 weights are
-    not worth a 16-entry codebook of their own: they stay fp16)."""
-    return not spec.per_channel or layer.weight[0].size > spec.codebook_size
-
-
 def _kmeans_encoder(spec: QuantSpec):
     import torch
 
     from export.kmeans import calibrated_codebook
 
     def encode(layer: FoldedLayer, input_rows):
-        if layer.weight.size < spec.fp16_below or not _shares(layer, spec):
+        if layer.weight.size < spec.fp16_below:
             return FloatWeight(layer.weight.astype(np.float16))
         rows = input_rows()
         return calibrated_codebook(layer, torch.einsum("gmk,gml->gkl", rows, rows), spec.codebook_size,
@@ -170,8 +165,7 @@ def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.nd
     if spec.codebook_size and spec.method == "minmax":
         from export.kmeans import plain_codebook
 
-        return layers, {l.name: plain_codebook(l.weight, spec.codebook_size, spec.per_channel) if _shares(l, spec)
-                        else FloatWeight(l.weight.astype(np.float16)) for l in layers}
+        return layers, {l.name: plain_codebook(l.weight, spec.codebook_size, spec.per_channel) for l in layers}
     if spec.method == "minmax":
         return layers, {l.name: minmax_encode(l.weight, bits_of(l), spec.per_channel, range_dtype=spec.range_dtype)
                         for l in layers}

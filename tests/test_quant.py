@@ -96,6 +96,8 @@ def test_sensitivity_ranks_layers(ta, food11_test):
     rows = layer_sensitivity(ta, images, bits=2)
     assert len(rows) == 16 and rows[0].agreement <= rows[-1].agreement
     assert rows[0].max_logit_change > 0
+    shared = layer_sensitivity(ta, images, kmeans=4)
+    assert len(shared) == 16 and shared[0].agreement <= shared[-1].agreement and shared[0].max_logit_change > 0
 
 
 def test_int8_qdq_runs_int8_kernels(ta, food11_test, tmp_path):

@@ -23,7 +23,7 @@ from edge.runtime import ModelError, OnnxClassifier
 from export.calibrate import folded_forward
 from export.exporter import export_onnx, leftover_dequantization
 from export.formats import CANDIDATES, parse_format
-from export.kmeans import calibrated_codebook, codebook_quantizer, plain_codebook, refit_codebooks, weighted_kmeans_1d
+from export.kmeans import calibrated_codebook, codebook_quantizer, plain_codebook, refit_codebook, weighted_kmeans_1d
 from export.quantize import QuantSpec, candidate_specs, encode_layers
 
 SMALL = StudentConfig(input_size=32)  # the homework's widths (256K weights) on 32x32 inputs
@@ -48,8 +48,8 @@ def test_codebook_decode_is_a_table_lookup_per_tensor_and_per_channel():
     q = np.array([[0, 2, 1], [1, 1, 0]], np.uint8)
     shared = CodebookCode(q, np.array([-1.0, 0.5, 2.0], np.float16))
     np.testing.assert_array_equal(shared.decode(), [[-1.0, 2.0, 0.5], [0.5, 0.5, -1.0]])
-    per_channel = CodebookCode(q, np.array([[-1.0, 0.5, 2.0], [3.0, 4.0, 5.0]], np.float16))
-    np.testing.assert_array_equal(per_channel.decode(), [[-1.0, 2.0, 0.5], [4.0, 4.0, 3.0]])
+    per_channel = CodebookCode(q, np.array([-1.0, 0.5, 2.0], np.float16), np.array([1.0, -2.0], np.float16))
+    np.testing.assert_array_equal(per_channel.decode(), [[-1.0, 2.0, 0.5], [-1.0, -1.0, 2.0]])
     assert shared.bits == 2 and CodebookCode(q, np.zeros(16, np.float16)).bits == 4
 
 
@@ -58,13 +58,11 @@ def test_kmeans_file_decodes_exactly_in_onnx_runtime_and_nothing_is_left_at_run_
     spec = QuantSpec("kmeans16", per_channel=per_channel, method="minmax")
     path = tmp_path / "k16.onnx"
     size, described = export_onnx(small, path, spec)
-    assert described["codebook"].startswith("16 fp16 values per " + ("channel" if per_channel else "tensor"))
+    assert described["codebook"].endswith("scaled per output channel (fp16)") == per_channel
     layers = fold_student(SMALL, small.state)
     _, encodings = encode_layers(layers, spec)
-    stored = sum(e.q.size / 2 + 2 * e.codebook.size if isinstance(e, CodebookCode) else 2 * e.array.size
-                 for e in encodings.values())  # 4-bit indices densely packed + fp16 codebooks (or fp16 weights)
-    assert per_channel == any(not isinstance(e, CodebookCode) for e in encodings.values())  # depthwise: fp16
-    assert size < stored + 15_000  # + fp16 biases, graph, metadata
+    stored = sum(e.q.size / 2 + 2 * e.codebook.size + 2 * len(e.q) * per_channel for e in encodings.values())
+    assert size < stored + 15_000  # 4-bit indices densely packed, fp16 codebooks (and scales) + biases, graph
     assert leftover_dequantization(path) == {}
     images = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
     np.testing.assert_allclose(OnnxClassifier(path)(images), folded_forward(_decoded(layers, encodings), images),
@@ -85,10 +83,15 @@ def test_least_squares_centroids_are_cluster_means_under_an_identity_hessian():
     rng = np.random.default_rng(1)
     weights = torch.from_numpy(rng.normal(size=(1, 4, 6)))
     codes = torch.from_numpy(rng.integers(0, 3, size=(1, 4, 6)))
-    books = refit_codebooks(weights, torch.eye(6, dtype=torch.float64)[None], codes, torch.zeros(1, 1, 3),
-                            per_channel=False, damping=1e-9)
-    means = [weights[codes == k].mean() for k in range(3)]
-    np.testing.assert_allclose(books.reshape(3).numpy(), means, atol=1e-6)
+    book = refit_codebook(weights, torch.eye(6, dtype=torch.float64)[None], codes, torch.zeros(3, dtype=torch.float64),
+                          torch.ones(1, 4, dtype=torch.float64), damping=1e-9)
+    np.testing.assert_allclose(book.numpy(), [weights[codes == k].mean() for k in range(3)], atol=1e-6)
+    scales = torch.tensor([[1.0, 2.0, 1.0, 2.0]], dtype=torch.float64)  # per channel: means of w / s, weighted by s²
+    book = refit_codebook(weights, torch.eye(6, dtype=torch.float64)[None], codes, torch.zeros(3, dtype=torch.float64),
+                          scales, damping=1e-9)
+    s = scales[..., None].expand_as(weights)
+    np.testing.assert_allclose(book.numpy(), [float((weights * s)[codes == k].sum() / (s * s)[codes == k].sum())
+                                              for k in range(3)], atol=1e-6)
     quantize = codebook_quantizer(torch.tensor([[[-1.0, 0.0, 2.0]]], dtype=torch.float64))
     q, values = quantize(torch.tensor([[0.9, 1.1, -3.0]], dtype=torch.float64))
     assert q.tolist() == [[1, 2, 0]] and values.tolist() == [[0.0, 2.0, -1.0]]
