@@ -35,6 +35,7 @@ TARGET_BYTES, TARGET_AGREEMENT = 140_000, 0.97
 def initializer_kind(name: str) -> str:
     """What an initializer of `export.onnx_graph` holds, from its name."""
     from edge.quant import code_stream_bits
+    from export.onnx_graph import HALF
 
     parts = name.split(".")
     if code_stream_bits(name):
@@ -43,7 +44,7 @@ def initializer_kind(name: str) -> str:
         return "ranges (fp16 offset, step per channel)"
     if "book" in parts:
         return "codebooks (fp16)"
-    return "fp16 tensors (biases, small layers)" if parts[-1] == "float16" else "graph constants (shapes, shifts)"
+    return "fp16 tensors (biases, small layers)" if parts[-1] == HALF else "graph constants (shapes, shifts)"
 
 
 def file_bytes_by_kind(path: Path) -> dict[str, int]:

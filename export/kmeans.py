@@ -128,7 +128,7 @@ def calibrated_codebook(layer, hessian: torch.Tensor, k: int, per_channel: bool,
 
 
 def finetune_codebooks(layers, encodings: dict, teacher_layers, images: np.ndarray, epochs: int,
-                       lr: float = 3e-4, batch: int = 16, seed: int = 0, progress: bool = True):
+                       lr: float = 1e-3, batch: int = 16, seed: int = 0, progress: bool = True):
     """Trained quantization (Deep Compression's centroid fine-tuning) by knowledge distillation:
     the codebooks and every bias are trained, indices fixed, to match ``teacher_layers``' logits
     (MSE) on ``images`` (unlabelled). -> (layers, encodings) with fp16-rounded codebooks and biases."""

@@ -36,6 +36,7 @@ from edge.quant import CodebookCode, FloatWeight, MinMaxCode, code_stream_name, 
 OPSET = 17
 IR_VERSION = 8
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+HALF = "h"  # name suffix of float16 initializers (cast to float32 in the graph)
 
 
 @dataclass
@@ -68,7 +69,7 @@ class _GraphBuilder:
         array = encoding.array
         if array.dtype == np.float32:
             return self.const(name, array)
-        return self.node("Cast", [self.const(f"{name}.{array.dtype.name}", array)], name, to=TensorProto.FLOAT)
+        return self.node("Cast", [self.const(f"{name}.{HALF}", array)], name, to=TensorProto.FLOAT)
 
     def _minmax(self, name: str, code: MinMaxCode) -> str:
         dtype = np.float32 if code.range_dtype is None else code.range_dtype
@@ -140,8 +141,8 @@ class _GraphBuilder:
         return f"_{self.temps}"
 
     def layer(self, layer: FoldedLayer, encoding, bias_encoding, x: str, clip: tuple[str, str]) -> str:
-        w = self.tensor(f"{layer.name}.weight", encoding)
-        b = self.tensor(f"{layer.name}.bias", bias_encoding)
+        w = self.tensor(f"{layer.name}.w", encoding)
+        b = self.tensor(f"{layer.name}.b", bias_encoding)
         if layer.kind == "fc":
             pooled = self.node("GlobalAveragePool", [x], "pooled")
             return self.node("Gemm", [self.node("Flatten", [pooled], "features", axis=1), w, b], OUTPUT_NAME, transB=1)

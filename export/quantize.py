@@ -131,6 +131,12 @@ def _gptq_encoder(spec: QuantSpec):
     return encode
 
 
+def _scaled(layer: FoldedLayer, spec: QuantSpec) -> bool:
+    """--per-channel kmeansK: whether the layer's channels get their own scale (2 bytes each), which
+    pays where a channel has more weights than the codebook has values (not a depthwise 3x3's 9)."""
+    return spec.per_channel and layer.weight[0].size > spec.codebook_size
+
+
 def _kmeans_encoder(spec: QuantSpec):
     import torch
 
@@ -141,7 +147,7 @@ def _kmeans_encoder(spec: QuantSpec):
             return FloatWeight(layer.weight.astype(np.float16))
         rows = input_rows()
         return calibrated_codebook(layer, torch.einsum("gmk,gml->gkl", rows, rows), spec.codebook_size,
-                                   spec.per_channel)
+                                   _scaled(layer, spec))
 
     return encode
 
@@ -165,7 +171,7 @@ def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.nd
     if spec.codebook_size and spec.method == "minmax":
         from export.kmeans import plain_codebook
 
-        return layers, {l.name: plain_codebook(l.weight, spec.codebook_size, spec.per_channel) for l in layers}
+        return layers, {l.name: plain_codebook(l.weight, spec.codebook_size, _scaled(l, spec)) for l in layers}
     if spec.method == "minmax":
         return layers, {l.name: minmax_encode(l.weight, bits_of(l), spec.per_channel, range_dtype=spec.range_dtype)
                         for l in layers}
