@@ -33,9 +33,7 @@ from edge.quant import code_stream_bits, pack_codes, unpack_codes
 
 DOMAIN = "edge.entropy"
 OP = "EntropyCodedCodes"
-HOW_TO_OPEN = ("this file's weight codes are entropy-coded (custom op edge.entropy.EntropyCodedCodes): open it with "
-               "edge (edge predict / bench / info) or write the plain ONNX file with "
-               "`edge convert FILE --to onnx -o plain.onnx`")
+HOW_TO_OPEN = "entropy-coded weights: open with edge, or run `edge convert FILE --to onnx -o plain.onnx`"
 _LZMA_RAW = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "lc": 4, "lp": 0, "pb": 0}]
 
 

@@ -65,7 +65,7 @@ class _GraphBuilder:
         if isinstance(encoding, LowRankWeight):
             product = self.node("MatMul", [self.tensor(f"{name}.u", encoding.left), self.tensor(f"{name}.v", encoding.right)],
                                 self.temp())
-            return self.node("Reshape", [product, self.const(f"{name}.shape", np.array(encoding.shape, np.int64))], name)
+            return self.node("Reshape", [product, self.shape(encoding.shape)], name)
         array = encoding.array
         if array.dtype == np.float32:
             return self.const(name, array)
@@ -92,7 +92,7 @@ class _GraphBuilder:
         code stream (written by `finish`)."""
         flat = self.temp()
         self.streams.setdefault((bits, dtype), []).append((flat, q))
-        return self.node("Reshape", [flat, self.const(f"{name}.shape", np.array(q.shape, np.int64))], self.temp())
+        return self.node("Reshape", [flat, self.shape(q.shape)], self.temp())
 
     def finish(self) -> list:
         """The nodes in order: each code stream's unpacking first, then the network."""
@@ -128,6 +128,10 @@ class _GraphBuilder:
         output = self.temp()
         nodes.append(helper.make_node(op, inputs, [output], **attrs))
         return output
+
+    def shape(self, dims: tuple[int, ...]) -> str:
+        """A shape constant, one per distinct shape (``256x256x1x1``)."""
+        return self.shared_const("x".join(map(str, dims)), np.array(dims, np.int64))
 
     def shared_const(self, name: str, array: np.ndarray) -> str:
         """A constant added once however many tensors use it."""

@@ -88,8 +88,7 @@ class QuantSpec:
         if self.weights == "int8":
             info.update(activations="uint8", format="QDQ via onnxruntime.quantization (int8 compute)")
         if self.bits:
-            info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16",
-                        code_bits=self.bits, packing="dense bit stream")
+            info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16", code_bits=self.bits)
             if self.codebook_size:
                 info.update(codebook=f"{self.codebook_size} fp16 values per tensor"
                                      + (", scaled per output channel (fp16)" if self.per_channel else ""))
@@ -98,7 +97,7 @@ class QuantSpec:
             if self.train_epochs:
                 info.update(trained_codebooks=f"{self.train_epochs} epochs of KD on the calibration images")
             if self.entropy:
-                info.update(entropy="codes entropy-coded (edge.entropy): open with edge, or `edge convert --to onnx`")
+                info.update(entropy="edge.entropy: open with edge or `edge convert --to onnx`")
         return info
 
 
