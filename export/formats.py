@@ -43,13 +43,14 @@ FORMATS = (
 )
 
 # The --max-drop candidates (and compress's quantization-only frontier), smallest file first on
-# the TA student (bench/results/kmeans_ta_student.md): (format, QuantSpec options).
+# the TA student (bench/results/weight_sharing_*.md): (format, QuantSpec options).
 CANDIDATES = (
     ("kmeans16", {"entropy": True}),
-    ("kmeans16", {}),
+    ("uint4", {"per_channel": True, "entropy": True}),
+    ("kmeans16", {"per_channel": True, "entropy": True}),
     ("uint4", {"per_channel": True}),
     ("kmeans32", {"entropy": True}),
-    ("uint6", {"per_channel": True}),
+    ("uint6", {"per_channel": True, "entropy": True}),
     ("uint8", {}),
     ("uint8", {"per_channel": True}),
     ("fp16", {}),
