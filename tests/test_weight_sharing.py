@@ -226,3 +226,27 @@ def test_low_rank_file_is_smaller_folded_at_load_and_exact_at_energy_one(small, 
     images = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
     np.testing.assert_allclose(OnnxClassifier(path)(images), folded_forward(_decoded(layers, encodings), images),
                                rtol=1e-3, atol=1e-3)
+
+
+def test_codebook_fine_tuning_moves_the_logits_towards_the_teacher():
+    from export.kmeans import finetune_codebooks
+
+    config = StudentConfig(widths=(8, 16, 32), pools=(0, 1), input_size=32)
+    ckpt = init_checkpoint(config)
+    rng = np.random.default_rng(4)
+    state = {k: (rng.normal(size=v.shape) * 0.3).astype(np.float32) if k.endswith("weight") and v.ndim > 1 else v
+             for k, v in ckpt.state.items()}
+    layers = fold_student(config, state)
+    _, codes = encode_layers(layers, QuantSpec("kmeans4", method="minmax"))
+    quantized = _decoded(layers, codes)
+    images = rng.random((32, 3, 32, 32), dtype=np.float32)
+    teacher = folded_forward(layers, images)
+    tuned_layers, tuned = finetune_codebooks(quantized, codes, layers, images, epochs=6, progress=False)
+
+    def error(model):
+        return float(np.square(folded_forward(model, images) - teacher).mean())
+
+    assert error(tuned_layers) < 0.8 * error(quantized)
+    for name, code in tuned.items():
+        np.testing.assert_array_equal(code.q, codes[name].q)  # indices fixed, only the values trained
+        assert code.codebook.dtype == np.float16
