@@ -30,9 +30,21 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TARGET_BYTES, TARGET_AGREEMENT = 140_000, 0.97
-_RANGES = "ranges (fp32 min, max per channel)"
-_KIND_BY_SUFFIX = {"q4": "4-bit codes", "q": "8-bit codes", "min": _RANGES, "max": _RANGES,
-                   "float16": "fp16 tensors (biases, small layers)"}  # initializer names of export.onnx_graph
+
+
+def initializer_kind(name: str) -> str:
+    """What an initializer of `export.onnx_graph` holds, from its name."""
+    from edge.quant import code_stream_bits
+    from export.onnx_graph import HALF
+
+    parts = name.split(".")
+    if code_stream_bits(name):
+        return f"{code_stream_bits(name)}-bit codes"
+    if {"offset", "step"} & set(parts):
+        return "ranges (fp16 offset, step per channel)"
+    if "book" in parts:
+        return "codebooks (fp16)"
+    return "fp16 tensors (biases, small layers)" if parts[-1] == HALF else "graph constants (shapes, shifts)"
 
 
 def file_bytes_by_kind(path: Path) -> dict[str, int]:
@@ -42,8 +54,7 @@ def file_bytes_by_kind(path: Path) -> dict[str, int]:
     model = onnx.load(str(path))
     kinds = Counter()
     for tensor in model.graph.initializer:
-        kind = _KIND_BY_SUFFIX.get(tensor.name.rsplit(".", 1)[-1], "graph constants (shapes, shifts)")
-        kinds[kind] += len(tensor.SerializeToString())
+        kinds[initializer_kind(tensor.name)] += len(tensor.SerializeToString())
     kinds["graph nodes"] = sum(len(node.SerializeToString()) for node in model.graph.node)
     kinds["metadata"] = sum(len(prop.SerializeToString()) for prop in model.metadata_props)
     kinds["protobuf framing"] = path.stat().st_size - sum(kinds.values())

@@ -69,14 +69,23 @@ def main():
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The .onnx file to write.")
-@click.option("--quant", default="fp32", show_default=True, metavar="fp32|fp16|uint8|int8",
-              help="How weights are stored: fp32, fp16, or uint8 (uintN, N<=8) codes with their min-max, "
-                   "dequantized when the model is loaded (inference stays fp32); int8: ONNX Runtime's "
-                   "calibrated QDQ (int8 weights and activations, int8 kernels), for comparison.")
-@click.option("--per-channel", is_flag=True, help="One min-max range per output channel (uintN only).")
+@click.option("--quant", default="fp32", show_default=True, metavar="fp32|fp16|uintN|kmeansK|int8",
+              help="How weights are stored (export.formats.FORMATS): fp32; fp16; uintN: N-bit (1..8) min-max codes, "
+                   "densely packed; kmeansK: weight sharing, indices into K (2..256) fp16 values; codes are decoded "
+                   "when the model is loaded (inference stays fp32). int8: ONNX Runtime's calibrated QDQ "
+                   "(int8 kernels), for comparison.")
+@click.option("--per-channel", is_flag=True, help="One min-max range (uintN) or codebook (kmeansK) per output channel.")
 @click.option("--method", default="gptq", show_default=True, type=click.Choice(["gptq", "minmax"]),
-              help="uintN rounding: gptq = calibrated GPTQ + bias correction, tiny layers fp16; "
-                   "minmax = the homework's plain rounding of every weight.")
+              help="uintN/kmeansK: gptq = calibrated (GPTQ rounding, Hessian-weighted k-means) + bias correction, "
+                   "tiny layers fp16; minmax = the homework's plain rounding (plain k-means) of every weight.")
+@click.option("--entropy", is_flag=True,
+              help="Entropy-code the integer codes (smaller file; only edge opens it: `edge convert --to onnx` "
+                   "writes the plain ONNX file).")
+@click.option("--train-epochs", default=0, show_default=True, type=click.IntRange(0),
+              help="kmeansK: KD fine-tuning epochs of the codebooks and biases on the --calib images.")
+@click.option("--low-rank", type=click.FloatRange(0, 1, min_open=True), metavar="ENERGY",
+              help="fp32/fp16: store pointwise convs and the classifier as SVD factors U·V keeping ENERGY (e.g. "
+                   "0.99) of the squared singular values, where that saves bytes (folded back at load).")
 @click.option("--calib", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of unlabelled images to calibrate gptq on (default: synthetic images, data-free).")
 @click.option("--calib-images", default=64, show_default=True, type=click.IntRange(1),
@@ -89,7 +98,8 @@ def main():
               help="Pick the smallest weight format whose top-1 agreement with fp32 (and accuracy, with "
                    "--labels) on --images stays within POINTS; prints what it tried. Overrides --quant.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --images.")
-def export(checkpoint, output, quant, per_channel, method, calib, calib_images, pools, images, max_drop, labels):
+def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs, low_rank, calib, calib_images, pools,
+           images, max_drop, labels):
     """Export CHECKPOINT (ours, a homework .bin, 8-bit or 16-bit pickle) to ONNX.
 
     Without CHECKPOINT, exports a freshly initialised default StudentNet (seed 0), so the
@@ -107,7 +117,7 @@ def export(checkpoint, output, quant, per_channel, method, calib, calib_images, 
     with _user_errors():
         check_output(output, inputs=(checkpoint, calib, images, labels), writes_model=True, what="ONNX file")
         try:
-            spec = QuantSpec(quant, per_channel, method)
+            spec = QuantSpec(quant, per_channel, method, entropy=entropy, train_epochs=train_epochs, low_rank=low_rank)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--quant") from None
         _check_export_options(spec, calib, images, labels, max_drop)
@@ -163,11 +173,11 @@ def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, off
     known = truth and all(s.id in truth for s in samples)
     label_array = np.array([truth[s.id] for s in samples]) if known else None
     chosen, trials = select_format(ckpt, output, pictures, label_array, max_drop, *calibration)
-    click.echo(f"{'format':<20} {'bytes':>10} {'agreement':>10} {'accuracy':>9}  within {max_drop} pt "
+    click.echo(f"{'format':<28} {'bytes':>10} {'agreement':>10} {'accuracy':>9}  within {max_drop} pt "
                f"on {len(samples)} images")
     for trial in trials:
         accuracy = f"{trial.accuracy:.2f}%" if trial.accuracy is not None else "-"
-        click.echo(f"{trial.name:<20} {trial.bytes:>10,} {trial.agreement:>9.2f}% {accuracy:>9}  "
+        click.echo(f"{trial.name:<28} {trial.bytes:>10,} {trial.agreement:>9.2f}% {accuracy:>9}  "
                    f"{'yes' if trial.passed else 'no'}")
     if chosen is None:
         raise click.ClickException(f"no format stays within {max_drop} points; nothing written")
@@ -180,10 +190,12 @@ def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, off
               help="Folder of real images to measure on.")
 @click.option("--limit", default=128, show_default=True, type=click.IntRange(1), help="Images used (first by id).")
 @click.option("--bits", default=8, show_default=True, type=click.IntRange(1, 8), help="Bit width of the rounding.")
-@click.option("--per-channel", is_flag=True, help="Per-output-channel min-max instead of per tensor.")
+@click.option("--per-channel", is_flag=True, help="Per-output-channel min-max (or codebook) instead of per tensor.")
+@click.option("--kmeans", type=click.IntRange(2, 256), metavar="K",
+              help="Weight sharing instead of min-max: K shared values (plain k-means) per tensor or channel.")
 @click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the rows as JSON.")
-def sensitivity(checkpoint, images, limit, bits, per_channel, pools, json_out):
+def sensitivity(checkpoint, images, limit, bits, per_channel, kmeans, pools, json_out):
     """Per-layer sensitivity: quantize each layer alone (min-max, --bits) and measure how many
     answers change on real images; the most sensitive layers come first."""
     import dataclasses
@@ -199,8 +211,9 @@ def sensitivity(checkpoint, images, limit, bits, per_channel, pools, json_out):
             check_output(json_out, inputs=(checkpoint, images), what="JSON")
         ckpt = load_checkpoint(checkpoint, pools=_int_list(pools))
         pictures, source = load_images(ckpt, images, limit)
-        rows = layer_sensitivity(ckpt, pictures, bits, per_channel)
-        click.echo(f"uint{bits}{' per-channel' if per_channel else ''}, one layer at a time, on {source}")
+        rows = layer_sensitivity(ckpt, pictures, bits, per_channel, kmeans)
+        click.echo(f"{f'kmeans{kmeans}' if kmeans else f'uint{bits}'}{' per-channel' if per_channel else ''}, "
+                   f"one layer at a time, on {source}")
         click.echo(f"{'layer':<10} {'weights':>8} {'agreement':>10} {'max |dlogit|':>13}")
         for row in rows:
             click.echo(f"{row.name:<10} {row.weights:>8,} {row.agreement:>9.2%} {row.max_logit_change:>13.3f}")
@@ -288,8 +301,9 @@ def info(model, pools):
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--to", "target", required=True, type=click.Choice(["edge", "homework8", "homework16"]),
-              help="edge: our torch checkpoint (config inside); homework8/16: the homework's pickles.")
+@click.option("--to", "target", required=True, type=click.Choice(["edge", "homework8", "homework16", "onnx"]),
+              help="edge: our torch checkpoint (config inside); homework8/16: the homework's pickles; onnx: the "
+                   "plain ONNX file (any ONNX Runtime opens it) of an entropy-coded edge .onnx (--entropy).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint.")
 def convert(checkpoint, target, output, pools):
@@ -299,6 +313,10 @@ def convert(checkpoint, target, output, pools):
 
     with _user_errors():
         check_output(output, inputs=(checkpoint,), writes_model=True, what="converted model")
+        if target == "onnx":
+            from edge.entropy import write_plain
+
+            return click.echo(f"wrote {output}: {write_plain(checkpoint, output):,} bytes (plain ONNX)")
         ckpt = load_checkpoint(checkpoint, pools=_int_list(pools))
         if target == "edge":
             save_checkpoint(output, ckpt.card, ckpt.state)

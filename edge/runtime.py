@@ -1,7 +1,8 @@
 """Run an ONNX file we exported with ONNX Runtime: providers, threads, metadata. No torch.
 
-`OnnxClassifier` opens the file, reads its `ModelCard` from the metadata (so it knows its
-own preprocessing and classes) and runs batches of preprocessed images to logits.
+`OnnxClassifier` opens the file (expanding an entropy-coded one first, `edge.entropy`), reads its
+`ModelCard` from the metadata (so it knows its own preprocessing and classes) and runs batches of
+preprocessed images to logits.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.entropy import session_source
 from edge.errors import EdgeError
 from edge.metadata import MetadataError, read_metadata, read_net
 
@@ -75,8 +77,9 @@ class OnnxClassifier:
             raise ModelError(f"{self.path}: no such model file")
         wanted = resolve_provider(provider)
         try:
-            self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=[wanted])
-        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            self.session = ort.InferenceSession(session_source(self.path), session_options(threads),
+                                                providers=[wanted])
+        except Exception as err:  # onnx's DecodeError, edge.entropy's, onnxruntime's Fail/InvalidGraph/... types
             raise ModelError(f"{self.path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
         if wanted not in self.session.get_providers():
             raise ProviderUnavailable(f"{wanted} did not start for {self.path} (session runs on "

@@ -41,8 +41,9 @@ def synthetic_images(count: int, channels: int, size: int, seed: int = 0) -> np.
     return np.clip(images, 0, 1).astype(np.float32)
 
 
-def pre_activation(layer: FoldedLayer, x: torch.Tensor, weight: np.ndarray, bias: np.ndarray) -> torch.Tensor:
-    w, b = torch.from_numpy(weight), torch.from_numpy(bias)
+def pre_activation(layer: FoldedLayer, x: torch.Tensor, weight, bias) -> torch.Tensor:
+    """The layer's output before its activation; weight and bias as numpy arrays or (trainable) tensors."""
+    w, b = torch.as_tensor(weight), torch.as_tensor(bias)
     if layer.kind == "fc":
         return F.linear(x.mean((2, 3)), w, b)
     k = weight.shape[-1]
@@ -75,10 +76,21 @@ def grouped(layer: FoldedLayer, array: np.ndarray) -> torch.Tensor:
     return flat[:, None, :] if layer.groups > 1 else flat[None]
 
 
-def gptq_codes(weights: torch.Tensor, hessian: torch.Tensor, lo: torch.Tensor, step: torch.Tensor,
-               levels: int, damping: float = DAMPING) -> torch.Tensor:
-    """Integer codes for ``weights`` (G, R, K) on the grid ``lo + step * q`` (bounds broadcast as (G, R, 1)),
-    rounding column by column with GPTQ error feedback through ``hessian`` (G, K, K).
+def grid_quantizer(lo: torch.Tensor, step: torch.Tensor, levels: int):
+    """``quantize(column (G, R)) -> (codes, values)`` on the grid ``lo + step * q``, q in 0..levels
+    (bounds (G, R, 1), broadcast)."""
+
+    def quantize(column: torch.Tensor):
+        q = torch.clamp(torch.round((column - lo[..., 0]) / step[..., 0]), 0, levels)
+        return q, lo[..., 0] + q * step[..., 0]
+
+    return quantize
+
+
+def gptq_codes(weights: torch.Tensor, hessian: torch.Tensor, quantize, damping: float = DAMPING) -> torch.Tensor:
+    """Codes for ``weights`` (G, R, K) from ``quantize(column (G, R)) -> (codes, values)``
+    (`grid_quantizer`, `export.kmeans.codebook_quantizer`), assigning column by column with GPTQ
+    error feedback through ``hessian`` (G, K, K).
 
     Columns go in order of decreasing Hessian diagonal ("act-order"): the inputs that carry the
     most energy are rounded first, while the most columns are left to absorb their error.
@@ -91,13 +103,14 @@ def gptq_codes(weights: torch.Tensor, hessian: torch.Tensor, lo: torch.Tensor, s
     h.diagonal(dim1=1, dim2=2)[dead] = 1.0
     h += torch.eye(h.shape[-1], dtype=h.dtype) * (damping * torch.diagonal(h, dim1=1, dim2=2).mean(1))[:, None, None]
     upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    codes = torch.zeros_like(w)
+    codes = torch.zeros_like(w, dtype=torch.int64)
+    unsort = torch.argsort(order, dim=1)
     for j in range(w.shape[-1]):
-        q = torch.clamp(torch.round((w[:, :, j] - lo[..., 0]) / step[..., 0]), 0, levels)
-        codes[:, :, j] = q
-        error = (w[:, :, j] - (lo[..., 0] + q * step[..., 0])) / upper[:, j, j][:, None]
+        q, value = quantize(w[:, :, j])
+        codes[:, :, j] = q.to(torch.int64)
+        error = (w[:, :, j] - value) / upper[:, j, j][:, None]
         w[:, :, j + 1:] -= error[:, :, None] * upper[:, j, j + 1:][:, None, :]
-    return torch.zeros_like(codes).scatter_(2, order[:, None, :].expand_as(codes), codes)
+    return torch.gather(codes, 2, unsort[:, None, :].expand_as(codes))
 
 
 @torch.no_grad()

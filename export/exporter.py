@@ -23,7 +23,8 @@ from export.quantize import QuantSpec, encode_layers
 
 CALIBRATION_IMAGES = 64
 
-_DEQUANT_OPS = {"Cast", "Sub", "Div", "Mul", "Add", "DequantizeLinear"}
+_DEQUANT_OPS = {"Cast", "Sub", "Div", "Mul", "Add", "DequantizeLinear", "BitShift", "Mod", "Split", "Gather",
+                "MatMul"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike, spec: QuantSpec
         layers, encodings = encode_layers(layers, spec, calibration)
         bias_dtype = np.float32 if spec.weights == "fp32" else np.float16
         model = build_onnx(checkpoint.card, layers, encodings, bias_dtype, quant)
-    return write_checked(model, path), quant
+    return write_checked(model, path, spec.entropy), quant
 
 
 def _float_parts(layers):
@@ -74,13 +75,14 @@ def runtime_ops(path: str | os.PathLike) -> Counter:
     """Op types of the graph ONNX Runtime actually runs (after its optimisations)."""
     import onnxruntime as ort
 
+    from edge.entropy import session_source
     from edge.runtime import session_options
 
     with tempfile.TemporaryDirectory() as tmp:
         optimized = os.path.join(tmp, "optimized.onnx")
         options = session_options(optimized_path=optimized)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(session_source(path), options, providers=["CPUExecutionProvider"])
         return Counter(node.op_type for node in onnx.load(optimized).graph.node)
 
 

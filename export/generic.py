@@ -80,7 +80,7 @@ def export_baseline(checkpoint: BaselineCheckpoint, path: str | os.PathLike, spe
         add_channel_shuffles(model, net.groups, {i: net.config.widths[i] for i in range(1, net.config.depth)})
     write_metadata(model, checkpoint.card, quant, {**net.to_dict(), "parameters": checkpoint.parameters,
                                                    "flops": convnet_flops(net.config, net.groups)})
-    return write_checked(model, path), quant
+    return write_checked(model, path, spec.entropy), quant
 
 
 def add_channel_shuffles(model: onnx.ModelProto, groups: int, widths: dict[int, int]) -> None:

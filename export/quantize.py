@@ -20,42 +20,90 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.fold import FoldedLayer
-from edge.quant import FloatWeight, MinMaxCode, minmax_encode
+from edge.quant import FloatWeight, minmax_encode
+from export.formats import CANDIDATES, WeightFormat, parse_format
 
 METHODS = ("minmax", "gptq")
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    weights: str = "fp32"  # fp32 | fp16 | uint1..uint8 | int8 (ONNX Runtime QDQ, int8 compute)
+    weights: str = "fp32"  # a format of `export.formats.FORMATS`: fp32 | fp16 | uintN | kmeansK | int8
     per_channel: bool = False
     method: str = "gptq"
     fp16_below: int = 1024
+    entropy: bool = False  # codes entropy-coded in the file (`edge.entropy`): only edge's runtime opens it
+    train_epochs: int = 0  # kmeansK --method gptq: KD fine-tuning of the codebooks on the calibration images
+    low_rank: float | None = None  # fp32/fp16: SVD-factor pointwise convs and the classifier, keeping this energy
 
     def __post_init__(self):
-        if self.weights not in ("fp32", "fp16", "int8") and not (
-                self.weights.startswith("uint") and self.weights[4:].isdigit() and 1 <= int(self.weights[4:]) <= 8):
-            raise ValueError(f"unknown weight format {self.weights!r}: use fp32, fp16, uint8 (uint1..uint8) or int8")
+        fmt, _ = parse_format(self.weights)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.entropy and "entropy" not in fmt.options:
+            raise ValueError(f"--entropy codes the integer codes of uintN and kmeansK; {self.weights} has none")
+        if self.train_epochs and "train_epochs" not in fmt.options:
+            raise ValueError(f"--train-epochs fine-tunes kmeansK codebooks; {self.weights} has none")
+        if self.low_rank is not None and ("low_rank" not in fmt.options or not 0 < self.low_rank <= 1):
+            raise ValueError(f"--low-rank takes an energy in (0, 1] and factors fp32 or fp16 weights, "
+                             f"not {self.weights} at {self.low_rank}")
+        if self.train_epochs and self.method != "gptq":
+            raise ValueError("--train-epochs fine-tunes on calibration images: use it with --method gptq")
+
+    @property
+    def format(self) -> WeightFormat:
+        return parse_format(self.weights)[0]
 
     @property
     def bits(self) -> int | None:
-        return int(self.weights[4:]) if self.weights.startswith("uint") else None
+        """Bits per stored code (uintN, kmeansK); None for float and int8 formats."""
+        fmt, size = parse_format(self.weights)
+        return None if size is None else fmt.bits(size)
+
+    @property
+    def codebook_size(self) -> int | None:
+        fmt, size = parse_format(self.weights)
+        return size if fmt.family == "kmeans" else None
+
+    @property
+    def range_dtype(self):
+        """How the grids' offsets and steps are stored: fp16 per channel (many), exact per tensor (two)."""
+        return np.float16 if self.per_channel else None
 
     @property
     def calibrated(self) -> bool:
         return self.weights == "int8" or (self.bits is not None and self.method == "gptq")
 
+    @property
+    def label(self) -> str:
+        """Short display name: ``kmeans16 per-channel entropy``."""
+        return " ".join([self.weights] + ["per-channel"] * self.per_channel + ["entropy"] * self.entropy
+                        + [f"low-rank {self.low_rank:g}"] * (self.low_rank is not None))
+
     def describe(self) -> dict:
         info = {"weights": self.weights, "per_channel": self.per_channel}
+        if self.low_rank is not None:
+            info.update(low_rank=f"pointwise convs and classifier as U·V keeping {self.low_rank:g} of the energy "
+                                 "(folded at load)")
         if self.weights == "int8":
             info.update(activations="uint8", format="QDQ via onnxruntime.quantization (int8 compute)")
         if self.bits:
-            info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16")
+            info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16", code_bits=self.bits)
+            if self.codebook_size:
+                info.update(codebook=f"{self.codebook_size} fp16 values per tensor"
+                                     + (", scaled per output channel (fp16)" if self.per_channel else ""))
             if self.calibrated:
                 info.update(fp16_below=self.fp16_below, equalization="cross-layer, searched", bias_correction=True)
+            if self.train_epochs:
+                info.update(trained_codebooks=f"{self.train_epochs} epochs of KD on the calibration images")
+            if self.entropy:
+                info.update(entropy="edge.entropy: open with edge or `edge convert --to onnx`")
         return info
+
+
+def candidate_specs() -> tuple[QuantSpec, ...]:
+    """`export.formats.CANDIDATES` as specs, smallest file first."""
+    return tuple(QuantSpec(weights, **options) for weights, options in CANDIDATES)
 
 
 def _float_encodings(layers: list[FoldedLayer], dtype) -> dict[str, FloatWeight]:
@@ -65,20 +113,40 @@ def _float_encodings(layers: list[FoldedLayer], dtype) -> dict[str, FloatWeight]
 def _gptq_encoder(spec: QuantSpec):
     import torch
 
-    from export.calibrate import grouped, gptq_codes
+    from export.calibrate import grid_quantizer, grouped, gptq_codes
 
     def encode(layer: FoldedLayer, input_rows):
         if layer.weight.size < spec.fp16_below:
             return FloatWeight(layer.weight.astype(np.float16))
-        grid = minmax_encode(layer.weight, spec.bits, per_channel=spec.per_channel)
+        grid = minmax_encode(layer.weight, spec.bits, spec.per_channel, range_dtype=spec.range_dtype)
         rows = input_rows()
         hessian = torch.einsum("gmk,gml->gkl", rows, rows)
-        lo = grouped(layer, np.broadcast_to(grid.lo, (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)))
-        hi = grouped(layer, np.broadcast_to(grid.hi, (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)))
-        step = torch.where(hi > lo, hi - lo, torch.ones_like(hi)) / grid.levels
-        codes = gptq_codes(grouped(layer, layer.weight), hessian, lo, step, grid.levels)
-        q = codes.reshape(layer.weight.shape).numpy().astype(np.uint8)
-        return MinMaxCode(q, grid.lo, grid.hi, spec.bits)
+        per_row = (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)
+        lo = grouped(layer, np.broadcast_to(grid.offset, per_row))
+        step = grouped(layer, np.broadcast_to(np.where(grid.step > 0, grid.step, 1.0), per_row))
+        codes = gptq_codes(grouped(layer, layer.weight), hessian, grid_quantizer(lo, step, grid.levels))
+        return dataclasses.replace(grid, q=codes.reshape(layer.weight.shape).numpy().astype(np.uint8))
+
+    return encode
+
+
+def _scaled(layer: FoldedLayer, spec: QuantSpec) -> bool:
+    """--per-channel kmeansK: whether the layer's channels get their own scale (2 bytes each), which
+    pays where a channel has more weights than the codebook has values (not a depthwise 3x3's 9)."""
+    return spec.per_channel and layer.weight[0].size > spec.codebook_size
+
+
+def _kmeans_encoder(spec: QuantSpec):
+    import torch
+
+    from export.kmeans import calibrated_codebook
+
+    def encode(layer: FoldedLayer, input_rows):
+        if layer.weight.size < spec.fp16_below:
+            return FloatWeight(layer.weight.astype(np.float16))
+        rows = input_rows()
+        return calibrated_codebook(layer, torch.einsum("gmk,gml->gkl", rows, rows), spec.codebook_size,
+                                   _scaled(layer, spec))
 
     return encode
 
@@ -89,18 +157,35 @@ def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.nd
 
     ``layer_bits`` gives named layers another bit width (mixed precision)."""
     if spec.bits is None:
-        return layers, _float_encodings(layers, np.float16 if spec.weights == "fp16" else np.float32)
+        dtype = np.float16 if spec.weights == "fp16" else np.float32
+        if spec.low_rank is not None:
+            from export.lowrank import low_rank_encodings
+
+            return layers, low_rank_encodings(layers, spec.low_rank, dtype)
+        return layers, _float_encodings(layers, dtype)
 
     def bits_of(layer: FoldedLayer) -> int:
         return (layer_bits or {}).get(layer.name, spec.bits)
 
+    if spec.codebook_size and spec.method == "minmax":
+        from export.kmeans import plain_codebook
+
+        return layers, {l.name: plain_codebook(l.weight, spec.codebook_size, _scaled(l, spec)) for l in layers}
     if spec.method == "minmax":
-        return layers, {l.name: minmax_encode(l.weight, bits_of(l), spec.per_channel) for l in layers}
+        return layers, {l.name: minmax_encode(l.weight, bits_of(l), spec.per_channel, range_dtype=spec.range_dtype)
+                        for l in layers}
     from export.calibrate import calibrate
     from export.equalize import equalize
 
     layers = equalize(layers, lambda layer: layer.weight.size < spec.fp16_below, calibration, spec.bits,
                       spec.per_channel)
+    if spec.codebook_size:
+        quantized, encodings = calibrate(layers, calibration, _kmeans_encoder(spec))
+        if not spec.train_epochs:
+            return quantized, encodings
+        from export.kmeans import finetune_codebooks
+
+        return finetune_codebooks(quantized, encodings, layers, calibration, spec.train_epochs)
     encoders = {bits: _gptq_encoder(dataclasses.replace(spec, weights=f"uint{bits}"))
                 for bits in {spec.bits, *(layer_bits or {}).values()}}
     return calibrate(layers, calibration, lambda layer, rows: encoders[bits_of(layer)](layer, rows))

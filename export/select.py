@@ -18,15 +18,9 @@ import numpy as np
 from edge.checkpoints import Checkpoint
 from edge.files import atomic_write
 from export.exporter import export_onnx
-from export.quantize import QuantSpec
+from export.quantize import QuantSpec, candidate_specs
 
-CANDIDATES = (
-    QuantSpec("uint4", per_channel=True),
-    QuantSpec("uint8"),
-    QuantSpec("uint8", per_channel=True),
-    QuantSpec("fp16"),
-    QuantSpec("fp32"),
-)
+CANDIDATES = candidate_specs()  # export.formats.CANDIDATES
 
 
 @dataclass(frozen=True)
@@ -39,7 +33,7 @@ class Trial:
 
     @property
     def name(self) -> str:
-        return self.spec.weights + (" per-channel" if self.spec.per_channel else "")
+        return self.spec.label
 
 
 def _predict(path, images: np.ndarray) -> np.ndarray:

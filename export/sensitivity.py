@@ -1,7 +1,7 @@
 """Per-layer sensitivity: which layers lose the most when quantized alone.
 
-Each weight tensor in turn is rounded (the homework's min-max rounding at the asked bit width,
-per tensor or per channel) while every other layer stays fp32; the folded model then runs on
+Each weight tensor in turn is rounded (the homework's min-max rounding at the asked bit width, or
+plain k-means weight sharing with K values, per tensor or per channel) while every other layer stays fp32; the folded model then runs on
 real images and the top-1 agreement with fp32 and the largest logit change are recorded.
 """
 
@@ -15,6 +15,7 @@ from edge.checkpoints import Checkpoint
 from edge.fold import fold_student
 from edge.quant import minmax_encode
 from export.calibrate import folded_forward
+from export.kmeans import plain_codebook
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,14 @@ class LayerSensitivity:
 
 
 def layer_sensitivity(checkpoint: Checkpoint, images: np.ndarray, bits: int = 8,
-                      per_channel: bool = False) -> list[LayerSensitivity]:
+                      per_channel: bool = False, kmeans: int | None = None) -> list[LayerSensitivity]:
     """Rows sorted from the most to the least sensitive layer."""
     layers = fold_student(checkpoint.card.config, checkpoint.state)
     reference = folded_forward(layers, images)
     rows = []
     for index, layer in enumerate(layers):
-        weight = minmax_encode(layer.weight, bits, per_channel).decode()
+        weight = (plain_codebook(layer.weight, kmeans, per_channel) if kmeans else
+                  minmax_encode(layer.weight, bits, per_channel)).decode()
         trial = [dataclasses.replace(l, weight=weight) if i == index else l for i, l in enumerate(layers)]
         logits = folded_forward(trial, images)
         rows.append(LayerSensitivity(layer.name, layer.weight.size,

@@ -97,10 +97,9 @@ def test_plain_minmax_is_the_homework_rounding(ta_student, tmp_path):
     path = tmp_path / "minmax.onnx"
     export_onnx(ckpt, path, QuantSpec("uint8", method="minmax"))
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
-    layer = fold_student(ckpt.card.config, ckpt.state)[5]
-    w = layer.weight.astype(np.float64)
-    expected = np.round((w - w.min()) / (w.max() - w.min()) * 255)
-    np.testing.assert_array_equal(weights[f"{layer.name}.weight.q"], expected)
+    expected = [np.round((w - w.min()) / (w.max() - w.min()) * 255).reshape(-1)
+                for w in (layer.weight.astype(np.float64) for layer in fold_student(ckpt.card.config, ckpt.state))]
+    np.testing.assert_array_equal(weights["codes8"], np.concatenate(expected))  # every layer's codes, in order
 
 
 def test_default_model_exports_without_any_data(tmp_path):

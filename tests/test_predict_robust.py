@@ -116,12 +116,12 @@ def test_same_labels_with_intra_op_threads(ta_onnx, photos):
     assert np.array_equal(one.labels, two.labels) and len(one.labels) == 24
 
 
-def test_the_onnx_path_never_imports_torch(tiny_onnx, photos, tmp_path):
+def test_the_onnx_path_never_imports_torch_or_onnx(tiny_onnx, photos, tmp_path):
     folder = link_photos(photos[:4], tmp_path / "testing")
     code = ("import sys; from click.testing import CliRunner; from edge.cli import main; "
             f"r = CliRunner().invoke(main, ['predict', {str(tiny_onnx)!r}, {str(folder)!r}, '-o', "
             f"{str(tmp_path / 'o.csv')!r}, '--quiet']); assert r.exit_code == 0, r.output; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'export', 'bench')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'onnx', 'export', 'bench')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -16,13 +16,43 @@ from export.select import select_format
 from export.sensitivity import layer_sensitivity
 
 
-@settings(max_examples=60, deadline=None)
-@given(bits=st.sampled_from([1, 2, 4]), size=st.integers(1, 300), seed=st.integers(0, 2 ** 16))
-def test_pack_unpack_roundtrip(bits, size, seed):
-    q = np.random.default_rng(seed).integers(0, 2 ** bits, size=size, dtype=np.uint8)
+@settings(max_examples=120, deadline=None)
+@given(bits=st.integers(1, 8), size=st.integers(1, 300), seed=st.integers(0, 2 ** 16))
+def test_every_width_packs_densely_and_unpacks_exactly(bits, size, seed):
+    q = np.random.default_rng(seed).integers(0, 2 ** bits, size=(size, 1), dtype=np.uint8)
     packed = pack_codes(q, bits)
     assert len(packed) == -(-size * bits // 8)
     np.testing.assert_array_equal(unpack_codes(packed, bits, q.shape), q)
+
+
+def test_sub_byte_layout_puts_the_first_code_in_the_lowest_bits():
+    assert list(pack_codes(np.array([1, 2, 3, 0, 3]), 2)) == [1 | 2 << 2 | 3 << 4, 3]
+    assert list(pack_codes(np.array([5, 7, 1]), 3)) == [5 | 7 << 3 | (1 & 3) << 6, 0]
+
+
+@pytest.mark.parametrize("bits", [3, 5, 6, 7])
+def test_odd_widths_are_packed_in_the_file_and_decoded_exactly_by_onnx_runtime(bits, tmp_path):
+    import dataclasses
+
+    from edge.config import StudentConfig
+    from edge.fold import fold_student
+    from edge.models import init_checkpoint
+    from export.calibrate import folded_forward
+    from export.quantize import encode_layers
+
+    ckpt = init_checkpoint(StudentConfig(input_size=32))  # the homework's widths: 256K weights
+    spec = QuantSpec(f"uint{bits}", per_channel=True, method="minmax")
+    path = tmp_path / "odd.onnx"
+    size, _ = export_onnx(ckpt, path, spec)
+    layers = fold_student(ckpt.card.config, ckpt.state)
+    weights = sum(layer.weight.size for layer in layers)
+    assert size < weights * (bits + 1) / 8  # codes densely packed (one per byte would be `weights` bytes)
+    assert leftover_dequantization(path) == {}
+    _, codes = encode_layers(layers, spec)
+    decoded = [dataclasses.replace(l, weight=codes[l.name].decode(), bias=l.bias.astype(np.float16).astype(np.float32))
+               for l in layers]
+    images = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(OnnxClassifier(path)(images), folded_forward(decoded, images), rtol=1e-4, atol=1e-4)
 
 
 def test_minmax_is_exact_at_the_ends_and_on_constants():
@@ -66,6 +96,8 @@ def test_sensitivity_ranks_layers(ta, food11_test):
     rows = layer_sensitivity(ta, images, bits=2)
     assert len(rows) == 16 and rows[0].agreement <= rows[-1].agreement
     assert rows[0].max_logit_change > 0
+    shared = layer_sensitivity(ta, images, kmeans=4)
+    assert len(shared) == 16 and shared[0].agreement <= shared[-1].agreement and shared[0].max_logit_change > 0
 
 
 def test_int8_qdq_runs_int8_kernels(ta, food11_test, tmp_path):
@@ -125,4 +157,4 @@ def test_mixed_precision_gives_named_layers_their_own_width(ta, food11_test):
     def error(quantized):
         return float(np.square(folded_forward(quantized, held_out) - reference).mean())
 
-    assert error(mixed_layers) < 0.9 * error(plain_layers)  # 32,768 weights at 8 bits: a visible share of the error
+    assert error(mixed_layers) < 0.95 * error(plain_layers)  # 32,768 weights at 8 bits: a visible share of the error
