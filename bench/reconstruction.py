@@ -6,7 +6,7 @@ two ways and compared on photos never used to fit anything:
 
 - ``least squares``: channels chosen by OBS on each next layer's least-squares problem, survivors
   re-solved (`edge.reconstruct.prune_reconstruct`), on the first ``--fit`` photos;
-- ``|gamma|``: the same widths, the channels with the smallest BatchNorm |gamma| removed, the
+- ``gamma magnitude``: the same widths, the channels with the smallest BatchNorm |gamma| removed, the
   removed channels' constant folded into the next bias (`edge.slim.prune`), no data.
 
 Agreement with the unpruned model and accuracy against reference labels, fp32 torch.
@@ -76,7 +76,7 @@ def run(model: str, photos: str, labels: str, fit: int, keeps: list[float]) -> d
         small_config, small = prune_reconstruct(merged_config, merged, widths, images[:fit])
         seconds = time.time() - began
         for method, (c, s) in (("least squares", (small_config, small)),
-                               ("|gamma|", gamma_pruned(merged_config, merged, widths))):
+                               ("gamma magnitude", gamma_pruned(merged_config, merged, widths))):
             answers = _logits(c, s, held_out).argmax(1).numpy()
             rows.append({"method": method, "keep": keep, "widths": list(c.widths), "parameters": c.num_parameters(),
                          "agreement": float(np.mean(answers == reference)), "accuracy": float(np.mean(answers == y)),

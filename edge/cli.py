@@ -1,4 +1,4 @@
-"""The `edge` command line: export, predict, info, convert, train, distill, slim (and bench from the bench package).
+"""The `edge` command line: export, predict, info, convert, train, distill, slim, compress (and bench from the bench package).
 
 Heavy modules (torch, onnx, export, bench) are imported inside the commands that need them,
 so `edge predict` on an ONNX file never imports torch.

@@ -37,6 +37,7 @@ from edge.files import atomic_write
 from edge.nets import NetFile, NetSpec
 
 VAL_EVERY = 5
+FLOAT_WEIGHTS = ("fp32", "fp16")  # formats whose size no slimming path aims at
 STATE = "state.json"
 
 
@@ -82,7 +83,13 @@ class Inputs:
 
 
 def format_name(spec) -> str:
-    return spec.weights + (" per-channel" if spec.per_channel else "")
+    """``uint4 per-channel``, plus every other setting that differs from `QuantSpec`'s default
+    (so formats added to the candidate table get names of their own)."""
+    import dataclasses
+
+    extra = [f"{f.name}={getattr(spec, f.name)}" for f in dataclasses.fields(spec)
+             if f.name not in ("weights", "per_channel") and getattr(spec, f.name) != f.default]
+    return " ".join([spec.weights + (" per-channel" if spec.per_channel else "")] + extra)
 
 
 def _export(net: NetFile, spec, path: Path, calibration: np.ndarray) -> int:
@@ -263,7 +270,7 @@ class Search:
             probe = self.work / "probe.onnx"
             calibration = self.inputs.calibration[:2].numpy()
             for spec in self._formats("sizes of slimmed shapes"):
-                if spec.bits is None:
+                if spec.weights in FLOAT_WEIGHTS:
                     continue
                 keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe, calibration)
                 targets[format_name(spec)] = keep
@@ -283,19 +290,24 @@ class Search:
 
         number = len([r for r in self.state["rounds"] if r.get("done")]) + 1
         recorded = next((r for r in self.state["rounds"] if r["keep"] == keep and r.get("done")), None)
-        if recorded is None:
+        trained_now = recorded is None
+        if trained_now:
             if not self._time_for_round():
                 self.state["stopped"] = f"time budget ({self.settings.budget_minutes:g} min) reached before keep {keep}"
                 self.log(self.state["stopped"])
                 return None
             recorded = self._train_round(current, keep, number)
         best = load_net(self.work / recorded["model"])
+        began = time.time()
         for spec in self._formats(f"keep {keep:.3f}"):
             self.point("slimming", keep, best, spec, {"round": recorded["round"]})
+        if trained_now:  # the budget judges a round by its training and its exports together
+            recorded["export_seconds"] = round(time.time() - began, 1)
+            self.save()
         return best
 
     def _time_for_round(self) -> bool:
-        done = [r["seconds"] for r in self.state["rounds"] if r.get("done")]
+        done = [r["seconds"] + r.get("export_seconds", 0.0) for r in self.state["rounds"] if r.get("done")]
         estimate = max(done) if done else 0.0
         elapsed = self.state["seconds_before"] + time.time() - self.began
         return elapsed + estimate <= 60 * self.settings.budget_minutes

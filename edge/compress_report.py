@@ -51,6 +51,8 @@ def markdown_report(state: dict) -> str:
     head = ["series", "keep", "format", "bytes", "fits", "parameters", "val agreement"]
     head += ["val accuracy"] if has_val_acc else []
     head += ["test accuracy", "test agreement"] if has_test else []
+    lines += ["Keep 1.000 in the slimming series is the exact classifier merge alone; lower keeps prune the widths "
+              "after the last max-pool to that fraction.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in sorted(state["points"], key=lambda p: (series(p), -p["keep"], p["bytes"])):
         row = [series(p), f"{p['keep']:.3f}", p["format"], f"{p['bytes']:,}", "yes" if p["bytes"] <= target else "no",
