@@ -96,7 +96,7 @@ def is_entropy_coded(model: onnx.ModelProto) -> bool:
 
 def entropy_code(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every code stream initializer (``codes1`` .. ``codes8``) replaced by an
-    `OP` node holding its entropy-coded codes."""
+    `OP` node holding its entropy-coded codes (unchanged when it has none)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -104,8 +104,8 @@ def entropy_code(model: onnx.ModelProto) -> onnx.ModelProto:
     coded.CopyFrom(model)
     graph = coded.graph
     streams = [t for t in graph.initializer if code_stream_bits(t.name)]
-    if not streams:
-        raise ValueError("the model has no code streams to entropy-code (only uintN and kmeansK formats do)")
+    if not streams:  # every layer kept in fp16 (a model of tiny layers): nothing to code
+        return coded
     nodes = []
     for tensor in streams:
         bits, packed = code_stream_bits(tensor.name), numpy_helper.to_array(tensor)
