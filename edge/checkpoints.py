@@ -134,8 +134,8 @@ def read_torch(path: str | os.PathLike, contents: bytes | None = None):
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign file
             warnings.simplefilter("ignore")
-            return torch.load(io.BytesIO(contents) if contents is not None else path, map_location="cpu",
-                              weights_only=True)
+            source = io.BytesIO(contents) if contents is not None else path
+            return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError/RuntimeError/EOFError/... on foreign or damaged files
         reason = _torch_reason(err)
         if "unsupported global" in reason.lower():
