@@ -200,6 +200,15 @@ def _short_intermediates(nodes: list, taken: set[str]) -> list:
     return nodes
 
 
+def _checkpoint_name(stored: str) -> str:
+    """The checkpoint's name of a stored tensor (``cnn.1.3.w.h`` -> ``cnn.1.3.weight``)."""
+    parts = stored.split(".")
+    for i, part in enumerate(parts):
+        if part in ("w", "b"):
+            return ".".join(parts[:i] + ["weight" if part == "w" else "bias"])
+    return stored
+
+
 def write_checked(model: onnx.ModelProto, path, entropy: bool = False) -> int:
     """Run the full onnx.checker, then write ``model`` (its code streams entropy-coded with ``entropy``,
     `edge.entropy`) atomically to ``path``; -> its size in bytes."""
@@ -207,8 +216,8 @@ def write_checked(model: onnx.ModelProto, path, entropy: bool = False) -> int:
     for tensor in model.graph.initializer:
         values = numpy_helper.to_array(tensor)
         if values.dtype.kind == "f" and not np.isfinite(values).all():
-            raise CheckpointError(f"{path}: not written: stored weight {tensor.name} would be non-finite "
-                                  f"({values.dtype}; weights beyond its range?): choose a wider --quant")
+            raise CheckpointError(f"{path}: not written: stored weight {_checkpoint_name(tensor.name)} would be "
+                                  f"non-finite ({values.dtype}; weights beyond its range?): choose a wider --quant")
     data = (entropy_code(model) if entropy else model).SerializeToString()
     atomic_write(path, lambda f: f.write(data))
     return len(data)

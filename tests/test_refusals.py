@@ -97,7 +97,7 @@ def test_non_finite_weights_are_refused_at_load_in_every_model_kind(kind, value,
 
 def test_an_onnx_file_with_nan_weights_does_not_answer_class_0(tiny, tmp_path):
     model = onnx.load(tiny["onnx"])
-    weight = next(i for i in model.graph.initializer if i.name == "fc.0.weight")
+    weight = next(i for i in model.graph.initializer if i.name.startswith("fc.0.w"))
     array = numpy_helper.to_array(weight).copy()
     array[:] = np.nan
     weight.CopyFrom(numpy_helper.from_array(array, weight.name))
