@@ -5,7 +5,7 @@ label code, only the homework's own pipeline (its StudentNet from tests/homework
 For each PNG (named by image id) it checks the L_inf distance to the homework's centre crop of the
 original photo and scores the homework model on it against the labels CSV.
 
-Usage: python -m bench.attack_check PNG_DIR CHECKPOINT.bin PHOTO_DIR LABELS.csv
+Usage: python -m edge.bench.attack_check PNG_DIR CHECKPOINT.bin PHOTO_DIR LABELS.csv
                                     [--report ATTACK.json --method fgsm --eps 2/255 [--model NAME]]
                                     [--json OUT] [--markdown OUT]
 """
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     result = score_pngs(args.png_dir, args.checkpoint, args.photo_dir, args.labels)
-    result["command"] = "python -m bench.attack_check " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["command"] = "python -m edge.bench.attack_check " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.report:
         result["edge_attack_accuracy"] = reported_accuracy(args.report, args.method, args.eps, args.model)
         result["difference_pt"] = round(100 * (result["accuracy"] - result["edge_attack_accuracy"]), 3)

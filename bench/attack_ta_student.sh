@@ -30,7 +30,7 @@ run attack "$TA" "$OUT/ta_uint8.onnx" "$OUT/ta_uint4.onnx" "$SHARED/food11/testi
     --defense gaussian:1.5,median:3,jpeg:75,bits:4 --source "$TA" \
     --json "$RESULTS/attack_ta_student_ifgsm.json" --markdown "$RESULTS/attack_ta_student_ifgsm.md" \
     --plot "$RESULTS/attack_ta_student_ifgsm.png"
-cd "$REPO" && "${PYTHON:-python3}" -m bench.attack_check "$OUT/adversarial/student_custom_small.bin/fgsm-eps2" "$TA" \
+cd "$REPO" && "${PYTHON:-python3}" -m edge.bench.attack_check "$OUT/adversarial/student_custom_small.bin/fgsm-eps2" "$TA" \
     "$SHARED/food11/testing" "$SHARED/food11/reference_labels.csv" --report "$RESULTS/attack_ta_student.json" \
     --model student_custom_small.bin --method fgsm --eps 2/255 \
     --json "$RESULTS/attack_check_ta_student.json" --markdown "$RESULTS/attack_check_ta_student.md"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from bench import report
-from bench.harness import Settings, command_line, parse_providers, quant_spec, run_bench
+from edge.bench import report
+from edge.bench.harness import Settings, command_line, parse_providers, quant_spec, run_bench
 from edge.files import check_output
 
 DEFAULT_QUANTS = "fp32,fp16,uint8"
@@ -70,7 +70,7 @@ def run_command(models: list[Path], *, json_out, markdown_out, plot_out, previou
             write(path, doc)
             click.echo(f"wrote {path}", err=True)
     if plot_out:
-        from bench.plot import write_plot
+        from edge.bench.plot import write_plot
 
         write_plot(plot_out, doc)
         click.echo(f"wrote {plot_out}", err=True)

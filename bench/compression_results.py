@@ -1,7 +1,7 @@
 """Collect a compression run (bench/fashion_mnist.sh or bench/ta_slimming.sh) into
 bench/results/<name>.json, <name>.md and <name>_slimming.png.
 
-Usage: python -m bench.compression_results fashion-mnist|ta-slimming RUN_DIR [RESULTS_DIR]
+Usage: python -m edge.bench.compression_results fashion-mnist|ta-slimming RUN_DIR [RESULTS_DIR]
 """
 
 from __future__ import annotations

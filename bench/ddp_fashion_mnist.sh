@@ -2,7 +2,7 @@
 # DDP check (bench/results/ddp_fashion_mnist.{json,md}): the same Fashion-MNIST run as 2 torchrun
 # processes (gloo, 1 thread each) and as one process with 2 threads; the last validation accuracy
 # of the two must lie within 2.5 pt. Records wall time and the load average before and after each.
-# Usage: bench/ddp_fashion_mnist.sh [OUT_DIR]; then python -m bench.ddp_results OUT_DIR
+# Usage: bench/ddp_fashion_mnist.sh [OUT_DIR]; then python -m edge.bench.ddp_results OUT_DIR
 set -euo pipefail
 OUT=${1:-/tmp/edge-runs/ddp_fashion_mnist}
 mkdir -p "$OUT" && cd "$OUT"

@@ -1,7 +1,7 @@
 """Collect a DDP check run (bench/ddp_fashion_mnist.sh) into bench/results/ddp_fashion_mnist.{json,md}:
 the last validation accuracy of 2 torchrun processes vs one process on the same run, within 2.5 pt.
 
-Usage: python -m bench.ddp_results RUN_DIR [RESULTS_DIR]
+Usage: python -m edge.bench.ddp_results RUN_DIR [RESULTS_DIR]
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.machine import describe
+from edge.bench.machine import describe
 from edge.files import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -51,7 +51,7 @@ def markdown(result: dict) -> str:
         "|---|---:|---:|---:|---|", *rows, "",
         f"Gap: {result['gap_pt']:.2f} pt (required: within {result['within_pt']} pt): "
         f"{'passed' if result['passed'] else 'FAILED'}.", "",
-        "Commands (bench/ddp_fashion_mnist.sh, then `python -m bench.ddp_results RUN_DIR`):", "",
+        "Commands (bench/ddp_fashion_mnist.sh, then `python -m edge.bench.ddp_results RUN_DIR`):", "",
         "```", ddp["command"], single["command"], "```", "",
         f"CPU: {cpu.get('model', '?')}, {cpu.get('cores', '?')} cores, shared with other jobs (see the load); "
         "wall times are not a speed claim. Without --sync-bn each process normalises its half of every batch, "

@@ -3,7 +3,7 @@
 # teacher -> student from scratch vs distilled (equal epochs) -> slimming at two rates -> uint8 ONNX.
 # CPU-sized: 10,000 training images, 32 px inputs; validation = the last 2,000 training images,
 # test = the full 10,000-image test set (scored, never used to choose anything).
-# Usage: bench/fashion_mnist.sh [OUT_DIR]; then python -m bench.compression_results fashion-mnist OUT_DIR
+# Usage: bench/fashion_mnist.sh [OUT_DIR]; then python -m edge.bench.compression_results fashion-mnist OUT_DIR
 set -euo pipefail
 OUT=${1:-/tmp/edge-runs/fashion_mnist}
 mkdir -p "$OUT"

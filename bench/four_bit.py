@@ -13,7 +13,7 @@ It answers "can this model be 4-bit, <= 140,000 B and >= 97% agreement?" with nu
 Calibration uses the first ``--calib-count`` photos; agreement is on the rest, from the folded
 model in torch (the ONNX file computes the same function; `edge export` checks the parity).
 
-Usage: python -m bench.four_bit [CHECKPOINT] [PHOTOS] [--calib-count N] [--json OUT] [--markdown OUT]
+Usage: python -m edge.bench.four_bit [CHECKPOINT] [PHOTOS] [--calib-count N] [--json OUT] [--markdown OUT]
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ TARGET_BYTES, TARGET_AGREEMENT = 140_000, 0.97
 
 
 def initializer_kind(name: str) -> str:
-    """What an initializer of `export.onnx_graph` holds, from its name."""
+    """What an initializer of `edge.export.onnx_graph` holds, from its name."""
     from edge.quant import code_stream_bits
-    from export.onnx_graph import HALF
+    from edge.export.onnx_graph import HALF
 
     parts = name.split(".")
     if code_stream_bits(name):
@@ -77,9 +77,9 @@ def floor_bytes(layers, fp16_below: int) -> int:
 def measure(checkpoint_path: Path, photos: Path, calib_count: int) -> dict:
     from edge.checkpoints import load_checkpoint
     from edge.fold import fold_student
-    from export.calibrate import folded_forward
-    from export.exporter import export_onnx, load_images
-    from export.quantize import QuantSpec, encode_layers
+    from edge.export.calibrate import folded_forward
+    from edge.export.exporter import export_onnx, load_images
+    from edge.export.quantize import QuantSpec, encode_layers
 
     checkpoint = load_checkpoint(checkpoint_path)
     images, source = load_images(checkpoint, photos, 100_000)
@@ -134,7 +134,7 @@ def main(argv=None) -> None:
     result = measure(args.checkpoint, args.photos, args.calib_count)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result, "python -m bench.four_bit " + " ".join(sys.argv[1:] if argv is None else argv))
+    text = markdown(result, "python -m edge.bench.four_bit " + " ".join(sys.argv[1:] if argv is None else argv))
     print(text)
     if args.markdown:
         args.markdown.write_text(text)

@@ -3,7 +3,7 @@
 A MODEL is a checkpoint (exported on the fly to every asked format in a temporary folder) or
 an .onnx file (run as it is); with none, a freshly initialised homework StudentNet. Backends
 that cannot run here get a row saying why. Each runnable row gets a worker process
-(`bench.worker`); every repeat visits all rows in turn (starting one further along each time),
+(`edge.bench.worker`); every repeat visits all rows in turn (starting one further along each time),
 so machine noise lands on all rows alike. With a data folder every row then predicts it the
 way `edge predict` does, for accuracy, agreement with torch fp32 and end-to-end images/s.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import machine
-from bench.rows import Row
-from bench.worker import CHANNELS_LAST, ORT_BACKENDS, TORCH_BACKENDS, RowProcess, Target
+from edge.bench import machine
+from edge.bench.rows import Row
+from edge.bench.worker import CHANNELS_LAST, ORT_BACKENDS, TORCH_BACKENDS, RowProcess, Target
 from edge.metadata import model_size
 
 BACKENDS = ORT_BACKENDS + TORCH_BACKENDS
@@ -82,7 +82,7 @@ class Subject:
         if backend in TORCH_BACKENDS:
             return self.checkpoint_path
         if fmt not in self.onnx:
-            from export.exporter import export_onnx
+            from edge.export.exporter import export_onnx
 
             if progress:
                 print(f"exporting {self.name} to {fmt} ...", file=sys.stderr, flush=True)
@@ -97,7 +97,7 @@ class Subject:
 
 def quant_spec(fmt: str):
     """A --quant entry, ``FORMAT[:METHOD]`` (``uint8``, ``uint8:minmax``) -> the exporter's `QuantSpec`."""
-    from export.quantize import QuantSpec
+    from edge.export.quantize import QuantSpec
 
     weights, _, method = fmt.partition(":")
     return QuantSpec(weights, method=method) if method else QuantSpec(weights)

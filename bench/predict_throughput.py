@@ -1,6 +1,6 @@
 """`edge predict` vs the homework's pipeline on a full-size Food-11 test set, side by side.
 
-    python -m bench.predict_throughput            # writes bench/results/predict_throughput.{json,md}
+    python -m edge.bench.predict_throughput            # writes bench/results/predict_throughput.{json,md}
 
 Makes a test set of ``--images`` JPEGs (default 3,347, the size of Food-11's) by repeating the
 real photos of ``../shared/food11/testing``, exports the TA's student to uint8 ONNX with
@@ -79,7 +79,7 @@ def ours_command(model: Path, folder: Path, out: Path) -> list[str]:
 
 
 def homework_command(checkpoint: Path, folder: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "bench.predict_throughput", "--homework", str(checkpoint), str(folder), str(out)]
+    return [sys.executable, "-m", "edge.bench.predict_throughput", "--homework", str(checkpoint), str(folder), str(out)]
 
 
 def homework_predict(checkpoint: Path, folder: Path, out: Path) -> None:
@@ -267,7 +267,7 @@ def main(argv=None) -> None:
     if args.homework:
         homework_predict(*args.homework)
         return
-    command = "python -m bench.predict_throughput " + " ".join(sys.argv[1:])
+    command = "python -m edge.bench.predict_throughput " + " ".join(sys.argv[1:])
     info = machine()
     result = {"command": command, "machine": info, "load_average_start": os.getloadavg(), **run(args),
               "load_average_end": os.getloadavg()}

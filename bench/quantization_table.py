@@ -8,7 +8,7 @@ which moves in steps of one photo), and the changed answers split by the fp32 to
 a photo whose two best classes are within ``NEAR_TIE`` logits flips under any perturbation of the
 weights (fp16 flips such photos too), so those flips are counted apart.
 
-Usage: python -m bench.quantization_table CHECKPOINT PHOTOS [--labels CSV] [--json OUT] [--markdown OUT]
+Usage: python -m edge.bench.quantization_table CHECKPOINT PHOTOS [--labels CSV] [--json OUT] [--markdown OUT]
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def measure(checkpoint_path: str, photos: str, labels_csv: str | None, calib_cou
     from edge.data import list_samples, read_labels
     from edge.runtime import OnnxClassifier
     from edge.torch_backend import TorchClassifier
-    from export.exporter import export_onnx, load_images
-    from export.quantize import QuantSpec
+    from edge.export.exporter import export_onnx, load_images
+    from edge.export.quantize import QuantSpec
 
     checkpoint = load_checkpoint(checkpoint_path)
     images, source = load_images(checkpoint, photos, 100_000)
@@ -111,7 +111,7 @@ def main(argv=None) -> None:
     parser.add_argument("--markdown")
     args = parser.parse_args(argv)
     result = measure(args.checkpoint, args.photos, args.labels, args.calib_count)
-    command = "python -m bench.quantization_table " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m edge.bench.quantization_table " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(result, command)
     print(text)
     if args.json:

@@ -11,7 +11,7 @@ two ways and compared on photos never used to fit anything:
 
 Agreement with the unpruned model and accuracy against reference labels, fp32 torch.
 
-Usage: python -m bench.reconstruction MODEL PHOTOS --labels CSV [--fit N] [--keep 0.9,0.8,0.7]
+Usage: python -m edge.bench.reconstruction MODEL PHOTOS --labels CSV [--fit N] [--keep 0.9,0.8,0.7]
        [--json OUT] [--markdown OUT]
 """
 
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     result = run(args.model, args.photos, args.labels, args.fit, [float(k) for k in args.keep.split(",")])
-    command = "python -m bench.reconstruction " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python -m edge.bench.reconstruction " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result["command"] = command
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.harness import REFERENCE
+from edge.bench.harness import REFERENCE
 from edge.files import atomic_write
 
 COLUMNS = ("Backend", "Format", "Status", "Bytes", "Params", "Accuracy", "Agree", "Load ms", "p50 ms",

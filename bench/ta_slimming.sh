@@ -4,7 +4,7 @@
 # Fine-tuning: the first 250 of ../shared/food11/testing by id (no labels); choosing the best epoch:
 # the next 50, by agreement with the unpruned student (no labels); scoring: the remaining images
 # against reference_labels.csv ("agreement with reference labels"), never used to choose.
-# Usage: bench/ta_slimming.sh [OUT_DIR]; then python -m bench.compression_results ta-slimming OUT_DIR
+# Usage: bench/ta_slimming.sh [OUT_DIR]; then python -m edge.bench.compression_results ta-slimming OUT_DIR
 set -euo pipefail
 SHARED=${EDGE_SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared}
 OUT=${1:-/tmp/edge-runs/ta_slimming}

@@ -1,4 +1,4 @@
-"""Bytes vs agreement for the weight formats of `export.formats` (uintN, kmeansK, --entropy,
+"""Bytes vs agreement for the weight formats of `edge.export.formats` (uintN, kmeansK, --entropy,
 --low-rank) on one checkpoint, every number from the shipped commands, side by side in one run.
 
 Each variant is written by ``edge export CHECKPOINT --calib PHOTOS --calib-images N <variant>``
@@ -7,7 +7,7 @@ Each variant is written by ``edge export CHECKPOINT --calib PHOTOS --calib-image
 file's answers, accuracy against the reference labels, and ONNX Runtime latency (batch 1, one
 thread) measured in interleaved rounds with the fp32 file, so a busy machine slows all alike.
 
-Usage: python -m bench.weight_sharing [CHECKPOINT] [PHOTOS] [--labels CSV] [--calib-count N]
+Usage: python -m edge.bench.weight_sharing [CHECKPOINT] [PHOTOS] [--labels CSV] [--calib-count N]
        [--variant "--quant kmeans16 --entropy" ...] [--json OUT] [--markdown OUT]
 """
 
@@ -85,7 +85,7 @@ def _latencies(paths: dict[str, Path], image: np.ndarray) -> dict[str, float]:
 
 def measure(checkpoint: Path, photos: Path, labels: Path | None, calib_count: int, variants) -> dict:
     from edge.data import read_labels
-    from export.exporter import load_images
+    from edge.export.exporter import load_images
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -116,7 +116,7 @@ def measure(checkpoint: Path, photos: Path, labels: Path | None, calib_count: in
             by_id = dict(zip(ids, answers))
             row["accuracy"] = float(np.mean([by_id[i] == truth[i] for i in known]))
         row["latency_ms"] = round(latency[row["variant"]], 3)
-    from bench.machine import describe
+    from edge.bench.machine import describe
 
     return {"checkpoint": str(checkpoint), "photos": str(photos), "calib_count": calib_count,
             "held_out": len(ids), "labelled": len(known), "machine": describe(), "rows": rows}
@@ -155,7 +155,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     variants = args.variant or VARIANTS
     result = measure(args.checkpoint, args.photos, args.labels, args.calib_count, variants)
-    result["command"] = "python -m bench.weight_sharing " + " ".join(
+    result["command"] = "python -m edge.bench.weight_sharing " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -2,7 +2,7 @@
 
 Every row runs in its own spawned process, so its peak RSS is what a deployment of that backend
 alone holds, the ONNX Runtime rows never import torch, and a backend that crashes takes only its
-own row down. The parent (`bench.harness`) sends ``(command, kwargs)`` over a pipe and gets
+own row down. The parent (`edge.bench.harness`) sends ``(command, kwargs)`` over a pipe and gets
 ``(status, reply)`` back, status being ``ok``, ``unavailable`` or ``error``.
 """
 

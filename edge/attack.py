@@ -186,7 +186,7 @@ def open_target(path: Path, pools: tuple[int, ...] | None = None, white_box: boo
         return Target(path.name, path, card, f"{kind} (ONNX Runtime)", score, network)
     from edge.checkpoints import load_checkpoint
     from edge.torch_backend import TorchClassifier
-    from export.generic import read_baseline
+    from edge.export.generic import read_baseline
 
     checkpoint = read_baseline(path) or load_checkpoint(path, pools=pools)
     network = PixelModel(TorchClassifier(checkpoint).model, checkpoint.card)

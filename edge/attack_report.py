@@ -270,7 +270,7 @@ def attack_command(models: list[Path], data_dir: Path, *, labels: Path | None, e
 
     import torch
 
-    from bench.machine import describe
+    from edge.bench.machine import describe
     from edge.attack import Settings, open_target, parse_eps, parse_methods, resolve_labels, run_attack
     from edge.data import list_samples, read_labels
     from edge.defenses import parse_defenses

@@ -70,7 +70,7 @@ def main():
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The .onnx file to write.")
 @click.option("--quant", default="fp32", show_default=True, metavar="fp32|fp16|uintN|kmeansK|int8",
-              help="How weights are stored (export.formats.FORMATS): fp32; fp16; uintN: N-bit (1..8) min-max codes, "
+              help="How weights are stored (edge.export.formats.FORMATS): fp32; fp16; uintN: N-bit (1..8) min-max codes, "
                    "densely packed; kmeansK: weight sharing, indices into K (2..256) fp16 values; codes are decoded "
                    "when the model is loaded (inference stays fp32). int8: ONNX Runtime's calibrated QDQ "
                    "(int8 kernels), for comparison.")
@@ -110,9 +110,9 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
     from edge.checkpoints import load_checkpoint
     from edge.files import check_output
     from edge.models import init_checkpoint
-    from export.exporter import export_onnx, leftover_dequantization, load_images, parity_check, sample_inputs
-    from export.generic import read_baseline
-    from export.quantize import QuantSpec
+    from edge.export.exporter import export_onnx, leftover_dequantization, load_images, parity_check, sample_inputs
+    from edge.export.generic import read_baseline
+    from edge.export.quantize import QuantSpec
 
     with _user_errors():
         check_output(output, inputs=(checkpoint, calib, images, labels), writes_model=True, what="ONNX file")
@@ -162,8 +162,8 @@ def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, off
     import numpy as np
 
     from edge.data import list_samples, read_labels
-    from export.exporter import load_images
-    from export.select import select_format
+    from edge.export.exporter import load_images
+    from edge.export.select import select_format
 
     if not images:
         raise click.UsageError("--max-drop needs --images DIR (validation images to measure the drop on)")
@@ -203,8 +203,8 @@ def sensitivity(checkpoint, images, limit, bits, per_channel, kmeans, pools, jso
 
     from edge.checkpoints import load_checkpoint
     from edge.files import atomic_write, check_output
-    from export.exporter import load_images
-    from export.sensitivity import layer_sensitivity
+    from edge.export.exporter import load_images
+    from edge.export.sensitivity import layer_sensitivity
 
     with _user_errors():
         if json_out:
@@ -364,7 +364,7 @@ def bench(models, data, labels, providers, quants, batches, threads, repeats, mi
     MODEL: a freshly initialised homework StudentNet on synthetic input (sizes and speed only).
     Each row runs in its own process; backends that cannot run here get a row saying why.
     """
-    from bench.cli import run_command
+    from edge.bench.cli import run_command
 
     with _user_errors():
         sys.exit(run_command(list(models), data=data, labels=labels, providers=providers, quants=quants,

@@ -4,7 +4,7 @@ trained model and unlabelled photos.
 The search runs over slimming depth x weight format and keeps the best validation agreement with
 the model (with ``labels``: accuracy first) among the ONNX files that fit ``target_bytes``:
 
-1. quantization only: the model itself in every weight format of `export.select.CANDIDATES`;
+1. quantization only: the model itself in every weight format of `edge.export.select.CANDIDATES`;
 2. the exact merge of the last pointwise conv into the classifier (`edge.reconstruct`), every format;
 3. a slimming path: the keep fractions at which each integer format just fits the target are found
    by exporting pruned shapes (sizes depend on shape and format only); the path descends to them
@@ -95,7 +95,7 @@ def format_name(spec) -> str:
 def _export(net: NetFile, spec, path: Path, calibration: np.ndarray) -> int:
     from edge.checkpoints import Checkpoint
     from edge.slim import numpy_state
-    from export.exporter import export_onnx
+    from edge.export.exporter import export_onnx
 
     source = f"{len(calibration)} training photos" if spec.calibrated else ""
     with torch.no_grad():
@@ -464,7 +464,7 @@ def compress(model: Path, images: str, output: Path, settings: Settings, *, labe
              log=lambda line: print(line, file=sys.stderr)) -> dict:
     """Search, write the best fitting ONNX file to ``output`` and the report; -> the report's record."""
     from edge.compress_report import write_report
-    from export.select import CANDIDATES
+    from edge.export.select import CANDIDATES
 
     work = report or output.with_name(output.name + ".compress")
     folders = [Path(spec.rsplit("@", 1)[0]) for spec in (images, val, test) if spec]

@@ -59,7 +59,7 @@ def fold_student(config: StudentConfig, state: dict[str, np.ndarray]) -> list[Fo
 
 def fold_convnet(config: StudentConfig, groups: int, state: dict[str, np.ndarray]) -> list[FoldedLayer]:
     """The same for an `edge.baselines.ConvNet`: every stage is one 3x3 conv (grouped after stage 0)
-    with its BatchNorm folded in. Its channel shuffles are not layers: `export.generic` adds them."""
+    with its BatchNorm folded in. Its channel shuffles are not layers: `edge.export.generic` adds them."""
     layers = []
     for stage in range(config.depth):
         w, b = _fold_bn(state, f"cnn.{stage}.0", f"cnn.{stage}.1")

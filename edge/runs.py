@@ -347,7 +347,7 @@ def slim_command(opts: dict) -> dict:
 
 def _check_quant(opts: dict) -> None:
     """--quant / --method of each round's export, checked before any work."""
-    from export.quantize import QuantSpec
+    from edge.export.quantize import QuantSpec
 
     try:
         QuantSpec(opts["quant"], method=opts["method"])

@@ -144,7 +144,7 @@ class SlimSetup:
     test: object = None  # ImageSet, scored but never used to choose
     test_kind: str = "accuracy"
     storage: str = "uint8"
-    method: str = "gptq"  # export.quantize's rounding for integer formats (calibrated on validation images)
+    method: str = "gptq"  # edge.export.quantize's rounding for integer formats (calibrated on validation images)
     device: torch.device = torch.device("cpu")
     workers: int = 0
     progress: bool = True
@@ -156,8 +156,8 @@ def measure(net: NetFile, setup: SlimSetup, onnx_path: Path, val_kind: str, val)
     from edge.checkpoints import Checkpoint
     from edge.train import accuracy
     from edge.datasets import normalize
-    from export.exporter import export_onnx
-    from export.quantize import QuantSpec
+    from edge.export.exporter import export_onnx
+    from edge.export.quantize import QuantSpec
 
     model = net.build().to(setup.device)
     point = {"widths": list(net.spec.config.widths), "parameters": net.spec.config.num_parameters(),

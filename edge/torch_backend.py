@@ -29,7 +29,7 @@ class TorchClassifier:
         self.device = resolve_device(device)
         self.dtype = torch.float16 if half else torch.float32
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        build = getattr(checkpoint, "build", None)  # a baseline (export.generic.BaselineCheckpoint) builds its own
+        build = getattr(checkpoint, "build", None)  # a baseline (edge.export.generic.BaselineCheckpoint) builds its own
         model = build() if build else build_student(checkpoint.card.config, checkpoint.state)
         self.model = model.to(self.device, self.dtype)
         self.model = self.model.to(memory_format=self.memory_format)

@@ -89,7 +89,7 @@ def grid_quantizer(lo: torch.Tensor, step: torch.Tensor, levels: int):
 
 def gptq_codes(weights: torch.Tensor, hessian: torch.Tensor, quantize, damping: float = DAMPING) -> torch.Tensor:
     """Codes for ``weights`` (G, R, K) from ``quantize(column (G, R)) -> (codes, values)``
-    (`grid_quantizer`, `export.kmeans.codebook_quantizer`), assigning column by column with GPTQ
+    (`grid_quantizer`, `edge.export.kmeans.codebook_quantizer`), assigning column by column with GPTQ
     error feedback through ``hessian`` (G, K, K).
 
     Columns go in order of decreasing Hessian diagonal ("act-order"): the inputs that carry the

@@ -28,7 +28,7 @@ import torch
 
 from edge.fold import FoldedLayer
 from edge.quant import minmax_encode
-from export.calibrate import activation, pre_activation
+from edge.export.calibrate import activation, pre_activation
 
 SCALE_LIMITS = (1e-3, 1e3)  # keep fp16 copies of the scaled weights far from under/overflow
 BALANCES = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -14,12 +14,12 @@ import onnx
 from edge.checkpoints import Checkpoint
 from edge.data import DatasetError
 from edge.fold import fold_student
-from export.calibrate import synthetic_images
-from export.generic import BaselineCheckpoint, export_baseline
-from export.onnx_graph import build_onnx, write_checked
+from edge.export.calibrate import synthetic_images
+from edge.export.generic import BaselineCheckpoint, export_baseline
+from edge.export.onnx_graph import build_onnx, write_checked
 from edge.metadata import write_metadata
 from edge.quant import FloatWeight
-from export.quantize import QuantSpec, encode_layers
+from edge.export.quantize import QuantSpec, encode_layers
 
 CALIBRATION_IMAGES = 64
 
@@ -55,7 +55,7 @@ def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike, spec: QuantSpec
             calibration_source = f"{CALIBRATION_IMAGES} synthetic 1/f images (data-free)"
         quant["calibration"] = calibration_source
     if spec.weights == "int8":
-        from export.int8 import quantize_qdq
+        from edge.export.int8 import quantize_qdq
 
         model = quantize_qdq(build_onnx(checkpoint.card, layers, *_float_parts(layers), quant), calibration,
                              spec.per_channel)

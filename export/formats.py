@@ -1,8 +1,8 @@
-"""The weight formats edge writes, in one table: ``--quant`` validation (`export.quantize.QuantSpec`),
-the ``--max-drop`` candidates (`export.select`) and `edge compress` read it from here.
+"""The weight formats edge writes, in one table: ``--quant`` validation (`edge.export.quantize.QuantSpec`),
+the ``--max-drop`` candidates (`edge.export.select`) and `edge compress` read it from here.
 
 A format is named ``fp32``, ``fp16``, ``int8``, ``uintN`` (N = 1..8) or ``kmeansK`` (K = 2..256);
-`export.quantize.QuantSpec` holds one with its options. Every option a format lists in
+`edge.export.quantize.QuantSpec` holds one with its options. Every option a format lists in
 ``options`` is a `QuantSpec` field; ``methods`` are the calibrations that apply to it
 (``gptq``: Hessians of the layer inputs on calibration images; ``minmax``: none, data-free).
 """

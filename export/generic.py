@@ -1,8 +1,8 @@
 """Export the architecture baselines (``cnn`` / ``group``, `edge.baselines`) to ONNX.
 
 They go through the StudentNet path where it fits: BatchNorm folded (`edge.fold.fold_convnet`),
-weights encoded by `export.quantize.encode_layers` (fp32, fp16, uintN min-max per tensor or per
-channel) and the graph built by `export.onnx_graph.build_onnx`. What a StudentNet lacks, the group
+weights encoded by `edge.export.quantize.encode_layers` (fp32, fp16, uintN min-max per tensor or per
+channel) and the graph built by `edge.export.onnx_graph.build_onnx`. What a StudentNet lacks, the group
 baseline's channel shuffles, is added to that graph afterwards (Reshape -> Transpose -> Reshape
 after the stage's Clip and MaxPool, which commute with a channel permutation). The baseline's
 `NetSpec` travels in the metadata (``edge.net``) next to the card, so `edge predict` and `edge
@@ -25,8 +25,8 @@ from edge.config import ConfigError, ModelCard
 from edge.fold import fold_convnet
 from edge.metadata import write_metadata
 from edge.nets import NetFile, load_net
-from export.onnx_graph import build_onnx, write_checked
-from export.quantize import QuantSpec, encode_layers
+from edge.export.onnx_graph import build_onnx, write_checked
+from edge.export.quantize import QuantSpec, encode_layers
 
 BASELINE_ARCHS = ("cnn", "group")
 

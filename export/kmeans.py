@@ -3,12 +3,12 @@
 Deep Compression (Han et al., ICLR 2016) clusters each layer's weights with k-means and stores
 indices plus the centroids. Clustering the weights themselves minimises weight error; what matters
 is the layer's output on real inputs, ``||(W - Ŵ) X||²``, whose Hessian ``H = X Xᵀ`` calibration
-already computes (`export.calibrate`). So, per layer:
+already computes (`edge.export.calibrate`). So, per layer:
 
 1. k-means on the weights, each weighted by its input column's energy ``H[k, k]`` (1-D weighted
    Lloyd iterations from weighted quantiles; data-free: weights 1);
 2. GPTQ-style assignment: columns are mapped to their nearest centroid one at a time and each
-   rounding error is pushed onto the columns not yet assigned (`export.calibrate.gptq_codes`);
+   rounding error is pushed onto the columns not yet assigned (`edge.export.calibrate.gptq_codes`);
 3. the centroids refitted by least squares on the full Hessian with the assignment fixed
    (minimising ``Σ_r (w_r - A_r c)ᵀ H (w_r - A_r c)`` over the codebook ``c``), then stored as fp16.
 
@@ -112,7 +112,7 @@ def calibrated_codebook(layer, hessian: torch.Tensor, k: int, per_channel: bool,
     """Weight sharing fitted to ``layer``'s output error through its input ``hessian`` (G, K_in, K_in):
     Hessian-weighted k-means, then ``refits`` rounds of GPTQ assignment + least-squares codebook.
     Per channel, the codebook is shared and each output channel scales it by its own fp16 factor."""
-    from export.calibrate import grouped, gptq_codes
+    from edge.export.calibrate import grouped, gptq_codes
 
     weights = grouped(layer, layer.weight)
     scales = channel_scales(layer.weight) if per_channel else np.ones(len(layer.weight), np.float16)
@@ -136,7 +136,7 @@ def finetune_codebooks(layers, encodings: dict, teacher_layers, images: np.ndarr
 
     from tqdm import tqdm
 
-    from export.calibrate import activation, folded_forward, pre_activation
+    from edge.export.calibrate import activation, folded_forward, pre_activation
 
     torch.manual_seed(seed)
     targets = torch.from_numpy(folded_forward(teacher_layers, images))

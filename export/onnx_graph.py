@@ -11,7 +11,7 @@ Codes of every width go into one dense bit stream per width (``codes4``: all 4-b
 file, `edge.quant.pack_codes`), unpacked once by ``BitShift -> Mod`` into bit planes and summed by a
 MatMul with the powers of two, then Split into the tensors. Every input of those nodes is a
 constant, so ONNX Runtime's constant folding turns them back into float weights when the session
-is created: no decoding is left at run time (`export.exporter.leftover_dequantization` checks it).
+is created: no decoding is left at run time (`edge.export.exporter.leftover_dequantization` checks it).
 Nodes are unnamed and intermediate values get short names (`_short_intermediates`): in a 140 KB
 file, names are a visible cost. Initializers keep names that say what they hold.
 """
@@ -31,7 +31,7 @@ from edge.entropy import entropy_code
 from edge.files import atomic_write
 from edge.fold import FoldedLayer
 from edge.metadata import write_metadata
-from export.lowrank import LowRankWeight
+from edge.export.lowrank import LowRankWeight
 from edge.quant import CodebookCode, FloatWeight, MinMaxCode, code_stream_name, pack_codes
 
 OPSET = 17

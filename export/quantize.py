@@ -5,7 +5,7 @@
 
 - ``fp32`` / ``fp16``: float tensors.
 - ``uintN --method minmax``: the homework's per-tensor (or per-channel) min-max rounding, every weight.
-- ``uintN --method gptq`` (default): cross-layer equalization (exact, `export.equalize`), then the
+- ``uintN --method gptq`` (default): cross-layer equalization (exact, `edge.export.equalize`), then the
   min-max grid, GPTQ rounding on calibration images, bias correction; layers with fewer than ``fp16_below`` weights (the first conv and the thin early
   blocks, the most sensitive and together ~1.4 KB) stay fp16. Without calibration images, synthetic
   1/f images make it data-free.
@@ -21,14 +21,14 @@ import numpy as np
 
 from edge.fold import FoldedLayer
 from edge.quant import FloatWeight, minmax_encode
-from export.formats import CANDIDATES, WeightFormat, parse_format
+from edge.export.formats import CANDIDATES, WeightFormat, parse_format
 
 METHODS = ("minmax", "gptq")
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    weights: str = "fp32"  # a format of `export.formats.FORMATS`: fp32 | fp16 | uintN | kmeansK | int8
+    weights: str = "fp32"  # a format of `edge.export.formats.FORMATS`: fp32 | fp16 | uintN | kmeansK | int8
     per_channel: bool = False
     method: str = "gptq"
     fp16_below: int = 1024
@@ -102,7 +102,7 @@ class QuantSpec:
 
 
 def candidate_specs() -> tuple[QuantSpec, ...]:
-    """`export.formats.CANDIDATES` as specs, smallest file first."""
+    """`edge.export.formats.CANDIDATES` as specs, smallest file first."""
     return tuple(QuantSpec(weights, **options) for weights, options in CANDIDATES)
 
 
@@ -113,7 +113,7 @@ def _float_encodings(layers: list[FoldedLayer], dtype) -> dict[str, FloatWeight]
 def _gptq_encoder(spec: QuantSpec):
     import torch
 
-    from export.calibrate import grid_quantizer, grouped, gptq_codes
+    from edge.export.calibrate import grid_quantizer, grouped, gptq_codes
 
     def encode(layer: FoldedLayer, input_rows):
         if layer.weight.size < spec.fp16_below:
@@ -139,7 +139,7 @@ def _scaled(layer: FoldedLayer, spec: QuantSpec) -> bool:
 def _kmeans_encoder(spec: QuantSpec):
     import torch
 
-    from export.kmeans import calibrated_codebook
+    from edge.export.kmeans import calibrated_codebook
 
     def encode(layer: FoldedLayer, input_rows):
         if layer.weight.size < spec.fp16_below:
@@ -159,7 +159,7 @@ def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.nd
     if spec.bits is None:
         dtype = np.float16 if spec.weights == "fp16" else np.float32
         if spec.low_rank is not None:
-            from export.lowrank import low_rank_encodings
+            from edge.export.lowrank import low_rank_encodings
 
             return layers, low_rank_encodings(layers, spec.low_rank, dtype)
         return layers, _float_encodings(layers, dtype)
@@ -168,14 +168,14 @@ def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.nd
         return (layer_bits or {}).get(layer.name, spec.bits)
 
     if spec.codebook_size and spec.method == "minmax":
-        from export.kmeans import plain_codebook
+        from edge.export.kmeans import plain_codebook
 
         return layers, {l.name: plain_codebook(l.weight, spec.codebook_size, _scaled(l, spec)) for l in layers}
     if spec.method == "minmax":
         return layers, {l.name: minmax_encode(l.weight, bits_of(l), spec.per_channel, range_dtype=spec.range_dtype)
                         for l in layers}
-    from export.calibrate import calibrate
-    from export.equalize import equalize
+    from edge.export.calibrate import calibrate
+    from edge.export.equalize import equalize
 
     layers = equalize(layers, lambda layer: layer.weight.size < spec.fp16_below, calibration, spec.bits,
                       spec.per_channel)
@@ -183,7 +183,7 @@ def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.nd
         quantized, encodings = calibrate(layers, calibration, _kmeans_encoder(spec))
         if not spec.train_epochs:
             return quantized, encodings
-        from export.kmeans import finetune_codebooks
+        from edge.export.kmeans import finetune_codebooks
 
         return finetune_codebooks(quantized, encodings, layers, calibration, spec.train_epochs)
     encoders = {bits: _gptq_encoder(dataclasses.replace(spec, weights=f"uint{bits}"))

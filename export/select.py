@@ -17,10 +17,10 @@ import numpy as np
 
 from edge.checkpoints import Checkpoint
 from edge.files import atomic_write
-from export.exporter import export_onnx
-from export.quantize import QuantSpec, candidate_specs
+from edge.export.exporter import export_onnx
+from edge.export.quantize import QuantSpec, candidate_specs
 
-CANDIDATES = candidate_specs()  # export.formats.CANDIDATES
+CANDIDATES = candidate_specs()  # edge.export.formats.CANDIDATES
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import numpy as np
 from edge.checkpoints import Checkpoint
 from edge.fold import fold_student
 from edge.quant import minmax_encode
-from export.calibrate import folded_forward
-from export.kmeans import plain_codebook
+from edge.export.calibrate import folded_forward
+from edge.export.kmeans import plain_codebook
 
 
 @dataclass(frozen=True)

@@ -113,8 +113,8 @@ def test_saved_pngs_reload_to_the_same_pixels(tmp_path, batch):
 def test_onnx_rebuild_in_torch_matches_onnx_runtime(tiny, tmp_path):
     from edge.onnx_torch import torch_from_onnx
     from edge.runtime import OnnxClassifier
-    from export.exporter import export_onnx
-    from export.quantize import QuantSpec
+    from edge.export.exporter import export_onnx
+    from edge.export.quantize import QuantSpec
 
     path = tmp_path / "tiny_uint4.onnx"
     export_onnx(tiny[0], path, QuantSpec("uint4", per_channel=True, method="minmax"))
@@ -137,8 +137,8 @@ def _run(*args):
 
 
 def test_cli_report_schema_files_and_output_checks(tiny, tmp_path):
-    from export.exporter import export_onnx
-    from export.quantize import QuantSpec
+    from edge.export.exporter import export_onnx
+    from edge.export.quantize import QuantSpec
 
     checkpoint = tmp_path / "tiny.pt"
     save_checkpoint(checkpoint, tiny[0].card, tiny[0].state)
@@ -180,7 +180,7 @@ def test_cli_report_schema_files_and_output_checks(tiny, tmp_path):
 
 def test_real_photos_independent_pipeline_agrees(ta_student, food11_test, reference_labels, tmp_path):
     """FGSM 2/255 on 8 real photos: the homework's own code scores the saved PNGs as edge does."""
-    from bench.attack_check import reported_accuracy, score_pngs
+    from edge.bench.attack_check import reported_accuracy, score_pngs
 
     result = _run(ta_student, food11_test, "--labels", reference_labels, "--limit", "8", "--method", "fgsm",
                   "--eps", "2/255", "--defense", "gaussian:1.5", "--save-adversarial", tmp_path / "adv",
@@ -199,9 +199,9 @@ def test_group_baseline_checkpoint_and_onnx_are_attackable(tmp_path):
     from edge.attack import open_target
     from edge.config import FOOD11_CLASSES, Preprocess
     from edge.nets import NetFile, NetSpec, build_net, save_net
-    from export.exporter import export_onnx
-    from export.generic import read_baseline
-    from export.quantize import QuantSpec
+    from edge.export.exporter import export_onnx
+    from edge.export.generic import read_baseline
+    from edge.export.quantize import QuantSpec
 
     torch.manual_seed(5)
     spec = NetSpec("group", StudentConfig(widths=(8, 8, 16), pools=(0, 1), input_size=16), 2)
@@ -220,8 +220,8 @@ def test_group_baseline_checkpoint_and_onnx_are_attackable(tmp_path):
 
 
 def test_int8_qdq_export_is_scored_on_the_transfer_attack_only(tiny, tmp_path):
-    from export.exporter import export_onnx
-    from export.quantize import QuantSpec
+    from edge.export.exporter import export_onnx
+    from edge.export.quantize import QuantSpec
 
     checkpoint = tmp_path / "tiny.pt"
     save_checkpoint(checkpoint, tiny[0].card, tiny[0].state)

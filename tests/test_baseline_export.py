@@ -1,4 +1,4 @@
-"""export.generic: the cnn / group baselines exported to ONNX (BatchNorm folded, group baseline's
+"""edge.export.generic: the cnn / group baselines exported to ONNX (BatchNorm folded, group baseline's
 channel shuffles in the graph) compute what torch computes on real photos, carry their NetSpec and
 size in the metadata (`edge info` counts them right), and run in `edge predict`; calibrated formats
 are refused with a clear error."""

@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from bench import machine, report
-from bench.harness import Settings, load_subjects, parse_providers, plan, run_bench
-from bench.rows import spread, summarise_times
-from bench.worker import RowProcess, Target
+from edge.bench import machine, report
+from edge.bench.harness import Settings, load_subjects, parse_providers, plan, run_bench
+from edge.bench.rows import spread, summarise_times
+from edge.bench.worker import RowProcess, Target
 from edge.cli import main
 
 CUDA_IN_ORT = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -131,8 +131,8 @@ def test_a_broken_backend_is_an_error_row_not_a_crash(tmp_path):
 
 def test_an_onnx_model_runs_as_it_is_and_torch_says_why_not(tmp_path):
     from edge.models import init_checkpoint
-    from export.exporter import export_onnx
-    from export.quantize import QuantSpec
+    from edge.export.exporter import export_onnx
+    from edge.export.quantize import QuantSpec
 
     path = tmp_path / "m.onnx"
     export_onnx(init_checkpoint(), path, QuantSpec("fp16"))

@@ -16,8 +16,8 @@ from edge.models import init_checkpoint
 from edge.preprocess import load_image
 from edge.runtime import OnnxClassifier
 from edge.torch_backend import TorchClassifier
-from export.exporter import export_onnx, leftover_dequantization, runtime_ops
-from export.quantize import QuantSpec
+from edge.export.exporter import export_onnx, leftover_dequantization, runtime_ops
+from edge.export.quantize import QuantSpec
 
 HOMEWORK_8BIT_PICKLE_BYTES = 268_471
 

@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from edge.checkpoints import load_checkpoint
 from edge.quant import minmax_encode, pack_codes, unpack_codes
 from edge.runtime import OnnxClassifier
-from export.exporter import export_onnx, leftover_dequantization, load_images
-from export.quantize import QuantSpec
-from export.select import select_format
-from export.sensitivity import layer_sensitivity
+from edge.export.exporter import export_onnx, leftover_dequantization, load_images
+from edge.export.quantize import QuantSpec
+from edge.export.select import select_format
+from edge.export.sensitivity import layer_sensitivity
 
 
 @settings(max_examples=120, deadline=None)
@@ -37,8 +37,8 @@ def test_odd_widths_are_packed_in_the_file_and_decoded_exactly_by_onnx_runtime(b
     from edge.config import StudentConfig
     from edge.fold import fold_student
     from edge.models import init_checkpoint
-    from export.calibrate import folded_forward
-    from export.quantize import encode_layers
+    from edge.export.calibrate import folded_forward
+    from edge.export.quantize import encode_layers
 
     ckpt = init_checkpoint(StudentConfig(input_size=32))  # the homework's widths: 256K weights
     spec = QuantSpec(f"uint{bits}", per_channel=True, method="minmax")
@@ -101,7 +101,7 @@ def test_sensitivity_ranks_layers(ta, food11_test):
 
 
 def test_int8_qdq_runs_int8_kernels(ta, food11_test, tmp_path):
-    from export.exporter import runtime_ops
+    from edge.export.exporter import runtime_ops
 
     path = tmp_path / "ta_int8.onnx"
     calibration = load_images(ta, food11_test, 16)
@@ -118,8 +118,8 @@ def test_equalization_keeps_the_function_and_shrinks_per_tensor_error(ta, food11
     import dataclasses
 
     from edge.fold import fold_student
-    from export.calibrate import folded_forward
-    from export.equalize import equalizable, equalize
+    from edge.export.calibrate import folded_forward
+    from edge.export.equalize import equalizable, equalize
 
     images, _ = load_images(ta, food11_test, 16)
     layers = fold_student(ta.card.config, ta.state)
@@ -141,8 +141,8 @@ def test_equalization_keeps_the_function_and_shrinks_per_tensor_error(ta, food11
 
 def test_mixed_precision_gives_named_layers_their_own_width(ta, food11_test):
     from edge.fold import fold_student
-    from export.calibrate import folded_forward
-    from export.quantize import encode_layers
+    from edge.export.calibrate import folded_forward
+    from edge.export.quantize import encode_layers
 
     calibration, _ = load_images(ta, food11_test, 16)
     held_out, _ = load_images(ta, food11_test, 32, offset=16)

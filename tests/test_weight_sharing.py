@@ -20,11 +20,11 @@ from edge.fold import FoldedLayer, fold_student
 from edge.models import init_checkpoint
 from edge.quant import CodebookCode, pack_codes
 from edge.runtime import ModelError, OnnxClassifier
-from export.calibrate import folded_forward
-from export.exporter import export_onnx, leftover_dequantization
-from export.formats import CANDIDATES, parse_format
-from export.kmeans import calibrated_codebook, codebook_quantizer, plain_codebook, refit_codebook, weighted_kmeans_1d
-from export.quantize import QuantSpec, candidate_specs, encode_layers
+from edge.export.calibrate import folded_forward
+from edge.export.exporter import export_onnx, leftover_dequantization
+from edge.export.formats import CANDIDATES, parse_format
+from edge.export.kmeans import calibrated_codebook, codebook_quantizer, plain_codebook, refit_codebook, weighted_kmeans_1d
+from edge.export.quantize import QuantSpec, candidate_specs, encode_layers
 
 SMALL = StudentConfig(input_size=32)  # the homework's widths (256K weights) on 32x32 inputs
 
@@ -196,7 +196,7 @@ def test_formats_table_parses_names_and_lists_the_candidates():
 
 
 def test_low_rank_is_exact_at_full_rank_and_keeps_the_asked_energy():
-    from export.lowrank import factorize, rank_for_energy
+    from edge.export.lowrank import factorize, rank_for_energy
 
     weight = np.random.default_rng(3).normal(size=(24, 16, 1, 1)).astype(np.float32)
     np.testing.assert_allclose(factorize(weight, 16).decode(), weight, atol=1e-5)
@@ -210,7 +210,7 @@ def test_low_rank_is_exact_at_full_rank_and_keeps_the_asked_energy():
 
 
 def test_low_rank_file_is_smaller_folded_at_load_and_exact_at_energy_one(small, tmp_path):
-    from export.lowrank import LowRankWeight
+    from edge.export.lowrank import LowRankWeight
 
     layers = fold_student(SMALL, small.state)
     full, _ = export_onnx(small, tmp_path / "fp16.onnx", QuantSpec("fp16"))
@@ -229,7 +229,7 @@ def test_low_rank_file_is_smaller_folded_at_load_and_exact_at_energy_one(small, 
 
 
 def test_codebook_fine_tuning_moves_the_logits_towards_the_teacher():
-    from export.kmeans import finetune_codebooks
+    from edge.export.kmeans import finetune_codebooks
 
     config = StudentConfig(widths=(8, 16, 32), pools=(0, 1), input_size=32)
     ckpt = init_checkpoint(config)
