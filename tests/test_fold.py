@@ -1,0 +1,42 @@
+"""edge.fold.fold_model / model_layers: BatchNorm folding for any traceable classifier (synthetic, runs anywhere)."""
+
+import torch
+from torch import nn
+
+from edge.config import StudentConfig
+from edge.fold import fold_model, model_layers
+from edge.models import StudentNet
+
+
+def _randomise_batchnorms(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def test_fold_keeps_the_function_and_names_of_a_student():
+    torch.manual_seed(0)
+    model = _randomise_batchnorms(StudentNet(StudentConfig(widths=(4, 8, 8, 16))))
+    folded = fold_model(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), folded(x), atol=1e-5)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the input is not changed
+    names = [layer.name for layer in model_layers(folded)]
+    assert names[0] == "cnn.0.0" and names[-1] == "fc.0" and len(names) == len(set(names))
+
+
+def test_layers_follow_the_forward_order_and_all_have_biases():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, groups=4, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3, bias=False))
+    layers = model_layers(fold_model(_randomise_batchnorms(model)))
+    assert [(l.name, l.kind, l.groups) for l in layers] == [("0", "conv", 1), ("3", "conv", 4), ("6", "fc", 1)]
+    assert all(l.bias.shape == (l.weight.shape[0],) for l in layers)
+    assert not layers[2].bias.any()
