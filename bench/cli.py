@@ -9,21 +9,16 @@ from pathlib import Path
 import click
 
 from edge.bench import report
-from edge.bench.harness import Settings, command_line, parse_providers, quant_spec, run_bench
+from edge.backends import BackendError, parse_list
+from edge.bench.harness import Settings, command_line, default_quants, parse_quants, run_bench
 from edge.files import check_output
-
-DEFAULT_QUANTS = "fp32,fp16,uint8"
-EMBEDDED_MODEL_QUANTS = "fp32,fp16,uint8:minmax"  # GPTQ needs a trained model and images to be worth its time
 
 
 def _quants(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(q.strip() for q in text.split(",") if q.strip()))
     try:
-        for name in names or ("",):
-            quant_spec(name)
+        return parse_quants(text)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--quant") from None
-    return names
 
 
 def settings_from(data, labels, providers, quants, batches, threads, repeats, min_time, pools) -> Settings:
@@ -33,8 +28,8 @@ def settings_from(data, labels, providers, quants, batches, threads, repeats, mi
     if not batches or min(batches) < 1:
         raise click.BadParameter("give one or more positive batch sizes, e.g. 1,32", param_hint="--batch")
     try:
-        providers = parse_providers(providers)
-    except ValueError as err:
+        providers = parse_list(providers)
+    except BackendError as err:
         raise click.BadParameter(str(err), param_hint="--provider") from None
     return Settings(providers, _quants(quants), tuple(sorted(set(batches))), threads, repeats, min_time,
                     data=data, labels=labels, pools=pools)
@@ -53,7 +48,7 @@ def _read_previous(path: Path) -> dict:
 
 def run_command(models: list[Path], *, json_out, markdown_out, plot_out, previous, quiet, **options) -> int:
     """Run the benchmark; print the table; write what was asked. Exit code 1 when a row failed."""
-    options["quants"] = options["quants"] or (DEFAULT_QUANTS if models else EMBEDDED_MODEL_QUANTS)
+    options["quants"] = options["quants"] or default_quants(models)
     outputs = {"JSON": json_out, "markdown report": markdown_out, "plot": plot_out}
     for what, path in outputs.items():
         if path:

@@ -21,19 +21,19 @@ import numpy as np
 
 from edge.bench import machine
 from edge.bench.rows import Row
-from edge.bench.worker import CHANNELS_LAST, ORT_BACKENDS, TORCH_BACKENDS, RowProcess, Target
+from edge.backends import NAMES, resolve, unavailable
+from edge.bench.worker import CHANNELS_LAST, RowProcess, Target
+from edge.export.formats import BENCH_FORMATS, data_free, parse_choice
 from edge.metadata import model_size
 
-BACKENDS = ORT_BACKENDS + TORCH_BACKENDS
-ALIASES = {"cpu": "ort-cpu", "cuda": "ort-cuda", "tensorrt": "ort-tensorrt"}
 DEFAULT_NAME = "default StudentNet (initialised, seed 0)"
 REFERENCE = ("torch-cpu", "fp32")
 
 
 @dataclass(frozen=True)
 class Settings:
-    providers: tuple[str, ...] = BACKENDS
-    quants: tuple[str, ...] = ("fp32", "fp16", "uint8")
+    providers: tuple[str, ...] = NAMES  # canonical names of `edge.backends.BACKENDS`
+    quants: tuple[str, ...] = BENCH_FORMATS
     batches: tuple[int, ...] = (1, 32)
     threads: int | None = None
     repeats: int = 3
@@ -44,16 +44,6 @@ class Settings:
     pools: tuple[int, ...] | None = None
     predict_batch: int | None = None  # the end-to-end pass: None = `edge predict`'s default batch
     workers: int | None = None  # and decoding threads
-
-
-def parse_providers(text: str) -> tuple[str, ...]:
-    """``cpu,torch-cpu`` -> canonical backend names (``cpu``/``cuda``/``tensorrt`` mean ONNX Runtime's)."""
-    names = [ALIASES.get(n.strip().lower(), n.strip().lower()) for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BACKENDS]
-    if unknown or not names:
-        raise ValueError(f"unknown provider(s) {unknown or text!r}: choose from {', '.join(BACKENDS)} "
-                         f"(or cpu, cuda, tensorrt for ONNX Runtime's)")
-    return tuple(dict.fromkeys(names))
 
 
 @dataclass
@@ -71,15 +61,17 @@ class Subject:
     net: dict | None = None  # a baseline's arch and size from its ONNX metadata (edge.metadata.read_net)
 
     def formats(self, backend: str, settings: Settings) -> list[str]:
-        if backend in ORT_BACKENDS:
+        spec = resolve(backend)
+        if spec.is_onnx:
             return list(self.onnx) if self.checkpoint is None else list(settings.quants)
-        precisions = ["fp32"] + (["fp16"] if backend == "torch-cuda" and "fp16" in settings.quants else [])
-        layouts = ["", CHANNELS_LAST] if backend == "torch-cuda" else [""]
+        gpu = spec.device == "cuda"  # torch on a GPU also runs fp16 and channels_last
+        precisions = ["fp32"] + (["fp16"] if gpu and "fp16" in settings.quants else [])
+        layouts = ["", CHANNELS_LAST] if gpu else [""]
         return [p + layout for p in precisions for layout in layouts]
 
     def file_for(self, backend: str, fmt: str, workdir: Path, progress: bool) -> Path:
         """The file a row opens: the checkpoint for torch, the ONNX export (made on first use) for ORT."""
-        if backend in TORCH_BACKENDS:
+        if not resolve(backend).is_onnx:
             return self.checkpoint_path
         if fmt not in self.onnx:
             from edge.export.exporter import export_onnx
@@ -92,15 +84,29 @@ class Subject:
 
     def row(self, backend: str, fmt: str, path: Path | None) -> Row:
         return Row(self.name, backend, fmt, path.stat().st_size if path else None, *model_size(self.card, self.net),
-                   weights=self.weights.get(fmt) if backend in ORT_BACKENDS else None)
+                   weights=self.weights.get(fmt) if resolve(backend).is_onnx else None)
 
 
 def quant_spec(fmt: str):
-    """A --quant entry, ``FORMAT[:METHOD]`` (``uint8``, ``uint8:minmax``) -> the exporter's `QuantSpec`."""
+    """A --quant entry, ``FORMAT[:METHOD]`` (``uint8``, ``uint8:minmax``; `edge.export.formats.parse_choice`) ->
+    the exporter's `QuantSpec`."""
     from edge.export.quantize import QuantSpec
 
-    weights, _, method = fmt.partition(":")
-    return QuantSpec(weights, method=method) if method else QuantSpec(weights)
+    weights, options = parse_choice(fmt)
+    return QuantSpec(weights, **options)
+
+
+def parse_quants(text: str) -> tuple[str, ...]:
+    """``"fp32,uint8:minmax"`` -> the --quant entries, each once, each checked to make a `QuantSpec` (ValueError)."""
+    names = tuple(dict.fromkeys(q.strip() for q in text.split(",") if q.strip()))
+    for name in names or ("",):
+        quant_spec(name)
+    return names
+
+
+def default_quants(models: list[Path]) -> str:
+    """`edge.export.formats.BENCH_FORMATS`; without MODEL data-free (an initialised model has nothing to calibrate)."""
+    return ",".join(BENCH_FORMATS if models else map(data_free, BENCH_FORMATS))
 
 
 def load_subjects(models: list[Path], settings: Settings, workdir: Path) -> list[Subject]:
@@ -134,25 +140,6 @@ def _subject(key: int, path: Path, name: str, settings: Settings) -> Subject:
     return Subject(key, name, checkpoint.card, checkpoint, path)
 
 
-def backend_unavailable(backend: str) -> str | None:
-    """Why ``backend`` cannot run on this machine (None when it can)."""
-    if backend in ORT_BACKENDS:
-        from edge.runtime import ProviderUnavailable, resolve_provider
-
-        try:
-            resolve_provider(backend)
-        except ProviderUnavailable as err:
-            return str(err)
-        return None
-    if backend == "torch-cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
-            return f"torch {torch.__version__} ({build}) sees no CUDA GPU"
-    return None
-
-
 @dataclass
 class Job:
     row: Row
@@ -164,12 +151,12 @@ class Job:
 def plan(subjects: list[Subject], settings: Settings, workdir: Path, progress: bool = False) -> list[Job]:
     """One job per row; backends that cannot run get a single unavailable row per model."""
     jobs = []
-    reasons = {backend: backend_unavailable(backend) for backend in settings.providers}
+    reasons = {backend: unavailable(resolve(backend)) for backend in settings.providers}
     for subject in subjects:
         for backend in settings.providers:
             formats = subject.formats(backend, settings)
             reason = reasons[backend]
-            if backend in TORCH_BACKENDS and subject.checkpoint is None:
+            if not resolve(backend).is_onnx and subject.checkpoint is None:
                 reason = "MODEL is an ONNX file: torch runs checkpoints (pass the checkpoint it came from)"
             if reason:
                 row = subject.row(backend, ",".join(formats) or "-", None)

@@ -47,7 +47,7 @@ def gamma_pruned(config, state, widths):
 
 def run(model: str, photos: str, labels: str, fit: int, keeps: list[float]) -> dict:
     from edge.data import read_labels
-    from edge.datasets import load_images, normalize
+    from edge.datasets import decode_image_set, normalize
     from edge.nets import load_net
     from edge.reconstruct import merge_classifier, prune_reconstruct, target_widths
     from edge.slim import numpy_state
@@ -55,7 +55,7 @@ def run(model: str, photos: str, labels: str, fit: int, keeps: list[float]) -> d
     torch.set_num_threads(1)
     net = load_net(model)
     config, state = net.spec.config, numpy_state(net)
-    data = load_images(photos, net.preprocess)
+    data = decode_image_set(photos, net.preprocess)
     images = normalize(data.pixels, net.preprocess)
     truth = read_labels(labels)
     y = np.array([truth[i] for i in data.ids[fit:]])

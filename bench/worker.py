@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ORT_BACKENDS = ("ort-cpu", "ort-cuda", "ort-tensorrt")
-TORCH_BACKENDS = ("torch-cpu", "torch-cuda")
+from edge.backends import Backend, ProviderUnavailable, resolve
+
 CHANNELS_LAST = "+cl"
 
 
@@ -25,15 +25,19 @@ CHANNELS_LAST = "+cl"
 class Target:
     """What one row runs: a backend, the weights' format, the file, thread count."""
 
-    backend: str  # one of ORT_BACKENDS + TORCH_BACKENDS
+    backend: str  # a canonical name of `edge.backends.BACKENDS`
     fmt: str  # ONNX: the file's weight format; torch: fp32 | fp16, "+cl" for channels_last
     path: str  # the .onnx file, or the checkpoint torch loads
     threads: int | None = None
     pools: tuple[int, ...] | None = None
 
     @property
+    def spec(self) -> Backend:
+        return resolve(self.backend)
+
+    @property
     def is_onnx(self) -> bool:
-        return self.backend in ORT_BACKENDS
+        return self.spec.is_onnx
 
 
 def open_backend(target: Target):
@@ -45,8 +49,7 @@ def open_backend(target: Target):
     from edge.checkpoints import load_checkpoint
     from edge.torch_backend import TorchClassifier
 
-    device = target.backend.removeprefix("torch-")
-    return TorchClassifier(load_checkpoint(target.path, pools=target.pools), device, target.threads,
+    return TorchClassifier(load_checkpoint(target.path, pools=target.pools), target.spec.device, target.threads,
                            half=target.fmt.startswith("fp16"), channels_last=target.fmt.endswith(CHANNELS_LAST))
 
 
@@ -133,8 +136,6 @@ def _preload(target: Target) -> None:
 
 def serve(conn, target: Target) -> None:
     """The worker process's loop: say ready, then answer commands until ``stop`` or a closed pipe."""
-    from edge.runtime import ProviderUnavailable
-
     _preload(target)
     conn.send(("ready", None))
     worker = Worker(target)

@@ -310,3 +310,12 @@ def save_homework_pickle(path: str | os.PathLike, state: dict[str, np.ndarray], 
             out[name] = (np.float64(code.lo), np.float64(code.hi), code.q)
     atomic_write(path, lambda f: pickle.dump(out, f))
 
+
+
+def load_model(path: str | os.PathLike, pools: tuple[int, ...] | None = None):
+    """Any model file `edge export` takes: a cnn/group baseline (`edge.export.generic.read_baseline`) or a
+    StudentNet checkpoint. Interim, for `edge.load_model`: issue 13's model-file protocol (one loader for
+    every kind, with ``.build()``) replaces it."""
+    from edge.export.generic import read_baseline
+
+    return read_baseline(path) or load_checkpoint(path, pools=pools)

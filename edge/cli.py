@@ -13,9 +13,8 @@ from pathlib import Path
 
 import click
 
-from edge import __version__
-
-PROVIDER_CHOICES = ["cpu", "cuda", "ort-cpu", "ort-cuda", "tensorrt", "torch-cpu", "torch-cuda"]
+from edge import __version__, backends
+from edge.export import formats
 
 
 def _int_list(value: str | None, option: str = "--pools", distinct: bool = True) -> tuple[int, ...] | None:
@@ -69,15 +68,13 @@ def main():
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The .onnx file to write.")
-@click.option("--quant", default="fp32", show_default=True, metavar="fp32|fp16|uintN|kmeansK|int8",
-              help="How weights are stored (edge.export.formats.FORMATS): fp32; fp16; uintN: N-bit (1..8) min-max codes, "
-                   "densely packed; kmeansK: weight sharing, indices into K (2..256) fp16 values; codes are decoded "
-                   "when the model is loaded (inference stays fp32). int8: ONNX Runtime's calibrated QDQ "
-                   "(int8 kernels), for comparison.")
+@click.option("--quant", default="fp32", show_default=True, metavar=formats.syntax(),
+              help="How weights are stored (codes are decoded when the model is loaded: inference stays fp32): "
+                   + formats.help_text() + ".")
 @click.option("--per-channel", is_flag=True, help="One min-max range (uintN) or codebook (kmeansK) per output channel.")
-@click.option("--method", default="gptq", show_default=True, type=click.Choice(["gptq", "minmax"]),
-              help="uintN/kmeansK: gptq = calibrated (GPTQ rounding, Hessian-weighted k-means) + bias correction, "
-                   "tiny layers fp16; minmax = the homework's plain rounding (plain k-means) of every weight.")
+@click.option("--method", default=next(iter(formats.METHODS)), show_default=True,
+              type=click.Choice(list(formats.METHODS)),
+              help="uintN/kmeansK: " + "; ".join(f"{k} = {v}" for k, v in formats.METHODS.items()) + ".")
 @click.option("--entropy", is_flag=True,
               help="Entropy-code the integer codes (smaller file; only edge opens it: `edge convert --to onnx` "
                    "writes the plain ONNX file).")
@@ -229,8 +226,9 @@ def sensitivity(checkpoint, images, limit, bits, per_channel, kmeans, pools, jso
               help="The Kaggle CSV to write (Id,label).")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
               help="Id,label CSV of the true labels: prints accuracy.")
-@click.option("--provider", default="cpu", show_default=True, type=click.Choice(PROVIDER_CHOICES),
-              help="cpu/cuda: ONNX Runtime's CPU/CUDA provider for .onnx files (torch's device for checkpoints).")
+@click.option("--provider", default="cpu", show_default=True, type=click.Choice(backends.SPELLINGS),
+              help="cpu/cuda: ONNX Runtime's CPU/CUDA provider for .onnx files (torch's device for checkpoints). "
+                   "All: " + backends.help_text() + ".")
 @click.option("--batch", default=4, show_default=True, type=click.IntRange(1),
               help="Images per model call (small batches stay in cache; the CSV is the same for any).")
 @click.option("--workers", type=click.IntRange(1),
@@ -330,13 +328,13 @@ def convert(checkpoint, target, output, pools):
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path),
               help="Image folder: adds accuracy, agreement with torch fp32 and end-to-end images/s.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --data.")
-@click.option("--provider", "providers", default="ort-cpu,ort-cuda,ort-tensorrt,torch-cpu,torch-cuda",
-              show_default=True, metavar="NAME,..",
-              help="Backends, comma-separated; cpu/cuda/tensorrt mean ONNX Runtime's.")
+@click.option("--provider", "providers", default=",".join(backends.NAMES), show_default=True, metavar="NAME,..",
+              help="Backends, comma-separated: " + backends.help_text() + ".")
 @click.option("--quant", "quants", metavar="FORMAT[:METHOD],..",
-              help="ONNX weight formats a checkpoint is exported to [default: fp32,fp16,uint8; without MODEL "
-                   "fp32,fp16,uint8:minmax, as an initialised model has nothing to calibrate]. torch-cuda "
-                   "also runs fp16.")
+              help=f"ONNX weight formats ({formats.syntax()}; METHOD: {', '.join(formats.METHODS)}) a checkpoint is "
+                   f"exported to [default: {','.join(formats.BENCH_FORMATS)}; without MODEL "
+                   f"{','.join(map(formats.data_free, formats.BENCH_FORMATS))}, as an initialised model has nothing "
+                   "to calibrate]. torch-cuda also runs fp16.")
 @click.option("--batch", "batches", default="1,32", show_default=True, metavar="B,..",
               help="Batch sizes: latency at the smallest, throughput at each.")
 @click.option("--threads", type=click.IntRange(1),
@@ -517,17 +515,18 @@ def _with(options):
                    "downloaded) or a state dict PATH (e.g. the homework's teacher_resnet18.bin).")
 @_with(_FRESH_MODEL_OPTIONS)
 @_with(_TRAINING_OPTIONS)
-def train(**opts):
+def train(**params):
     """Train a model from scratch on DATA with cross-entropy: a teacher, a baseline or a student.
 
     DATA: a folder (Food-11 training/ with <class>_<n>.jpg, or class subfolders) or
     fashion-mnist:train; add @START:STOP for a slice in id order. Writes OUTPUT after every
     epoch (resume with --resume) and the best epoch by --val accuracy to OUTPUT's .best.pt.
     """
+    from edge.options import TrainOptions, from_click
     from edge.runs import train_command
 
     with _user_errors():
-        train_command(opts)
+        train_command(from_click(TrainOptions, params))
 
 
 @main.command()
@@ -545,16 +544,17 @@ def train(**opts):
 @_with(_KD_OPTIONS)
 @_with(_FRESH_MODEL_OPTIONS)
 @_with(_TRAINING_OPTIONS)
-def distill(**opts):
+def distill(**params):
     """Train a student from a teacher (knowledge distillation, the homework's loss).
 
     loss = alpha*T^2*KL(softmax(t/T) || softmax(s/T)) + (1-alpha)*CE, AdamW. Unlabelled DATA
     (e.g. Food-11 testing/) trains label-free with alpha 1.
     """
+    from edge.options import DistillOptions, from_click
     from edge.runs import distill_command
 
     with _user_errors():
-        distill_command(opts)
+        distill_command(from_click(DistillOptions, params))
 
 
 @main.command()
@@ -573,8 +573,10 @@ def distill(**opts):
               help="Teacher for fine-tuning [default: the unpruned STUDENT].")
 @click.option("--teacher-arch", default="resnet18", show_default=True,
               help="The torchvision classifier a plain state dict --teacher belongs to.")
-@click.option("--quant", default="uint8", show_default=True, help="Weight format of each round's ONNX export.")
-@click.option("--method", default="gptq", show_default=True, type=click.Choice(["gptq", "minmax"]),
+@click.option("--quant", default="uint8", show_default=True, metavar=formats.syntax(),
+              help="Weight format of each round's ONNX export, as in `edge export`.")
+@click.option("--method", default=next(iter(formats.METHODS)), show_default=True,
+              type=click.Choice(list(formats.METHODS)),
               help="Rounding of integer formats, as in `edge export` (gptq calibrates on 64 --val images).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for curve.json, curve.png and every round's model and ONNX file.")
@@ -586,7 +588,7 @@ def distill(**opts):
                    "continue later with --resume.")
 @_with(_KD_OPTIONS)
 @_with(_TRAINING_OPTIONS)
-def slim(**opts):
+def slim(**params):
     """Network-slim STUDENT (a StudentNet file): prune channels by BatchNorm |gamma|, physically.
 
     Each round removes RATE of the remaining channels per stage (never a whole layer), fine-tunes
@@ -594,10 +596,11 @@ def slim(**opts):
     by --val, exports it and records parameters, ONNX bytes and accuracy in OUTPUT/curve.json after
     every round. An interrupted run (Ctrl-C, a crash, --stop-after) continues with --resume.
     """
+    from edge.options import SlimOptions, from_click
     from edge.runs import slim_command
 
     with _user_errors():
-        slim_command(opts)
+        slim_command(from_click(SlimOptions, params))
 
 
 @main.command()
@@ -643,7 +646,7 @@ def slim(**opts):
 @click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: all cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep decoded photos here.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def compress(**opts):
+def compress(**params):
     """Compress MODEL (a StudentNet) into an ONNX file of at most --target-bytes, label-free.
 
     Searches slimming depth x weight format: quantization alone, the exact merge of the last
@@ -653,9 +656,10 @@ def compress(**opts):
     (JSON, markdown, frontier PNG). Interrupted? Run again with --resume.
     """
     from edge.compress import run_command
+    from edge.options import CompressOptions, from_click
 
     with _user_errors():
-        run_command(opts)
+        run_command(from_click(CompressOptions, params))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ trained model and unlabelled photos.
 The search runs over slimming depth x weight format and keeps the best validation agreement with
 the model (with ``labels``: accuracy first) among the ONNX files that fit ``target_bytes``:
 
-1. quantization only: the model itself in every weight format of `edge.export.select.CANDIDATES`;
+1. quantization only: the model itself in every weight format of `edge.export.formats.CANDIDATES`;
 2. the exact merge of the last pointwise conv into the classifier (`edge.reconstruct`), every format;
 3. a slimming path: the keep fractions at which each integer format just fits the target are found
    by exporting pruned shapes (sizes depend on shape and format only); the path descends to them
@@ -35,33 +35,10 @@ import torch
 from edge.config import ConfigError
 from edge.files import atomic_write
 from edge.nets import NetFile, NetSpec
+from edge.options import CompressOptions, SearchSettings
 
 VAL_EVERY = 5
-FLOAT_WEIGHTS = ("fp32", "fp16")  # formats whose size no slimming path aims at
 STATE = "state.json"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What a search is asked to do; a resumed search must be given the same."""
-
-    target_bytes: int
-    epochs: int = 4  # function-matching epochs per slimming round
-    step: float = 0.1  # largest cut of the keep fraction in one round
-    min_keep: float = 0.5  # never slim below this fraction of the prunable widths
-    batch: int = 32
-    lr: float = 5e-5
-    temperature: float = 1.0
-    ridge: float = 0.01  # least-squares re-fits pulled towards the layer's old weights (quantize better)
-    calibration: int = 64  # training photos that calibrate GPTQ (and 4x that for reconstruction)
-    seed: int = 0
-    budget_minutes: float = 50.0
-
-    def __post_init__(self):
-        if self.target_bytes < 1 or self.epochs < 1 or self.batch < 2 or self.lr <= 0:
-            raise ConfigError("target bytes, epochs and learning rate must be positive, batch at least 2")
-        if not 0 < self.min_keep <= 1 or not 0 < self.step < 1:
-            raise ConfigError("--min-keep must be in (0, 1] and --step in (0, 1)")
 
 
 @dataclass
@@ -190,8 +167,8 @@ def path_of(targets: list[float], step: float) -> list[float]:
 class Search:
     """One resumable search in ``work`` (its state.json records every measured point and round)."""
 
-    def __init__(self, inputs: Inputs, settings: Settings, work: Path, candidates, about: dict, progress: bool = True,
-                 log=lambda line: print(line, file=sys.stderr)):
+    def __init__(self, inputs: Inputs, settings: SearchSettings, work: Path, candidates, about: dict,
+                 progress: bool = True, log=lambda line: print(line, file=sys.stderr)):
         self.inputs, self.settings, self.work, self.candidates = inputs, settings, work, candidates
         self.progress, self.log = progress, log
         self.state = {"settings": asdict(settings), "about": about, "points": [], "rounds": [], "seconds": 0.0}
@@ -270,7 +247,7 @@ class Search:
             probe = self.work / "probe.onnx"
             calibration = self.inputs.calibration[:2].numpy()
             for spec in self._formats("sizes of slimmed shapes"):
-                if spec.weights in FLOAT_WEIGHTS:
+                if spec.bits is None:  # no slimming path aims at a float format's size
                     continue
                 keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe, calibration)
                 targets[format_name(spec)] = keep
@@ -405,13 +382,13 @@ def check_paths(model: Path, output: Path, work: Path, inputs: list[Path], resum
                           f"--report folder")
 
 
-def open_inputs(model: Path, images: str, settings: Settings, labels: Path | None = None, val: str | None = None,
+def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path | None = None, val: str | None = None,
                 teacher: Path | None = None, teacher_arch: str = "resnet18", test: str | None = None,
                 test_labels: Path | None = None, cache_dir: Path | None = None,
                 log=lambda line: print(line, file=sys.stderr)) -> Inputs:
     """Load the model, the teacher and the photos, and split them."""
     from edge.data import read_labels
-    from edge.datasets import Augment, load_images, normalize
+    from edge.datasets import Augment, decode_image_set, normalize
     from edge.nets import load_net
     from edge.train import logits_of
 
@@ -420,10 +397,10 @@ def open_inputs(model: Path, images: str, settings: Settings, labels: Path | Non
         raise ConfigError(f"{model}: edge compress works on StudentNets (arch dw), this is {base.spec.arch}")
     truth = read_labels(labels, len(base.classes)) if labels else None
     common = {"cache_dir": cache_dir, "class_hint": base.classes}
-    crops = load_images(images, base.preprocess, **common)
-    canvases = load_images(images, base.preprocess, Augment(base.preprocess.crop), **common)
+    crops = decode_image_set(images, base.preprocess, **common)
+    canvases = decode_image_set(images, base.preprocess, Augment(base.preprocess.crop), **common)
     if val:
-        train_at, val_set = np.arange(len(crops)), load_images(val, base.preprocess, **common)
+        train_at, val_set = np.arange(len(crops)), decode_image_set(val, base.preprocess, **common)
     else:
         train_at, val_at = split(len(crops))
         val_set = subset(crops, val_at)
@@ -438,7 +415,7 @@ def open_inputs(model: Path, images: str, settings: Settings, labels: Path | Non
     val_truth = _truth(val_set, truth)
     test_set, test_reference = None, None
     if test:
-        test_set = load_images(test, base.preprocess, labels_csv=test_labels or labels, **common)
+        test_set = decode_image_set(test, base.preprocess, labels_csv=test_labels or labels, **common)
         if not test_set.labelled:
             raise ConfigError(f"--test {test}: every test photo needs a label (give --test-labels CSV covering them)")
         test_reference = logits_of(model_net, test_set, torch.device("cpu")).argmax(1).numpy()
@@ -456,7 +433,7 @@ def _truth(data, truth: dict | None) -> np.ndarray | None:
     return data.labels.numpy() if data.labelled else None
 
 
-def compress(model: Path, images: str, output: Path, settings: Settings, *, labels: Path | None = None,
+def compress(model: Path, images: str, output: Path, settings: SearchSettings, *, labels: Path | None = None,
              val: str | None = None, teacher: Path | None = None, teacher_arch: str = "resnet18",
              test: str | None = None, test_labels: Path | None = None, report: Path | None = None,
              resume: bool = False, overwrite: bool = False,
@@ -464,7 +441,7 @@ def compress(model: Path, images: str, output: Path, settings: Settings, *, labe
              log=lambda line: print(line, file=sys.stderr)) -> dict:
     """Search, write the best fitting ONNX file to ``output`` and the report; -> the report's record."""
     from edge.compress_report import write_report
-    from edge.export.select import CANDIDATES
+    from edge.export.quantize import candidate_specs
 
     work = report or output.with_name(output.name + ".compress")
     folders = [Path(spec.rsplit("@", 1)[0]) for spec in (images, val, test) if spec]
@@ -475,7 +452,7 @@ def compress(model: Path, images: str, output: Path, settings: Settings, *, labe
     about = {"model": str(model), "images": images, "val": val, "teacher": str(teacher) if teacher else None,
              "labels": str(labels) if labels else None, "test": test,
              "test_labels": str(test_labels) if test_labels else None}
-    search = Search(inputs, settings, work, candidates or CANDIDATES, about, progress, log)
+    search = Search(inputs, settings, work, candidates or candidate_specs(), about, progress, log)
     if resume:
         search.load()
     state = search.run()
@@ -495,16 +472,14 @@ def compress(model: Path, images: str, output: Path, settings: Settings, *, labe
     return state
 
 
-def run_command(opts: dict) -> dict:
-    """`edge compress` with its click options."""
+def run_command(options: CompressOptions) -> dict:
+    """`edge compress` with the options the CLI built."""
     import shlex
 
-    if opts.get("threads"):
-        torch.set_num_threads(opts["threads"])
-    settings = Settings(opts["target_bytes"], opts["epochs"], opts["step"], opts["min_keep"], opts["batch"], opts["lr"],
-                        opts["temperature"], opts["ridge"], seed=opts["seed"], budget_minutes=opts["budget_minutes"])
-    return compress(opts["model"], opts["images"], opts["output"], settings, labels=opts.get("labels"),
-                    val=opts.get("val"), teacher=opts.get("teacher"), teacher_arch=opts["teacher_arch"],
-                    test=opts.get("test"), test_labels=opts.get("test_labels"), report=opts.get("report"), resume=opts["resume"],
-                    overwrite=opts["overwrite"], cache_dir=opts.get("cache_dir"), progress=not opts["quiet"],
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    return compress(options.model, options.images, options.output, options.search, labels=options.labels,
+                    val=options.val, teacher=options.teacher, teacher_arch=options.teacher_arch, test=options.test,
+                    test_labels=options.test_labels, report=options.report, resume=options.resume,
+                    overwrite=options.overwrite, cache_dir=options.cache_dir, progress=not options.quiet,
                     command="edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]))

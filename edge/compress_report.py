@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edge.export.formats import parse_format
 from edge.files import atomic_write
-
-FLOAT_FORMATS = ("fp32", "fp16")
 
 
 def series(point: dict) -> str:
     if point["stage"] == "quantization":
         return "quantization only"
-    return "slimming only" if point["format"] in FLOAT_FORMATS else "slimming + quantization"
+    coded = parse_format(point["format"].split()[0])[0].sizes is not None  # uintN / kmeansK (edge.export.formats)
+    return "slimming + quantization" if coded else "slimming only"
 
 
 def write_report(folder: Path, state: dict) -> None:

@@ -198,10 +198,11 @@ def _stack(prepared, labels, ids, classes, spec, augment) -> ImageSet:
 
 # ---------------------------------------------------------------- loading with a cache
 
-def load_images(source: str, spec: Preprocess, augment: Augment | None = None, *, workers: int = 4,
-                cache_dir: str | os.PathLike | None = None, labels_csv: str | os.PathLike | None = None,
-                class_hint: tuple[str, ...] = ()) -> ImageSet:
-    """Decode ``source`` for ``spec`` (an evaluation set), or for training with ``augment``."""
+def decode_image_set(source: str, spec: Preprocess, augment: Augment | None = None, *, workers: int = 4,
+                     cache_dir: str | os.PathLike | None = None, labels_csv: str | os.PathLike | None = None,
+                     class_hint: tuple[str, ...] = ()) -> ImageSet:
+    """Decode a data source (``FOLDER[@START:STOP]``, ``fashion-mnist:SPLIT``) into a uint8 `ImageSet` for
+    ``spec`` (an evaluation set), or for training with ``augment``; cached in ``cache_dir`` when given."""
     name, part = parse_source(source)
     if name.startswith("fashion-mnist"):
         split = name.partition(":")[2] or "train"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.backends import ONNXRUNTIME, TORCH, BackendError, ProviderUnavailable, resolve, unavailable
 from edge.config import Preprocess
 from edge.data import Sample
 from edge.errors import EdgeError
@@ -65,9 +66,6 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-_TORCH_DEVICES = {"cpu": "cpu", "torch-cpu": "cpu", "cuda": "cuda", "torch-cuda": "cuda"}
-
-
 def open_model(path: str | Path, provider: str = "cpu", threads: int | None = None,
                pools: tuple[int, ...] | None = None):
     """-> (classifier, lanes): an ONNX file (by name or content) -> `OnnxClassifier` (no torch);
@@ -77,32 +75,30 @@ def open_model(path: str | Path, provider: str = "cpu", threads: int | None = No
 
     path = Path(path)
     if is_onnx(path):
-        from edge.runtime import OnnxClassifier, resolve_provider
+        from edge.runtime import OnnxClassifier
 
-        if resolve_provider(provider) == "CPUExecutionProvider":
+        if _backend(path, provider, ONNXRUNTIME).device == "cpu":
             return OnnxClassifier(path, provider, threads=1), threads or cpu_cores()
         return OnnxClassifier(path, provider, threads), 1
     from edge.checkpoints import load_checkpoint
-
-    checkpoint = load_checkpoint(path, pools=pools)
-    return _torch_classifier(path, checkpoint, provider, threads), 1
-
-
-def _torch_classifier(path: Path, checkpoint, provider: str, threads: int | None):
-    """A checkpoint runs on torch: --provider cpu/torch-cpu or cuda/torch-cuda (when torch sees a GPU)."""
-    import torch
-
-    from edge.runtime import ProviderUnavailable
     from edge.torch_backend import TorchClassifier
 
-    device = _TORCH_DEVICES.get(provider)
-    if device is None:
-        raise ProviderUnavailable(f"--provider {provider} is ONNX Runtime's, which runs .onnx files; {path} is a "
-                                  f"checkpoint, run by torch: use --provider cpu or cuda, or `edge export` it first")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ProviderUnavailable(f"--provider {provider}: torch sees no CUDA GPU here (for {path}): use --provider "
-                                  f"cpu, or a CUDA build of torch on a GPU machine")
-    return TorchClassifier(checkpoint, device, threads)
+    backend = _backend(path, provider, TORCH)
+    return TorchClassifier(load_checkpoint(path, pools=pools), backend.device, threads), 1
+
+
+def _backend(path: Path, provider: str, kind: str):
+    """--provider for this file's kind (`edge.backends`), checked to run here; what to do otherwise."""
+    try:
+        backend = resolve(provider, kind)
+    except BackendError as err:
+        what = "a checkpoint, run by torch" if kind == TORCH else "an ONNX file, run by ONNX Runtime"
+        raise BackendError(f"--provider {err}; {path} is {what}: use --provider cpu or cuda"
+                           + (", or `edge export` it first" if kind == TORCH else "")) from None
+    reason = unavailable(backend)
+    if reason:
+        raise ProviderUnavailable(f"--provider {provider} (for {path}): {reason}; or use --provider cpu")
+    return backend
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """What `edge train`, `edge distill` and `edge slim` do with their options: open the data, build or
 load the models, put a `edge.train.Run` together, run it, and print a summary line.
 
-Option names (the keys of ``opts``) are the click parameter names of those commands.
+Each command takes its frozen options (`edge.options`), built once by the CLI or by a caller.
 
 Under ``torchrun`` each command joins the process group first (`edge.distributed`); setting up
 (data, models, the output check) runs on every rank inside `edge.distributed.together`, so a
@@ -20,10 +20,11 @@ import torch
 
 from edge.checkpoints import CheckpointError
 from edge.config import ConfigError, Preprocess, StudentConfig
-from edge.datasets import Augment, ImageSet, load_images
+from edge.datasets import Augment, ImageSet, decode_image_set
 from edge.distributed import group, load_shared, say, together
 from edge.files import atomic_write, check_output, check_output_dir
 from edge.nets import STUDENT_ARCHS, NetFile, NetSpec, check_compatible, count_parameters, load_net
+from edge.options import DataOptions, DistillOptions, LoopOptions, ShapeOptions, SlimOptions, TrainOptions, flat
 from edge.train import Recipe, Run, accuracy, best_path, fit, init_model
 
 FASHION_MNIST = "fashion-mnist"
@@ -38,86 +39,85 @@ def _device(name: str) -> torch.device:
         raise ConfigError(str(err)) from None
 
 
-def _setup(opts: dict) -> torch.device:
+def _setup(loop: LoopOptions) -> torch.device:
     """Threads, and the device this process trains on (joining torchrun's process group, if any)."""
     from edge import distributed
 
-    if opts.get("threads"):
-        torch.set_num_threads(opts["threads"])
-    return distributed.start(_device(opts["device"]), bool(opts.get("sync_bn")))
+    if loop.threads:
+        torch.set_num_threads(loop.threads)
+    return distributed.start(_device(loop.device), loop.sync_bn)
 
 
-def _input_paths(opts: dict) -> list[Path]:
-    """The files and folders a run reads (data folders without their @START:STOP slice)."""
-    paths = [Path(str(opts[k]).rsplit("@", 1)[0]) for k in ("data", "val", "test") if opts.get(k)]
-    return paths + [Path(opts[k]) for k in ("labels", "val_labels", "test_labels", "teacher", "student", "weights")
-                    if opts.get(k)]
+def _input_paths(options: TrainOptions | DistillOptions | SlimOptions) -> list[Path]:
+    """The files and folders a run reads."""
+    return options.sources.paths() + [Path(p) for p in options.model_files if p]
 
 
-def check_run_outputs(opts: dict) -> None:
+def check_run_outputs(options: TrainOptions | DistillOptions) -> None:
     """Every path `edge train` / `edge distill` write, checked before any data is decoded: the run
     file and its .best.pt (an existing run is continued only with --resume, never replaced),
     --metrics and --cache-dir; none may be an input."""
-    out, resume, inputs = Path(opts["output"]), bool(opts.get("resume")), _input_paths(opts)
+    run, inputs = options.run, _input_paths(options)
+    out = Path(run.output)
     hint = "continue its run with --resume (same options), or choose another -o"
-    check_output(out, inputs=inputs, overwrite=resume, writes_model=True, what="run file", hint=hint)
-    if resume and not out.exists():
+    check_output(out, inputs=inputs, overwrite=run.resume, writes_model=True, what="run file", hint=hint)
+    if run.resume and not out.exists():
         raise ConfigError(f"{out}: nothing to resume (no such file): run without --resume first")
     best = best_path(out)
-    check_output(best, inputs=inputs, overwrite=resume, writes_model=True, what="best-epoch file", hint=hint)
-    if opts.get("metrics"):
-        check_output(opts["metrics"], inputs=[*inputs, out, best], what="--metrics JSON")
-    _check_cache_dir(opts, inputs)
+    check_output(best, inputs=inputs, overwrite=run.resume, writes_model=True, what="best-epoch file", hint=hint)
+    if run.metrics:
+        check_output(run.metrics, inputs=[*inputs, out, best], what="--metrics JSON")
+    _check_cache_dir(options.sources, inputs)
 
 
-def _check_cache_dir(opts: dict, inputs: list[Path]) -> None:
-    if opts.get("cache_dir"):
-        check_output_dir(opts["cache_dir"], inputs=inputs, what="--cache-dir")
+def _check_cache_dir(sources: DataOptions, inputs: list[Path]) -> None:
+    if sources.cache_dir:
+        check_output_dir(sources.cache_dir, inputs=inputs, what="--cache-dir")
 
 
-def fresh_preprocess(opts: dict) -> Preprocess:
+def fresh_preprocess(sources: DataOptions, shape: ShapeOptions) -> Preprocess:
     """The inputs of a model trained from scratch: Fashion-MNIST is grey (default 32 px, the 28 px
     images zero-padded), folders RGB (default 256 px, the homework's centre crop)."""
-    grey = opts["data"].startswith(FASHION_MNIST)
-    size = opts.get("input_size") or (32 if grey else 256)
+    grey = sources.data.startswith(FASHION_MNIST)
+    size = shape.input_size or (32 if grey else 256)
     if grey:
-        return Preprocess(crop=size, resize=opts.get("resize"), mean=(0.0,), std=(1.0,), color="L")
-    return Preprocess(crop=size, resize=opts.get("resize"))
+        return Preprocess(crop=size, resize=shape.resize, mean=(0.0,), std=(1.0,), color="L")
+    return Preprocess(crop=size, resize=shape.resize)
 
 
-def open_sets(opts: dict, preprocess: Preprocess, classes: tuple[str, ...] = ()):
+def open_sets(sources: DataOptions, preprocess: Preprocess, classes: tuple[str, ...] = ()):
     """(train, val, test, augment) for ``preprocess``; val/test are None when not asked for."""
-    augment = Augment(preprocess.crop, opts.get("padding") or 0, flip=not opts.get("no_flip"))
-    common = {"workers": opts.get("decode_threads") or 4, "cache_dir": opts.get("cache_dir")}
-    train = load_images(opts["data"], preprocess, augment, labels_csv=opts.get("labels"), class_hint=classes, **common)
+    augment = Augment(preprocess.crop, sources.padding, flip=not sources.no_flip)
+    common = {"workers": sources.decode_threads, "cache_dir": sources.cache_dir}
+    train = decode_image_set(sources.data, preprocess, augment, labels_csv=sources.labels, class_hint=classes,
+                             **common)
     hint = classes or train.classes or ()
 
-    def evaluation(key: str) -> ImageSet | None:
-        return load_images(opts[key], preprocess, labels_csv=opts.get(f"{key}_labels"), class_hint=hint, **common) \
-            if opts.get(key) else None
+    def evaluation(source: str | None, labels: Path | None) -> ImageSet | None:
+        return decode_image_set(source, preprocess, labels_csv=labels, class_hint=hint, **common) if source else None
 
-    val, test = evaluation("val"), evaluation("test")
-    say(f"data: train {len(train)} images ({opts['data']}), val {len(val) if val else 0}, "
+    val, test = evaluation(sources.val, sources.val_labels), evaluation(sources.test, sources.test_labels)
+    say(f"data: train {len(train)} images ({sources.data}), val {len(val) if val else 0}, "
         f"test {len(test) if test else 0}; input {preprocess.crop}px {preprocess.color}")
     return train, val, test, augment
 
 
-def _recipe(opts: dict, epochs_key: str = "epochs") -> Recipe:
-    return Recipe(epochs=opts[epochs_key], batch_size=opts["batch"], lr=opts["lr"], weight_decay=opts["weight_decay"],
-                  schedule=opts["schedule"], seed=opts["seed"], sparsity=opts.get("sparsity") or 0.0)
+def _recipe(loop: LoopOptions, epochs: int, sparsity: float = 0.0) -> Recipe:
+    return Recipe(epochs=epochs, batch_size=loop.batch, lr=loop.lr, weight_decay=loop.weight_decay,
+                  schedule=loop.schedule, seed=loop.seed, sparsity=sparsity)
 
 
-def _spec(arch: str, opts: dict, preprocess: Preprocess, classes: tuple[str, ...]) -> NetSpec:
+def _spec(arch: str, shape: ShapeOptions, preprocess: Preprocess, classes: tuple[str, ...]) -> NetSpec:
     """A fresh model's architecture: the homework's StudentNet shape unless --widths/--pools say
     otherwise; baselines sized to that StudentNet's parameter count."""
-    shape = {k: opts[k] for k in ("widths", "pools") if opts.get(k) is not None}
+    sizes = {k: v for k, v in (("widths", shape.widths), ("pools", shape.pools)) if v is not None}
     base = StudentConfig(input_size=preprocess.crop, num_classes=len(classes), in_channels=len(preprocess.color),
-                         **shape)
+                         **sizes)
     if arch in ("cnn", "group"):
         from edge.baselines import sized_like
 
-        groups = opts.get("groups") or 4 if arch == "group" else 1
-        return NetSpec(arch, base if opts.get("widths") else sized_like(base, groups), groups)
+        groups = shape.groups or 4 if arch == "group" else 1
+        return NetSpec(arch, base if shape.widths else sized_like(base, groups), groups)
     return NetSpec(arch, base)
 
 
@@ -129,31 +129,33 @@ def _classes_of(train: ImageSet) -> tuple[str, ...]:
     return train.classes
 
 
-def _fresh_net(arch: str, opts: dict, train: ImageSet, preprocess: Preprocess,
+def _fresh_net(arch: str, shape: ShapeOptions, train: ImageSet, preprocess: Preprocess,
                known: tuple[str, ...] = ()) -> NetFile:
     """A new model for ``train``'s classes (or, on unlabelled data, ``known``: the teacher's)."""
     classes = train.classes or known or _classes_of(train)
-    return NetFile(_spec(arch, opts, preprocess, classes), preprocess, classes, {})
+    return NetFile(_spec(arch, shape, preprocess, classes), preprocess, classes, {})
 
 
-def _init(net: NetFile, opts: dict) -> torch.nn.Module:
-    model = init_model(net, opts["seed"])
-    if opts.get("weights") and net.spec.arch not in STUDENT_ARCHS:
+def _init(net: NetFile, seed: int, weights: str | None = None) -> torch.nn.Module:
+    model = init_model(net, seed)
+    if weights and net.spec.arch not in STUDENT_ARCHS:
         from edge.teacher import load_classifier_weights
 
-        fresh = load_classifier_weights(model, opts["weights"], net.spec.arch)
-        say(f"initial weights: {opts['weights']}" + (f" (re-initialised: {', '.join(fresh)})" if fresh else ""))
-    elif opts.get("weights"):
+        fresh = load_classifier_weights(model, weights, net.spec.arch)
+        say(f"initial weights: {weights}" + (f" (re-initialised: {', '.join(fresh)})" if fresh else ""))
+    elif weights:
         raise ConfigError("--weights initialises torchvision architectures; start a StudentNet from a file with "
                           "`edge distill --student FILE`")
     return model
 
 
-def _about(opts: dict, *keys: str) -> dict:
-    return {k: str(opts[k]) if isinstance(opts[k], Path) else opts[k] for k in keys if opts.get(k) is not None}
+def _about(options, *names: str) -> dict:
+    """The named options that are set, as a run records them (paths as text)."""
+    values = flat(options)
+    return {k: str(values[k]) if isinstance(values[k], Path) else values[k] for k in names if values[k] is not None}
 
 
-def _finish(run: Run, summary: dict, test: ImageSet | None, opts: dict, began: float) -> dict:
+def _finish(run: Run, summary: dict, test: ImageSet | None, metrics: Path | None, began: float) -> dict:
     """Test the last and the best epoch, print the summary line, write --metrics."""
     result = {"command": "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "model": run.net.spec.describe(),
               "parameters": count_parameters(run.model), "epochs": run.recipe.epochs, "processes": group().world,
@@ -170,34 +172,37 @@ def _finish(run: Run, summary: dict, test: ImageSet | None, opts: dict, began: f
         line += (f" | test accuracy: last {result['test_accuracy_last']:.2%}, "
                  f"best-by-val {result['test_accuracy_best']:.2%}")
     say(f"done in {result['seconds']:.0f}s: {line} | wrote {run.out} (last, resumable) and {run.best_path}")
-    if opts.get("metrics") and group().main:
-        atomic_write(opts["metrics"], lambda f: f.write(json.dumps(result, indent=2).encode()))
+    if metrics and group().main:
+        atomic_write(metrics, lambda f: f.write(json.dumps(result, indent=2).encode()))
     return result
 
 
-def _run(net: NetFile, model, objective, opts: dict, sets, about: dict, device: torch.device) -> Run:
-    train, val, _, augment = sets
-    return Run(net, model, objective, _recipe(opts), train, augment, Path(opts["output"]), val, device,
-               opts.get("workers") or 0, about, not opts.get("quiet"))
+def _fit(options: TrainOptions | DistillOptions, net: NetFile, model, objective, sets, about: dict,
+         device: torch.device, began: float) -> dict:
+    """Run the from-scratch run (continuing its file with --resume), test it and print the summary."""
+    train, val, test, augment = sets
+    loop, run_file = options.loop, options.run
+    run = Run(net, model, objective, _recipe(loop, run_file.epochs, run_file.sparsity), train, augment,
+              Path(run_file.output), val, device, loop.workers, about, not loop.quiet)
+    return _finish(run, fit(run, run_file.resume, run_file.stop_after), test, run_file.metrics, began)
 
 
-def train_command(opts: dict) -> dict:
+def train_command(options: TrainOptions) -> dict:
     """`edge train`: a teacher, baseline or student from scratch on labels (cross-entropy)."""
     from edge.train import CrossEntropy
 
     began = time.time()
-    device = _setup(opts)
+    device = _setup(options.loop)
     with together("setting up"):
         if group().main:
-            check_run_outputs(opts)
-        preprocess = fresh_preprocess(opts)
-        sets = open_sets(opts, preprocess)
-        net = _fresh_net(opts["arch"], opts, sets[0], preprocess)
-        model = _init(net, opts)
+            check_run_outputs(options)
+        preprocess = fresh_preprocess(options.sources, options.shape)
+        sets = open_sets(options.sources, preprocess)
+        net = _fresh_net(options.arch, options.shape, sets[0], preprocess)
+        model = _init(net, options.loop.seed, options.weights)
     say(f"model: {net.spec.describe()}, {count_parameters(model):,} parameters")
-    about = _about(opts, "data", "val", "labels", "val_labels", "padding", "weights", "arch")
-    run = _run(net, model, CrossEntropy(), opts, sets, about, device)
-    return _finish(run, fit(run, opts.get("resume", False), opts.get("stop_after")), sets[2], opts, began)
+    about = _about(options, "data", "val", "labels", "val_labels", "padding", "weights", "arch")
+    return _fit(options, net, model, CrossEntropy(), sets, about, device, began)
 
 
 def teacher_classes(path: Path, arch: str) -> tuple[str, ...]:
@@ -235,82 +240,85 @@ def load_teacher(path: Path, arch: str, classes: tuple[str, ...], preprocess: Pr
     return net.build()
 
 
-def _alpha(opts: dict, train: ImageSet) -> float:
+def _alpha(alpha: float | None, train: ImageSet, data: str) -> float:
     """--alpha, by default 0.5 on labelled data and 1 (label-free) on unlabelled data."""
-    if opts.get("alpha") is None:
+    if alpha is None:
         return 0.5 if train.labelled else 1.0
-    if opts["alpha"] < 1 and not train.labelled:
-        raise ConfigError(f"--alpha {opts['alpha']:g} mixes in cross-entropy, but {opts['data']} has images without "
+    if alpha < 1 and not train.labelled:
+        raise ConfigError(f"--alpha {alpha:g} mixes in cross-entropy, but {data} has images without "
                           f"labels: use --alpha 1 (label-free) or give --labels")
-    return opts["alpha"]
+    return alpha
 
 
-def _objective(teacher, student: torch.nn.Module, opts: dict, preprocess: Preprocess, alpha: float):
+def _objective(teacher, student: torch.nn.Module, options: DistillOptions, preprocess: Preprocess, alpha: float):
     from edge.distill import Distillation, FeatureHint
 
     hint = None
-    if opts.get("feature"):
-        s_layer, _, t_layer = opts["feature"].partition(":")
+    if options.feature:
+        s_layer, _, t_layer = options.feature.partition(":")
         if not t_layer:
             raise ConfigError(f"--feature wants STUDENT_LAYER:TEACHER_LAYER (e.g. cnn.4:layer2), "
-                              f"got {opts['feature']!r}")
+                              f"got {options.feature!r}")
         probe = torch.zeros(2, len(preprocess.color), preprocess.crop, preprocess.crop)
         try:
             hint = FeatureHint(student, teacher, s_layer, t_layer, probe)
         except ValueError as err:
             raise ConfigError(f"--feature: {err}") from None
-    return Distillation(teacher, alpha, opts["temperature"], hint, opts.get("feature_weight") or 1.0)
+    return Distillation(teacher, alpha, options.kd.temperature, hint, options.feature_weight)
 
 
-def distill_command(opts: dict) -> dict:
+def distill_command(options: DistillOptions) -> dict:
     """`edge distill`: a student (fresh, or started from a file) taught by a teacher."""
     began = time.time()
-    device = _setup(opts)
+    device = _setup(options.loop)
     with together("setting up"):
         if group().main:
-            check_run_outputs(opts)
-        named = teacher_classes(opts["teacher"], opts["teacher_arch"])
-        start = None if opts["student"] in STUDENT_ARCHS else load_net(opts["student"])
-        preprocess = start.preprocess if start else fresh_preprocess(opts)
+            check_run_outputs(options)
+        named = teacher_classes(options.teacher, options.teacher_arch)
+        start = None if options.student in STUDENT_ARCHS else load_net(options.student)
+        preprocess = start.preprocess if start else fresh_preprocess(options.sources, options.shape)
         known = start.classes if start else named
-        sets = open_sets(opts, preprocess, known)
-        net = start or _fresh_net(opts["student"], opts, sets[0], preprocess, known)
-        model = _init(net, opts)
-        teacher = load_teacher(opts["teacher"], opts["teacher_arch"], net.classes, preprocess)
-        alpha = _alpha(opts, sets[0])
+        sets = open_sets(options.sources, preprocess, known)
+        net = start or _fresh_net(options.student, options.shape, sets[0], preprocess, known)
+        model = _init(net, options.loop.seed)
+        teacher = load_teacher(options.teacher, options.teacher_arch, net.classes, preprocess)
+        alpha = _alpha(options.kd.alpha, sets[0], options.sources.data)
     say(f"student: {net.spec.describe()}, {count_parameters(model):,} parameters; KD alpha {alpha:g}, "
-        f"T {opts['temperature']:g}" + (f", feature hint {opts['feature']}" if opts.get("feature") else ""))
-    about = _about(opts, "data", "val", "labels", "val_labels", "padding", "teacher", "student", "feature",
+        f"T {options.kd.temperature:g}" + (f", feature hint {options.feature}" if options.feature else ""))
+    about = _about(options, "data", "val", "labels", "val_labels", "padding", "teacher", "student", "feature",
                    "feature_weight", "temperature") | {"alpha": alpha}
-    run = _run(net, model, _objective(teacher, model, opts, preprocess, alpha), opts, sets, about, device)
-    return _finish(run, fit(run, opts.get("resume", False), opts.get("stop_after")), sets[2], opts, began)
+    objective = _objective(teacher, model, options, preprocess, alpha)
+    return _fit(options, net, model, objective, sets, about, device, began)
 
 
-def slim_command(opts: dict) -> dict:
+def slim_command(options: SlimOptions) -> dict:
     """`edge slim`: iterative network slimming of a StudentNet, one curve per rate; resumable."""
     from edge.slim import SlimSetup, plot_curves, slim_curve, write_curves
 
     began = time.time()
-    device = _setup(opts)
+    loop, sources = options.loop, options.sources
+    device = _setup(loop)
     with together("setting up"):
         if group().main:
-            _check_slim_output(opts)
-        _check_quant(opts)
-        base = load_net(opts["student"])
+            _check_slim_output(options)
+        quant = _quant_spec(options)
+        base = load_net(options.student)
         if base.spec.arch != "dw":
-            raise ConfigError(f"{opts['student']}: slimming works on StudentNets (arch dw), this is {base.spec.arch}")
-        train, val, test, augment = open_sets(opts, base.preprocess, base.classes)
+            raise ConfigError(f"{options.student}: slimming works on StudentNets (arch dw), this is {base.spec.arch}")
+        train, val, test, augment = open_sets(sources, base.preprocess, base.classes)
         if val is None:
             raise ConfigError("--val is required: each round keeps its best epoch by validation accuracy")
-        teacher = load_teacher(opts["teacher"], opts["teacher_arch"], base.classes, base.preprocess) \
-            if opts.get("teacher") else base.build()
-        alpha = _alpha(opts, train)
-    out = Path(opts["output"])
-    test_kind = f"agreement with {Path(opts['test_labels']).name}" if opts.get("test_labels") else "accuracy"
-    setup = SlimSetup(train, val, augment, teacher, _recipe(opts, "finetune_epochs"), out, alpha, opts["temperature"],
-                      opts["scope"], test, test_kind, opts["quant"], opts["method"], device,
-                      opts.get("workers") or 0, not opts.get("quiet"), bool(opts.get("resume")))
-    curves = _slim_record(opts, out, setup, alpha)
+        teacher = load_teacher(options.teacher, options.teacher_arch, base.classes, base.preprocess) \
+            if options.teacher else base.build()
+        alpha = _alpha(options.kd.alpha, train, sources.data)
+    out = Path(options.output)
+    test_kind = f"agreement with {Path(sources.test_labels).name}" if sources.test_labels else "accuracy"
+    setup = SlimSetup(train=train, val=val, augment=augment, teacher=teacher,
+                      recipe=_recipe(loop, options.finetune_epochs), out_dir=out, alpha=alpha,
+                      temperature=options.kd.temperature, scope=options.scope, test=test, test_kind=test_kind,
+                      quant=quant, device=device, workers=loop.workers, progress=not loop.quiet,
+                      resume=options.resume)
+    curves = _slim_record(options, out, setup, alpha)
     previous_seconds = curves.get("seconds", 0.0)
 
     def save() -> None:
@@ -318,11 +326,11 @@ def slim_command(opts: dict) -> dict:
         if group().main:
             write_curves(out / "curve.json", curves)
 
-    per_curve = opts["rounds"] * opts["finetune_epochs"]
-    for i, rate in enumerate(opts["rate"]):
-        stop = None if opts.get("stop_after") is None else opts["stop_after"] - i * per_curve
+    per_curve = options.rounds * options.finetune_epochs
+    for i, rate in enumerate(options.rate):
+        stop = None if options.stop_after is None else options.stop_after - i * per_curve
         if stop is not None and stop <= 0:
-            return _stopped(opts, out, curves)
+            return _stopped(options.stop_after, out, curves)
         if i == len(curves["curves"]):
             curves["curves"].append({"rate": rate, "points": []})
         curve = curves["curves"][i]
@@ -331,9 +339,9 @@ def slim_command(opts: dict) -> dict:
             curve["points"] = list(points)
             save()
 
-        if len(slim_curve(base, rate, opts["rounds"], setup, opts["student"], curve["points"], stop, record)) \
-                <= opts["rounds"]:
-            return _stopped(opts, out, curves)
+        if len(slim_curve(base, rate, options.rounds, setup, str(options.student), curve["points"], stop, record)) \
+                <= options.rounds:
+            return _stopped(options.stop_after, out, curves)
     save()
     if not group().main:  # the record, the figure and the summary are rank 0's
         return curves
@@ -341,49 +349,49 @@ def slim_command(opts: dict) -> dict:
     for curve in curves["curves"]:
         say(_curve_line(curve))
     say(f"done in {curves['seconds']:.0f}s: wrote {out / 'curve.json'}, {out / 'curve.png'} and each round's "
-        f"model + {opts['quant']} ONNX under {out}/rate*/")
+        f"model + {options.quant} ONNX under {out}/rate*/")
     return curves
 
 
-def _check_quant(opts: dict) -> None:
-    """--quant / --method of each round's export, checked before any work."""
+def _quant_spec(options: SlimOptions):
+    """--quant / --method of each round's export (`edge.export.quantize.QuantSpec`), checked before any work."""
     from edge.export.quantize import QuantSpec
 
     try:
-        QuantSpec(opts["quant"], method=opts["method"])
+        return QuantSpec(options.quant, method=options.method)
     except ValueError as err:
-        raise ConfigError(f"--quant {opts['quant']}: {err}") from None
+        raise ConfigError(f"--quant {options.quant}: {err}") from None
 
 
-def _check_slim_output(opts: dict) -> None:
+def _check_slim_output(options: SlimOptions) -> None:
     """The output folder, before any work: a new folder or one without a slimming run (with
     --resume: one holding the run's curve.json); never an input or a folder holding one."""
-    out, inputs = Path(opts["output"]), _input_paths(opts)
+    out, inputs = Path(options.output), _input_paths(options)
     check_output_dir(out, inputs=inputs, what="slimming output folder")
     record = out / "curve.json"
-    if opts.get("resume") and not record.exists():
+    if options.resume and not record.exists():
         raise ConfigError(f"{record}: nothing to resume (no such file): run without --resume first")
-    if not opts.get("resume") and (record.exists() or any(p.is_file() for p in out.glob("rate*/*"))):
+    if not options.resume and (record.exists() or any(p.is_file() for p in out.glob("rate*/*"))):
         raise ConfigError(f"{out}: holds a slimming run (curve.json or rate*/ files): continue it with --resume "
                           f"(same options), or choose a new folder")
     for path in inputs:
         if path.resolve().is_relative_to(out.resolve()) and path.is_file():
             raise ConfigError(f"{path}: an input inside the output folder {out} could be overwritten by a round's "
                               f"file: move it out or choose another -o")
-    _check_cache_dir(opts, inputs)
+    _check_cache_dir(options.sources, inputs)
 
 
-def _slim_record(opts: dict, out: Path, setup, alpha: float) -> dict:
+def _slim_record(options: SlimOptions, out: Path, setup, alpha: float) -> dict:
     """A fresh curve record, or with --resume the one in OUTPUT (its settings must be these)."""
     from dataclasses import asdict
 
     settings = json.loads(json.dumps(
-        _about(opts, "student", "data", "val", "test", "labels", "val_labels", "test_labels", "padding", "no_flip",
+        _about(options, "student", "data", "val", "test", "labels", "val_labels", "test_labels", "padding", "no_flip",
                "teacher", "teacher_arch", "rounds", "scope", "quant", "method", "temperature")
-        | {"rate": list(opts["rate"]), "alpha": alpha, "recipe": asdict(setup.recipe)}))
+        | {"rate": list(options.rate), "alpha": alpha, "recipe": asdict(setup.recipe)}))
     path = out / "curve.json"
-    if not opts.get("resume"):
-        return {"title": f"slimming {Path(opts['student']).name} ({opts['scope']} threshold, KD alpha {alpha:g})",
+    if not options.resume:
+        return {"title": f"slimming {Path(options.student).name} ({options.scope} threshold, KD alpha {alpha:g})",
                 "command": "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "settings": settings,
                 "curves": []}
     contents = group().file_bytes(path)  # rank 0's record, on every rank
@@ -400,8 +408,8 @@ def _slim_record(opts: dict, out: Path, setup, alpha: float) -> dict:
     return saved
 
 
-def _stopped(opts: dict, out: Path, curves: dict) -> dict:
-    say(f"stopped after {opts['stop_after']} fine-tuning epochs: {out / 'curve.json'} holds the rounds done; "
+def _stopped(stop_after: int, out: Path, curves: dict) -> dict:
+    say(f"stopped after {stop_after} fine-tuning epochs: {out / 'curve.json'} holds the rounds done; "
         f"continue with --resume (same options)")
     return curves
 

@@ -1,8 +1,8 @@
 """Run an ONNX file we exported with ONNX Runtime: providers, threads, metadata. No torch.
 
-`OnnxClassifier` opens the file (expanding an entropy-coded one first, `edge.entropy`), reads its
-`ModelCard` from the metadata (so it knows its own preprocessing and classes) and runs batches of
-preprocessed images to logits.
+`OnnxClassifier` opens the file on an ONNX Runtime backend of `edge.backends` (expanding an
+entropy-coded one first, `edge.entropy`), reads its `ModelCard` from the metadata (so it knows its
+own preprocessing and classes) and runs batches of preprocessed images to logits.
 """
 
 from __future__ import annotations
@@ -12,43 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.backends import ONNXRUNTIME, Backend, ProviderUnavailable, check_available, resolve
 from edge.entropy import session_source
 from edge.errors import EdgeError
 from edge.metadata import MetadataError, read_metadata, read_net
-
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider", "ort-cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider", "ort-tensorrt": "TensorrtExecutionProvider",
-}
-_INSTALL_HINT = {
-    "CUDAExecutionProvider": "install onnxruntime-gpu (pip install onnxruntime-gpu, in place of onnxruntime) "
-                             "and make sure a CUDA GPU and its driver are present",
-    "TensorrtExecutionProvider": "install onnxruntime-gpu with TensorRT libraries on a machine with an NVIDIA GPU",
-}
 
 
 class ModelError(EdgeError, ValueError):
     """An ONNX file that cannot be used as an edge classifier."""
 
 
-class ProviderUnavailable(EdgeError, RuntimeError):
-    """The requested execution provider is not in this ONNX Runtime build or did not start."""
-
-
-def resolve_provider(name: str) -> str:
-    """A user's provider name (``cpu``, ``cuda``, ``ort-cuda``, ...) -> ONNX Runtime's, checked for availability."""
-    import onnxruntime as ort
-
-    key = name.lower()
-    if key not in PROVIDERS:
-        raise ValueError(f"unknown provider {name!r}: choose from {', '.join(sorted(PROVIDERS))}")
-    provider = PROVIDERS[key]
-    available = ort.get_available_providers()
-    if provider not in available:
-        raise ProviderUnavailable(f"provider {name!r} ({provider}) is not available in this onnxruntime "
-                                  f"build (it has {', '.join(available)}): {_INSTALL_HINT.get(provider, '')}")
-    return provider
+def resolve_provider(name: str) -> Backend:
+    """A user's backend name (``cpu``, ``cuda``, ``ort-cuda``, ``tensorrt``, ...; `edge.backends`) -> the ONNX
+    Runtime backend, checked to run here (`ProviderUnavailable`, with what to install, otherwise)."""
+    return check_available(resolve(name, ONNXRUNTIME))
 
 
 def session_options(threads: int | None = None, optimized_path: str | None = None):
@@ -75,7 +52,8 @@ class OnnxClassifier:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such model file")
-        wanted = resolve_provider(provider)
+        backend = resolve_provider(provider)
+        wanted = backend.provider
         try:
             self.session = ort.InferenceSession(session_source(self.path), session_options(threads),
                                                 providers=[wanted])
@@ -83,7 +61,7 @@ class OnnxClassifier:
             raise ModelError(f"{self.path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
         if wanted not in self.session.get_providers():
             raise ProviderUnavailable(f"{wanted} did not start for {self.path} (session runs on "
-                                      f"{self.session.get_providers()}): {_INSTALL_HINT.get(wanted, '')}")
+                                      f"{self.session.get_providers()}): {backend.install_hint}")
         try:
             props = self.session.get_modelmeta().custom_metadata_map
             self.card, self.quant = read_metadata(props, str(self.path))

@@ -128,9 +128,9 @@ def prune_net(net: NetFile, rate: float, scope: str = "stage") -> NetFile:
 # ---------------------------------------------------------------- the iterative schedule
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class SlimSetup:
-    """What every round shares: data, teacher, fine-tuning recipe, where files go."""
+    """What every round shares: data, teacher, fine-tuning recipe, where files go, the export format."""
 
     train: object  # ImageSet
     val: object  # ImageSet
@@ -143,8 +143,7 @@ class SlimSetup:
     scope: str = "stage"
     test: object = None  # ImageSet, scored but never used to choose
     test_kind: str = "accuracy"
-    storage: str = "uint8"
-    method: str = "gptq"  # edge.export.quantize's rounding for integer formats (calibrated on validation images)
+    quant: object  # edge.export.quantize.QuantSpec of each round's export (gptq calibrates on validation images)
     device: torch.device = torch.device("cpu")
     workers: int = 0
     progress: bool = True
@@ -157,17 +156,16 @@ def measure(net: NetFile, setup: SlimSetup, onnx_path: Path, val_kind: str, val)
     from edge.train import accuracy
     from edge.datasets import normalize
     from edge.export.exporter import export_onnx
-    from edge.export.quantize import QuantSpec
 
     model = net.build().to(setup.device)
     point = {"widths": list(net.spec.config.widths), "parameters": net.spec.config.num_parameters(),
              "mflops": round(net.spec.config.flops() / 1e6, 2), "val_accuracy": accuracy(model, val, setup.device),
              "val_kind": val_kind}
-    quant = QuantSpec(setup.storage, method=setup.method)
     calibration = (normalize(val.pixels[:CALIBRATION], val.preprocess).numpy(), f"{CALIBRATION} validation images") \
-        if quant.calibrated else (None, "")
+        if setup.quant.calibrated else (None, "")
     with torch.no_grad():  # exporting and calibrating need no gradients
-        size, described = export_onnx(Checkpoint(net.card, numpy_state(net), "edge"), onnx_path, quant, *calibration)
+        size, described = export_onnx(Checkpoint(net.card, numpy_state(net), "edge"), onnx_path, setup.quant,
+                                      *calibration)
     point.update({"onnx": onnx_path.name, "onnx_bytes": size, "onnx_weights": described})
     if setup.test is not None:
         point["test_accuracy"] = accuracy(model, setup.test, setup.device)
@@ -277,7 +275,8 @@ def plot_curves(path: Path, curves: dict) -> None:
         line, = by_size.plot([p["parameters"] for p in points], acc, "o-", label=f"rate {curve['rate']:g}/round, torch")
         if "onnx_test_accuracy" in first:
             by_size.plot([p["parameters"] for p in points], [100 * p["onnx_test_accuracy"] for p in points], "x--",
-                         color=line.get_color(), label=f"rate {curve['rate']:g}/round, uint8 ONNX")
+                         color=line.get_color(),
+                         label=f"rate {curve['rate']:g}/round, {first['onnx_weights']['weights']} ONNX")
         by_round.plot([p["round"] for p in points], acc, "o-", color=line.get_color(),
                       label=f"rate {curve['rate']:g}/round")
     by_size.set(xlabel="parameters", ylabel=f"{kind} (%)", title="accuracy vs size")

@@ -78,7 +78,7 @@ class QuantSpec:
     def label(self) -> str:
         """Short display name: ``kmeans16 per-channel entropy``."""
         return " ".join([self.weights] + ["per-channel"] * self.per_channel + ["entropy"] * self.entropy
-                        + [f"low-rank {self.low_rank:g}"] * (self.low_rank is not None))
+                        + ([f"low-rank {self.low_rank:g}"] if self.low_rank is not None else []))
 
     def describe(self) -> dict:
         info = {"weights": self.weights, "per_channel": self.per_channel}

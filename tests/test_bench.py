@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from edge.bench import machine, report
-from edge.bench.harness import Settings, load_subjects, parse_providers, plan, run_bench
+from edge.backends import parse_list
+from edge.bench.harness import Settings, load_subjects, plan, run_bench
 from edge.bench.rows import spread, summarise_times
 from edge.bench.worker import RowProcess, Target
 from edge.cli import main
@@ -36,10 +37,10 @@ def _row(doc, backend, fmt=None):
 
 
 def test_provider_names_accept_the_users_spelling():
-    assert parse_providers("cpu,cuda,torch-cpu,tensorrt") == ("ort-cpu", "ort-cuda", "torch-cpu", "ort-tensorrt")
-    assert parse_providers("ORT-CPU, cpu") == ("ort-cpu",)
+    assert parse_list("cpu,cuda,torch-cpu,tensorrt") == ("ort-cpu", "ort-cuda", "torch-cpu", "ort-tensorrt")
+    assert parse_list("ORT-CPU, cpu") == ("ort-cpu",)
     with pytest.raises(ValueError, match="gpu"):
-        parse_providers("gpu")
+        parse_list("gpu")
 
 
 def test_rough_peak_follows_the_widest_simd_fma():
@@ -145,7 +146,8 @@ def test_an_onnx_model_runs_as_it_is_and_torch_says_why_not(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--provider", "gpu"], "unknown provider"),
+    (["--provider", "gpu"], "unknown backend"),
+    (["--quant", "fp32:minmax"], "fp32 has no method"),
     (["--quant", "int4"], "unknown weight format"),
     (["--labels", "x.csv"], "--labels needs --data"),
     (["--batch", "0"], "positive batch sizes"),

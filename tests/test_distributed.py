@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from edge.cli import main
 from edge.config import Preprocess, StudentConfig
-from edge.datasets import Augment, batches, load_images
+from edge.datasets import Augment, batches, decode_image_set
 from edge.distributed import Group
 from edge.nets import load_net
 
@@ -49,7 +49,7 @@ def _torchrun(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.Co
 
 
 def test_ranks_split_each_global_batch_and_augment_it_as_one_process_does(fashion_mnist):
-    data = load_images("fashion-mnist:train@:200", GREY32, Augment(32, padding=2))
+    data = decode_image_set("fashion-mnist:train@:200", GREY32, Augment(32, padding=2))
     whole = list(batches(data, 64, Augment(32, padding=2), seed=4, epoch=1))
     shares = [list(batches(data, 64, Augment(32, padding=2), seed=4, epoch=1, share=Group(rank, 2).share))
               for rank in range(2)]
@@ -83,7 +83,7 @@ def _gradients_on_two_ranks(rank: int, port: int, sync_bn: bool, batch, out: Pat
 def test_sync_bn_gives_the_single_process_gradients_of_the_global_batch(fashion_mnist, tmp_path, sync_bn):
     from edge.models import StudentNet
 
-    data = load_images("fashion-mnist:train@:128", GREY32, Augment(32, padding=2))
+    data = decode_image_set("fashion-mnist:train@:128", GREY32, Augment(32, padding=2))
     images, labels, _ = next(iter(batches(data, 128, Augment(32, padding=2), seed=1)))
     mp.spawn(_gradients_on_two_ranks, args=(_free_port(), sync_bn, (images, labels), tmp_path / "g.pt"), nprocs=2)
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from edge.cli import main
 from edge.config import Preprocess, StudentConfig
-from edge.datasets import Augment, augment_batch, batches, load_images, parse_source, read_idx
+from edge.datasets import Augment, augment_batch, batches, decode_image_set, parse_source, read_idx
 from edge.nets import NetFile, NetSpec, load_net
 from edge.train import CrossEntropy, Recipe, Run, fit, init_model
 
@@ -27,12 +27,12 @@ def _two_threads():
 
 @pytest.fixture(scope="module")
 def fm_train(fashion_mnist):
-    return load_images("fashion-mnist:train@:256", GREY32, Augment(32, padding=2))
+    return decode_image_set("fashion-mnist:train@:256", GREY32, Augment(32, padding=2))
 
 
 @pytest.fixture(scope="module")
 def fm_val(fashion_mnist):
-    return load_images("fashion-mnist:test@:128", GREY32)
+    return decode_image_set("fashion-mnist:test@:128", GREY32)
 
 
 def test_fashion_mnist_eval_set_is_the_idx_images_zero_padded(fashion_mnist, fm_val):
@@ -50,11 +50,11 @@ def test_food11_eval_pixels_equal_the_deployed_preprocessing(food11_test, tmp_pa
     from edge.preprocess import load_image
 
     spec = Preprocess()
-    data = load_images(f"{food11_test}@:6", spec, cache_dir=tmp_path)
+    data = decode_image_set(f"{food11_test}@:6", spec, cache_dir=tmp_path)
     expected = np.stack([load_image(p, spec) for p in sorted(food11_test.iterdir())[:6]])
     assert np.array_equal(normalize(data.pixels, spec).numpy(), expected)
     assert not data.labelled and data.ids[:2] == ["0", "8"]
-    cached = load_images(f"{food11_test}@:6", spec, cache_dir=tmp_path)  # from the cache file this time
+    cached = decode_image_set(f"{food11_test}@:6", spec, cache_dir=tmp_path)  # from the cache file this time
     assert len(list(tmp_path.iterdir())) == 1 and torch.equal(cached.pixels, data.pixels)
 
 
@@ -62,7 +62,7 @@ def test_training_canvas_holds_the_photo_and_random_crops_stay_inside_it(food11_
     from edge.preprocess import read_image
 
     aug = Augment(256)
-    data = load_images(f"{food11_test}@:4", Preprocess(), aug)
+    data = decode_image_set(f"{food11_test}@:4", Preprocess(), aug)
     assert data.pixels.shape == (4, 3, 384, 384)
     photo = read_image(sorted(food11_test.iterdir())[0], Preprocess())[0]
     top, left, h, w = data.boxes[0].tolist()

@@ -1,0 +1,177 @@
+"""The tables everything reads agree with what uses them: weight formats (edge.export.formats), backends
+(edge.backends), and the typed options (edge.options) with the CLI's own parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import click
+import onnxruntime as ort
+import pytest
+
+from edge import backends
+from edge.cli import main
+from edge.export import formats
+from edge.export.quantize import METHODS, QuantSpec, candidate_specs
+from edge.options import (CompressOptions, DistillOptions, SearchSettings, SlimOptions, TrainOptions, flat,
+                          from_click)
+
+QUANT_FIELDS = {f.name for f in dataclasses.fields(QuantSpec)}
+
+
+def _names(fmt: formats.WeightFormat) -> list[str]:
+    """Every spelling of a format: its name, or the smallest and largest of its sizes."""
+    if fmt.sizes is None:
+        return [fmt.family]
+    return [f"{fmt.family}{fmt.sizes[0]}", f"{fmt.family}{fmt.sizes[-1]}"]
+
+
+def _option(command: str, name: str) -> click.Parameter:
+    return next(p for p in main.commands[command].params if p.name == name)
+
+
+# ---------------------------------------------------------------- weight formats
+
+@pytest.mark.parametrize("fmt", formats.FORMATS, ids=lambda f: f.syntax)
+def test_every_format_parses_round_trips_and_lists_real_options_and_methods(fmt):
+    for name in _names(fmt):
+        parsed, size = formats.parse_format(name)
+        assert parsed is fmt and (size is None) == (fmt.sizes is None)
+        assert QuantSpec(name).weights == name and QuantSpec(name).label == name
+        assert formats.parse_choice(name) == (name, {})
+        for method in fmt.methods:
+            assert formats.parse_choice(f"{name}:{method}") == (name, {"method": method})
+            assert QuantSpec(name, method=method).method == method
+    assert set(fmt.options) <= QUANT_FIELDS, set(fmt.options) - QUANT_FIELDS
+    assert set(fmt.methods) <= set(METHODS) and set(METHODS) == set(formats.METHODS)
+    if fmt.sizes is not None:
+        for outside in (fmt.sizes.start - 1, fmt.sizes.stop):
+            with pytest.raises(ValueError, match="unknown weight format"):
+                formats.parse_format(f"{fmt.family}{outside}")
+
+
+def test_a_method_only_where_the_format_has_one():
+    with pytest.raises(ValueError, match="fp32 has no method"):
+        formats.parse_choice("fp32:minmax")
+    with pytest.raises(ValueError, match="gptq, minmax"):
+        formats.parse_choice("uint8:nearest")
+    assert formats.data_free("uint8") == "uint8:minmax" and formats.data_free("fp16") == "fp16"
+
+
+def test_candidates_and_bench_defaults_come_from_the_table():
+    specs = candidate_specs()
+    assert len(specs) == len(formats.CANDIDATES) > 0
+    for (name, options), spec in zip(formats.CANDIDATES, specs):
+        assert spec.weights == name and set(options) <= set(spec.format.options)
+    assert [QuantSpec(formats.parse_choice(q)[0]).weights for q in formats.BENCH_FORMATS] == list(formats.BENCH_FORMATS)
+
+
+def test_the_cli_takes_formats_and_methods_from_the_table():
+    assert _option("export", "quant").metavar == formats.syntax() == _option("slim", "quant").metavar
+    for command in ("export", "slim"):
+        method = _option(command, "method")
+        assert list(method.type.choices) == list(formats.METHODS) and method.default == next(iter(formats.METHODS))
+    export_help, bench_help = _option("export", "quant").help, _option("bench", "quants").help
+    for fmt in formats.FORMATS:
+        assert fmt.syntax in export_help and fmt.description in export_help and fmt.syntax in bench_help
+    for method in formats.METHODS:
+        assert method in _option("export", "method").help and method in bench_help
+
+
+# ---------------------------------------------------------------- backends
+
+@pytest.mark.parametrize("backend", backends.BACKENDS, ids=lambda b: b.name)
+def test_every_backend_is_consistent(backend):
+    if backend.is_onnx:
+        assert backend.provider in ort.get_all_providers()
+    else:
+        assert backend.provider is None and backend.kind == backends.TORCH
+    assert backend.device in ("cpu", "cuda") and (backend.device == "cpu" or backend.install_hint)
+    for spelling in backend.spellings:
+        assert backends.resolve(spelling.upper()) is backend
+    assert backends.resolve(backend.device, backend.kind).device == backend.device
+
+
+def test_spellings_are_unique_and_device_names_follow_the_model():
+    spellings = [s for b in backends.BACKENDS for s in b.spellings]
+    assert len(spellings) == len(set(spellings)) == len(backends.SPELLINGS)
+    assert backends.resolve("cpu").name == "ort-cpu" and backends.resolve("cpu", backends.TORCH).name == "torch-cpu"
+    assert backends.resolve("cuda", backends.TORCH).name == "torch-cuda"
+    with pytest.raises(backends.BackendError, match="runs .onnx files"):
+        backends.resolve("tensorrt", backends.TORCH)
+    with pytest.raises(backends.BackendError, match="runs checkpoints"):
+        backends.resolve("torch-cpu", backends.ONNXRUNTIME)
+    with pytest.raises(backends.BackendError, match="unknown backend"):
+        backends.parse_list("cpu,gpu")
+    assert backends.parse_list("cpu, ort-cpu,torch-cpu") == ("ort-cpu", "torch-cpu")
+
+
+def test_the_cpu_backends_run_here_and_a_missing_gpu_says_what_to_install():
+    assert backends.unavailable(backends.resolve("ort-cpu")) is None
+    assert backends.unavailable(backends.resolve("torch-cpu")) is None
+    for backend in backends.BACKENDS:
+        reason = backends.unavailable(backend)
+        assert reason is None or backend.install_hint in reason
+
+
+def test_the_cli_takes_backends_from_the_table():
+    predict = _option("predict", "provider")
+    assert tuple(predict.type.choices) == backends.SPELLINGS
+    bench = _option("bench", "providers")
+    assert bench.default == ",".join(backends.NAMES)
+    for backend in backends.BACKENDS:
+        assert backend.name in predict.help and backend.name in bench.help and backend.description in bench.help
+
+
+# ---------------------------------------------------------------- typed options
+
+COMMANDS = {
+    "train": (TrainOptions, ["data", "-o", "run.pt"]),
+    "distill": (DistillOptions, ["data", "--teacher", "t.pt", "-o", "run.pt"]),
+    "slim": (SlimOptions, ["s.pt", "data", "-o", "out"]),
+    "compress": (CompressOptions, ["m.pt", "--images", "photos", "--target-bytes", "1000", "-o", "m.onnx"]),
+}
+
+
+def _defaults(cls) -> dict:
+    """Every leaf field's default (the option groups opened up)."""
+    defaults = {}
+    for name, kind in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(kind):
+            defaults.update(_defaults(kind))
+        elif cls.__dataclass_fields__[name].default is not dataclasses.MISSING:
+            defaults[name] = cls.__dataclass_fields__[name].default
+    return defaults
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_options_classes_take_exactly_the_cli_parameters_with_its_defaults(command):
+    cls, args = COMMANDS[command]
+    ctx = main.commands[command].make_context(command, list(args))
+    options = from_click(cls, ctx.params)
+    values = flat(options)
+    assert set(ctx.params) <= set(values)
+    assert all(values[name] == value for name, value in ctx.params.items())
+    assert Path(values["output"]).name == Path(args[-1]).name
+    defaults = _defaults(cls)  # what a Python caller gets is what the CLI's user gets
+    shared = [name for name in defaults if name in ctx.params]
+    assert {k: ctx.params[k] for k in shared} == {k: defaults[k] for k in shared}
+
+
+def test_a_parameter_no_field_takes_is_refused():
+    ctx = main.commands["train"].make_context("train", ["data", "-o", "run.pt"])
+    with pytest.raises(TypeError, match="unknown_option"):
+        from_click(TrainOptions, {**ctx.params, "unknown_option": 1})
+
+
+def test_options_are_frozen_and_keyword_only():
+    from edge.slim import SlimSetup
+
+    options = from_click(TrainOptions, main.commands["train"].make_context("train", ["d", "-o", "r.pt"]).params)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.arch = "cnn"
+    for cls in (TrainOptions, SearchSettings, SlimSetup):
+        with pytest.raises(TypeError):
+            cls("positional")
