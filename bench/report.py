@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edge.backends import resolve
 from edge.bench.harness import REFERENCE
 from edge.files import atomic_write
 
@@ -34,7 +35,8 @@ def _gflops(row: dict, peak: float | None) -> str:
     stats = row["gflops"]
     if not stats:
         return ""
-    share = f" ({stats['median'] / peak:.0%})" if peak and not row["backend"].endswith(("cuda", "tensorrt")) else ""
+    on_cpu = resolve(row["backend"]).device == "cpu"  # the peak is the CPU's
+    share = f" ({stats['median'] / peak:.0%})" if peak and on_cpu else ""
     return f"{stats['median']:.1f}{share}"
 
 
@@ -96,7 +98,7 @@ def table(doc: dict) -> tuple[list[str], list[list[str]], list[str]]:
 def latency_ratios(doc: dict) -> list[str]:
     """For each ONNX Runtime provider: every format's batch-1 latency / fp32's, paired per repeat."""
     lines = []
-    rows = [r for r in doc["rows"] if r["status"] == "ok" and r["backend"].startswith("ort-")]
+    rows = [r for r in doc["rows"] if r["status"] == "ok" and resolve(r["backend"]).is_onnx]
     for base in (r for r in rows if r["format"] == "fp32"):
         for other in rows:
             if (other["model"], other["backend"]) != (base["model"], base["backend"]) or other is base:

@@ -72,7 +72,7 @@ def main():
               help="How weights are stored (codes are decoded when the model is loaded: inference stays fp32): "
                    + formats.help_text() + ".")
 @click.option("--per-channel", is_flag=True, help="One min-max range (uintN) or codebook (kmeansK) per output channel.")
-@click.option("--method", default=next(iter(formats.METHODS)), show_default=True,
+@click.option("--method", default=formats.DEFAULT_METHOD, show_default=True,
               type=click.Choice(list(formats.METHODS)),
               help="uintN/kmeansK: " + "; ".join(f"{k} = {v}" for k, v in formats.METHODS.items()) + ".")
 @click.option("--entropy", is_flag=True,
@@ -145,7 +145,7 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
 
 def _check_export_options(spec, calib, images, labels, max_drop) -> None:
     """Options that would do nothing in this mode are mistakes, said at once (exit 2)."""
-    if spec.per_channel and spec.weights in ("fp32", "fp16") and max_drop is None:
+    if spec.per_channel and "per_channel" not in spec.format.options and max_drop is None:
         raise click.UsageError(f"--per-channel sets integer ranges; --quant {spec.weights} has none")
     if calib and not spec.calibrated and max_drop is None:
         raise click.UsageError(f"--calib calibrates gptq and int8; --quant {spec.weights} --method {spec.method} "
@@ -575,7 +575,7 @@ def distill(**params):
               help="The torchvision classifier a plain state dict --teacher belongs to.")
 @click.option("--quant", default="uint8", show_default=True, metavar=formats.syntax(),
               help="Weight format of each round's ONNX export, as in `edge export`.")
-@click.option("--method", default=next(iter(formats.METHODS)), show_default=True,
+@click.option("--method", default=formats.DEFAULT_METHOD, show_default=True,
               type=click.Choice(list(formats.METHODS)),
               help="Rounding of integer formats, as in `edge export` (gptq calibrates on 64 --val images).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),

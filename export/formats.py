@@ -33,6 +33,7 @@ METHODS = {  # the calibrations of integer formats, the default first
             "the input Hessian, GPTQ assignment, least-squares centroids) + bias correction, tiny layers fp16",
     "minmax": "the homework's plain rounding (plain k-means) of every weight, data-free",
 }
+DEFAULT_METHOD = next(iter(METHODS))
 DATA_FREE = "minmax"
 CODED_OPTIONS = ("per_channel", "method", "entropy")
 

@@ -21,16 +21,14 @@ import numpy as np
 
 from edge.fold import FoldedLayer
 from edge.quant import FloatWeight, minmax_encode
-from edge.export.formats import CANDIDATES, WeightFormat, parse_format
-
-METHODS = ("minmax", "gptq")
+from edge.export.formats import CANDIDATES, DEFAULT_METHOD, METHODS, WeightFormat, parse_format
 
 
 @dataclass(frozen=True)
 class QuantSpec:
     weights: str = "fp32"  # a format of `edge.export.formats.FORMATS`: fp32 | fp16 | uintN | kmeansK | int8
     per_channel: bool = False
-    method: str = "gptq"
+    method: str = DEFAULT_METHOD
     fp16_below: int = 1024
     entropy: bool = False  # codes entropy-coded in the file (`edge.entropy`): only edge's runtime opens it
     train_epochs: int = 0  # kmeansK --method gptq: KD fine-tuning of the codebooks on the calibration images
