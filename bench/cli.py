@@ -31,8 +31,8 @@ def settings_from(data, labels, providers, quants, batches, threads, repeats, mi
         providers = parse_list(providers)
     except BackendError as err:
         raise click.BadParameter(str(err), param_hint="--provider") from None
-    return Settings(providers, _quants(quants), tuple(sorted(set(batches))), threads, repeats, min_time,
-                    data=data, labels=labels, pools=pools)
+    return Settings(providers=providers, quants=_quants(quants), batches=tuple(sorted(set(batches))), threads=threads,
+                    repeats=repeats, min_seconds=min_time, data=data, labels=labels, pools=pools)
 
 
 def _read_previous(path: Path) -> dict:

@@ -30,7 +30,7 @@ DEFAULT_NAME = "default StudentNet (initialised, seed 0)"
 REFERENCE = ("torch-cpu", "fp32")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     providers: tuple[str, ...] = NAMES  # canonical names of `edge.backends.BACKENDS`
     quants: tuple[str, ...] = BENCH_FORMATS

@@ -149,6 +149,7 @@ def benchmark(models: list[PathLike] = (), *, providers: str = "ort-cpu", quants
     from edge.bench.harness import Settings, default_quants, parse_quants, run_bench
 
     paths = [Path(m) for m in models]
-    settings = Settings(parse_list(providers), parse_quants(quants or default_quants(paths)),
-                        tuple(sorted(set(batches))), threads, repeats, min_seconds, data=Path(data) if data else None, labels=Path(labels) if labels else None)
+    settings = Settings(providers=parse_list(providers), quants=parse_quants(quants or default_quants(paths)),
+                        batches=tuple(sorted(set(batches))), threads=threads, repeats=repeats, min_seconds=min_seconds,
+                        data=Path(data) if data else None, labels=Path(labels) if labels else None)
     return run_bench(paths, settings, "edge.benchmark(...)", progress=progress)

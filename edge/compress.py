@@ -41,7 +41,7 @@ VAL_EVERY = 5
 STATE = "state.json"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Inputs:
     """The model, its teacher and the photos a search works on."""
 
@@ -423,8 +423,9 @@ def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path
     calibration = normalize(subset(crops, train_at[:4 * settings.calibration]).pixels, base.preprocess)
     log(f"photos: {len(train)} to train on ({images}), {len(val_set)} held back for validation"
         + (f" ({val})" if val else f" (every {VAL_EVERY}th by id)") + (f", {len(test_set)} test" if test_set else ""))
-    return Inputs(base, teacher_model, teacher is None, train, calibration, replace(val_set, labels=reference),
-                  val_truth, test_set, test_reference)
+    return Inputs(base=base, teacher=teacher_model, teacher_is_base=teacher is None, train=train,
+                  calibration=calibration, val=replace(val_set, labels=reference), val_truth=val_truth, test=test_set,
+                  test_reference=test_reference)
 
 
 def _truth(data, truth: dict | None) -> np.ndarray | None:
