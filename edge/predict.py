@@ -71,7 +71,7 @@ _TORCH_DEVICES = {"cpu": "cpu", "torch-cpu": "cpu", "cuda": "cuda", "torch-cuda"
 def open_model(path: str | Path, provider: str = "cpu", threads: int | None = None,
                pools: tuple[int, ...] | None = None):
     """-> (classifier, lanes): an ONNX file (by name or content) -> `OnnxClassifier` (no torch);
-    any checkpoint -> `TorchClassifier`. ``lanes`` is how many model calls may run at once: on ONNX
+    any model file edge reads (`edge.checkpoints.load_model`) -> `TorchClassifier`. ``lanes`` is how many model calls may run at once: on ONNX
     Runtime's CPU provider, ``threads`` (default: all cores) single-threaded calls; otherwise 1."""
     from edge.formats import is_onnx
 
@@ -82,9 +82,9 @@ def open_model(path: str | Path, provider: str = "cpu", threads: int | None = No
         if resolve_provider(provider) == "CPUExecutionProvider":
             return OnnxClassifier(path, provider, threads=1), threads or cpu_cores()
         return OnnxClassifier(path, provider, threads), 1
-    from edge.checkpoints import load_checkpoint
+    from edge.checkpoints import load_model
 
-    checkpoint = load_checkpoint(path, pools=pools)
+    checkpoint = load_model(path, pools=pools)
     return _torch_classifier(path, checkpoint, provider, threads), 1
 
 

@@ -24,7 +24,7 @@ from edge.datasets import Augment, ImageSet, load_images
 from edge.distributed import group, load_shared, say, together
 from edge.files import atomic_write, check_output, check_output_dir
 from edge.nets import STUDENT_ARCHS, NetFile, NetSpec, check_compatible, count_parameters, load_net
-from edge.train import Recipe, Run, accuracy, best_path, fit, init_model
+from edge.train import Recipe, Run, accuracy, best_path, default_precise_bn, fit, init_model
 
 FASHION_MNIST = "fashion-mnist"
 
@@ -102,9 +102,11 @@ def open_sets(opts: dict, preprocess: Preprocess, classes: tuple[str, ...] = ())
     return train, val, test, augment
 
 
-def _recipe(opts: dict, epochs_key: str = "epochs") -> Recipe:
+def _recipe(opts: dict, epochs_key: str = "epochs", arch: str = "dw") -> Recipe:
+    precise_bn = opts.get("precise_bn")
     return Recipe(epochs=opts[epochs_key], batch_size=opts["batch"], lr=opts["lr"], weight_decay=opts["weight_decay"],
-                  schedule=opts["schedule"], seed=opts["seed"], sparsity=opts.get("sparsity") or 0.0)
+                  schedule=opts["schedule"], seed=opts["seed"], sparsity=opts.get("sparsity") or 0.0,
+                  precise_bn=default_precise_bn(arch) if precise_bn is None else precise_bn)
 
 
 def _spec(arch: str, opts: dict, preprocess: Preprocess, classes: tuple[str, ...]) -> NetSpec:
@@ -177,7 +179,7 @@ def _finish(run: Run, summary: dict, test: ImageSet | None, opts: dict, began: f
 
 def _run(net: NetFile, model, objective, opts: dict, sets, about: dict, device: torch.device) -> Run:
     train, val, _, augment = sets
-    return Run(net, model, objective, _recipe(opts), train, augment, Path(opts["output"]), val, device,
+    return Run(net, model, objective, _recipe(opts, arch=net.spec.arch), train, augment, Path(opts["output"]), val, device,
                opts.get("workers") or 0, about, not opts.get("quiet"))
 
 

@@ -177,3 +177,56 @@ def test_parse_source():
     assert parse_source("a/testing@:300") == ("a/testing", slice(None, 300))
     assert parse_source("fashion-mnist:train@100:") == ("fashion-mnist:train", slice(100, None))
     assert parse_source("plain") == ("plain", slice(None))
+
+
+def test_a_torchvision_arch_trains_at_its_input_size_and_every_command_takes_it(tmp_path):
+    """`edge train --arch mobilenet_v3_small --input-size 24` on a few synthetic photos: the size is
+    recorded in the file, and predict (torch), info and bench's torch rows run it at that size;
+    compress refuses it in one line."""
+    import csv
+
+    from PIL import Image
+
+    from edge.checkpoints import load_model
+    from edge.nets import NetFile
+    from edge.preprocess import load_image
+
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    for label in range(3):
+        (photos / str(label)).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 80, (20, 30, 3), np.uint8) + np.uint8(80 * label)
+            Image.fromarray(pixels).save(photos / str(label) / f"{i}.png")
+    out = tmp_path / "mnv3.pt"
+    run = CliRunner().invoke(main, ["train", str(photos), "--arch", "mobilenet_v3_small", "--input-size", "24",
+                                    "--resize", "24", "--epochs", "1", "--batch", "6", "--threads", "2", "--quiet",
+                                    "-o", str(out)])
+    assert run.exit_code == 0, run.output
+    model = load_model(out)
+    assert isinstance(model, NetFile) and model.spec.arch == "mobilenet_v3_small"
+    assert model.card.preprocess.crop == model.card.config.input_size == 24 and model.card.preprocess.resize == 24
+
+    predicted = CliRunner().invoke(main, ["predict", str(out), str(photos), "-o", str(tmp_path / "p.csv"),
+                                          "--provider", "torch-cpu", "--quiet"])
+    assert predicted.exit_code == 0, predicted.output
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    paths = [photos / f"{row['Id']}.png" for row in rows]
+    inputs = torch.from_numpy(np.stack([load_image(p, model.card.preprocess) for p in paths]))
+    assert inputs.shape[1:] == (3, 24, 24)
+    with torch.no_grad():
+        assert [int(r["label"]) for r in rows] == model.build()(inputs).argmax(1).tolist()
+
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert info.exit_code == 0 and '"model": "mobilenet_v3_small' in info.output, info.output
+    assert f'"parameters": {model.parameters}' in info.output
+
+    from edge.bench.worker import Target, open_backend  # what a `edge bench` torch row opens, in this process
+
+    bench = open_backend(Target("torch-cpu", "fp32", str(out), threads=1))
+    assert bench.card == model.card and bench(inputs.numpy()).shape == (len(rows), 3)
+
+    compress = CliRunner().invoke(main, ["compress", str(out), "--images", str(photos), "--target-bytes", "100000",
+                                         "-o", str(tmp_path / "small.onnx")])
+    assert compress.exit_code == 2 and "slims StudentNet channels" in compress.output
+    assert len(compress.output.strip().splitlines()) == 1, compress.output
