@@ -50,7 +50,9 @@ def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike, spec: QuantSpec
         if checkpoint.spec.arch not in BASELINE_ARCHS:
             raise ConfigError(f"exporting a {checkpoint.spec.arch} is not supported yet: StudentNets and the cnn / "
                               f"group baselines export")
-        return export_baseline(BaselineCheckpoint(checkpoint, checkpoint.source), path, spec)
+        checkpoint = BaselineCheckpoint(checkpoint, checkpoint.source)
+    if isinstance(checkpoint, BaselineCheckpoint):
+        return export_baseline(checkpoint, path, spec)
     layers = fold_student(checkpoint.card.config, checkpoint.state)
     quant = spec.describe()
     if spec.calibrated:

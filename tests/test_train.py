@@ -230,3 +230,29 @@ def test_a_torchvision_arch_trains_at_its_input_size_and_every_command_takes_it(
                                          "-o", str(tmp_path / "small.onnx")])
     assert compress.exit_code == 2 and "slims StudentNet channels" in compress.output
     assert len(compress.output.strip().splitlines()) == 1, compress.output
+
+
+def test_precise_bn_makes_running_statistics_the_average_over_its_images():
+    """After recalibration a BatchNorm holds the plain average of its batch statistics over the
+    first ``precise_bn`` training images, whatever the slow average held before (the weights stay)."""
+    from edge.datasets import ImageSet, batches
+    from edge.train import recalibrate_batchnorm
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=generator)
+    data = ImageSet(pixels, torch.zeros(40, dtype=torch.int64), [str(i) for i in range(40)], ("a",), GREY32)
+    conv = torch.nn.Conv2d(1, 4, 3)
+    model = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4, momentum=0.01))
+    model[1].running_mean.fill_(5.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "batches" not in k}
+    net = NetFile(NetSpec("dw", TINY), GREY32, ("a",), {})
+    run = Run(net, model, CrossEntropy(), Recipe(epochs=1, batch_size=8, precise_bn=32), data, None, None,
+              progress=False)
+    recalibrate_batchnorm(run, epoch=0)
+    with torch.no_grad():
+        features = [conv(x) for x, _, _ in batches(data, 8)][:4]  # the first 32 images
+    torch.testing.assert_close(model[1].running_mean, torch.stack([f.mean((0, 2, 3)) for f in features]).mean(0))
+    torch.testing.assert_close(model[1].running_var,
+                               torch.stack([f.transpose(0, 1).flatten(1).var(1) for f in features]).mean(0))
+    assert model[1].momentum == 0.01
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
