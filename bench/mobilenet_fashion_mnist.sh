@@ -49,3 +49,24 @@ run predict "$OUT/mnv3_uint8.onnx" "$IMAGES" -o "$OUT/pred_uint8.csv"
 run predict "$BEST" "$IMAGES" -o "$OUT/pred_torch.csv"
 run bench "$BEST" --data "$IMAGES" --quant fp32,uint8:minmax --provider ort-cpu,torch-cpu --threads 1 \
     --json "$OUT/bench.json" --markdown "$OUT/bench.md"
+
+# 5. The issue's bar: uint8 <= 30% of the fp32 file's bytes, the same operators in ONNX Runtime's
+#    optimized graph, the same answers on >= 95% of the images.
+python - "$OUT" <<'EOF'
+import csv
+import sys
+from pathlib import Path
+
+from edge.export.exporter import runtime_ops
+
+out = Path(sys.argv[1])
+fp32, uint8 = out / "mnv3_fp32.onnx", out / "mnv3_uint8.onnx"
+ratio = uint8.stat().st_size / fp32.stat().st_size
+same_ops = runtime_ops(fp32) == runtime_ops(uint8)
+answers = [{row["Id"]: row["label"] for row in csv.DictReader((out / f"pred_{name}.csv").open())}
+           for name in ("fp32", "uint8")]
+agreement = sum(answers[0][i] == answers[1][i] for i in answers[0]) / len(answers[0])
+print(f"uint8/fp32 bytes {ratio:.1%} (<= 30%: {ratio <= 0.30}); same runtime operators: {same_ops} "
+      f"({sorted(runtime_ops(uint8))}); same answers {agreement:.1%} (>= 95%: {agreement >= 0.95})")
+sys.exit(0 if ratio <= 0.30 and same_ops and agreement >= 0.95 else 1)
+EOF
