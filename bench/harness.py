@@ -58,7 +58,7 @@ class Subject:
     onnx: dict[str, Path] = field(default_factory=dict)
     weights: dict[str, dict] = field(default_factory=dict)  # format -> how the file stores its weights
     inputs: Path | None = None
-    net: dict | None = None  # a baseline's arch and size from its ONNX metadata (edge.metadata.read_net)
+    net: dict | None = None  # parameters and flops: a model file's, or a baseline's ONNX metadata (edge.metadata.read_net)
 
     def formats(self, backend: str, settings: Settings) -> list[str]:
         spec = resolve(backend)
@@ -134,10 +134,11 @@ def _subject(key: int, path: Path, name: str, settings: Settings) -> Subject:
         model = OnnxClassifier(path)
         fmt = model.quant.get("weights", "fp32")
         return Subject(key, name, model.card, onnx={fmt: path}, weights={fmt: model.quant}, net=model.net)
-    from edge.checkpoints import load_checkpoint
+    from edge.checkpoints import load_model
 
-    checkpoint = load_checkpoint(path, pools=settings.pools)
-    return Subject(key, name, checkpoint.card, checkpoint, path)
+    checkpoint = load_model(path, pools=settings.pools)
+    size = {"parameters": checkpoint.parameters, "flops": checkpoint.flops}
+    return Subject(key, name, checkpoint.card, checkpoint, path, net=size)
 
 
 @dataclass

@@ -46,10 +46,10 @@ def open_backend(target: Target):
         from edge.runtime import OnnxClassifier
 
         return OnnxClassifier(target.path, target.backend, target.threads)
-    from edge.checkpoints import load_checkpoint
+    from edge.checkpoints import load_model
     from edge.torch_backend import TorchClassifier
 
-    return TorchClassifier(load_checkpoint(target.path, pools=target.pools), target.spec.device, target.threads,
+    return TorchClassifier(load_model(target.path, pools=target.pools), target.spec.device, target.threads,
                            half=target.fmt.startswith("fp16"), channels_last=target.fmt.endswith(CHANNELS_LAST))
 
 

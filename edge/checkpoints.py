@@ -1,4 +1,11 @@
-"""Read and write StudentNet weights in every format a user may hold.
+"""Read model files of every kind a user may hold, and write StudentNet weights.
+
+`load_model` is the one reader of a model file, whatever it holds: it returns a `ModelFile`
+(card, parameter and FLOP counts, where it came from, ``build()`` -> the torch module). A
+StudentNet comes back as a `Checkpoint` (weights under the homework's names, numpy); an `edge
+train` file of another architecture (the cnn / group baselines, a torchvision classifier) as
+an `edge.nets.NetFile`. `load_checkpoint` reads StudentNets only, for the commands that work on
+StudentNet's layers (convert, sensitivity, slimming). StudentNet files come as:
 
 - ours: ``torch.save`` of ``{"edge_checkpoint": 1, "card": ..., "state_dict": ...}``
 - a homework state dict ``.bin`` (``torch.save``, zip or the old non-zip format)
@@ -21,6 +28,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,14 +43,46 @@ CHECKPOINT_KEY = "edge_checkpoint"
 NET_KEY = "edge_net"  # edge.nets' model files of any architecture
 MAX_PICKLE_BYTES = 1 << 30  # a weights pickle is read whole; torch files are read by torch
 
+if TYPE_CHECKING:
+    from torch import nn
+
 
 class CheckpointError(EdgeError, ValueError):
     """A weights file that cannot be read as a StudentNet, with the reason."""
 
 
+@runtime_checkable
+class ModelFile(Protocol):
+    """What every model file edge reads offers, whatever its architecture (`load_model`'s result).
+
+    ``card``: the inputs (``card.preprocess``: size, colour, normalisation), the classes and the
+    config (``config.in_channels`` / ``input_size`` / ``num_classes`` hold for every architecture;
+    its widths and pools describe a StudentNet only). ``parameters``: trainable parameters of the
+    unfolded model; ``flops``: multiply-accumulates x2 per image of its convolutions and linear
+    layers (BatchNorm folded). ``source``: where the weights came from (``edge``, ``state-dict``,
+    ``homework-8bit``, ``edge mobilenet_v3_small``, ...). ``build()``: a new torch module with the
+    file's float weights, in eval mode. ``describe()``: the architecture in one line."""
+
+    @property
+    def card(self) -> ModelCard: ...
+
+    @property
+    def parameters(self) -> int: ...
+
+    @property
+    def flops(self) -> int: ...
+
+    @property
+    def source(self) -> str: ...
+
+    def build(self) -> "nn.Module": ...
+
+    def describe(self) -> str: ...
+
+
 @dataclass
 class Checkpoint:
-    """Weights under the homework's names plus the card that describes them."""
+    """A StudentNet: weights under the homework's names plus the card that describes them (a `ModelFile`)."""
 
     card: ModelCard
     state: dict[str, np.ndarray]
@@ -51,6 +91,19 @@ class Checkpoint:
     @property
     def parameters(self) -> int:
         return self.card.config.num_parameters()
+
+    @property
+    def flops(self) -> int:
+        return self.card.config.flops()
+
+    def build(self) -> "nn.Module":
+        from edge.models import build_student
+
+        return build_student(self.card.config, self.state)
+
+    def describe(self) -> str:
+        config = self.card.config
+        return f"StudentNet widths {list(config.widths)}, pools {list(config.pools)}"
 
 
 def first_non_finite(state) -> str | None:
@@ -73,9 +126,40 @@ def check_finite(state, origin) -> None:
         raise CheckpointError(f"non-finite weights in {origin}: tensor {name}")
 
 
+def load_model(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
+               input_size: int | None = None) -> ModelFile:
+    """Read any model file edge knows: a StudentNet (ours, the homework's .bin state dicts and 8-/16-bit
+    pickles, a dw model file) as a `Checkpoint`, an `edge train` file of another architecture as an
+    `edge.nets.NetFile`. ``pools``/``input_size`` override what is inferred for a StudentNet.
+    Never runs code from the file; anything else is a `CheckpointError` with one line saying why."""
+    path, obj, source = _read_weights_object(path)
+    if _net_arch(obj) not in (None, "dw"):
+        from edge.nets import net_from_dict
+
+        if pools is not None or input_size is not None:
+            raise CheckpointError(f"{path}: --pools / input size describe StudentNets; this {_net_arch(obj)} file "
+                                  f"records its own shape")
+        return net_from_dict(path, obj)
+    return _student_from(path, obj, source, pools, input_size)
+
+
 def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
                     input_size: int | None = None) -> Checkpoint:
-    """Read any supported weights file; ``pools``/``input_size`` override what is inferred."""
+    """Read a StudentNet from any supported file; ``pools``/``input_size`` override what is inferred.
+    Files of other architectures are refused (with their arch named): read those with `load_model`."""
+    path, obj, source = _read_weights_object(path)
+    arch = _net_arch(obj)
+    if arch not in (None, "dw"):
+        check_finite(obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else {}, path)
+        raise CheckpointError(f"{path}: an edge model file of arch {arch!r}, not a StudentNet: this command reads "
+                              f"StudentNets (edge train --arch dw, edge distill, the homework's files)")
+    return _student_from(path, obj, source, pools, input_size)
+
+
+def _read_weights_object(path: str | os.PathLike) -> tuple[Path, object, str | None]:
+    """-> (path, what the file holds, its homework source or None): torch files through
+    ``torch.load(weights_only=True)``, pickles through `edge.safe_pickle`; ONNX, empty, unknown
+    and oversized files are refused with the reason."""
     path = _model_file(path)
     try:
         with open(path, "rb") as f:
@@ -92,19 +176,24 @@ def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = Non
         raise CheckpointError(f"{path}: not a weights file edge reads (a torch checkpoint or state dict, or the "
                               f"homework's 8-/16-bit pickle): its first bytes match none of them")
     if kind.startswith("torch"):
-        obj, source = read_torch(path), "state-dict"
-    elif len(data) > MAX_PICKLE_BYTES:
+        return path, read_torch(path), "state-dict"
+    if len(data) > MAX_PICKLE_BYTES:
         raise CheckpointError(f"{path}: refused: a weights pickle over {MAX_PICKLE_BYTES:,} bytes (the homework's "
                               f"are well under 1 MB)")
-    else:
-        obj, source = _pickle_load(path, data), None
+    return path, _pickle_load(path, data), None
+
+
+def _net_arch(obj) -> str | None:
+    """The architecture an `edge.nets` model file names (``?`` when damaged); None for other objects."""
+    if not (isinstance(obj, dict) and obj.get(NET_KEY)):
+        return None
+    net = obj.get("net")
+    return str(net.get("arch", "?")) if isinstance(net, dict) else "?"
+
+
+def _student_from(path: Path, obj, source: str | None, pools, input_size) -> Checkpoint:
     if isinstance(obj, dict) and obj.get(CHECKPOINT_KEY):
         return _from_edge_dict(path, obj, pools, input_size)
-    if isinstance(obj, dict) and obj.get(NET_KEY):
-        check_finite(obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else {}, path)
-        arch = obj.get("net", {}).get("arch") if isinstance(obj.get("net"), dict) else None
-        raise CheckpointError(f"{path}: an edge model file of arch {arch!r}, not a StudentNet: this command reads "
-                              f"StudentNets (edge train --arch dw, edge distill, the homework's files)")
     state, source = _to_numpy_state(path, obj, source)
     check_finite(state, path)
     config = infer_config(state, pools=pools, input_size=input_size, origin=str(path))
@@ -309,13 +398,3 @@ def save_homework_pickle(path: str | os.PathLike, state: dict[str, np.ndarray], 
             code = minmax_encode(value, bits=8)
             out[name] = (np.float64(code.lo), np.float64(code.hi), code.q)
     atomic_write(path, lambda f: pickle.dump(out, f))
-
-
-
-def load_model(path: str | os.PathLike, pools: tuple[int, ...] | None = None):
-    """Any model file `edge export` takes: a cnn/group baseline (`edge.export.generic.read_baseline`) or a
-    StudentNet checkpoint. Interim, for `edge.load_model`: issue 13's model-file protocol (one loader for
-    every kind, with ``.build()``) replaces it."""
-    from edge.export.generic import read_baseline
-
-    return read_baseline(path) or load_checkpoint(path, pools=pools)

@@ -104,11 +104,10 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
     preprocessing, classes and weight format go into the file's metadata. The cnn / group
     baselines (`edge train --arch cnn|group`) export too, as fp32, fp16 or uintN --method minmax.
     """
-    from edge.checkpoints import load_checkpoint
+    from edge.checkpoints import load_model
     from edge.files import check_output
     from edge.models import init_checkpoint
     from edge.export.exporter import export_onnx, leftover_dequantization, load_images, parity_check, sample_inputs
-    from edge.export.generic import read_baseline
     from edge.export.quantize import QuantSpec
 
     with _user_errors():
@@ -118,11 +117,9 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--quant") from None
         _check_export_options(spec, calib, images, labels, max_drop)
-        ckpt = (read_baseline(checkpoint) or load_checkpoint(checkpoint, pools=_int_list(pools))) if checkpoint \
-            else init_checkpoint()
+        ckpt = load_model(checkpoint, pools=_int_list(pools)) if checkpoint else init_checkpoint()
         click.echo(f"model: {checkpoint or 'default StudentNet, ' + ckpt.source} "
-                   f"({ckpt.parameters:,} parameters, widths {list(ckpt.card.config.widths)}, "
-                   f"pools {list(ckpt.card.config.pools)})")
+                   f"({ckpt.describe()}, {ckpt.parameters:,} parameters)")
         calibration = load_images(ckpt, calib, calib_images) if calib and spec.calibrated else (None, "")
         same = images and calib and images.resolve() == calib.resolve()
         if max_drop is not None:
@@ -284,16 +281,17 @@ def info(model, pools):
 
             loaded = OnnxClassifier(model)
             card, net, extra = loaded.card, loaded.net, {"weights": loaded.quant}
+            parameters, flops = model_size(card, net)
+            if net:
+                extra["architecture"] = {"arch": net["arch"], "groups": net["groups"]}
         else:
-            from edge.checkpoints import load_checkpoint
+            from edge.checkpoints import load_model
 
-            ckpt = load_checkpoint(model, pools=_int_list(pools))
-            card, net, extra = ckpt.card, None, {"format": ckpt.source}
-        parameters, flops = model_size(card, net)
+            ckpt = load_model(model, pools=_int_list(pools))
+            card, parameters, flops = ckpt.card, ckpt.parameters, ckpt.flops
+            extra = {"format": ckpt.source, "model": ckpt.describe()}
         summary = {"file": str(model), "bytes": model.stat().st_size, "parameters": parameters,
                    "mflops": round(flops / 1e6, 1), **card.to_dict(), **extra}
-        if net:
-            summary["architecture"] = {"arch": net["arch"], "groups": net["groups"]}
         click.echo(json.dumps(summary, indent=2))
 
 
@@ -455,6 +453,10 @@ _TRAINING_OPTIONS = [
                  help="Learning rate per epoch."),
     click.option("--seed", default=0, show_default=True, type=int,
                  help="Seeds initialisation, batch order and augmentation (an epoch is a function of it)."),
+    click.option("--precise-bn", type=click.IntRange(0), metavar="IMAGES",
+                 help="Re-estimate BatchNorm statistics on this many training images after each epoch (precise BN; "
+                      "0 = off) [default: 1024 for torchvision archs, whose slow BatchNorm averages lag a short run; "
+                      "0 for dw/cnn/group, the homework's recipe]."),
     click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N."),
     click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: all cores)."),
     click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
@@ -476,7 +478,9 @@ _KD_OPTIONS = [
 ]
 _FRESH_MODEL_OPTIONS = [
     click.option("--input-size", type=click.IntRange(4),
-                 help="Input side in pixels [default: 256 for folders, 32 for fashion-mnist (zero-padded 28 px)]."),
+                 help="Input side in pixels, recorded in the model file (predict, export and bench use it): the "
+                      "centre crop [default: 256 for folders, the homework's; 32 for fashion-mnist, the 28 px "
+                      "images zero-padded]. Add --resize N to scale folder photos down to it first."),
     click.option("--resize", type=click.IntRange(1), help="Resize the shorter side to this first (folders only)."),
     click.option("--widths", callback=lambda ctx, param, value: _int_list(value, "--widths", distinct=False),
                  metavar="W0,W1,..",
@@ -508,8 +512,8 @@ def _with(options):
 @main.command()
 @click.argument("data")
 @click.option("--arch", default="dw", show_default=True,
-              help="dw (StudentNet), cnn / group (baselines at its parameter count), or a torchvision classifier "
-                   "(resnet18, ...) for a teacher.")
+              help="dw (StudentNet), cnn / group (baselines at its parameter count), or any torchvision classifier "
+                   "by name (resnet18, mobilenet_v2, mobilenet_v3_small, efficientnet_b0, ...; with --input-size).")
 @click.option("--weights", "--teacher-weights", "weights",
               help="Initial weights of a torchvision arch: imagenet (the file torchvision caches; nothing is "
                    "downloaded) or a state dict PATH (e.g. the homework's teacher_resnet18.bin).")

@@ -394,7 +394,8 @@ def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path
 
     base = load_net(model)
     if base.spec.arch != "dw":
-        raise ConfigError(f"{model}: edge compress works on StudentNets (arch dw), this is {base.spec.arch}")
+        raise ConfigError(f"{model}: edge compress slims StudentNet channels (arch dw); this is a {base.spec.arch}: "
+                          f"export it with `edge export --quant uint8` (or fp16, uint4) instead")
     truth = read_labels(labels, len(base.classes)) if labels else None
     common = {"cache_dir": cache_dir, "class_hint": base.classes}
     crops = decode_image_set(images, base.preprocess, **common)

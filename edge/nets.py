@@ -6,9 +6,10 @@ any other name a torchvision classifier (`edge.teacher`), which uses only the co
 channels, classes and input size.
 
 A model file is ``torch.save`` of plain data (loadable with ``weights_only=True``): the spec,
-preprocessing, class names, state dict and, during training, the run's state. A ``dw`` file is
-also an edge checkpoint (card + homework-named weights), so `edge export`, `predict` and
-`info` read it as they are.
+preprocessing, class names, state dict and, during training, the run's state. `NetFile` is such a
+file in memory, and an `edge.checkpoints.ModelFile` (`edge.checkpoints.load_model` returns it for
+every architecture but ``dw``). A ``dw`` file is also an edge checkpoint (card + homework-named
+weights), so every StudentNet reader reads it as it is.
 """
 
 from __future__ import annotations
@@ -68,6 +69,31 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_flops(model: nn.Module, in_channels: int, size: int) -> int:
+    """Multiply-accumulates x2 of every Conv2d and Linear in one forward pass of a ``size`` x ``size``
+    image (BatchNorm, activations and pooling not counted: what is left once BatchNorm is folded,
+    as `StudentConfig.flops` counts). The pass runs on whatever device ``model`` is on (``meta``
+    computes nothing)."""
+    total = 0
+
+    def count(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1]
+            total += output[0].numel() * module.in_channels // module.groups * kernel
+        else:
+            total += output[0].numel() * module.in_features
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_channels, size, size, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return 2 * total
+
+
 @dataclass
 class NetFile:
     spec: NetSpec
@@ -85,6 +111,26 @@ class NetFile:
     @property
     def card(self) -> ModelCard:
         return ModelCard(self.spec.config, self.preprocess, self.classes)
+
+    @property
+    def source(self) -> str:
+        return f"edge {self.spec.arch}"
+
+    @property
+    def parameters(self) -> int:
+        return count_parameters(self._shape_only())
+
+    @property
+    def flops(self) -> int:
+        return count_flops(self._shape_only(), len(self.preprocess.color), self.preprocess.crop)
+
+    def describe(self) -> str:
+        return self.spec.describe()
+
+    def _shape_only(self) -> nn.Module:
+        """The architecture on torch's ``meta`` device: shapes without memory or arithmetic."""
+        with torch.device("meta"):
+            return build_net(self.spec)
 
 
 def save_net(path: str | os.PathLike, net: NetFile) -> None:
@@ -104,21 +150,44 @@ def load_net(path: str | os.PathLike, contents: bytes | None = None) -> NetFile:
     path = Path(path)
     obj = _read_torch(path, contents)
     if isinstance(obj, dict) and obj.get(NET_KEY):
-        try:
-            spec = NetSpec.from_dict(obj["net"])
-            known = (NET_KEY, CHECKPOINT_KEY, "net", "preprocess", "classes", "state_dict", "card")
-            extra = {k: v for k, v in obj.items() if k not in known}
-            net = NetFile(spec, Preprocess.from_dict(obj["preprocess"]), tuple(obj["classes"]), obj["state_dict"],
-                          extra)
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: damaged edge model file ({err})") from None
-        check_finite(net.state, path)
-        return net
+        return net_from_dict(path, obj)
     if contents is not None:
         raise CheckpointError(f"{path}: not an edge model file")
     ckpt = load_checkpoint(path)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ckpt.state.items()}
     return NetFile(NetSpec("dw", ckpt.card.config), ckpt.card.preprocess, ckpt.card.classes, state)
+
+
+def net_from_dict(path: Path, obj: dict) -> NetFile:
+    """The `NetFile` in ``obj`` (what ``torch.load(weights_only=True)`` read from ``path``), checked:
+    every part present and well-formed, weights finite and fitting the architecture."""
+    try:
+        spec = NetSpec.from_dict(obj["net"])
+        known = (NET_KEY, CHECKPOINT_KEY, "net", "preprocess", "classes", "state_dict", "card")
+        extra = {k: v for k, v in obj.items() if k not in known}
+        net = NetFile(spec, Preprocess.from_dict(obj["preprocess"]), tuple(obj["classes"]), obj["state_dict"], extra)
+        ModelCard(spec.config, net.preprocess, net.classes)  # one class name per output
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: damaged edge model file ({err})") from None
+    check_finite(net.state, path)
+    _check_fits(path, net)
+    return net
+
+
+def _check_fits(path: Path, net: NetFile) -> None:
+    """Every tensor of the file is one of the architecture's, with its shape (and none is missing)."""
+    if not isinstance(net.state, dict) or not all(isinstance(v, torch.Tensor) for v in net.state.values()):
+        raise CheckpointError(f"{path}: damaged edge model file (its state dict is not name -> tensor)")
+    try:
+        expected = {k: tuple(v.shape) for k, v in net._shape_only().state_dict().items()}
+    except (CheckpointError, ConfigError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: damaged edge model file ({err})") from None
+    missing = [k for k in expected if k not in net.state]
+    wrong = [f"{k} {tuple(v.shape)} != {expected[k]}" for k, v in net.state.items()
+             if k not in expected or tuple(v.shape) != expected[k]]
+    if missing or wrong:
+        raise CheckpointError(f"{path}: weights do not fit a {net.spec.describe()}: missing {missing[:3]}, "
+                              f"unexpected or misshapen {wrong[:3]}")
 
 
 def _read_torch(path: Path, contents: bytes | None = None):

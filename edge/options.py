@@ -49,6 +49,7 @@ class LoopOptions:
     weight_decay: float = 0.01
     schedule: str = "cosine"
     seed: int = 0
+    precise_bn: int | None = None  # None: `edge.train.default_precise_bn` of the architecture
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads
     workers: int = 0  # DataLoader processes

@@ -69,7 +69,7 @@ def cpu_cores() -> int:
 def open_model(path: str | Path, provider: str = "cpu", threads: int | None = None,
                pools: tuple[int, ...] | None = None):
     """-> (classifier, lanes): an ONNX file (by name or content) -> `OnnxClassifier` (no torch);
-    any checkpoint -> `TorchClassifier`. ``lanes`` is how many model calls may run at once: on ONNX
+    any model file edge reads (`edge.checkpoints.load_model`) -> `TorchClassifier`. ``lanes`` is how many model calls may run at once: on ONNX
     Runtime's CPU provider, ``threads`` (default: all cores) single-threaded calls; otherwise 1."""
     from edge.formats import is_onnx
 
@@ -80,11 +80,11 @@ def open_model(path: str | Path, provider: str = "cpu", threads: int | None = No
         if _backend(path, provider, ONNXRUNTIME).device == "cpu":
             return OnnxClassifier(path, provider, threads=1), threads or cpu_cores()
         return OnnxClassifier(path, provider, threads), 1
-    from edge.checkpoints import load_checkpoint
+    from edge.checkpoints import load_model
     from edge.torch_backend import TorchClassifier
 
     backend = _backend(path, provider, TORCH)
-    return TorchClassifier(load_checkpoint(path, pools=pools), backend.device, threads), 1
+    return TorchClassifier(load_model(path, pools=pools), backend.device, threads), 1
 
 
 def _backend(path: Path, provider: str, kind: str):

@@ -25,7 +25,7 @@ from edge.distributed import group, load_shared, say, together
 from edge.files import atomic_write, check_output, check_output_dir
 from edge.nets import STUDENT_ARCHS, NetFile, NetSpec, check_compatible, count_parameters, load_net
 from edge.options import DataOptions, DistillOptions, LoopOptions, ShapeOptions, SlimOptions, TrainOptions, flat
-from edge.train import Recipe, Run, accuracy, best_path, fit, init_model
+from edge.train import Recipe, Run, accuracy, best_path, default_precise_bn, fit, init_model
 
 FASHION_MNIST = "fashion-mnist"
 
@@ -102,9 +102,10 @@ def open_sets(sources: DataOptions, preprocess: Preprocess, classes: tuple[str, 
     return train, val, test, augment
 
 
-def _recipe(loop: LoopOptions, epochs: int, sparsity: float = 0.0) -> Recipe:
+def _recipe(loop: LoopOptions, epochs: int, sparsity: float = 0.0, arch: str = "dw") -> Recipe:
+    precise_bn = default_precise_bn(arch) if loop.precise_bn is None else loop.precise_bn
     return Recipe(epochs=epochs, batch_size=loop.batch, lr=loop.lr, weight_decay=loop.weight_decay,
-                  schedule=loop.schedule, seed=loop.seed, sparsity=sparsity)
+                  schedule=loop.schedule, seed=loop.seed, sparsity=sparsity, precise_bn=precise_bn)
 
 
 def _spec(arch: str, shape: ShapeOptions, preprocess: Preprocess, classes: tuple[str, ...]) -> NetSpec:
@@ -182,7 +183,7 @@ def _fit(options: TrainOptions | DistillOptions, net: NetFile, model, objective,
     """Run the from-scratch run (continuing its file with --resume), test it and print the summary."""
     train, val, test, augment = sets
     loop, run_file = options.loop, options.run
-    run = Run(net, model, objective, _recipe(loop, run_file.epochs, run_file.sparsity), train, augment,
+    run = Run(net, model, objective, _recipe(loop, run_file.epochs, run_file.sparsity, net.spec.arch), train, augment,
               Path(run_file.output), val, device, loop.workers, about, not loop.quiet)
     return _finish(run, fit(run, run_file.resume, run_file.stop_after), test, run_file.metrics, began)
 

@@ -1,12 +1,12 @@
-"""Run a StudentNet checkpoint with torch, with the same call interface as `OnnxClassifier`."""
+"""Run any model file edge reads (`edge.checkpoints.ModelFile`) with torch, with the same call
+interface as `OnnxClassifier`."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from edge.checkpoints import Checkpoint
-from edge.models import build_student
+from edge.checkpoints import ModelFile
 
 
 def resolve_device(name: str) -> torch.device:
@@ -19,9 +19,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 class TorchClassifier:
-    """A checkpoint loaded into a StudentNet, in eval mode, fp32 (or fp16 on CUDA with ``half``)."""
+    """A model file's module, in eval mode, fp32 (or fp16 on CUDA with ``half``)."""
 
-    def __init__(self, checkpoint: Checkpoint, device: str = "cpu", threads: int | None = None,
+    def __init__(self, checkpoint: ModelFile, device: str = "cpu", threads: int | None = None,
                  half: bool = False, channels_last: bool = False):
         if threads:
             torch.set_num_threads(threads)
@@ -29,9 +29,7 @@ class TorchClassifier:
         self.device = resolve_device(device)
         self.dtype = torch.float16 if half else torch.float32
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        build = getattr(checkpoint, "build", None)  # a baseline (edge.export.generic.BaselineCheckpoint) builds its own
-        model = build() if build else build_student(checkpoint.card.config, checkpoint.state)
-        self.model = model.to(self.device, self.dtype)
+        self.model = checkpoint.build().to(self.device, self.dtype)
         self.model = self.model.to(memory_format=self.memory_format)
         self.provider = f"torch-{self.device.type}"
 

@@ -3,7 +3,11 @@
 `fit` runs a `Run` epoch by epoch (AdamW, cosine or constant learning rate per epoch), shows a
 progress bar with loss and accuracy, validates, and writes the run's file after every epoch:
 the model plus everything needed to continue (optimizer, objective's trainable parts, history,
-recipe, data description). ``resume=True`` continues such a file; since batch order,
+recipe, data description). With ``recipe.precise_bn`` images, every BatchNorm's running statistics
+are re-estimated after each epoch ("precise BN", Wu & Johnson 2021, as pycls and Detectron2 do):
+a short run leaves a slow exponential average (torchvision's MobileNetV3: momentum 0.01) far from
+the final weights' statistics, and the model then answers one class in eval mode. ``resume=True``
+continues such a file; since batch order,
 augmentation and every other random draw come from ``(seed, epoch, batch)``, a resumed run ends
 with the same weights as one that was never interrupted. The best epoch by validation
 accuracy is also written to ``<name>.best<suffix>``.
@@ -33,6 +37,7 @@ from edge.errors import EdgeError
 from edge.nets import NetFile, load_net, save_net
 
 SCHEDULES = ("cosine", "constant")
+PRECISE_BN_IMAGES = 1024
 
 
 @dataclass(frozen=True)
@@ -46,12 +51,15 @@ class Recipe:
     schedule: str = "cosine"
     seed: int = 0
     sparsity: float = 0.0  # L1 on BatchNorm weights (network slimming), 0 = off
+    precise_bn: int = 0  # training images that re-estimate BatchNorm statistics after each epoch, 0 = off
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs, batch size and learning rate must be positive")
+        if self.precise_bn < 0:
+            raise ConfigError("precise BN's image count must be 0 (off) or positive")
 
     def lr_at(self, epoch: int) -> float:
         if self.schedule == "constant":
@@ -112,6 +120,33 @@ def bn_l1_subgradient(model: nn.Module, strength: float) -> None:
     for module in model.modules():
         if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)) and module.weight.grad is not None:
             module.weight.grad.add_(torch.sign(module.weight.detach()), alpha=strength)
+
+
+def default_precise_bn(arch: str) -> int:
+    """Images re-estimating BatchNorm statistics after each epoch by default: torchvision
+    classifiers need it in short runs; the StudentNet family keeps the homework's recipe (off)."""
+    from edge.nets import STUDENT_ARCHS
+
+    return 0 if arch in STUDENT_ARCHS else PRECISE_BN_IMAGES
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(run: Run, epoch: int) -> None:
+    """Precise BN: every BatchNorm's running mean and variance become their plain average over
+    batches of the first ``run.recipe.precise_bn`` training images, augmented as in ``epoch``."""
+    norms = [m for m in run.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not run.recipe.precise_bn:
+        return
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    run.model.train()
+    part = subset(run.train, slice(0, run.recipe.precise_bn))
+    for images, _, _ in batches(part, run.recipe.batch_size, run.augment, run.recipe.seed, epoch):
+        run.model(images.to(run.device, memory_format=torch.channels_last))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
 
 
 def train_one_epoch(run: Run, optimizer: torch.optim.Optimizer, epoch: int, trained: nn.Module | None = None) -> dict:
@@ -239,6 +274,7 @@ def fit(run: Run, resume: bool = False, stop_after: int | None = None) -> dict:
         for param_group in optimizer.param_groups:
             param_group["lr"] = run.recipe.lr_at(epoch)
         row = {"epoch": epoch + 1, "lr": run.recipe.lr_at(epoch), **train_one_epoch(run, optimizer, epoch, trained)}
+        recalibrate_batchnorm(run, epoch)
         group.sync_buffers(run.model)
         if val is not None:
             row["val_accuracy"], row["val_kind"] = accuracy(run.model, val, run.device, group=group), val_kind

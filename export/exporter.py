@@ -15,7 +15,9 @@ from edge.checkpoints import Checkpoint
 from edge.data import DatasetError
 from edge.fold import fold_student
 from edge.export.calibrate import synthetic_images
-from edge.export.generic import BaselineCheckpoint, export_baseline
+from edge.config import ConfigError
+from edge.nets import NetFile
+from edge.export.generic import BASELINE_ARCHS, BaselineCheckpoint, export_baseline
 from edge.export.onnx_graph import build_onnx, write_checked
 from edge.metadata import write_metadata
 from edge.quant import FloatWeight
@@ -44,6 +46,11 @@ def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike, spec: QuantSpec
     Calibrated integer formats use ``calibration`` images, or synthetic ones when none are given.
     Returns the file size in bytes and the weight-format description stored in the metadata.
     """
+    if isinstance(checkpoint, NetFile):  # until the one export path (issue 13): the cnn / group baselines only
+        if checkpoint.spec.arch not in BASELINE_ARCHS:
+            raise ConfigError(f"exporting a {checkpoint.spec.arch} is not supported yet: StudentNets and the cnn / "
+                              f"group baselines export")
+        checkpoint = BaselineCheckpoint(checkpoint, checkpoint.source)
     if isinstance(checkpoint, BaselineCheckpoint):
         return export_baseline(checkpoint, path, spec)
     layers = fold_student(checkpoint.card.config, checkpoint.state)

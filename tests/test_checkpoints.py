@@ -115,3 +115,110 @@ def test_not_a_student_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "junk.bin")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(tmp_path / "absent.bin")
+
+
+# ---------------------------------------------------------------- one reader for every model file (synthetic)
+SMALL = StudentConfig(widths=(4, 8, 8), pools=(0, 1), input_size=32, num_classes=10, in_channels=1)
+GREY = Preprocess(crop=32, mean=(0.0,), std=(1.0,), color="L")
+
+
+def _write(kind: str, path, model: torch.nn.Module) -> None:
+    """``model``'s weights written as one of the model-file kinds edge reads."""
+    from edge.config import ModelCard, default_classes
+    from edge.models import state_to_numpy
+    from edge.nets import NetFile, save_net
+
+    state = state_to_numpy(model)
+    if kind == "homework state dict":
+        torch.save(model.state_dict(), path)
+    elif kind == "homework 16-bit pickle":
+        save_homework_pickle(path, state, bits=16)
+    elif kind == "edge checkpoint":
+        save_checkpoint(path, ModelCard(SMALL, GREY, default_classes(10)), state)
+    else:
+        save_net(path, NetFile(_spec(kind), GREY, default_classes(10), model.state_dict()))
+
+
+def _spec(kind: str):
+    from edge.nets import NetSpec
+
+    arch = kind.removeprefix("edge train ")
+    return NetSpec(arch, SMALL, groups=2 if arch == "group" else 1)
+
+
+MODEL_KINDS = {  # kind -> (what load_model returns, its source)
+    "homework state dict": ("Checkpoint", "state-dict"),
+    "homework 16-bit pickle": ("Checkpoint", "homework-16bit"),
+    "edge checkpoint": ("Checkpoint", "edge"),
+    "edge train dw": ("Checkpoint", "edge"),
+    "edge train cnn": ("NetFile", "edge cnn"),
+    "edge train group": ("NetFile", "edge group"),
+    "edge train mobilenet_v3_small": ("NetFile", "edge mobilenet_v3_small"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MODEL_KINDS))
+def test_load_model_reads_every_kind_and_builds_its_weights(tmp_path, kind):
+    from edge.baselines import convnet_flops
+    from edge.checkpoints import ModelFile, load_model
+    from edge.nets import build_net, count_parameters
+
+    torch.manual_seed(0)
+    arch = kind.removeprefix("edge train ") if kind.startswith("edge train") else "dw"
+    original = build_net(_spec(f"edge train {arch}")).eval()
+    for module in original.modules():  # trained-looking BatchNorm statistics, so that folding them matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "model.bin"
+    _write(kind, path, original)
+
+    loaded = load_model(path, pools=SMALL.pools if kind.startswith("homework") else None,
+                        input_size=32 if kind.startswith("homework") else None)
+    assert isinstance(loaded, ModelFile)
+    assert (type(loaded).__name__, loaded.source) == MODEL_KINDS[kind]
+    config = loaded.card.config
+    assert (config.in_channels, config.input_size, config.num_classes) == (1, 32, 10)
+    assert loaded.parameters == count_parameters(original)
+    built = loaded.build()
+    assert not built.training
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        tolerance = 2e-2 if "16-bit" in kind else 0  # float16 weights
+        torch.testing.assert_close(built(x), original(x), rtol=0, atol=tolerance)
+    expected_flops = {"dw": SMALL.flops(), "cnn": convnet_flops(SMALL), "group": convnet_flops(SMALL, 2)}
+    if arch in expected_flops:  # the hook count agrees with the closed forms
+        assert loaded.flops == expected_flops[arch]
+    else:
+        assert loaded.flops > 0
+    assert (arch if arch != "dw" else "StudentNet widths [4, 8, 8]") in loaded.describe()
+
+
+def test_student_only_reader_names_the_architecture_it_refuses(tmp_path):
+    from edge.checkpoints import load_model
+    from edge.nets import build_net
+
+    model = build_net(_spec("edge train mobilenet_v3_small"))
+    _write("edge train mobilenet_v3_small", tmp_path / "mnv3.pt", model)
+    with pytest.raises(CheckpointError, match="arch 'mobilenet_v3_small', not a StudentNet"):
+        load_checkpoint(tmp_path / "mnv3.pt")
+    with pytest.raises(CheckpointError, match="records its own shape"):
+        load_model(tmp_path / "mnv3.pt", pools=(0,))
+    assert load_model(tmp_path / "mnv3.pt").state.keys() == model.state_dict().keys()
+
+
+def test_a_model_file_whose_weights_do_not_fit_its_architecture_is_refused_at_load(tmp_path):
+    from edge.checkpoints import load_model
+    from edge.nets import NetFile, build_net, save_net
+
+    spec = _spec("edge train cnn")
+    state = build_net(spec).state_dict()
+    first = next(iter(state))
+    save_net(tmp_path / "missing.pt", NetFile(spec, GREY, tuple("abcdefghij"), {k: v for k, v in state.items()
+                                                                                if k != first}))
+    with pytest.raises(CheckpointError, match=f"missing.pt: weights do not fit.*missing \\['{first}'\\]"):
+        load_model(tmp_path / "missing.pt")
+    state[first] = torch.zeros(3, 3)
+    save_net(tmp_path / "misshapen.pt", NetFile(spec, GREY, tuple("abcdefghij"), state))
+    with pytest.raises(CheckpointError, match="misshapen"):
+        load_model(tmp_path / "misshapen.pt")

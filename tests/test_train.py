@@ -177,3 +177,82 @@ def test_parse_source():
     assert parse_source("a/testing@:300") == ("a/testing", slice(None, 300))
     assert parse_source("fashion-mnist:train@100:") == ("fashion-mnist:train", slice(100, None))
     assert parse_source("plain") == ("plain", slice(None))
+
+
+def test_a_torchvision_arch_trains_at_its_input_size_and_every_command_takes_it(tmp_path):
+    """`edge train --arch mobilenet_v3_small --input-size 24` on a few synthetic photos: the size is
+    recorded in the file, and predict (torch), info and bench's torch rows run it at that size;
+    compress refuses it in one line."""
+    import csv
+
+    from PIL import Image
+
+    from edge.checkpoints import load_model
+    from edge.nets import NetFile
+    from edge.preprocess import load_image
+
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    for label in range(3):
+        (photos / str(label)).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 80, (20, 30, 3), np.uint8) + np.uint8(80 * label)
+            Image.fromarray(pixels).save(photos / str(label) / f"{i}.png")
+    out = tmp_path / "mnv3.pt"
+    run = CliRunner().invoke(main, ["train", str(photos), "--arch", "mobilenet_v3_small", "--input-size", "24",
+                                    "--resize", "24", "--epochs", "1", "--batch", "6", "--threads", "2", "--quiet",
+                                    "-o", str(out)])
+    assert run.exit_code == 0, run.output
+    model = load_model(out)
+    assert isinstance(model, NetFile) and model.spec.arch == "mobilenet_v3_small"
+    assert model.card.preprocess.crop == model.card.config.input_size == 24 and model.card.preprocess.resize == 24
+
+    predicted = CliRunner().invoke(main, ["predict", str(out), str(photos), "-o", str(tmp_path / "p.csv"),
+                                          "--provider", "torch-cpu", "--quiet"])
+    assert predicted.exit_code == 0, predicted.output
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    paths = [photos / f"{row['Id']}.png" for row in rows]
+    inputs = torch.from_numpy(np.stack([load_image(p, model.card.preprocess) for p in paths]))
+    assert inputs.shape[1:] == (3, 24, 24)
+    with torch.no_grad():
+        assert [int(r["label"]) for r in rows] == model.build()(inputs).argmax(1).tolist()
+
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert info.exit_code == 0 and '"model": "mobilenet_v3_small' in info.output, info.output
+    assert f'"parameters": {model.parameters}' in info.output
+
+    from edge.bench.worker import Target, open_backend  # what a `edge bench` torch row opens, in this process
+
+    bench = open_backend(Target("torch-cpu", "fp32", str(out), threads=1))
+    assert bench.card == model.card and bench(inputs.numpy()).shape == (len(rows), 3)
+
+    compress = CliRunner().invoke(main, ["compress", str(out), "--images", str(photos), "--target-bytes", "100000",
+                                         "-o", str(tmp_path / "small.onnx")])
+    assert compress.exit_code == 2 and "slims StudentNet channels" in compress.output
+    assert len(compress.output.strip().splitlines()) == 1, compress.output
+
+
+def test_precise_bn_makes_running_statistics_the_average_over_its_images():
+    """After recalibration a BatchNorm holds the plain average of its batch statistics over the
+    first ``precise_bn`` training images, whatever the slow average held before (the weights stay)."""
+    from edge.datasets import ImageSet, batches
+    from edge.train import recalibrate_batchnorm
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=generator)
+    data = ImageSet(pixels, torch.zeros(40, dtype=torch.int64), [str(i) for i in range(40)], ("a",), GREY32)
+    conv = torch.nn.Conv2d(1, 4, 3)
+    model = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4, momentum=0.01))
+    model[1].running_mean.fill_(5.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "batches" not in k}
+    net = NetFile(NetSpec("dw", TINY), GREY32, ("a",), {})
+    run = Run(net, model, CrossEntropy(), Recipe(epochs=1, batch_size=8, precise_bn=32), data, None, None,
+              progress=False)
+    recalibrate_batchnorm(run, epoch=0)
+    with torch.no_grad():
+        features = [conv(x) for x, _, _ in batches(data, 8)][:4]  # the first 32 images
+    torch.testing.assert_close(model[1].running_mean, torch.stack([f.mean((0, 2, 3)) for f in features]).mean(0))
+    torch.testing.assert_close(model[1].running_var,
+                               torch.stack([f.transpose(0, 1).flatten(1).var(1) for f in features]).mean(0))
+    assert model[1].momentum == 0.01
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
