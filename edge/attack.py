@@ -184,11 +184,10 @@ def open_target(path: Path, pools: tuple[int, ...] | None = None, white_box: boo
         score = lambda x: onnx_model(_normalise(card, x))  # noqa: E731 - ONNX inputs are normalised
         network = PixelModel(torch_from_onnx(path), card) if white_box else None
         return Target(path.name, path, card, f"{kind} (ONNX Runtime)", score, network)
-    from edge.checkpoints import load_checkpoint
     from edge.torch_backend import TorchClassifier
-    from edge.export.generic import read_baseline
+    from edge.export.exporter import read_model
 
-    checkpoint = read_baseline(path) or load_checkpoint(path, pools=pools)
+    checkpoint = read_model(path, pools=pools)
     network = PixelModel(TorchClassifier(checkpoint).model, checkpoint.card)
 
     def score(x: np.ndarray) -> np.ndarray:

@@ -52,6 +52,12 @@ class Checkpoint:
     def parameters(self) -> int:
         return self.card.config.num_parameters()
 
+    def build(self):
+        """The StudentNet with these weights, in eval mode."""
+        from edge.models import build_student
+
+        return build_student(self.card.config, self.state)
+
 
 def first_non_finite(state) -> str | None:
     """The name of the first floating tensor in ``state`` (numpy arrays or torch tensors) holding a

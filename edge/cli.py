@@ -100,18 +100,18 @@ def main():
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --images.")
 def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs, low_rank, calib, calib_images, pools,
            images, max_drop, labels):
-    """Export CHECKPOINT (ours, a homework .bin, 8-bit or 16-bit pickle) to ONNX.
+    """Export CHECKPOINT to ONNX: a StudentNet (ours, a homework .bin, 8-bit or 16-bit pickle) or any
+    model file of `edge train` (the cnn / group baselines, torchvision classifiers).
 
     Without CHECKPOINT, exports a freshly initialised default StudentNet (seed 0), so the
-    command works on a fresh machine. BatchNorm is folded; the StudentNet config,
-    preprocessing, classes and weight format go into the file's metadata. The cnn / group
-    baselines (`edge train --arch cnn|group`) export too, as fp32, fp16 or uintN --method minmax.
+    command works on a fresh machine. BatchNorm is folded, torch.onnx.export writes the graph
+    and the weight format is applied to its Conv / Gemm weights; the model's config,
+    preprocessing, classes and weight format go into the file's metadata.
     """
-    from edge.checkpoints import load_checkpoint
     from edge.files import check_output
     from edge.models import init_checkpoint
-    from edge.export.exporter import export_onnx, leftover_dequantization, load_images, parity_check, sample_inputs
-    from edge.export.generic import read_baseline
+    from edge.export.exporter import (export_onnx, leftover_dequantization, load_images, parity_check, read_model,
+                                      runtime_ops, sample_inputs)
     from edge.export.quantize import QuantSpec
 
     with _user_errors():
@@ -121,11 +121,11 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--quant") from None
         _check_export_options(spec, calib, images, labels, max_drop)
-        ckpt = (read_baseline(checkpoint) or load_checkpoint(checkpoint, pools=_int_list(pools))) if checkpoint \
-            else init_checkpoint()
-        click.echo(f"model: {checkpoint or 'default StudentNet, ' + ckpt.source} "
-                   f"({ckpt.parameters:,} parameters, widths {list(ckpt.card.config.widths)}, "
-                   f"pools {list(ckpt.card.config.pools)})")
+        ckpt = read_model(checkpoint, pools=_int_list(pools)) if checkpoint else init_checkpoint()
+        config, spec_of = ckpt.card.config, getattr(ckpt, "spec", None)
+        click.echo(f"model: {checkpoint or 'default StudentNet, ' + ckpt.source} ("
+                   + (spec_of.describe() if spec_of else f"{ckpt.parameters:,} parameters, widths "
+                      f"{list(config.widths)}, pools {list(config.pools)}") + ")")
         calibration = load_images(ckpt, calib, calib_images) if calib and spec.calibrated else (None, "")
         same = images and calib and images.resolve() == calib.resolve()
         if max_drop is not None:
@@ -139,7 +139,7 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
         click.echo(f"parity vs torch fp32 on {parity.source}: max |logit diff| {parity.max_abs_diff:.4g}, "
                    f"top-1 agreement {parity.agreement:.2%}")
         if spec.weights == "int8":
-            click.echo(f"runtime graph: int8 QDQ kept for int8 kernels ({leftover.get('DequantizeLinear', 0)} "
+            click.echo(f"runtime graph: int8 QDQ kept for int8 kernels ({runtime_ops(output)['DequantizeLinear']} "
                        "DequantizeLinear)")
         else:
             click.echo("runtime graph: " + ("no dequantization left after load" if not leftover

@@ -1,4 +1,5 @@
-"""Build the ONNX graph of a folded StudentNet from per-tensor weight encodings.
+"""Graph-level weight formats: the float ONNX graph torch.onnx.export wrote, with the weights of its
+Conv / Gemm / MatMul layers stored as encoded.
 
 Encodings (the computation is always fp32):
 - `FloatWeight` fp32: a float initializer; fp16: a float16 initializer + Cast to float.
@@ -12,8 +13,13 @@ file, `edge.quant.pack_codes`), unpacked once by ``BitShift -> Mod`` into bit pl
 MatMul with the powers of two, then Split into the tensors. Every input of those nodes is a
 constant, so ONNX Runtime's constant folding turns them back into float weights when the session
 is created: no decoding is left at run time (`edge.export.exporter.leftover_dequantization` checks it).
-Nodes are unnamed and intermediate values get short names (`_short_intermediates`): in a 140 KB
-file, names are a visible cost. Initializers keep names that say what they hold.
+
+`apply_weight_formats` finds each layer's weight and bias among the exported initializers (by the
+name torch gives them, ``cnn.0.0.weight``, else by identical values) and puts the decode nodes in
+their place. `compact` removes what costs bytes and says nothing: node names, doc
+strings, Constant nodes (shared initializers instead), attributes at their default values, long
+intermediate names; in a 140 KB file, names are a visible cost. Initializers of weights keep names
+that say what they hold (``cnn.1.3.w.step``, ``codes4``).
 """
 
 from __future__ import annotations
@@ -26,18 +32,21 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge.checkpoints import CheckpointError
-from edge.config import ModelCard
 from edge.entropy import entropy_code
+from edge.errors import EdgeError
 from edge.files import atomic_write
 from edge.fold import FoldedLayer
-from edge.metadata import write_metadata
 from edge.export.lowrank import LowRankWeight
 from edge.quant import CodebookCode, FloatWeight, MinMaxCode, code_stream_name, pack_codes
 
-OPSET = 17
-IR_VERSION = 8
+OPSET = 17  # BitShift (the code streams' unpacking) needs 11
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 HALF = "h"  # name suffix of float16 initializers (cast to float32 in the graph)
+_ALL_EQUAL = {"pads": 0, "strides": 1, "dilations": 1}  # absent = this value on every axis (Conv, pooling)
+
+
+class GraphError(EdgeError, ValueError):
+    """A model whose exported ONNX graph does not hold a layer's weights as an initializer."""
 
 
 @dataclass
@@ -145,39 +154,97 @@ class _GraphBuilder:
         self.temps += 1
         return f"_{self.temps}"
 
-    def layer(self, layer: FoldedLayer, encoding, bias_encoding, x: str, clip: tuple[str, str]) -> str:
-        w = self.tensor(f"{layer.name}.w", encoding)
-        b = self.tensor(f"{layer.name}.b", bias_encoding)
-        if layer.kind == "fc":
-            pooled = self.node("GlobalAveragePool", [x], "pooled")
-            return self.node("Gemm", [self.node("Flatten", [pooled], "features", axis=1), w, b], OUTPUT_NAME, transB=1)
-        k = layer.weight.shape[-1]  # kernel_shape comes from the weight; defaults (group 1, no pads) are left out
-        attrs = ({"group": layer.groups} if layer.groups > 1 else {}) | ({"pads": [k // 2] * 4} if k > 1 else {})
-        y = self.node("Conv", [x, w, b], f"{layer.name}.y", **attrs)
-        if layer.relu6:
-            y = self.node("Clip", [y, *clip], f"{layer.name}.a")
-        if layer.pool_after:
-            y = self.node("MaxPool", [y], f"{layer.name}.p", kernel_shape=[2, 2], strides=[2, 2])
-        return y
 
-
-def build_onnx(card: ModelCard, layers: list[FoldedLayer], encodings: dict, bias_dtype, quant: dict) -> onnx.ModelProto:
-    """The ONNX model of ``layers`` with weights stored as ``encodings`` say (by layer name), biases
-    as ``bias_dtype``, and ``card`` + ``quant`` in its metadata."""
-    builder = _GraphBuilder()
-    clip = (builder.const("relu6.min", np.array(0.0, np.float32)), builder.const("relu6.max", np.array(6.0, np.float32)))
-    x = INPUT_NAME
+def apply_weight_formats(model: onnx.ModelProto, layers: list[FoldedLayer], encodings: dict, bias_dtype) -> None:
+    """Store each layer's weight as ``encodings[layer.name]`` says and its bias as ``bias_dtype``: the
+    initializers holding them are replaced by decode nodes (first in the graph) whose outputs the
+    layers read instead."""
+    graph, builder, decoded = model.graph, _GraphBuilder(), {}
+    stored = {t.name: t for t in graph.initializer}
     for layer in layers:
-        x = builder.layer(layer, encodings[layer.name], FloatWeight(layer.bias.astype(bias_dtype)), x, clip)
-    size, channels = card.config.input_size, card.config.in_channels
-    graph = helper.make_graph(
-        _short_intermediates(builder.finish(), {t.name for t in builder.initializers}), "student",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", channels, size, size])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", card.config.num_classes])],
-        builder.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edge")
-    model.ir_version = IR_VERSION
-    write_metadata(model, card, quant)
+        parts = (("w", layer.weight, encodings[layer.name]), ("b", layer.bias, FloatWeight(layer.bias.astype(bias_dtype))))
+        for (part, array, encoding), torch_name in zip(parts, (f"{layer.name}.weight", f"{layer.name}.bias")):
+            name = _initializer_of(stored, torch_name, array)
+            if name not in decoded:  # torch shares one initializer between identical tensors (zero biases)
+                decoded[name] = builder.tensor(f"{layer.name}.{part}", encoding)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = decoded.get(name, name)
+    nodes = builder.finish() + list(graph.node)
+    kept = [t for t in graph.initializer if t.name not in decoded]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(kept + builder.initializers)
+
+
+def _initializer_of(stored: dict, name: str, array: np.ndarray) -> str:
+    """The initializer holding ``array``: the one torch named ``name``, else one with the same values."""
+    if name in stored and np.array_equal(numpy_helper.to_array(stored[name]), array):
+        return name
+    for tensor in stored.values():
+        if tuple(tensor.dims) == array.shape and np.array_equal(numpy_helper.to_array(tensor), array):
+            return tensor.name
+    raise GraphError(f"{name}: no initializer of the exported ONNX graph holds it (shape {array.shape}), so its "
+                     "weight format cannot be applied; this architecture computes it from other tensors")
+
+
+def tidy(model: onnx.ModelProto) -> None:
+    """Drop what torch.onnx.export adds that costs bytes and says nothing: Constant nodes become
+    initializers (one per distinct value, short names), Identity nodes of an initializer are read
+    through, names and doc strings of nodes go, attributes at their default values go."""
+    graph = model.graph
+    stored, constants, alias, kept = {t.name for t in graph.initializer}, {}, {}, []
+    fresh = (name for name in (f"k{i}" for i in itertools.count()) if name not in stored)
+    for node in graph.node:
+        value = _constant_value(node)
+        if value is not None:
+            key = (value.dtype.str, value.shape, value.tobytes())
+            if key not in constants:
+                constants[key] = next(fresh)
+                graph.initializer.append(numpy_helper.from_array(value, constants[key]))
+            alias[node.output[0]] = constants[key]
+        elif node.op_type == "Identity" and node.input[0] in stored:
+            alias[node.output[0]] = node.input[0]
+        else:
+            kept.append(node)
+    for node in kept:
+        node.input[:] = [alias.get(name, name) for name in node.input]
+        node.name = node.doc_string = ""
+        _strip_defaults(node)
+    del graph.node[:], graph.value_info[:]
+    graph.node.extend(kept)
+    graph.name, graph.doc_string, model.doc_string = "edge", "", ""
+    model.producer_name, model.producer_version = "edge", ""
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    if node.op_type != "Constant" or [a.name for a in node.attribute] != ["value"]:
+        return None
+    return numpy_helper.to_array(node.attribute[0].t)
+
+
+def _strip_defaults(node: onnx.NodeProto) -> None:
+    """Remove the attributes that say what their absence says (a Conv's kernel_shape: its weight's)."""
+    schema = onnx.defs.get_schema(node.op_type, OPSET, node.domain)
+    for attr in list(node.attribute):
+        value = helper.get_attribute_value(attr)
+        default = schema.attributes[attr.name].default_value if attr.name in schema.attributes else None
+        if (default is not None and default.type and value == helper.get_attribute_value(default)) \
+                or (attr.name in _ALL_EQUAL and isinstance(value, list) and set(value) == {_ALL_EQUAL[attr.name]}) \
+                or (node.op_type == "Conv" and attr.name == "kernel_shape"):
+            node.attribute.remove(attr)
+
+
+def compact(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`tidy` ``model``, give intermediate values short names (`_short_intermediates`), drop unused
+    initializers; -> ``model``."""
+    tidy(model)
+    graph = model.graph
+    _short_intermediates(graph.node, {t.name for t in graph.initializer})
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     return model
 
 
