@@ -66,12 +66,14 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
     """
     import torch
 
-    card, folded, quant = model_file.card, fold_model(model_file.build()), spec.describe()
+    card, network, quant = model_file.card, model_file.build(), spec.describe()
+    folded = fold_model(network)
     if spec.calibrated and calibration is None:
         calibration = synthetic_images(CALIBRATION_IMAGES, card.config.in_channels, card.config.input_size)
         calibration_source = f"{CALIBRATION_IMAGES} synthetic 1/f images (data-free)"
     if spec.calibrated:
         quant["calibration"] = calibration_source
+    net = _net_entry(model_file, network, folded)
     if spec.weights == "int8":
         from edge.export.int8 import quantize_qdq
 
@@ -86,7 +88,7 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
         model = _float_graph(folded, card)
         apply_weight_formats(model, layers, encodings, np.float32 if spec.weights == "fp32" else np.float16)
         compact(model)
-    write_metadata(model, card, quant, _net_entry(model_file, folded))
+    write_metadata(model, card, quant, net)
     return write_checked(model, path, spec.entropy), quant
 
 
@@ -117,12 +119,12 @@ def _float_graph(folded, card) -> onnx.ModelProto:
     return compact(onnx.load_from_string(buffer.getvalue()))
 
 
-def _net_entry(model_file, folded) -> dict | None:
+def _net_entry(model_file, network, folded) -> dict | None:
     """``edge.net`` of an architecture other than StudentNet: its NetSpec, parameters and flops."""
     spec = getattr(model_file, "spec", None)
     if spec is None or spec.arch == "dw":
         return None
-    parameters = sum(p.numel() for p in model_file.build().parameters())
+    parameters = sum(p.numel() for p in network.parameters())
     return {**spec.to_dict(), "parameters": parameters, "flops": _flops(folded, model_file.card.config)}
 
 

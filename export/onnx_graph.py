@@ -14,12 +14,10 @@ MatMul with the powers of two, then Split into the tensors. Every input of those
 constant, so ONNX Runtime's constant folding turns them back into float weights when the session
 is created: no decoding is left at run time (`edge.export.exporter.leftover_dequantization` checks it).
 
-`apply_weight_formats` finds each layer's weight and bias among the exported initializers (by the
-name torch gives them, ``cnn.0.0.weight``, else by identical values) and puts the decode nodes in
-their place. `compact` removes what costs bytes and says nothing: node names, doc
-strings, Constant nodes (shared initializers instead), attributes at their default values, long
-intermediate names; in a 140 KB file, names are a visible cost. Initializers of weights keep names
-that say what they hold (``cnn.1.3.w.step``, ``codes4``).
+`apply_weight_formats` puts the decode nodes in place of each layer's weight and bias initializers
+(found by torch's name, ``cnn.0.0.weight``, else by identical values). `compact` drops what costs
+bytes and says nothing (node names, doc strings, Constant nodes, default attributes, long
+intermediate names); weight initializers keep names that say what they hold (``cnn.1.3.w.step``).
 """
 
 from __future__ import annotations
@@ -62,8 +60,10 @@ class _GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
-        self.nodes.append(helper.make_node(op, inputs, [output], **attrs))
+    def node(self, op: str, inputs: list[str], output: str | None = None, prelude: bool = False, **attrs) -> str:
+        """Add a node (to the code streams' unpacking with ``prelude``); -> its output's name."""
+        output = output or self.temp()
+        (self.prelude if prelude else self.nodes).append(helper.make_node(op, inputs, [output], **attrs))
         return output
 
     def tensor(self, name: str, encoding) -> str:
@@ -73,8 +73,7 @@ class _GraphBuilder:
         if isinstance(encoding, CodebookCode):
             return self._codebook(name, encoding)
         if isinstance(encoding, LowRankWeight):
-            product = self.node("MatMul", [self.tensor(f"{name}.u", encoding.left), self.tensor(f"{name}.v", encoding.right)],
-                                self.temp())
+            product = self.node("MatMul", [self.tensor(f"{name}.u", encoding.left), self.tensor(f"{name}.v", encoding.right)])
             return self.node("Reshape", [product, self.shape(encoding.shape)], name)
         array = encoding.array
         if array.dtype == np.float32:
@@ -86,12 +85,12 @@ class _GraphBuilder:
         step = self.tensor(f"{name}.step", FloatWeight(code.step.astype(dtype)))
         offset = self.tensor(f"{name}.offset", FloatWeight(code.offset.astype(dtype)))
         q = self._codes(name, code.q, code.bits, TensorProto.FLOAT)
-        return self.node("Add", [self.node("Mul", [q, step], self.temp()), offset], name)
+        return self.node("Add", [self.node("Mul", [q, step]), offset], name)
 
     def _codebook(self, name: str, code: CodebookCode) -> str:
         book = self.tensor(f"{name}.book", FloatWeight(code.codebook.astype(np.float16)))
         shared = self.node("Gather", [book, self._codes(name, code.q, code.bits, TensorProto.INT64)],
-                           self.temp() if code.per_channel else name)
+                           None if code.per_channel else name)
         if not code.per_channel:
             return shared
         scale = self.tensor(f"{name}.scale", FloatWeight(code.channel_scale().astype(np.float16)))
@@ -102,7 +101,7 @@ class _GraphBuilder:
         code stream (written by `finish`)."""
         flat = self.temp()
         self.streams.setdefault((bits, dtype), []).append((flat, q))
-        return self.node("Reshape", [flat, self.shape(q.shape)], self.temp())
+        return self.node("Reshape", [flat, self.shape(q.shape)])
 
     def finish(self) -> list:
         """The nodes in order: each code stream's unpacking first, then the network."""
@@ -118,7 +117,7 @@ class _GraphBuilder:
         stored = self.shared_const(name, pack_codes(codes, bits))
 
         def add(op, inputs, **attrs):
-            return self._append(self.prelude, op, inputs, **attrs)
+            return self.node(op, inputs, prelude=True, **attrs)
 
         if bits < 8:
             column = add("Unsqueeze", [stored, self.shared_const("axis1", np.array([1], np.int64))])
@@ -133,11 +132,6 @@ class _GraphBuilder:
             if dtype == TensorProto.FLOAT:
                 return stored
         return add("Cast", [stored], to=dtype)
-
-    def _append(self, nodes: list, op: str, inputs: list[str], **attrs) -> str:
-        output = self.temp()
-        nodes.append(helper.make_node(op, inputs, [output], **attrs))
-        return output
 
     def shape(self, dims: tuple[int, ...]) -> str:
         """A shape constant, one per distinct shape (``256x256x1x1``)."""
@@ -196,8 +190,8 @@ def tidy(model: onnx.ModelProto) -> None:
     stored, constants, alias, kept = {t.name for t in graph.initializer}, {}, {}, []
     fresh = (name for name in (f"k{i}" for i in itertools.count()) if name not in stored)
     for node in graph.node:
-        value = _constant_value(node)
-        if value is not None:
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            value = numpy_helper.to_array(node.attribute[0].t)
             key = (value.dtype.str, value.shape, value.tobytes())
             if key not in constants:
                 constants[key] = next(fresh)
@@ -217,14 +211,10 @@ def tidy(model: onnx.ModelProto) -> None:
     model.producer_name, model.producer_version = "edge", ""
 
 
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    if node.op_type != "Constant" or [a.name for a in node.attribute] != ["value"]:
-        return None
-    return numpy_helper.to_array(node.attribute[0].t)
-
-
 def _strip_defaults(node: onnx.NodeProto) -> None:
     """Remove the attributes that say what their absence says (a Conv's kernel_shape: its weight's)."""
+    if node.domain not in ("", "ai.onnx"):
+        return
     schema = onnx.defs.get_schema(node.op_type, OPSET, node.domain)
     for attr in list(node.attribute):
         value = helper.get_attribute_value(attr)
