@@ -203,12 +203,14 @@ def tidy(model: onnx.ModelProto) -> None:
             kept.append(node)
     for node in kept:
         node.input[:] = [alias.get(name, name) for name in node.input]
-        node.name = node.doc_string = ""
+        node.ClearField("name")  # proto2: an empty string set is still stored
+        node.ClearField("doc_string")
         _strip_defaults(node)
     del graph.node[:], graph.value_info[:]
     graph.node.extend(kept)
-    graph.name, graph.doc_string, model.doc_string = "edge", "", ""
-    model.producer_name, model.producer_version = "edge", ""
+    graph.name, model.producer_name = "edge", "edge"
+    for message, field_name in ((graph, "doc_string"), (model, "doc_string"), (model, "producer_version")):
+        message.ClearField(field_name)
 
 
 def _strip_defaults(node: onnx.NodeProto) -> None:

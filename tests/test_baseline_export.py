@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from edge.baselines import convnet_flops
 from edge.checkpoints import Checkpoint
 from edge.cli import main
 from edge.config import ModelCard, Preprocess, StudentConfig, default_classes
@@ -107,7 +108,7 @@ def test_files_are_small_plain_graphs(student_files):
     """What torch.onnx.export adds that costs bytes is gone: node names, doc strings, Constant nodes,
     default attributes; the weights' initializers are replaced (one code stream per width)."""
     model = onnx.load(student_files[1]["uint8"][1])
-    assert not any(node.name or node.doc_string for node in model.graph.node)
+    assert not any(node.HasField("name") or node.HasField("doc_string") for node in model.graph.node)
     assert "Constant" not in {node.op_type for node in model.graph.node}
     assert not any(a.name in ("kernel_shape", "dilations", "strides") for n in model.graph.node if n.op_type == "Conv"
                    for a in n.attribute)
@@ -120,24 +121,25 @@ def test_files_are_small_plain_graphs(student_files):
 @pytest.mark.parametrize("arch", ["group", "mobilenet_v3_small"])
 def test_any_classifier_exports_with_parity(arch, tmp_path):
     """The group baseline (its channel shuffles come from torch's graph) and a torchvision classifier:
-    fp32 parity with torch, fp16 / uint8 close with the fp32 runtime operators, int8 QDQ runs (on the
-    small one), and the metadata carries the NetSpec, parameters and flops; a real-sized network's
-    uint8 file is <= 30% of its fp32 file's bytes."""
+    fp32 parity with torch, uint8 (and fp16) close with the fp32 runtime operators, int8 QDQ runs (on
+    the small one), and the metadata carries the NetSpec, parameters and flops; a real-sized
+    network's uint8 file is <= 30% of its fp32 file's bytes."""
     group = arch == "group"
     config = StudentConfig(widths=(8, 16, 16), pools=(0, 1), input_size=16, num_classes=5) if group else GREY
     net = _net(arch, config, groups=4 if group else 1)
     x = _inputs(config)
     reference = _torch(net, x)
     scale = float(np.abs(reference).max())
-    specs = {"fp32": (QuantSpec("fp32"), 1e-4), "fp16": (QuantSpec("fp16"), 2e-2),
-             "uint8": (QuantSpec("uint8", per_channel=True, method="minmax"), 0.25)}
+    specs = {"fp32": (QuantSpec("fp32"), 1e-4), "uint8": (QuantSpec("uint8", per_channel=True, method="minmax"), 0.25)}
+    if group:  # fp16 and int8 on the small network only: the large one's exports take seconds each
+        specs["fp16"] = (QuantSpec("fp16"), 2e-2)
     paths = {name: tmp_path / f"{arch}_{name}.onnx" for name in (*specs, "int8")}
     for name, (spec, tolerance) in specs.items():
         export_onnx(net, paths[name], spec)
         assert float(np.abs(OnnxClassifier(paths[name])(x) - reference).max()) <= tolerance * scale, name
         assert leftover_dequantization(paths[name]) == {}, name
     assert np.array_equal(OnnxClassifier(paths["fp32"])(x).argmax(1), reference.argmax(1))
-    assert runtime_ops(paths["uint8"]) == runtime_ops(paths["fp16"]) == runtime_ops(paths["fp32"])
+    assert all(runtime_ops(paths[name]) == runtime_ops(paths["fp32"]) for name in specs)
     if group:
         export_onnx(net, paths["int8"], QuantSpec("int8"))
         assert OnnxClassifier(paths["int8"])(x).shape == reference.shape
@@ -147,6 +149,8 @@ def test_any_classifier_exports_with_parity(arch, tmp_path):
     meta = {p.key: p.value for p in onnx.load(paths["uint8"]).metadata_props}
     entry = json.loads(meta["edge.net"])
     assert NetSpec.from_dict(entry) == net.spec and entry["parameters"] == count_parameters(net.build())
+    if group:  # the baselines' own formula counts what the export counted by running the model
+        assert entry["flops"] == convnet_flops(config, 4)
     assert entry["flops"] > 2 * sum(layer.weight.size for layer in model_layers(fold_model(net.build())))
 
 
