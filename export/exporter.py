@@ -26,7 +26,8 @@ from edge.config import ConfigError
 from edge.data import DatasetError
 from edge.fold import fold_model, fold_student, model_layers
 from edge.export.calibrate import synthetic_images
-from edge.export.onnx_graph import INPUT_NAME, OPSET, OUTPUT_NAME, apply_weight_formats, compact, write_checked
+from edge.export.onnx_graph import (INPUT_NAME, OPSET, OUTPUT_NAME, GraphError, apply_weight_formats, compact,
+                                    write_checked)
 from edge.metadata import write_metadata
 from edge.export.quantize import QuantSpec, encode_layers
 
@@ -113,9 +114,13 @@ def _float_graph(folded, card) -> onnx.ModelProto:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(folded, example, buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=OPSET,
-                          dynamo=False)
+        try:
+            torch.onnx.export(folded, example, buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)
+        except Exception as err:  # the exporter raises many types for what ONNX cannot express
+            raise GraphError(f"torch.onnx.export cannot write this model: {type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}") from err
     return compact(onnx.load_from_string(buffer.getvalue()))
 
 

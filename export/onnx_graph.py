@@ -15,7 +15,7 @@ constant, so ONNX Runtime's constant folding turns them back into float weights 
 is created: no decoding is left at run time (`edge.export.exporter.leftover_dequantization` checks it).
 
 `apply_weight_formats` puts the decode nodes in place of each layer's weight and bias initializers
-(found by torch's name, ``cnn.0.0.weight``, else by identical values). `compact` drops what costs
+(found by torch's name, ``cnn.0.0.weight``, else by identical values or, for a MatMul, transposed). `compact` drops what costs
 bytes and says nothing (node names, doc strings, Constant nodes, default attributes, long
 intermediate names); weight initializers keep names that say what they hold (``cnn.1.3.w.step``).
 """
@@ -158,9 +158,11 @@ def apply_weight_formats(model: onnx.ModelProto, layers: list[FoldedLayer], enco
     for layer in layers:
         parts = (("w", layer.weight, encodings[layer.name]), ("b", layer.bias, FloatWeight(layer.bias.astype(bias_dtype))))
         for (part, array, encoding), torch_name in zip(parts, (f"{layer.name}.weight", f"{layer.name}.bias")):
-            name = _initializer_of(stored, torch_name, array)
+            name, transposed = _initializer_of(stored, torch_name, array)
             if name not in decoded:  # torch shares one initializer between identical tensors (zero biases)
                 decoded[name] = builder.tensor(f"{layer.name}.{part}", encoding)
+                if transposed:  # a Linear on 3-D inputs: MatMul with the weight's transpose
+                    decoded[name] = builder.node("Transpose", [decoded[name]])
     for node in graph.node:
         for i, name in enumerate(node.input):
             node.input[i] = decoded.get(name, name)
@@ -171,13 +173,16 @@ def apply_weight_formats(model: onnx.ModelProto, layers: list[FoldedLayer], enco
     graph.initializer.extend(kept + builder.initializers)
 
 
-def _initializer_of(stored: dict, name: str, array: np.ndarray) -> str:
-    """The initializer holding ``array``: the one torch named ``name``, else one with the same values."""
+def _initializer_of(stored: dict, name: str, array: np.ndarray) -> tuple[str, bool]:
+    """The initializer holding ``array`` (the one torch named ``name``, else one with the same values)
+    and whether it holds its transpose."""
     if name in stored and np.array_equal(numpy_helper.to_array(stored[name]), array):
-        return name
-    for tensor in stored.values():
-        if tuple(tensor.dims) == array.shape and np.array_equal(numpy_helper.to_array(tensor), array):
-            return tensor.name
+        return name, False
+    for transposed, values in ((False, array), (True, array.T if array.ndim == 2 else None)):
+        for tensor in stored.values():
+            if values is not None and tuple(tensor.dims) == values.shape \
+                    and np.array_equal(numpy_helper.to_array(tensor), values):
+                return tensor.name, transposed
     raise GraphError(f"{name}: no initializer of the exported ONNX graph holds it (shape {array.shape}), so its "
                      "weight format cannot be applied; this architecture computes it from other tensors")
 

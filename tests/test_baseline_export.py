@@ -6,7 +6,9 @@ Synthetic models and images only: runs on any clone."""
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -152,6 +154,46 @@ def test_any_classifier_exports_with_parity(arch, tmp_path):
     if group:  # the baselines' own formula counts what the export counted by running the model
         assert entry["flops"] == convnet_flops(config, 4)
     assert entry["flops"] > 2 * sum(layer.weight.size for layer in model_layers(fold_model(net.build())))
+
+
+class _Tokens(torch.nn.Module):
+    """A classifier whose Linear runs on 3-D inputs: torch.onnx.export writes it as a MatMul with the
+    weight's transpose as its own initializer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.bn(self.conv(x)).flatten(2).transpose(1, 2)).mean(1)
+
+
+@dataclass
+class _ModelFile:
+    """The model-file protocol export_onnx needs: a card and build()."""
+
+    card: ModelCard
+    module: torch.nn.Module
+
+    def build(self) -> torch.nn.Module:
+        return copy.deepcopy(self.module).eval()
+
+
+def test_own_module_with_a_transposed_matmul_weight(tmp_path):
+    torch.manual_seed(4)
+    config = StudentConfig(in_channels=1, input_size=16, num_classes=4)
+    model_file = _ModelFile(ModelCard(config, Preprocess(crop=16, mean=(0.0,), std=(1.0,), color="L"), default_classes(4)),
+                            _with_statistics(_Tokens(), 5))
+    x = _inputs(config)
+    for weights in ("fp32", "uint8"):
+        export_onnx(model_file, tmp_path / f"{weights}.onnx", QuantSpec(weights, per_channel=True, method="minmax")
+                    if weights == "uint8" else QuantSpec(weights))
+    assert "Transpose" in {node.op_type for node in onnx.load(tmp_path / "uint8.onnx").graph.node}
+    assert leftover_dequantization(tmp_path / "uint8.onnx") == {}
+    assert runtime_ops(tmp_path / "uint8.onnx") == runtime_ops(tmp_path / "fp32.onnx")
+    reference = _torch(model_file, x)
+    np.testing.assert_allclose(OnnxClassifier(tmp_path / "fp32.onnx")(x), reference, rtol=1e-4, atol=1e-5)
+    assert np.abs(OnnxClassifier(tmp_path / "uint8.onnx")(x) - reference).max() < 0.05 * np.abs(reference).max()
 
 
 def _photos(folder, count: int, size: int):
