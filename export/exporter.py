@@ -46,7 +46,8 @@ class Parity:
 
 def read_model(path: str | os.PathLike, pools: tuple[int, ...] | None = None):
     """The model file at ``path``: an edge model file of any architecture (`edge.nets.NetFile`), else a
-    StudentNet `Checkpoint` (ours, the homework's .bin and pickles; ``pools`` for those)."""
+    StudentNet `Checkpoint` (ours, the homework's .bin and pickles; ``pools`` for those). Stands in for
+    the one model-file reader of every kind (``edge.checkpoints.load_model``) until it lands."""
     from edge.nets import load_net
 
     try:
