@@ -97,6 +97,7 @@ class Checkpoint:
         return self.card.config.flops()
 
     def build(self) -> "nn.Module":
+        """The StudentNet with these weights, in eval mode."""
         from edge.models import build_student
 
         return build_student(self.card.config, self.state)

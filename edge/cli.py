@@ -97,17 +97,19 @@ def main():
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --images.")
 def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs, low_rank, calib, calib_images, pools,
            images, max_drop, labels):
-    """Export CHECKPOINT (ours, a homework .bin, 8-bit or 16-bit pickle) to ONNX.
+    """Export CHECKPOINT to ONNX: a StudentNet (ours, a homework .bin, 8-bit or 16-bit pickle) or any
+    model file of `edge train` (the cnn / group baselines, torchvision classifiers).
 
     Without CHECKPOINT, exports a freshly initialised default StudentNet (seed 0), so the
-    command works on a fresh machine. BatchNorm is folded; the StudentNet config,
-    preprocessing, classes and weight format go into the file's metadata. The cnn / group
-    baselines (`edge train --arch cnn|group`) export too, as fp32, fp16 or uintN --method minmax.
+    command works on a fresh machine. BatchNorm is folded, torch.onnx.export writes the graph
+    and the weight format is applied to its Conv / Gemm weights; the model's config,
+    preprocessing, classes and weight format go into the file's metadata.
     """
     from edge.checkpoints import load_model
     from edge.files import check_output
     from edge.models import init_checkpoint
-    from edge.export.exporter import export_onnx, leftover_dequantization, load_images, parity_check, sample_inputs
+    from edge.export.exporter import export_onnx, leftover_dequantization, load_images, parity_check, runtime_ops,
+                                      sample_inputs
     from edge.export.quantize import QuantSpec
 
     with _user_errors():
@@ -133,7 +135,7 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
         click.echo(f"parity vs torch fp32 on {parity.source}: max |logit diff| {parity.max_abs_diff:.4g}, "
                    f"top-1 agreement {parity.agreement:.2%}")
         if spec.weights == "int8":
-            click.echo(f"runtime graph: int8 QDQ kept for int8 kernels ({leftover.get('DequantizeLinear', 0)} "
+            click.echo(f"runtime graph: int8 QDQ kept for int8 kernels ({runtime_ops(output)['DequantizeLinear']} "
                        "DequantizeLinear)")
         else:
             click.echo("runtime graph: " + ("no dequantization left after load" if not leftover

@@ -2,9 +2,9 @@
 
 ``edge.card``: the `ModelCard` (StudentNet config, preprocessing, class names) as JSON;
 ``edge.quant``: how the weights are stored; ``edge.format``: the version of this layout;
-``edge.net``: only on architectures other than StudentNet (the ``cnn`` / ``group`` baselines),
-their `edge.nets.NetSpec` (arch, the config giving their widths, groups) plus ``parameters``
-and ``flops`` as JSON, since the card's StudentNet formulas do not count them.
+``edge.net``: only on architectures other than StudentNet (the ``cnn`` / ``group`` baselines,
+torchvision classifiers), their `edge.nets.NetSpec` (arch, the config giving their widths or input,
+groups) plus ``parameters`` and ``flops`` as JSON, since the card's StudentNet formulas do not count them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class MetadataError(EdgeError, ValueError):
 
 
 def write_metadata(model, card: ModelCard, quant: dict, net: dict | None = None) -> None:
-    """Set our keys on an ``onnx.ModelProto`` (replacing old values); ``net``: a baseline's ``edge.net``."""
+    """Set our keys on an ``onnx.ModelProto`` (replacing old values); ``net``: ``edge.net``, if any."""
     entries = {CARD_KEY: card.to_json(), QUANT_KEY: json.dumps(quant, sort_keys=True), FORMAT_KEY: FORMAT_VERSION}
     if net is not None:
         entries[NET_KEY] = json.dumps(net, sort_keys=True)
@@ -47,7 +47,7 @@ def read_metadata(props: dict[str, str], origin: str) -> tuple[ModelCard, dict]:
 
 
 def read_net(props: dict[str, str], origin: str) -> dict | None:
-    """The ``edge.net`` entry (a baseline's NetSpec, parameters and flops); None on a StudentNet."""
+    """The ``edge.net`` entry (a NetSpec, parameters and flops); None on a StudentNet."""
     if NET_KEY not in props:
         return None
     try:
@@ -57,5 +57,5 @@ def read_net(props: dict[str, str], origin: str) -> dict | None:
 
 
 def model_size(card: ModelCard, net: dict | None) -> tuple[int, int]:
-    """(parameters, flops per image): a baseline's from its ``edge.net``, a StudentNet's from its config."""
+    """(parameters, flops per image): from ``edge.net`` where present, a StudentNet's from its config."""
     return (net["parameters"], net["flops"]) if net else (card.config.num_parameters(), card.config.flops())

@@ -3,9 +3,9 @@ weights exactly as ONNX Runtime uses them (white-box attacks on uint8 / uint4 / 
 
 ONNX Runtime's own constant folding decodes the stored weights (uintN codes, fp16 casts, packed
 4-bit codes) into float initializers; the folded graph is then run op by op in torch. Only the ops
-our exports use are known (Conv, Clip, MaxPool, GlobalAveragePool, Flatten, Gemm, and the
-baselines' channel shuffle Shape/Reshape/Transpose, plus elementwise arithmetic); anything else (int8
-QDQ graphs) is a `ModelError` naming the op.
+our exports use are known (Conv, Clip, Relu, HardSwish, HardSigmoid, MaxPool, GlobalAveragePool,
+Flatten, Gemm, the shape arithmetic of the baselines' channel shuffle as torch.onnx.export writes it,
+plus elementwise arithmetic); anything else (int8 QDQ graphs) is a `ModelError` naming the op.
 """
 
 from __future__ import annotations
@@ -60,6 +60,26 @@ def _gemm(node, a_in, b_in, c=None):
     return y if c is None else y + a.get("beta", 1.0) * c
 
 
+def _gather(node, x, indices):
+    axis = _attrs(node).get("axis", 0)
+    return x.index_select(axis, indices.reshape(-1)).reshape(x.shape[:axis] + indices.shape + x.shape[axis + 1:])
+
+
+def _unsqueeze(node, x, axes):
+    for axis in sorted(axes.tolist()):
+        x = x.unsqueeze(axis)
+    return x
+
+
+def _div(node, x, y):
+    return x / y if x.is_floating_point() else torch.div(x, y, rounding_mode="trunc")
+
+
+def _hard_sigmoid(node, x):
+    a = _attrs(node)
+    return torch.clamp(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1)
+
+
 def _reshape(node, x, shape):
     dims = [x.shape[i] if s == 0 else int(s) for i, s in enumerate(shape.tolist())]
     return x.reshape(dims)
@@ -74,12 +94,18 @@ OPS = {
     "Flatten": lambda node, x: x.reshape(int(np.prod(x.shape[:_attrs(node).get("axis", 1)])), -1),
     "Gemm": _gemm,
     "Reshape": _reshape,
-    "Shape": lambda node, x: torch.tensor(x.shape, dtype=torch.int64),
+    "Shape": lambda node, x: torch.tensor(x.shape[_attrs(node).get("start", 0):_attrs(node).get("end")],
+                                          dtype=torch.int64),
+    "Gather": _gather,
+    "Unsqueeze": _unsqueeze,
+    "Concat": lambda node, *xs: torch.cat(xs, _attrs(node)["axis"]),
+    "HardSwish": lambda node, x: F.hardswish(x),
+    "HardSigmoid": _hard_sigmoid,
     "Transpose": lambda node, x: x.permute(*_attrs(node)["perm"]),
     "Add": lambda node, x, y: x + y,
     "Sub": lambda node, x, y: x - y,
     "Mul": lambda node, x, y: x * y,
-    "Div": lambda node, x, y: x / y,
+    "Div": _div,
 }
 
 

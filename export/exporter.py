@@ -1,32 +1,37 @@
-"""Export a StudentNet checkpoint to ONNX and prove the file: full onnx.checker, parity vs torch,
-size, and that no dequantization survives ONNX Runtime's session creation."""
+"""Export any torch classifier edge loads to ONNX and prove the file: one path for every model.
+
+`export_onnx`: BatchNorm folded (`edge.fold.fold_model`), weights encoded (`edge.export.quantize`), the
+folded module written by the standard exporter (``torch.onnx.export``), then the weight formats
+applied to its initializers (`edge.export.onnx_graph`) or, for int8, ONNX Runtime's QDQ quantization
+(`edge.export.int8`); the model card (and, for architectures other than StudentNet, their `NetSpec`,
+parameters and flops) go into the metadata, and the file is fully checked before it is written.
+`parity_check` compares it with the torch model, `leftover_dequantization` proves no decoding
+survives ONNX Runtime's session creation.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from edge.checkpoints import Checkpoint
-from edge.data import DatasetError
-from edge.fold import fold_student
-from edge.export.calibrate import synthetic_images
+from edge.checkpoints import Checkpoint, CheckpointError, load_checkpoint
 from edge.config import ConfigError
-from edge.nets import NetFile
-from edge.export.generic import BASELINE_ARCHS, BaselineCheckpoint, export_baseline
-from edge.export.onnx_graph import build_onnx, write_checked
+from edge.data import DatasetError
+from edge.fold import fold_model, fold_student, model_layers
+from edge.export.calibrate import synthetic_images
+from edge.export.onnx_graph import (INPUT_NAME, OPSET, OUTPUT_NAME, GraphError, apply_weight_formats, compact,
+                                    write_checked)
 from edge.metadata import write_metadata
-from edge.quant import FloatWeight
 from edge.export.quantize import QuantSpec, encode_layers
 
 CALIBRATION_IMAGES = 64
-
-_DEQUANT_OPS = {"Cast", "Sub", "Div", "Mul", "Add", "DequantizeLinear", "BitShift", "Mod", "Split", "Gather",
-                "MatMul"}
 
 
 @dataclass(frozen=True)
@@ -39,47 +44,113 @@ class Parity:
     source: str
 
 
-def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike, spec: QuantSpec,
-                calibration: np.ndarray | None = None, calibration_source: str = "") -> tuple[int, dict]:
-    """Fold, encode, build, fully check and atomically write the ONNX file.
+def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibration: np.ndarray | None = None,
+                calibration_source: str = "") -> tuple[int, dict]:
+    """Fold, encode, export, apply the weight formats, fully check and atomically write the ONNX file.
 
-    Calibrated integer formats use ``calibration`` images, or synthetic ones when none are given.
-    Returns the file size in bytes and the weight-format description stored in the metadata.
+    ``model_file``: anything with ``.card`` (`edge.config.ModelCard`) and ``.build()`` (the torch
+    classifier in eval mode). Calibrated formats use ``calibration`` images, or synthetic ones when
+    none are given. Returns the file size in bytes and the weight-format description stored in the
+    metadata.
     """
-    if isinstance(checkpoint, NetFile):  # until the one export path (issue 13): the cnn / group baselines only
-        if checkpoint.spec.arch not in BASELINE_ARCHS:
-            raise ConfigError(f"exporting a {checkpoint.spec.arch} is not supported yet: StudentNets and the cnn / "
-                              f"group baselines export")
-        checkpoint = BaselineCheckpoint(checkpoint, checkpoint.source)
-    if isinstance(checkpoint, BaselineCheckpoint):
-        return export_baseline(checkpoint, path, spec)
-    layers = fold_student(checkpoint.card.config, checkpoint.state)
-    quant = spec.describe()
+    import torch
+
+    card, network, quant = model_file.card, model_file.build(), spec.describe()
+    folded = fold_model(network)
+    if spec.calibrated and calibration is None:
+        calibration = synthetic_images(CALIBRATION_IMAGES, card.config.in_channels, card.config.input_size)
+        calibration_source = f"{CALIBRATION_IMAGES} synthetic 1/f images (data-free)"
     if spec.calibrated:
-        if calibration is None:
-            config = checkpoint.card.config
-            calibration = synthetic_images(CALIBRATION_IMAGES, config.in_channels, config.input_size)
-            calibration_source = f"{CALIBRATION_IMAGES} synthetic 1/f images (data-free)"
         quant["calibration"] = calibration_source
+    net = _net_entry(model_file, network, folded)
     if spec.weights == "int8":
         from edge.export.int8 import quantize_qdq
 
-        model = quantize_qdq(build_onnx(checkpoint.card, layers, *_float_parts(layers), quant), calibration,
-                             spec.per_channel)
-        write_metadata(model, checkpoint.card, quant)
+        model = compact(quantize_qdq(_float_graph(folded, card), calibration, spec.per_channel))
     else:
-        layers, encodings = encode_layers(layers, spec, calibration)
-        bias_dtype = np.float32 if spec.weights == "fp32" else np.float16
-        model = build_onnx(checkpoint.card, layers, encodings, bias_dtype, quant)
+        layers, encodings = _encode(model_file, folded, spec, calibration)
+        with torch.no_grad():
+            for layer in layers:  # the float weights the file holds (after equalization, bias correction)
+                module = folded.get_submodule(layer.name)
+                module.weight.copy_(torch.from_numpy(layer.weight))
+                module.bias.copy_(torch.from_numpy(layer.bias))
+        model = _float_graph(folded, card)
+        apply_weight_formats(model, layers, encodings, np.float32 if spec.weights == "fp32" else np.float16)
+        compact(model)
+    write_metadata(model, card, quant, net)
     return write_checked(model, path, spec.entropy), quant
 
 
-def _float_parts(layers):
-    return {layer.name: FloatWeight(layer.weight) for layer in layers}, np.float32
+def _encode(model_file, folded, spec: QuantSpec, calibration):
+    """The layers the file holds and their weight encodings (stands in for H2's ``encode_model``: until
+    it lands, gptq calibration simulates the StudentNet chain, so it takes a StudentNet's layers)."""
+    layers = model_layers(folded)
+    if spec.bits is not None and spec.method == "gptq":
+        if not isinstance(model_file, Checkpoint):
+            raise ConfigError(f"--quant {spec.weights} --method gptq calibrates StudentNets; export this model "
+                              "with --method minmax")
+        layers = fold_student(model_file.card.config, model_file.state)
+    return encode_layers(layers, spec, calibration)
+
+
+def _float_graph(folded, card) -> onnx.ModelProto:
+    """``torch.onnx.export`` (TorchScript) of ``folded`` for a batch of the card's images, compacted."""
+    import torch
+
+    config = card.config
+    example = torch.zeros(1, config.in_channels, config.input_size, config.input_size)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        try:
+            torch.onnx.export(folded, example, buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)
+        except Exception as err:  # the exporter raises many types for what ONNX cannot express
+            raise GraphError(f"torch.onnx.export cannot write this model: {type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    return compact(onnx.load_from_string(buffer.getvalue()))
+
+
+def _net_entry(model_file, network, folded) -> dict | None:
+    """``edge.net`` of an architecture other than StudentNet: its NetSpec, parameters and flops."""
+    spec = getattr(model_file, "spec", None)
+    if spec is None or spec.arch == "dw":
+        return None
+    parameters = sum(p.numel() for p in network.parameters())
+    return {**spec.to_dict(), "parameters": parameters, "flops": _flops(folded, model_file.card.config)}
+
+
+def _flops(folded, config) -> int:
+    """2 x multiply-accumulates of the convs and linear layers on one image (counted while running it)."""
+    import torch
+
+    counted = []
+    hooks = [m.register_forward_hook(lambda m, _, out: counted.append(2 * out.numel() * m.weight[0].numel()))
+             for m in folded.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        folded(torch.zeros(1, config.in_channels, config.input_size, config.input_size))
+    for hook in hooks:
+        hook.remove()
+    return sum(counted)
 
 
 def runtime_ops(path: str | os.PathLike) -> Counter:
     """Op types of the graph ONNX Runtime actually runs (after its optimisations)."""
+    return Counter(node.op_type for node in _runtime_graph(path).node)
+
+
+def leftover_dequantization(path: str | os.PathLike) -> dict[str, int]:
+    """Ops still computing from stored constants alone after session creation, i.e. weight decoding that
+    constant folding did not remove (empty when every weight was folded; int8 QDQ keeps its
+    DequantizeLinear on purpose)."""
+    graph = _runtime_graph(path)
+    constants = {t.name for t in graph.initializer}
+    return dict(Counter(node.op_type for node in graph.node
+                        if node.input and all(name in constants for name in node.input if name)))
+
+
+def _runtime_graph(path: str | os.PathLike) -> onnx.GraphProto:
     import onnxruntime as ort
 
     from edge.entropy import session_source
@@ -90,43 +161,39 @@ def runtime_ops(path: str | os.PathLike) -> Counter:
         options = session_options(optimized_path=optimized)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         ort.InferenceSession(session_source(path), options, providers=["CPUExecutionProvider"])
-        return Counter(node.op_type for node in onnx.load(optimized).graph.node)
+        return onnx.load(optimized).graph
 
 
-def leftover_dequantization(path: str | os.PathLike) -> dict[str, int]:
-    """Decode ops still present after session creation (empty when every weight was folded)."""
-    return {op: n for op, n in runtime_ops(path).items() if op in _DEQUANT_OPS}
-
-
-def load_images(checkpoint: Checkpoint, image_dir, limit: int, offset: int = 0) -> tuple[np.ndarray, str]:
-    """Up to ``limit`` preprocessed images of ``image_dir`` in id order, starting at ``offset``."""
+def load_images(model_file, image_dir, limit: int, offset: int = 0) -> tuple[np.ndarray, str]:
+    """Up to ``limit`` images of ``image_dir`` in id order from ``offset``, preprocessed as the model's card says."""
     from edge.data import list_samples
     from edge.preprocess import load_image
 
-    samples = list_samples(image_dir, checkpoint.card.classes, strict_classes=True)[offset:offset + limit]
+    card = model_file.card
+    samples = list_samples(image_dir, card.classes, strict_classes=True)[offset:offset + limit]
     if not samples:
         raise DatasetError(f"{image_dir}: no images left after the first {offset}")
-    images = np.stack([load_image(s.path, checkpoint.card.preprocess) for s in samples])
-    return images, f"{len(samples)} images from {image_dir}"
+    return np.stack([load_image(s.path, card.preprocess) for s in samples]), f"{len(samples)} images from {image_dir}"
 
 
-def sample_inputs(checkpoint: Checkpoint, image_dir, limit: int = 64, seed: int = 0):
+def sample_inputs(model_file, image_dir, limit: int = 64, seed: int = 0):
     """Preprocessed real images from ``image_dir`` (up to ``limit``), else seeded uniform noise."""
     if image_dir:
-        return load_images(checkpoint, image_dir, limit)
-    config = checkpoint.card.config
+        return load_images(model_file, image_dir, limit)
+    config = model_file.card.config
     rng = np.random.default_rng(seed)
     shape = (8, config.in_channels, config.input_size, config.input_size)
     return rng.random(shape, dtype=np.float32), "8 random images (pass --images DIR for real ones)"
 
 
-def parity_check(checkpoint: Checkpoint, onnx_path: str | os.PathLike, images: np.ndarray, source: str) -> Parity:
-    """Compare ONNX Runtime on ``onnx_path`` with the unfolded torch model on ``images``."""
-    from edge.runtime import OnnxClassifier
-    from edge.torch_backend import TorchClassifier
+def parity_check(model_file, onnx_path: str | os.PathLike, images: np.ndarray, source: str) -> Parity:
+    """Compare ONNX Runtime on ``onnx_path`` with the model file's (unfolded) torch module on ``images``."""
+    import torch
 
-    ours = OnnxClassifier(onnx_path)
-    reference = TorchClassifier(checkpoint)
-    a = np.concatenate([ours(images[i:i + 16]) for i in range(0, len(images), 16)])
-    b = np.concatenate([reference(images[i:i + 16]) for i in range(0, len(images), 16)])
+    from edge.runtime import OnnxClassifier
+
+    ours, reference = OnnxClassifier(onnx_path), model_file.build()
+    with torch.inference_mode():
+        a = np.concatenate([ours(images[i:i + 16]) for i in range(0, len(images), 16)])
+        b = np.concatenate([reference(torch.from_numpy(images[i:i + 16])).numpy() for i in range(0, len(images), 16)])
     return Parity(float(np.abs(a - b).max()), float(np.mean(a.argmax(1) == b.argmax(1))), len(images), source)

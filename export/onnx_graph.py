@@ -1,4 +1,5 @@
-"""Build the ONNX graph of a folded StudentNet from per-tensor weight encodings.
+"""Graph-level weight formats: the float ONNX graph torch.onnx.export wrote, with the weights of its
+Conv / Gemm / MatMul layers stored as encoded.
 
 Encodings (the computation is always fp32):
 - `FloatWeight` fp32: a float initializer; fp16: a float16 initializer + Cast to float.
@@ -12,8 +13,11 @@ file, `edge.quant.pack_codes`), unpacked once by ``BitShift -> Mod`` into bit pl
 MatMul with the powers of two, then Split into the tensors. Every input of those nodes is a
 constant, so ONNX Runtime's constant folding turns them back into float weights when the session
 is created: no decoding is left at run time (`edge.export.exporter.leftover_dequantization` checks it).
-Nodes are unnamed and intermediate values get short names (`_short_intermediates`): in a 140 KB
-file, names are a visible cost. Initializers keep names that say what they hold.
+
+`apply_weight_formats` puts the decode nodes in place of each layer's weight and bias initializers
+(found by torch's name, ``cnn.0.0.weight``, else by identical values or, for a MatMul, transposed). `compact` drops what costs
+bytes and says nothing (node names, doc strings, Constant nodes, default attributes, long
+intermediate names); weight initializers keep names that say what they hold (``cnn.1.3.w.step``).
 """
 
 from __future__ import annotations
@@ -26,18 +30,21 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge.checkpoints import CheckpointError
-from edge.config import ModelCard
 from edge.entropy import entropy_code
+from edge.errors import EdgeError
 from edge.files import atomic_write
 from edge.fold import FoldedLayer
-from edge.metadata import write_metadata
 from edge.export.lowrank import LowRankWeight
 from edge.quant import CodebookCode, FloatWeight, MinMaxCode, code_stream_name, pack_codes
 
-OPSET = 17
-IR_VERSION = 8
+OPSET = 17  # BitShift (the code streams' unpacking) needs 11
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 HALF = "h"  # name suffix of float16 initializers (cast to float32 in the graph)
+_ALL_EQUAL = {"pads": 0, "strides": 1, "dilations": 1}  # absent = this value on every axis (Conv, pooling)
+
+
+class GraphError(EdgeError, ValueError):
+    """A model whose exported ONNX graph does not hold a layer's weights as an initializer."""
 
 
 @dataclass
@@ -53,8 +60,10 @@ class _GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
-        self.nodes.append(helper.make_node(op, inputs, [output], **attrs))
+    def node(self, op: str, inputs: list[str], output: str | None = None, prelude: bool = False, **attrs) -> str:
+        """Add a node (to the code streams' unpacking with ``prelude``); -> its output's name."""
+        output = output or self.temp()
+        (self.prelude if prelude else self.nodes).append(helper.make_node(op, inputs, [output], **attrs))
         return output
 
     def tensor(self, name: str, encoding) -> str:
@@ -64,8 +73,7 @@ class _GraphBuilder:
         if isinstance(encoding, CodebookCode):
             return self._codebook(name, encoding)
         if isinstance(encoding, LowRankWeight):
-            product = self.node("MatMul", [self.tensor(f"{name}.u", encoding.left), self.tensor(f"{name}.v", encoding.right)],
-                                self.temp())
+            product = self.node("MatMul", [self.tensor(f"{name}.u", encoding.left), self.tensor(f"{name}.v", encoding.right)])
             return self.node("Reshape", [product, self.shape(encoding.shape)], name)
         array = encoding.array
         if array.dtype == np.float32:
@@ -77,12 +85,12 @@ class _GraphBuilder:
         step = self.tensor(f"{name}.step", FloatWeight(code.step.astype(dtype)))
         offset = self.tensor(f"{name}.offset", FloatWeight(code.offset.astype(dtype)))
         q = self._codes(name, code.q, code.bits, TensorProto.FLOAT)
-        return self.node("Add", [self.node("Mul", [q, step], self.temp()), offset], name)
+        return self.node("Add", [self.node("Mul", [q, step]), offset], name)
 
     def _codebook(self, name: str, code: CodebookCode) -> str:
         book = self.tensor(f"{name}.book", FloatWeight(code.codebook.astype(np.float16)))
         shared = self.node("Gather", [book, self._codes(name, code.q, code.bits, TensorProto.INT64)],
-                           self.temp() if code.per_channel else name)
+                           None if code.per_channel else name)
         if not code.per_channel:
             return shared
         scale = self.tensor(f"{name}.scale", FloatWeight(code.channel_scale().astype(np.float16)))
@@ -93,7 +101,7 @@ class _GraphBuilder:
         code stream (written by `finish`)."""
         flat = self.temp()
         self.streams.setdefault((bits, dtype), []).append((flat, q))
-        return self.node("Reshape", [flat, self.shape(q.shape)], self.temp())
+        return self.node("Reshape", [flat, self.shape(q.shape)])
 
     def finish(self) -> list:
         """The nodes in order: each code stream's unpacking first, then the network."""
@@ -109,7 +117,7 @@ class _GraphBuilder:
         stored = self.shared_const(name, pack_codes(codes, bits))
 
         def add(op, inputs, **attrs):
-            return self._append(self.prelude, op, inputs, **attrs)
+            return self.node(op, inputs, prelude=True, **attrs)
 
         if bits < 8:
             column = add("Unsqueeze", [stored, self.shared_const("axis1", np.array([1], np.int64))])
@@ -124,11 +132,6 @@ class _GraphBuilder:
             if dtype == TensorProto.FLOAT:
                 return stored
         return add("Cast", [stored], to=dtype)
-
-    def _append(self, nodes: list, op: str, inputs: list[str], **attrs) -> str:
-        output = self.temp()
-        nodes.append(helper.make_node(op, inputs, [output], **attrs))
-        return output
 
     def shape(self, dims: tuple[int, ...]) -> str:
         """A shape constant, one per distinct shape (``256x256x1x1``)."""
@@ -145,39 +148,100 @@ class _GraphBuilder:
         self.temps += 1
         return f"_{self.temps}"
 
-    def layer(self, layer: FoldedLayer, encoding, bias_encoding, x: str, clip: tuple[str, str]) -> str:
-        w = self.tensor(f"{layer.name}.w", encoding)
-        b = self.tensor(f"{layer.name}.b", bias_encoding)
-        if layer.kind == "fc":
-            pooled = self.node("GlobalAveragePool", [x], "pooled")
-            return self.node("Gemm", [self.node("Flatten", [pooled], "features", axis=1), w, b], OUTPUT_NAME, transB=1)
-        k = layer.weight.shape[-1]  # kernel_shape comes from the weight; defaults (group 1, no pads) are left out
-        attrs = ({"group": layer.groups} if layer.groups > 1 else {}) | ({"pads": [k // 2] * 4} if k > 1 else {})
-        y = self.node("Conv", [x, w, b], f"{layer.name}.y", **attrs)
-        if layer.relu6:
-            y = self.node("Clip", [y, *clip], f"{layer.name}.a")
-        if layer.pool_after:
-            y = self.node("MaxPool", [y], f"{layer.name}.p", kernel_shape=[2, 2], strides=[2, 2])
-        return y
 
-
-def build_onnx(card: ModelCard, layers: list[FoldedLayer], encodings: dict, bias_dtype, quant: dict) -> onnx.ModelProto:
-    """The ONNX model of ``layers`` with weights stored as ``encodings`` say (by layer name), biases
-    as ``bias_dtype``, and ``card`` + ``quant`` in its metadata."""
-    builder = _GraphBuilder()
-    clip = (builder.const("relu6.min", np.array(0.0, np.float32)), builder.const("relu6.max", np.array(6.0, np.float32)))
-    x = INPUT_NAME
+def apply_weight_formats(model: onnx.ModelProto, layers: list[FoldedLayer], encodings: dict, bias_dtype) -> None:
+    """Store each layer's weight as ``encodings[layer.name]`` says and its bias as ``bias_dtype``: the
+    initializers holding them are replaced by decode nodes (first in the graph) whose outputs the
+    layers read instead."""
+    graph, builder, decoded = model.graph, _GraphBuilder(), {}
+    stored = {t.name: t for t in graph.initializer}
     for layer in layers:
-        x = builder.layer(layer, encodings[layer.name], FloatWeight(layer.bias.astype(bias_dtype)), x, clip)
-    size, channels = card.config.input_size, card.config.in_channels
-    graph = helper.make_graph(
-        _short_intermediates(builder.finish(), {t.name for t in builder.initializers}), "student",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", channels, size, size])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", card.config.num_classes])],
-        builder.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edge")
-    model.ir_version = IR_VERSION
-    write_metadata(model, card, quant)
+        parts = (("w", layer.weight, encodings[layer.name]), ("b", layer.bias, FloatWeight(layer.bias.astype(bias_dtype))))
+        for (part, array, encoding), torch_name in zip(parts, (f"{layer.name}.weight", f"{layer.name}.bias")):
+            name, transposed = _initializer_of(stored, torch_name, array)
+            if name not in decoded:  # torch shares one initializer between identical tensors (zero biases)
+                decoded[name] = builder.tensor(f"{layer.name}.{part}", encoding)
+                if transposed:  # a Linear on 3-D inputs: MatMul with the weight's transpose
+                    decoded[name] = builder.node("Transpose", [decoded[name]])
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = decoded.get(name, name)
+    nodes = builder.finish() + list(graph.node)
+    kept = [t for t in graph.initializer if t.name not in decoded]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(kept + builder.initializers)
+
+
+def _initializer_of(stored: dict, name: str, array: np.ndarray) -> tuple[str, bool]:
+    """The initializer holding ``array`` (the one torch named ``name``, else one with the same values)
+    and whether it holds its transpose."""
+    if name in stored and np.array_equal(numpy_helper.to_array(stored[name]), array):
+        return name, False
+    for transposed, values in ((False, array), (True, array.T if array.ndim == 2 else None)):
+        for tensor in stored.values():
+            if values is not None and tuple(tensor.dims) == values.shape \
+                    and np.array_equal(numpy_helper.to_array(tensor), values):
+                return tensor.name, transposed
+    raise GraphError(f"{name}: no initializer of the exported ONNX graph holds it (shape {array.shape}), so its "
+                     "weight format cannot be applied; this architecture computes it from other tensors")
+
+
+def tidy(model: onnx.ModelProto) -> None:
+    """Drop what torch.onnx.export adds that costs bytes and says nothing: Constant nodes become
+    initializers (one per distinct value, short names), Identity nodes of an initializer are read
+    through, names and doc strings of nodes go, attributes at their default values go."""
+    graph = model.graph
+    stored, constants, alias, kept = {t.name for t in graph.initializer}, {}, {}, []
+    fresh = (name for name in (f"k{i}" for i in itertools.count()) if name not in stored)
+    for node in graph.node:
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            value = numpy_helper.to_array(node.attribute[0].t)
+            key = (value.dtype.str, value.shape, value.tobytes())
+            if key not in constants:
+                constants[key] = next(fresh)
+                graph.initializer.append(numpy_helper.from_array(value, constants[key]))
+            alias[node.output[0]] = constants[key]
+        elif node.op_type == "Identity" and node.input[0] in stored:
+            alias[node.output[0]] = node.input[0]
+        else:
+            kept.append(node)
+    for node in kept:
+        node.input[:] = [alias.get(name, name) for name in node.input]
+        node.ClearField("name")  # proto2: an empty string set is still stored
+        node.ClearField("doc_string")
+        _strip_defaults(node)
+    del graph.node[:], graph.value_info[:]
+    graph.node.extend(kept)
+    graph.name, model.producer_name = "edge", "edge"
+    for message, field_name in ((graph, "doc_string"), (model, "doc_string"), (model, "producer_version")):
+        message.ClearField(field_name)
+
+
+def _strip_defaults(node: onnx.NodeProto) -> None:
+    """Remove the attributes that say what their absence says (a Conv's kernel_shape: its weight's)."""
+    if node.domain not in ("", "ai.onnx"):
+        return
+    schema = onnx.defs.get_schema(node.op_type, OPSET, node.domain)
+    for attr in list(node.attribute):
+        value = helper.get_attribute_value(attr)
+        default = schema.attributes[attr.name].default_value if attr.name in schema.attributes else None
+        if (default is not None and default.type and value == helper.get_attribute_value(default)) \
+                or (attr.name in _ALL_EQUAL and isinstance(value, list) and set(value) == {_ALL_EQUAL[attr.name]}) \
+                or (node.op_type == "Conv" and attr.name == "kernel_shape"):
+            node.attribute.remove(attr)
+
+
+def compact(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`tidy` ``model``, give intermediate values short names (`_short_intermediates`), drop unused
+    initializers; -> ``model``."""
+    tidy(model)
+    graph = model.graph
+    _short_intermediates(graph.node, {t.name for t in graph.initializer})
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     return model
 
 

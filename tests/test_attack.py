@@ -199,14 +199,14 @@ def test_group_baseline_checkpoint_and_onnx_are_attackable(tmp_path):
     from edge.attack import open_target
     from edge.config import FOOD11_CLASSES, Preprocess
     from edge.nets import NetFile, NetSpec, build_net, save_net
+    from edge.checkpoints import load_model
     from edge.export.exporter import export_onnx
-    from edge.export.generic import read_baseline
     from edge.export.quantize import QuantSpec
 
     torch.manual_seed(5)
     spec = NetSpec("group", StudentConfig(widths=(8, 8, 16), pools=(0, 1), input_size=16), 2)
     save_net(tmp_path / "group.pt", NetFile(spec, Preprocess(crop=16), FOOD11_CLASSES, build_net(spec).state_dict()))
-    export_onnx(read_baseline(tmp_path / "group.pt"), tmp_path / "group.onnx", QuantSpec("uint8", method="minmax"))
+    export_onnx(load_model(tmp_path / "group.pt"), tmp_path / "group.onnx", QuantSpec("uint8", method="minmax"))
     pixels = torch.from_numpy(np.random.default_rng(6).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8))
     x = pixels.numpy().astype(np.float32) / 255
     torch_target, onnx_target = open_target(tmp_path / "group.pt"), open_target(tmp_path / "group.onnx")

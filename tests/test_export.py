@@ -1,6 +1,6 @@
 """ONNX export of real homework students: full checker, self-describing metadata, agreement with
-torch fp32 on the real photos, size against the homework's 8-bit pickle, and no dequantization
-left at run time."""
+torch fp32 on the real photos, size against the homework's 8-bit pickle and the hand-built graph's
+files, and no dequantization left at run time. (Synthetic models on any clone: test_baseline_export.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from edge.checkpoints import load_checkpoint
 from edge.config import Preprocess
 from edge.data import list_samples, read_labels
-from edge.fold import fold_student
+from edge.fold import fold_model, model_layers
 from edge.models import init_checkpoint
 from edge.preprocess import load_image
 from edge.runtime import OnnxClassifier
@@ -20,6 +20,7 @@ from edge.export.exporter import export_onnx, leftover_dequantization, runtime_o
 from edge.export.quantize import QuantSpec
 
 HOMEWORK_8BIT_PICKLE_BYTES = 268_471
+HAND_BUILT_BYTES = {"fp32": 1_021_787, "fp16": 513_301, "uint8": 264_572}  # the hand graph builder's files (287cad8)
 
 
 def _logits(model, images, batch=50):
@@ -58,6 +59,7 @@ def test_uint8_is_no_bigger_than_the_homework_pickle(ta):
     _, paths = ta
     sizes = {q: p.stat().st_size for q, p in paths.items()}
     assert sizes["uint8"] <= HOMEWORK_8BIT_PICKLE_BYTES
+    assert all(sizes[quant] <= 1.005 * HAND_BUILT_BYTES[quant] for quant in sizes)  # the one export path costs no bytes
     assert sizes["fp16"] < sizes["fp32"] / 1.9
 
 
@@ -98,7 +100,7 @@ def test_plain_minmax_is_the_homework_rounding(ta_student, tmp_path):
     export_onnx(ckpt, path, QuantSpec("uint8", method="minmax"))
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
     expected = [np.round((w - w.min()) / (w.max() - w.min()) * 255).reshape(-1)
-                for w in (layer.weight.astype(np.float64) for layer in fold_student(ckpt.card.config, ckpt.state))]
+                for w in (layer.weight.astype(np.float64) for layer in model_layers(fold_model(ckpt.build())))]
     np.testing.assert_array_equal(weights["codes8"], np.concatenate(expected))  # every layer's codes, in order
 
 
