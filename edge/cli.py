@@ -108,8 +108,8 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
     from edge.checkpoints import load_model
     from edge.files import check_output
     from edge.models import init_checkpoint
-    from edge.export.exporter import export_onnx, leftover_dequantization, load_images, parity_check, runtime_ops,
-                                      sample_inputs
+    from edge.export.exporter import (export_onnx, leftover_dequantization, load_images, parity_check, runtime_ops,
+                                      sample_inputs)
     from edge.export.quantize import QuantSpec
 
     with _user_errors():

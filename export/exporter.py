@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from edge.checkpoints import Checkpoint, CheckpointError, load_checkpoint
+from edge.checkpoints import Checkpoint
 from edge.config import ConfigError
 from edge.data import DatasetError
 from edge.fold import fold_model, fold_student, model_layers
