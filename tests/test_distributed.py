@@ -1,5 +1,6 @@
 """edge.distributed: `edge train` under torchrun on 2 CPU processes (gloo): batches split across
-ranks as one process sees them, synchronised BatchNorm giving the single-process gradients, one
+ranks as one process sees them and synchronised BatchNorm giving the single-process gradients (on
+synthetic grey images everywhere, and on Fashion-MNIST), one
 checkpoint from rank 0 that resumes and loads, validation over the whole set, and a failure on
 one rank stopping every rank with a clear message."""
 
@@ -48,8 +49,23 @@ def _torchrun(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.Co
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_ranks_split_each_global_batch_and_augment_it_as_one_process_does(fashion_mnist):
-    data = load_images("fashion-mnist:train@:200", GREY32, Augment(32, padding=2))
+@pytest.fixture(scope="module", params=["synthetic", pytest.param("fashion-mnist", marks=pytest.mark.real_data)])
+def grey_images(request, tmp_path_factory) -> str:
+    """A data spec of 200 labelled grey 28x28 images: synthetic class folders, or Fashion-MNIST's."""
+    if request.param == "fashion-mnist":
+        request.getfixturevalue("fashion_mnist")
+        return "fashion-mnist:train"
+    from synthetic import photo
+
+    root = tmp_path_factory.mktemp("grey")
+    for i in range(200):
+        (root / str(i % 10)).mkdir(exist_ok=True)
+        photo(28, 28, seed=i).convert("L").save(root / str(i % 10) / f"{i}.png")
+    return str(root)
+
+
+def test_ranks_split_each_global_batch_and_augment_it_as_one_process_does(grey_images):
+    data = load_images(f"{grey_images}@:200", GREY32, Augment(32, padding=2))
     whole = list(batches(data, 64, Augment(32, padding=2), seed=4, epoch=1))
     shares = [list(batches(data, 64, Augment(32, padding=2), seed=4, epoch=1, share=Group(rank, 2).share))
               for rank in range(2)]
@@ -80,10 +96,10 @@ def _gradients_on_two_ranks(rank: int, port: int, sync_bn: bool, batch, out: Pat
 
 
 @pytest.mark.parametrize("sync_bn", [True, False])
-def test_sync_bn_gives_the_single_process_gradients_of_the_global_batch(fashion_mnist, tmp_path, sync_bn):
+def test_sync_bn_gives_the_single_process_gradients_of_the_global_batch(grey_images, tmp_path, sync_bn):
     from edge.models import StudentNet
 
-    data = load_images("fashion-mnist:train@:128", GREY32, Augment(32, padding=2))
+    data = load_images(f"{grey_images}@:128", GREY32, Augment(32, padding=2))
     images, labels, _ = next(iter(batches(data, 128, Augment(32, padding=2), seed=1)))
     mp.spawn(_gradients_on_two_ranks, args=(_free_port(), sync_bn, (images, labels), tmp_path / "g.pt"), nprocs=2)
     torch.manual_seed(0)
