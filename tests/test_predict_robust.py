@@ -150,6 +150,30 @@ def test_same_labels_with_intra_op_threads(model_and_photos):
     assert np.array_equal(one.labels, two.labels) and len(one.labels) == 24
 
 
+def test_a_homework_pickle_predicts_as_the_homeworks_own_code(synthetic_student_pickle, synthetic_photos, photos,
+                                                              tmp_path):
+    """`edge predict` on the homework's 8-bit pickle (the torch path) labels every photo as the
+    homework's own decode8, StudentNet and CenterCrop(256) + ToTensor do."""
+    import torch
+    from torchvision import transforms
+
+    from homework_reference import decode8, homework_student
+
+    state = decode8(synthetic_student_pickle)
+    stages = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("cnn.") and k.endswith(".3.weight"))
+    widths = [len(state["cnn.0.0.weight"])] + [len(state[f"cnn.{i}.3.weight"]) for i in range(1, stages)]
+    model = homework_student(widths=widths)
+    model.load_state_dict(state)
+    model.eval()
+    homework = transforms.Compose([transforms.CenterCrop(256), transforms.ToTensor()])
+    with torch.no_grad():
+        expected = [(str(int(p.stem)), int(model(homework(Image.open(p).convert("RGB"))[None].float()).argmax(1)))
+                    for p in photos]
+    out = tmp_path / "pred.csv"
+    assert predict(synthetic_student_pickle, synthetic_photos, "-o", out).exit_code == 0
+    assert rows(out) == expected
+
+
 def test_the_onnx_path_never_imports_torch_or_onnx(tiny_onnx, photos, tmp_path):
     folder = link_photos(photos[:4], tmp_path / "testing")
     code = ("import sys; from click.testing import CliRunner; from edge.cli import main; "
