@@ -44,13 +44,12 @@ def ta_onnx(ta_student, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(synthetic_student_onnx) -> Path:
-    return synthetic_student_onnx
-
-
-@pytest.fixture(scope="module")
 def photos(synthetic_photos) -> list[Path]:
     return sorted(synthetic_photos.glob("*.jpg"))
+
+
+def _ta_and_real_photos(request) -> tuple[Path, list[Path]]:
+    return request.getfixturevalue("ta_onnx"), sorted(request.getfixturevalue("food11_test").glob("*.jpg"))
 
 
 @pytest.fixture(scope="module", params=["synthetic", pytest.param("ta", marks=pytest.mark.real_data)])
@@ -58,7 +57,7 @@ def model_and_photos(request) -> tuple[Path, list[Path]]:
     """The tiny model on the synthetic photos, or the TA's student on the real ones."""
     if request.param == "synthetic":
         return request.getfixturevalue("synthetic_student_onnx"), request.getfixturevalue("photos")
-    return request.getfixturevalue("ta_onnx"), sorted(request.getfixturevalue("food11_test").glob("*.jpg"))
+    return _ta_and_real_photos(request)
 
 
 @pytest.fixture(scope="module", params=["synthetic", pytest.param("ta", marks=pytest.mark.real_data)])
@@ -68,7 +67,7 @@ def full_size_model_and_photos(request, tmp_path_factory) -> tuple[Path, list[Pa
         model = export(request.getfixturevalue("synthetic_homework_bin"),
                        tmp_path_factory.mktemp("models") / "homework_size.onnx", "fp32")
         return model, request.getfixturevalue("photos")
-    return request.getfixturevalue("ta_onnx"), sorted(request.getfixturevalue("food11_test").glob("*.jpg"))
+    return _ta_and_real_photos(request)
 
 
 def link_photos(photos: list[Path], folder: Path) -> Path:
@@ -111,10 +110,10 @@ def test_the_real_test_photos_are_predicted_in_id_order(ta_onnx, food11_test, re
                      result.stderr)  # bench/predict_throughput.py reads the split from this line
 
 
-def test_photos_are_predicted_in_id_order_and_scored_against_the_labels(tiny_onnx, synthetic_photos,
+def test_photos_are_predicted_in_id_order_and_scored_against_the_labels(synthetic_student_onnx, synthetic_photos,
                                                                         synthetic_labels, photos, tmp_path):
     out = tmp_path / "pred.csv"
-    result = predict(tiny_onnx, synthetic_photos, "-o", out, "--labels", synthetic_labels)
+    result = predict(synthetic_student_onnx, synthetic_photos, "-o", out, "--labels", synthetic_labels)
     assert result.exit_code == 0, result.output
     predicted = rows(out)
     assert [i for i, _ in predicted] == [str(int(p.stem)) for p in photos]
@@ -174,10 +173,10 @@ def test_a_homework_pickle_predicts_as_the_homeworks_own_code(synthetic_student_
     assert rows(out) == expected
 
 
-def test_the_onnx_path_never_imports_torch_or_onnx(tiny_onnx, photos, tmp_path):
+def test_the_onnx_path_never_imports_torch_or_onnx(synthetic_student_onnx, photos, tmp_path):
     folder = link_photos(photos[:4], tmp_path / "testing")
     code = ("import sys; from click.testing import CliRunner; from edge.cli import main; "
-            f"r = CliRunner().invoke(main, ['predict', {str(tiny_onnx)!r}, {str(folder)!r}, '-o', "
+            f"r = CliRunner().invoke(main, ['predict', {str(synthetic_student_onnx)!r}, {str(folder)!r}, '-o', "
             f"{str(tmp_path / 'o.csv')!r}, '--quiet']); assert r.exit_code == 0, r.output; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'onnx', 'export', 'bench')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -198,25 +197,25 @@ def bad_folder(photos, tmp_path) -> Path:
 BAD = ("9001.jpg", "9002.jpg", "9003.jpg", "9004.png")
 
 
-def test_bad_images_fail_the_run_naming_each_and_keep_the_old_csv(tiny_onnx, bad_folder, tmp_path):
+def test_bad_images_fail_the_run_naming_each_and_keep_the_old_csv(synthetic_student_onnx, bad_folder, tmp_path):
     out = tmp_path / "pred.csv"
     out.write_text("Id,label\nprevious,1\n")
-    result = predict(tiny_onnx, bad_folder, "-o", out)
+    result = predict(synthetic_student_onnx, bad_folder, "-o", out)
     assert result.exit_code == 2
     assert all(name in result.stderr for name in BAD) and "--skip-bad" in result.stderr
     assert out.read_text() == "Id,label\nprevious,1\n" and not leftovers(tmp_path)
 
 
-def test_skip_bad_writes_every_good_row_and_lists_the_skipped(tiny_onnx, bad_folder, photos, tmp_path):
+def test_skip_bad_writes_every_good_row_and_lists_the_skipped(synthetic_student_onnx, bad_folder, photos, tmp_path):
     out = tmp_path / "pred.csv"
-    result = predict(tiny_onnx, bad_folder, "-o", out, "--skip-bad")
+    result = predict(synthetic_student_onnx, bad_folder, "-o", out, "--skip-bad")
     assert result.exit_code == 0, result.output
     assert [i for i, _ in rows(out)] == [str(int(p.stem)) for p in photos[:5]]
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped: ")]
     assert len(skipped) == 4 and all(any(name in line for line in skipped) for name in BAD)
 
 
-def test_every_format_and_a_truncated_jpeg_are_predicted(tiny_onnx, photos, tmp_path):
+def test_every_format_and_a_truncated_jpeg_are_predicted(synthetic_student_onnx, photos, tmp_path):
     folder = tmp_path / "testing"
     folder.mkdir()
     with Image.open(photos[0]) as photo:
@@ -231,7 +230,7 @@ def test_every_format_and_a_truncated_jpeg_are_predicted(tiny_onnx, photos, tmp_
     data = photos[1].read_bytes()
     (folder / "7.jpg").write_bytes(data[: len(data) // 2])
     out = tmp_path / "pred.csv"
-    result = predict(tiny_onnx, folder, "-o", out)
+    result = predict(synthetic_student_onnx, folder, "-o", out)
     assert result.exit_code == 0, result.output
     assert [i for i, _ in rows(out)] == [str(i) for i in range(1, 8)]
     assert re.search(r"warning: .*7\.jpg: truncated JPEG", result.stderr)
@@ -243,7 +242,7 @@ def test_every_format_and_a_truncated_jpeg_are_predicted(tiny_onnx, photos, tmp_
     ("a file", "not a folder"),
     ("duplicates", r"duplicate image ids: .*0001\.jpg.*1\.jpg|duplicate image ids: .*1\.jpg.*0001\.jpg"),
 ])
-def test_unusable_folders_exit_2_with_the_reason(tiny_onnx, photos, tmp_path, layout, message):
+def test_unusable_folders_exit_2_with_the_reason(synthetic_student_onnx, photos, tmp_path, layout, message):
     root = tmp_path / "data"
     (root / "training").mkdir(parents=True)
     target = root / "testing"
@@ -256,13 +255,13 @@ def test_unusable_folders_exit_2_with_the_reason(tiny_onnx, photos, tmp_path, la
         shutil.copy(photos[0], target / "0001.jpg")
         shutil.copy(photos[0], target / "1.jpg")
     out = tmp_path / "pred.csv"
-    result = predict(tiny_onnx, target, "-o", out)
+    result = predict(synthetic_student_onnx, target, "-o", out)
     assert result.exit_code == 2 and re.search(message, result.stderr), result.stderr
     assert not out.exists()
 
 
-def test_missing_output_folder_fails_before_any_work(tiny_onnx, photos, tmp_path):
-    result = predict(tiny_onnx, photos[0].parent, "-o", tmp_path / "nope" / "pred.csv")
+def test_missing_output_folder_fails_before_any_work(synthetic_student_onnx, photos, tmp_path):
+    result = predict(synthetic_student_onnx, photos[0].parent, "-o", tmp_path / "nope" / "pred.csv")
     assert result.exit_code == 2 and "folder" in result.stderr and "does not exist" in result.stderr
 
 
@@ -275,11 +274,11 @@ def _limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
 
 
-def test_a_write_that_fails_midway_leaves_the_old_csv_and_no_partial_file(tiny_onnx, photos, tmp_path):
+def test_a_write_that_fails_midway_leaves_the_old_csv_and_no_partial_file(synthetic_student_onnx, photos, tmp_path):
     folder = link_photos(photos[:30], tmp_path / "testing")
     out = tmp_path / "pred.csv"
     out.write_text("Id,label\nprevious,1\n")
-    done = subprocess.run(_cli(tiny_onnx, folder, "-o", out, "--quiet"), capture_output=True, text=True,
+    done = subprocess.run(_cli(synthetic_student_onnx, folder, "-o", out, "--quiet"), capture_output=True, text=True,
                           cwd=REPO, timeout=120, preexec_fn=_limit_file_size)
     assert done.returncode == 2 and "pred.csv: cannot write (File too large)" in done.stderr, done.stderr
     assert out.read_text() == "Id,label\nprevious,1\n" and not leftovers(tmp_path)
@@ -308,8 +307,8 @@ def test_ctrl_c_mid_run_leaves_the_old_csv_and_no_partial_file(full_size_model_a
     assert out.read_text() == "Id,label\nprevious,1\n" and not leftovers(tmp_path)
 
 
-def _edited(tiny_onnx: Path, tmp_path: Path, edit) -> Path:
-    model = onnx.load(tiny_onnx)
+def _edited(synthetic_student_onnx: Path, tmp_path: Path, edit) -> Path:
+    model = onnx.load(synthetic_student_onnx)
     edit(model)
     path = tmp_path / "edited.onnx"
     onnx.save(model, path)
@@ -352,9 +351,9 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 @pytest.mark.parametrize("damage", sorted(MODEL_DAMAGE))
-def test_damaged_onnx_files_exit_2_naming_the_file(tiny_onnx, photos, tmp_path, damage):
+def test_damaged_onnx_files_exit_2_naming_the_file(synthetic_student_onnx, photos, tmp_path, damage):
     make, message = MODEL_DAMAGE[damage]
-    model = make(tiny_onnx, tmp_path)
+    model = make(synthetic_student_onnx, tmp_path)
     result = predict(model, photos[0].parent, "-o", tmp_path / "pred.csv")
     assert result.exit_code == 2 and re.search(message, result.stderr) and model.name in result.stderr, result.stderr
     assert not (tmp_path / "pred.csv").exists()
@@ -387,9 +386,9 @@ def test_model_files_that_try_to_run_code_are_refused_and_run_nothing(photos, tm
     assert not marker.exists() and not (tmp_path / "pred.csv").exists()
 
 
-def test_labels_outside_the_models_classes_exit_2(tiny_onnx, photos, tmp_path):
+def test_labels_outside_the_models_classes_exit_2(synthetic_student_onnx, photos, tmp_path):
     labels = _write(tmp_path / "labels.csv", b"Id,label\n0,11\n")
-    result = predict(tiny_onnx, photos[0].parent, "-o", tmp_path / "pred.csv", "--labels", labels)
+    result = predict(synthetic_student_onnx, photos[0].parent, "-o", tmp_path / "pred.csv", "--labels", labels)
     assert result.exit_code == 2 and "labels.csv, line 2: label '11'" in result.stderr
 
 
@@ -409,8 +408,8 @@ print(*peaks)
 """
 
 
-def test_memory_does_not_grow_with_the_number_of_images(tiny_onnx, photos, tmp_path):
-    """3,000 images (30 real photos shrunk to 160x120, hard-linked) hold no more memory than 300:
+def test_memory_does_not_grow_with_the_number_of_images(synthetic_student_onnx, photos, tmp_path):
+    """3,000 images (30 photos shrunk to 160x120, hard-linked) hold no more memory than 300:
     a pipeline that kept decoded images would add 3000 x 57 kB = 170 MB. (20,000 full-size: bench/.)"""
     folder = tmp_path / "many"
     folder.mkdir()
@@ -419,8 +418,8 @@ def test_memory_does_not_grow_with_the_number_of_images(tiny_onnx, photos, tmp_p
             image.resize((160, 120)).save(folder / f"{i}.jpg", quality=90)
     for i in range(30, 3000):
         os.link(folder / f"{i % 30}.jpg", folder / f"{i}.jpg")
-    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tiny_onnx), str(folder)], capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(synthetic_student_onnx), str(folder)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     first, last = map(int, done.stdout.split())
     assert last - first < 16 * 1024, f"peak RSS grew by {(last - first) / 1024:.0f} MB from 300 to 3000 images"
