@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(items):
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"real data not found at {path} (the shared data folder ../shared is absent on this machine)")
+        pytest.skip(f"real data not found at {path} (the shared data folder: ../shared, or set EDGE_SHARED)")
     return path
 
 
