@@ -1,8 +1,8 @@
 """edge.distributed: `edge train` under torchrun on 2 CPU processes (gloo): batches split across
 ranks as one process sees them and synchronised BatchNorm giving the single-process gradients (on
-synthetic grey images everywhere, and on Fashion-MNIST), one
-checkpoint from rank 0 that resumes and loads, validation over the whole set, and a failure on
-one rank stopping every rank with a clear message."""
+synthetic grey images everywhere, and on Fashion-MNIST), one checkpoint from rank 0 that resumes
+and loads, validation over the whole set, and a failure on one rank stopping every rank with a
+clear message."""
 
 from __future__ import annotations
 
