@@ -53,6 +53,14 @@ def write_food11(root: Path, testing: int = 40, per_class: int = 2, classes: int
     return root
 
 
+def write_grey_classes(root: Path, count: int, classes: int = 10, size: int = 28) -> Path:
+    """``count`` grey ``size``-px PNGs in class subfolders ``0``.. (a Fashion-MNIST-like folder)."""
+    for i in range(count):
+        (root / str(i % classes)).mkdir(parents=True, exist_ok=True)
+        photo(size, size, seed=i).convert("L").save(root / str(i % classes) / f"{i}.png")
+    return root
+
+
 def trained_like(config: StudentConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded StudentNet weights whose BatchNorm statistics are not the identity (like a trained
     model's), so folding, surgery and reconstruction have something to get wrong."""

@@ -55,13 +55,9 @@ def grey_images(request, tmp_path_factory) -> str:
     if request.param == "fashion-mnist":
         request.getfixturevalue("fashion_mnist")
         return "fashion-mnist:train"
-    from synthetic import photo
+    from synthetic import write_grey_classes
 
-    root = tmp_path_factory.mktemp("grey")
-    for i in range(200):
-        (root / str(i % 10)).mkdir(exist_ok=True)
-        photo(28, 28, seed=i).convert("L").save(root / str(i % 10) / f"{i}.png")
-    return str(root)
+    return str(write_grey_classes(tmp_path_factory.mktemp("grey"), 200))
 
 
 def test_ranks_split_each_global_batch_and_augment_it_as_one_process_does(grey_images):
