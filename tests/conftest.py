@@ -3,7 +3,8 @@
 Real data (../shared, or EDGE_SHARED; Fashion-MNIST): ``food11_test``, ``reference_labels``, ``hw7``,
 ``ta_student``, ``fashion_mnist``. A test that uses one of them is marked ``real_data`` (here, at
 collection) and skips with the reason when the data is absent; ``pytest -m "not real_data"`` runs
-the core tier alone.
+the core tier alone. A parametrized fixture that reaches real data through
+``request.getfixturevalue`` marks that parameter itself: ``pytest.param("ta", marks=pytest.mark.real_data)``.
 
 Synthetic stand-ins (seeded, built once per session in a temporary folder, any clone):
 ``synthetic_food11`` (a Food-11 root: validation/<class>_<n>.jpg, testing/NNNN.jpg,
