@@ -1,6 +1,7 @@
 """`edge attack`: FGSM / iterative FGSM maths on tiny seeded StudentNets, the defense table, the
-8-bit PNGs, the ONNX rebuild, the report's schema; and a few real photos with the TA's student,
-scored independently with the homework's own code (skipped without ../shared)."""
+8-bit PNGs, the ONNX rebuild, the report's schema; and a few photos (synthetic with a seeded
+homework-size student everywhere, real with the TA's student where ../shared is present), scored
+independently with the homework's own code."""
 
 from __future__ import annotations
 
@@ -178,20 +179,44 @@ def test_cli_report_schema_files_and_output_checks(tiny, tmp_path):
     assert onto_data.exit_code == 2 and "overlaps the data folder" in onto_data.output
 
 
-def test_real_photos_independent_pipeline_agrees(ta_student, food11_test, reference_labels, tmp_path):
-    """FGSM 2/255 on 8 real photos: the homework's own code scores the saved PNGs as edge does."""
+def _attack_eight_photos(student: Path, photos: Path, labels: Path, out: Path) -> tuple[float, dict]:
+    """FGSM 2/255 on the first 8 photos, the saved PNGs scored by the homework's code as edge did:
+    edge's attacked accuracy and its report."""
     from edge.bench.attack_check import reported_accuracy, score_pngs
 
-    result = _run(ta_student, food11_test, "--labels", reference_labels, "--limit", "8", "--method", "fgsm",
-                  "--eps", "2/255", "--defense", "gaussian:1.5", "--save-adversarial", tmp_path / "adv",
-                  "--json", tmp_path / "r.json", "--quiet")
+    result = _run(student, photos, "--labels", labels, "--limit", "8", "--method", "fgsm", "--eps", "2/255",
+                  "--defense", "gaussian:1.5", "--save-adversarial", out / "adv", "--json", out / "r.json", "--quiet")
     assert result.exit_code == 0, result.output
-    ours = reported_accuracy(tmp_path / "r.json", "fgsm", "2/255", None)
-    theirs = score_pngs(tmp_path / "adv" / "fgsm-eps2", ta_student, food11_test, reference_labels)
+    ours = reported_accuracy(out / "r.json", "fgsm", "2/255", None)
+    theirs = score_pngs(out / "adv" / "fgsm-eps2", student, photos, labels)
     print(f"FGSM 2/255 on 8 photos: edge {ours:.3f}, independent {theirs['accuracy']:.3f}")
     assert theirs["images"] == 8 and theirs["max_linf_255"] == 2
     assert abs(theirs["accuracy"] - ours) <= 1 / 8
-    assert ours <= 0.5 < json.loads((tmp_path / "r.json").read_text())["clean"]["accuracy"]
+    return ours, json.loads((out / "r.json").read_text())
+
+
+def test_real_photos_independent_pipeline_agrees(ta_student, food11_test, reference_labels, tmp_path):
+    """FGSM 2/255 on 8 real photos: the homework's own code scores the saved PNGs as edge does."""
+    ours, report = _attack_eight_photos(ta_student, food11_test, reference_labels, tmp_path)
+    assert ours <= 0.5 < report["clean"]["accuracy"]
+
+
+def test_synthetic_photos_independent_pipeline_agrees(synthetic_homework_bin, synthetic_photos, tmp_path):
+    """The same on 8 synthetic photos with a seeded homework-size student, labelled by the homework
+    code's own clean predictions: edge must find every one of them correct before the attack."""
+    from torchvision import transforms
+
+    from edge.bench.attack_check import homework_model
+
+    model, homework = homework_model(synthetic_homework_bin), transforms.Compose([transforms.CenterCrop(256),
+                                                                                  transforms.ToTensor()])
+    photos = sorted(synthetic_photos.glob("*.jpg"))[:8]
+    with torch.no_grad():
+        clean = [int(model(homework(Image.open(p).convert("RGB"))[None]).argmax(1)) for p in photos]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("Id,label\n" + "".join(f"{int(p.stem)},{c}\n" for p, c in zip(photos, clean)))
+    _, report = _attack_eight_photos(synthetic_homework_bin, synthetic_photos, labels, tmp_path)
+    assert report["clean"]["accuracy"] == 1.0
 
 
 def test_group_baseline_checkpoint_and_onnx_are_attackable(tmp_path):

@@ -13,10 +13,11 @@ from PIL import Image
 
 from edge.cli import main
 from edge.config import Preprocess, StudentConfig
-from edge.models import build_student, state_to_numpy, StudentNet
+from edge.models import build_student
 from edge.reconstruct import (consumer_statistics, merge_classifier, obs_select, prune_reconstruct, prunable_widths,
                               solve, target_widths)
 from edge.slim import prune
+from synthetic import trained_like
 
 CONFIG = StudentConfig(widths=(8, 16, 48, 48, 48), pools=(0, 1), input_size=16, num_classes=3)
 
@@ -24,18 +25,6 @@ CONFIG = StudentConfig(widths=(8, 16, 48, 48, 48), pools=(0, 1), input_size=16, 
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
-
-
-def _trained_like(config: StudentConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded weights with BatchNorm statistics that are not the identity (like a trained model)."""
-    torch.manual_seed(seed)
-    model = StudentNet(config)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.2, 1.5), m.bias.uniform_(-0.5, 0.5)
-                m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.05, 0.5)
-    return state_to_numpy(model)
 
 
 def _images(count: int, seed: int) -> torch.Tensor:
@@ -48,7 +37,7 @@ def _logits(config, state, x):
 
 
 def test_merged_classifier_computes_the_same_logits_with_fewer_parameters():
-    state = _trained_like(CONFIG)
+    state = trained_like(CONFIG)
     config, merged = merge_classifier(CONFIG, state)
     assert config.widths == (8, 16, 48, 48, 3) and config.num_parameters() < CONFIG.num_parameters()
     x = _images(8, 1)
@@ -56,7 +45,7 @@ def test_merged_classifier_computes_the_same_logits_with_fewer_parameters():
 
 
 def test_reconstruction_is_exact_when_nothing_is_pruned():
-    state = _trained_like(CONFIG)
+    state = trained_like(CONFIG)
     model, images = build_student(CONFIG, state), _images(16, 2)
     gram, cross = consumer_statistics(model, model, 2, images)
     everything = np.arange(CONFIG.widths[2])
@@ -93,7 +82,7 @@ def test_ridge_pulls_the_refit_towards_the_old_weights():
 
 
 def test_pruned_and_reconstructed_layer_beats_pruned_only_on_held_out_images():
-    state = _trained_like(CONFIG)
+    state = trained_like(CONFIG)
     widths = target_widths(CONFIG, 0.5)
     assert prunable_widths(CONFIG) == [2, 3] and widths == (8, 16, 24, 24, 48)
     config, rebuilt = prune_reconstruct(CONFIG, state, widths, _images(64, 3))
@@ -135,7 +124,7 @@ def workspace(tmp_path_factory):
         pixels = np.kron(smooth, np.ones((5, 5, 1))) * 200 + rng.random((20, 20, 3)) * 55
         Image.fromarray(pixels.astype(np.uint8)).save(photos / f"{i}.png")
     card = ModelCard(CONFIG, Preprocess(crop=16), default_classes(3))
-    save_checkpoint(root / "tiny.pt", card, _trained_like(CONFIG))
+    save_checkpoint(root / "tiny.pt", card, trained_like(CONFIG))
     return root
 
 

@@ -1,7 +1,9 @@
 """edge.distributed: `edge train` under torchrun on 2 CPU processes (gloo): batches split across
-ranks as one process sees them, synchronised BatchNorm giving the single-process gradients, one
-checkpoint from rank 0 that resumes and loads, validation over the whole set, and a failure on
-one rank stopping every rank with a clear message."""
+ranks as one process sees them and synchronised BatchNorm giving the single-process gradients (on
+synthetic grey images everywhere, and on Fashion-MNIST), one checkpoint from rank 0 that resumes
+and loads and validation over the whole set (Fashion-MNIST: the run must learn), and on synthetic
+images a failure on one rank stopping every rank with a clear message and `edge slim` under
+torchrun."""
 
 from __future__ import annotations
 
@@ -48,8 +50,25 @@ def _torchrun(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.Co
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_ranks_split_each_global_batch_and_augment_it_as_one_process_does(fashion_mnist):
-    data = decode_image_set("fashion-mnist:train@:200", GREY32, Augment(32, padding=2))
+@pytest.fixture(scope="module")
+def grey_folder(tmp_path_factory) -> str:
+    """512 synthetic grey 28x28 images in class subfolders, for what does not depend on the data."""
+    from synthetic import write_grey_classes
+
+    return str(write_grey_classes(tmp_path_factory.mktemp("grey"), 512))
+
+
+@pytest.fixture(scope="module", params=["synthetic", pytest.param("fashion-mnist", marks=pytest.mark.real_data)])
+def grey_images(request) -> str:
+    """A data spec of labelled grey 28x28 images: the synthetic folder, or Fashion-MNIST's training set."""
+    if request.param == "fashion-mnist":
+        request.getfixturevalue("fashion_mnist")
+        return "fashion-mnist:train"
+    return request.getfixturevalue("grey_folder")
+
+
+def test_ranks_split_each_global_batch_and_augment_it_as_one_process_does(grey_images):
+    data = decode_image_set(f"{grey_images}@:200", GREY32, Augment(32, padding=2))
     whole = list(batches(data, 64, Augment(32, padding=2), seed=4, epoch=1))
     shares = [list(batches(data, 64, Augment(32, padding=2), seed=4, epoch=1, share=Group(rank, 2).share))
               for rank in range(2)]
@@ -80,10 +99,10 @@ def _gradients_on_two_ranks(rank: int, port: int, sync_bn: bool, batch, out: Pat
 
 
 @pytest.mark.parametrize("sync_bn", [True, False])
-def test_sync_bn_gives_the_single_process_gradients_of_the_global_batch(fashion_mnist, tmp_path, sync_bn):
+def test_sync_bn_gives_the_single_process_gradients_of_the_global_batch(grey_images, tmp_path, sync_bn):
     from edge.models import StudentNet
 
-    data = decode_image_set("fashion-mnist:train@:128", GREY32, Augment(32, padding=2))
+    data = decode_image_set(f"{grey_images}@:128", GREY32, Augment(32, padding=2))
     images, labels, _ = next(iter(batches(data, 128, Augment(32, padding=2), seed=1)))
     mp.spawn(_gradients_on_two_ranks, args=(_free_port(), sync_bn, (images, labels), tmp_path / "g.pt"), nprocs=2)
     torch.manual_seed(0)
@@ -125,9 +144,10 @@ def test_torchrun_trains_resumes_writes_one_checkpoint_and_validates_like_one_pr
     assert abs(history[-1]["loss"] - one[-1]["loss"]) < 0.02
 
 
-def test_a_failure_on_one_rank_stops_every_rank_with_a_clear_message(fashion_mnist, tmp_path):
+def test_a_failure_on_one_rank_stops_every_rank_with_a_clear_message(grey_folder, tmp_path):
     began = time.time()
-    result = _torchrun(["train", *TRAIN_ARGS, "-o", "missing/ddp.pt"], tmp_path)  # only rank 0 checks its output
+    args = [grey_folder, "--input-size", "32", "--epochs", "1", "--threads", "1", "--quiet"]
+    result = _torchrun(["train", *args, "-o", "missing/ddp.pt"], tmp_path)  # only rank 0 checks its output
     assert result.returncode != 0
     assert "error: missing/ddp.pt: cannot write run file: folder missing does not exist" in result.stderr
     assert "error: rank 0 failed while setting up (its error is above): rank 1 stops too" in result.stderr
@@ -136,15 +156,16 @@ def test_a_failure_on_one_rank_stops_every_rank_with_a_clear_message(fashion_mni
     assert time.time() - began < 120 and not (tmp_path / "missing").exists()
 
 
-def test_torchrun_slims_with_rank_0_measuring_and_recording(fashion_mnist, tmp_path):
+def test_torchrun_slims_with_rank_0_measuring_and_recording(grey_folder, tmp_path):
     import json
 
     student = tmp_path / "student.pt"
-    trained = CliRunner().invoke(main, ["train", "fashion-mnist:train@:256", "--widths", "8,16,16", "--pools", "0,1,2",
-                                        "--epochs", "1", "--threads", "1", "--quiet", "-o", str(student)])
+    trained = CliRunner().invoke(main, ["train", f"{grey_folder}@:256", "--widths", "8,16,16", "--pools", "0,1,2",
+                                        "--input-size", "32", "--epochs", "1", "--threads", "1", "--quiet", "-o",
+                                        str(student)])
     assert trained.exit_code == 0, trained.output
-    result = _torchrun(["slim", str(student), "fashion-mnist:train@:256", "--val", "fashion-mnist:train@58000:58200",
-                        "--test", "fashion-mnist:test@:200", "--rate", "0.25", "--rounds", "1", "--finetune-epochs",
+    result = _torchrun(["slim", str(student), f"{grey_folder}@:256", "--val", f"{grey_folder}@256:384",
+                        "--test", f"{grey_folder}@384:512", "--rate", "0.25", "--rounds", "1", "--finetune-epochs",
                         "1", "--threads", "1", "--quiet", "--method", "minmax", "-o", "slim"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("rate 0.25: r0:") == 1 and result.stderr.count("done in") == 1

@@ -1,5 +1,6 @@
-"""edge.preprocess: pixel-exact homework preprocessing on the real photos, every image mode, the
-libjpeg-turbo fast path against Pillow, truncated and undecodable files, and a fuzz of the loader."""
+"""edge.preprocess: pixel-exact homework preprocessing (on synthetic photos everywhere, on the real
+photos too where ../shared is present), every image mode, the libjpeg-turbo fast path against
+Pillow, truncated and undecodable files, and a fuzz of the loader."""
 
 from __future__ import annotations
 
@@ -32,8 +33,18 @@ def _torchvision(image: Image.Image, crop: int = 256) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def photos(food11_test) -> list[Path]:
-    return sorted(food11_test.glob("*.jpg"))
+def photos(synthetic_photos) -> list[Path]:
+    return sorted(synthetic_photos.glob("*.jpg"))
+
+
+@pytest.fixture(scope="module", params=["synthetic", pytest.param("real", marks=pytest.mark.real_data)])
+def photo_set(request, photos) -> list[Path]:
+    """The synthetic JPEGs, or the 497 real test photos."""
+    if request.param == "synthetic":
+        return photos
+    real = sorted(request.getfixturevalue("food11_test").glob("*.jpg"))
+    assert len(real) > 400
+    return real
 
 
 @pytest.fixture
@@ -47,17 +58,16 @@ def torch_one_thread():
     torch.set_num_threads(before)
 
 
-def test_every_real_photo_decodes_as_pillow_and_preprocesses_as_torchvision(photos, torch_one_thread):
+def test_every_photo_decodes_as_pillow_and_preprocesses_as_torchvision(photo_set, torch_one_thread):
     """Whole decoded image == Pillow's, the array == the homework's tensor, bit for bit."""
     turbo = preprocess.simplejpeg is not None
-    for path in photos:
+    for path in photo_set:
         with Image.open(path) as image:
             reference = image.convert("RGB")
         pixels = preprocess._decode_turbo(path.read_bytes()) if turbo else read_image(path, HOMEWORK)[0]
         assert pixels is not None, f"{path.name}: the libjpeg-turbo path refused a clean photo"
         assert np.array_equal(pixels, np.asarray(reference)), path.name
         assert np.array_equal(to_array(pixels, HOMEWORK), _torchvision(reference)), path.name
-    assert len(photos) > 400
 
 
 def _save(image: Image.Image, path: Path, **kwargs) -> Path:

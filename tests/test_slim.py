@@ -1,5 +1,6 @@
-"""edge.slim: exact channel surgery on the TA's real student, layers never emptied, smaller files
-that load on their own, and the Fashion-MNIST pipeline teacher -> distil -> slim -> uint8 ONNX."""
+"""edge.slim: exact channel surgery (on a seeded synthetic StudentNet everywhere, and on the TA's real
+student), layers never emptied, smaller files that load on their own, and the Fashion-MNIST pipeline
+teacher -> distil -> slim -> uint8 ONNX."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from click.testing import CliRunner
 
 from edge.checkpoints import load_checkpoint
 from edge.cli import main
-from edge.config import StudentConfig
+from edge.config import Preprocess, StudentConfig
 from edge.models import build_student
 from edge.nets import load_net
+from edge.preprocess import load_image
 from edge.slim import importance, prune, select_channels, zero_pruned_gates
+from synthetic import trained_like
+
+SYNTHETIC = StudentConfig(widths=(8, 16, 32, 32, 48), pools=(0, 1, 2), input_size=32)
 
 
 @pytest.fixture(autouse=True)
@@ -25,26 +30,28 @@ def _two_threads():
     torch.set_num_threads(2)
 
 
-@pytest.fixture(scope="module")
-def ta(ta_student):
-    return load_checkpoint(ta_student)
+def _photos(folder, spec: Preprocess) -> torch.Tensor:
+    return torch.from_numpy(np.stack([load_image(p, spec) for p in sorted(folder.iterdir())[:3]]))
 
 
-@pytest.fixture(scope="module")
-def photos(food11_test):
-    from edge.config import Preprocess
-    from edge.preprocess import load_image
-
-    return torch.from_numpy(np.stack([load_image(p, Preprocess()) for p in sorted(food11_test.iterdir())[:3]]))
+@pytest.fixture(scope="module", params=["synthetic", pytest.param("ta", marks=pytest.mark.real_data)])
+def student(request) -> tuple[StudentConfig, dict, torch.Tensor]:
+    """(config, weights, 3 photos): a seeded StudentNet with trained-looking BatchNorm on synthetic
+    photos, or the TA's student on the first real test photos."""
+    if request.param == "synthetic":
+        return SYNTHETIC, trained_like(SYNTHETIC), _photos(request.getfixturevalue("synthetic_photos"),
+                                                             Preprocess(crop=SYNTHETIC.input_size))
+    ta = load_checkpoint(request.getfixturevalue("ta_student"))
+    return ta.card.config, ta.state, _photos(request.getfixturevalue("food11_test"), Preprocess())
 
 
 @pytest.mark.parametrize("rate,scope", [(0.3, "stage"), (0.5, "global")])
-def test_pruned_model_computes_exactly_the_original_with_pruned_gates_zeroed(ta, photos, rate, scope):
-    config, state = ta.card.config, ta.state
+def test_pruned_model_computes_exactly_the_original_with_pruned_gates_zeroed(student, rate, scope):
+    config, state, photos = student
     keep = select_channels(importance(config, state), rate, scope)
     small_config, small = prune(config, state, keep)
     assert small_config.num_parameters() < config.num_parameters()
-    assert list(small_config.widths[:-1]) == [len(k) for k in keep] and small_config.widths[-1] == 256
+    assert list(small_config.widths[:-1]) == [len(k) for k in keep] and small_config.widths[-1] == config.widths[-1]
     with torch.no_grad():
         reference = build_student(config, zero_pruned_gates(config, state, keep))(photos)
         pruned = build_student(small_config, small)(photos)
@@ -54,8 +61,8 @@ def test_pruned_model_computes_exactly_the_original_with_pruned_gates_zeroed(ta,
     assert float((original - reference).abs().max()) > 1e-3 * scale  # zeroing the gates does change the model
 
 
-def test_channels_with_the_smallest_gamma_go_first_and_no_layer_is_emptied(ta):
-    scores = importance(ta.card.config, ta.state)
+def test_channels_with_the_smallest_gamma_go_first_and_no_layer_is_emptied(student):
+    scores = importance(*student[:2])
     keep = select_channels(scores, 0.25, "stage")
     for s, k in zip(scores, keep):
         assert len(k) == len(s) - int(0.25 * len(s))
@@ -125,17 +132,21 @@ def _epoch_lines(output: str) -> list[str]:
     return [line.split()[1].rstrip(":") for line in output.splitlines() if line.startswith("epoch ")]
 
 
-def test_interrupted_slimming_resumes_to_the_same_weights_and_curve(fashion_mnist, tmp_path):
+def test_interrupted_slimming_resumes_to_the_same_weights_and_curve(tmp_path):
     """Stopped inside round 2 of the first rate, then inside round 1 of the second, then resumed to
-    the end: every round's weights, ONNX file and the curve equal an uninterrupted run's."""
-    common = ["--val", "fashion-mnist:train@59000:59128", "--test", "fashion-mnist:test@:128", "--padding", "2",
+    the end: every round's weights, ONNX file and the curve equal an uninterrupted run's (on
+    synthetic grey images: what is checked is the resume, not what the model learns)."""
+    from synthetic import write_grey_classes
+
+    data = str(write_grey_classes(tmp_path / "grey", 640))
+    common = ["--val", f"{data}@384:512", "--test", f"{data}@512:640", "--padding", "2",
               "--batch", "64", "--threads", "2", "--quiet", "--cache-dir", str(tmp_path / "cache")]
     runner = CliRunner()
-    student = runner.invoke(main, ["train", "fashion-mnist:train@:384", *common, "--widths", "8,16,16",
+    student = runner.invoke(main, ["train", f"{data}@:384", *common, "--widths", "8,16,16", "--input-size", "32",
                                    "--pools", "0,1,2", "--epochs", "1", "-o", str(tmp_path / "student.pt")])
     assert student.exit_code == 0, student.output
     out = tmp_path / "slim"
-    slim = ["slim", str(tmp_path / "student.pt"), "fashion-mnist:train@:384", *common, "--rate", "0.5,0.3",
+    slim = ["slim", str(tmp_path / "student.pt"), f"{data}@:384", *common, "--rate", "0.5,0.3",
             "--rounds", "2", "--finetune-epochs", "2", "-o", str(out)]
     assert runner.invoke(main, slim).exit_code == 0
     straight_curve = json.loads((out / "curve.json").read_text())
