@@ -33,9 +33,9 @@ from pathlib import Path
 from PIL import Image
 
 from edge.config import Preprocess
-from edge.datasets import load_images
+from edge.datasets import decode_image_set
 
-data = load_images("fashion-mnist:test@:1000", Preprocess(crop=28, mean=(0.0,), std=(1.0,), color="L"))
+data = decode_image_set("fashion-mnist:test@:1000", Preprocess(crop=28, mean=(0.0,), std=(1.0,), color="L"))
 for pixels, label, name in zip(data.pixels.numpy(), data.labels.tolist(), data.ids):
     folder = Path(sys.argv[1]) / str(label)
     folder.mkdir(parents=True, exist_ok=True)
