@@ -154,7 +154,7 @@ def load_net(path: str | os.PathLike, contents: bytes | None = None) -> NetFile:
     if contents is not None:
         raise CheckpointError(f"{path}: not an edge model file")
     ckpt = load_checkpoint(path)
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ckpt.state.items()}
+    state = {k: torch.from_numpy(np.array(v, order="C")) for k, v in ckpt.state.items()}
     return NetFile(NetSpec("dw", ckpt.card.config), ckpt.card.preprocess, ckpt.card.classes, state)
 
 

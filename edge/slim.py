@@ -108,7 +108,7 @@ def prune(config: StudentConfig, state: dict[str, np.ndarray], keep: list[np.nda
         for name in producer + gate:
             new[name] = new[name][kept]
     widths = tuple(len(k) for k in keep) + (config.widths[-1],)
-    return replace(config, widths=widths), {k: np.ascontiguousarray(v) for k, v in new.items()}
+    return replace(config, widths=widths), {k: np.array(v, order="C") for k, v in new.items()}
 
 
 def numpy_state(net: NetFile) -> dict[str, np.ndarray]:
