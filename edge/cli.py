@@ -205,13 +205,14 @@ def sensitivity(checkpoint, images, limit, bits, per_channel, kmeans, pools, jso
     from edge.files import atomic_write, check_output
     from edge.export.exporter import load_images
     from edge.export.sensitivity import layer_sensitivity
+    from edge.models import build_student
 
     with _user_errors():
         if json_out:
             check_output(json_out, inputs=(checkpoint, images), what="JSON")
         ckpt = load_checkpoint(checkpoint, pools=_int_list(pools))
         pictures, source = load_images(ckpt, images, limit)
-        rows = layer_sensitivity(ckpt, pictures, bits, per_channel, kmeans)
+        rows = layer_sensitivity(build_student(ckpt.card.config, ckpt.state), pictures, bits, per_channel, kmeans)
         click.echo(f"{f'kmeans{kmeans}' if kmeans else f'uint{bits}'}{' per-channel' if per_channel else ''}, "
                    f"one layer at a time, on {source}")
         click.echo(f"{'layer':<10} {'weights':>8} {'agreement':>10} {'max |dlogit|':>13}")

@@ -13,13 +13,13 @@ import onnx
 
 from edge.checkpoints import Checkpoint
 from edge.data import DatasetError
-from edge.fold import fold_student
+from edge.fold import fold_model, model_layers
 from edge.export.calibrate import synthetic_images
 from edge.export.generic import BaselineCheckpoint, export_baseline
 from edge.export.onnx_graph import build_onnx, write_checked
 from edge.metadata import write_metadata
 from edge.quant import FloatWeight
-from edge.export.quantize import QuantSpec, encode_layers
+from edge.export.quantize import QuantSpec, encode_model
 
 CALIBRATION_IMAGES = 64
 
@@ -46,7 +46,10 @@ def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike, spec: QuantSpec
     """
     if isinstance(checkpoint, BaselineCheckpoint):
         return export_baseline(checkpoint, path, spec)
-    layers = fold_student(checkpoint.card.config, checkpoint.state)
+    from edge.models import build_student
+
+    folded = fold_model(build_student(checkpoint.card.config, checkpoint.state))
+    layers = model_layers(folded)
     quant = spec.describe()
     if spec.calibrated:
         if calibration is None:
@@ -61,7 +64,7 @@ def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike, spec: QuantSpec
                              spec.per_channel)
         write_metadata(model, checkpoint.card, quant)
     else:
-        layers, encodings = encode_layers(layers, spec, calibration)
+        layers, encodings = encode_model(folded, spec, calibration)
         bias_dtype = np.float32 if spec.weights == "fp32" else np.float16
         model = build_onnx(checkpoint.card, layers, encodings, bias_dtype, quant)
     return write_checked(model, path, spec.entropy), quant

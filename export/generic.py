@@ -1,7 +1,7 @@
 """Export the architecture baselines (``cnn`` / ``group``, `edge.baselines`) to ONNX.
 
-They go through the StudentNet path where it fits: BatchNorm folded (`edge.fold.fold_convnet`),
-weights encoded by `edge.export.quantize.encode_layers` (fp32, fp16, uintN min-max per tensor or per
+They go through the StudentNet path where it fits: BatchNorm folded (`edge.fold.fold_model`),
+weights encoded by `edge.export.quantize.encode_model` (fp32, fp16, uintN min-max per tensor or per
 channel) and the graph built by `edge.export.onnx_graph.build_onnx`. What a StudentNet lacks, the group
 baseline's channel shuffles, is added to that graph afterwards (Reshape -> Transpose -> Reshape
 after the stage's Clip and MaxPool, which commute with a channel permutation). The baseline's
@@ -22,11 +22,11 @@ from onnx import helper, numpy_helper
 from edge.baselines import convnet_flops, convnet_parameters
 from edge.checkpoints import CheckpointError
 from edge.config import ConfigError, ModelCard
-from edge.fold import fold_convnet
+from edge.fold import fold_model
 from edge.metadata import write_metadata
 from edge.nets import NetFile, load_net
 from edge.export.onnx_graph import build_onnx, write_checked
-from edge.export.quantize import QuantSpec, encode_layers
+from edge.export.quantize import QuantSpec, encode_model
 
 BASELINE_ARCHS = ("cnn", "group")
 
@@ -72,7 +72,7 @@ def export_baseline(checkpoint: BaselineCheckpoint, path: str | os.PathLike, spe
         asked = spec.weights if spec.weights == "int8" else f"{spec.weights} --method {spec.method}"
         raise ConfigError(f"--quant {asked} calibrates StudentNet layer by layer; the {net.arch} baseline exports "
                           f"as fp32, fp16 or uint1..uint8 with --method minmax")
-    layers, encodings = encode_layers(fold_convnet(net.config, net.groups, checkpoint.state), spec)
+    layers, encodings = encode_model(fold_model(checkpoint.build()), spec)
     quant = spec.describe()
     model = build_onnx(checkpoint.card, layers, encodings, np.float32 if spec.weights == "fp32" else np.float16,
                        quant)

@@ -145,7 +145,8 @@ class _GraphBuilder:
         self.temps += 1
         return f"_{self.temps}"
 
-    def layer(self, layer: FoldedLayer, encoding, bias_encoding, x: str, clip: tuple[str, str]) -> str:
+    def layer(self, layer: FoldedLayer, encoding, bias_encoding, x: str, clip: tuple[str, str] | None,
+              pool_after: bool) -> str:
         w = self.tensor(f"{layer.name}.w", encoding)
         b = self.tensor(f"{layer.name}.b", bias_encoding)
         if layer.kind == "fc":
@@ -154,9 +155,9 @@ class _GraphBuilder:
         k = layer.weight.shape[-1]  # kernel_shape comes from the weight; defaults (group 1, no pads) are left out
         attrs = ({"group": layer.groups} if layer.groups > 1 else {}) | ({"pads": [k // 2] * 4} if k > 1 else {})
         y = self.node("Conv", [x, w, b], f"{layer.name}.y", **attrs)
-        if layer.relu6:
+        if clip:
             y = self.node("Clip", [y, *clip], f"{layer.name}.a")
-        if layer.pool_after:
+        if pool_after:
             y = self.node("MaxPool", [y], f"{layer.name}.p", kernel_shape=[2, 2], strides=[2, 2])
         return y
 
@@ -167,8 +168,12 @@ def build_onnx(card: ModelCard, layers: list[FoldedLayer], encodings: dict, bias
     builder = _GraphBuilder()
     clip = (builder.const("relu6.min", np.array(0.0, np.float32)), builder.const("relu6.max", np.array(6.0, np.float32)))
     x = INPUT_NAME
-    for layer in layers:
-        x = builder.layer(layer, encodings[layer.name], FloatWeight(layer.bias.astype(bias_dtype)), x, clip)
+    for i, layer in enumerate(layers):  # StudentNet's chain: ReLU6 after cnn.I.0, max-pool after stage I's last conv
+        stage = layer.name.split(".")[:2]
+        last_of_stage = i + 1 == len(layers) or layers[i + 1].name.split(".")[:2] != stage
+        pool_after = layer.kind == "conv" and last_of_stage and int(stage[1]) in card.config.pools
+        x = builder.layer(layer, encodings[layer.name], FloatWeight(layer.bias.astype(bias_dtype)), x,
+                          clip if layer.kind == "conv" and layer.name.endswith(".0") else None, pool_after)
     size, channels = card.config.input_size, card.config.in_channels
     graph = helper.make_graph(
         _short_intermediates(builder.finish(), {t.name for t in builder.initializers}), "student",
