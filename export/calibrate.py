@@ -107,16 +107,19 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def run_until(model: nn.Module, images: np.ndarray, hook_at: str, hook, batch: int = BATCH) -> None:
-    """Run ``images`` through ``model`` batch by batch, calling ``hook(module, input tensor, output)``
-    at module ``hook_at`` and stopping each batch there."""
-    module = model.get_submodule(hook_at)
+def run_hooked(model: nn.Module, images: np.ndarray, hooks: dict, stop_at: str | None = None,
+               batch: int = BATCH) -> None:
+    """Run ``images`` through ``model`` batch by batch, calling ``hooks[name](module, input tensor, output)``
+    after each named module runs; with ``stop_at``, each batch stops after that module."""
 
-    def stop(_module, args, output):
-        hook(module, args[0], output)
-        raise _Stop
+    def hook(name):
+        def call(module, args, output):
+            hooks[name](module, args[0], output)
+            if name == stop_at:
+                raise _Stop
+        return call
 
-    handle = module.register_forward_hook(stop)
+    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in hooks]
     try:
         for start in range(0, len(images), batch):
             try:
@@ -124,28 +127,21 @@ def run_until(model: nn.Module, images: np.ndarray, hook_at: str, hook, batch: i
             except _Stop:
                 pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
-@torch.no_grad()
-def output_means(model: nn.Module, images: np.ndarray, names: list[str], batch: int = BATCH) -> dict[str, torch.Tensor]:
+def output_means(model: nn.Module, images: np.ndarray, names: list[str]) -> dict[str, torch.Tensor]:
     """{layer name: mean output per channel (float64)} of ``model``'s convs and linears on ``images``."""
     sums, counts = {}, {}
 
     def record(name):
-        def hook(module, _args, output):
+        def hook(module, _x, output):
             flat = output.double().movedim(-1 if isinstance(module, nn.Linear) else 1, 0).flatten(1)
-            sums[name] = sums.get(name, 0) + flat.sum(1)
-            counts[name] = counts.get(name, 0) + flat.shape[1]
+            sums[name], counts[name] = sums.get(name, 0) + flat.sum(1), counts.get(name, 0) + flat.shape[1]
         return hook
 
-    handles = [model.get_submodule(name).register_forward_hook(record(name)) for name in names]
-    try:
-        for start in range(0, len(images), batch):
-            model(torch.from_numpy(np.ascontiguousarray(images[start:start + batch])))
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, images, {name: record(name) for name in names})
     return {name: sums[name] / counts[name] for name in names}
 
 
@@ -161,7 +157,7 @@ def input_statistics(model: nn.Module, images: np.ndarray, name: str) -> tuple[t
             total["sum"] = total["sum"] + rows.sum(1)
             total["rows"] += rows.shape[1]
 
-    run_until(model, images, name, accumulate)
+    run_hooked(model, images, {name: accumulate}, stop_at=name)
     return total["hessian"], total["sum"] / total["rows"]
 
 

@@ -34,7 +34,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from edge.quant import minmax_encode
-from edge.export.calibrate import run_until
+from edge.export.calibrate import run_hooked
 
 SCALE_LIMITS = (1e-3, 1e3)  # keep fp16 copies of the scaled weights far from under/overflow
 BALANCES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -174,7 +174,7 @@ def equalize(model: fx.GraphModule, images: np.ndarray, bits: int = 8, per_chann
             _assign(first, second, _scaled(first, second, _scales(first, second, 0.0 if floats[1] else 1.0)))
         else:
             captured = {}
-            run_until(model, sample, first_name, lambda _m, x, _y: captured.setdefault("x", x), batch=len(sample))
+            run_hooked(model, sample, {first_name: lambda _m, x, _y: captured.setdefault("x", x)}, first_name, len(sample))
             pair, x = _subgraph(model, path), captured["x"]
             reference = pair(x)
             options = [_scaled(first, second, None)] + [_scaled(first, second, _scales(first, second, b))

@@ -1,14 +1,15 @@
-"""Decide how each weight tensor of a folded StudentNet is stored, and compute its codes.
+"""Decide how each weight tensor of a folded torch classifier is stored, and compute its codes.
 
 ``QuantSpec`` is what the user asks for (``--quant``, ``--per-channel``, ``--method``);
-`encode_layers` turns folded layers into per-tensor encodings for the graph builder:
+`encode_model` turns the layers of `edge.fold.fold_model`'s result into per-tensor encodings:
 
-- ``fp32`` / ``fp16``: float tensors.
-- ``uintN --method minmax``: the homework's per-tensor (or per-channel) min-max rounding, every weight.
-- ``uintN --method gptq`` (default): cross-layer equalization (exact, `edge.export.equalize`), then the
-  min-max grid, GPTQ rounding on calibration images, bias correction; layers with fewer than ``fp16_below`` weights (the first conv and the thin early
-  blocks, the most sensitive and together ~1.4 KB) stay fp16. Without calibration images, synthetic
-  1/f images make it data-free.
+- ``fp32`` / ``fp16``: float tensors (``--low-rank``: SVD factors, `edge.export.lowrank`).
+- ``uintN`` / ``kmeansK --method minmax``: the homework's min-max rounding / plain k-means, every weight, no data.
+- ``uintN`` / ``kmeansK --method gptq`` (default): cross-layer equalization (exact, `edge.export.equalize`),
+  then GPTQ on the min-max grid (or a Hessian-weighted codebook) on calibration images and bias
+  correction (`edge.export.calibrate`); layers with fewer than ``fp16_below`` weights (the first conv
+  and thin early blocks: the most sensitive, and few bytes) stay fp16. Without calibration images,
+  synthetic 1/f images make it data-free.
 Biases are stored fp16 for integer formats (they are a few KB and fp16 keeps them to 1e-3 relative).
 """
 
