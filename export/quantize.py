@@ -79,7 +79,7 @@ class QuantSpec:
     def label(self) -> str:
         """Short display name: ``kmeans16 per-channel entropy``."""
         return " ".join([self.weights] + ["per-channel"] * self.per_channel + ["entropy"] * self.entropy
-                        + [f"low-rank {self.low_rank:g}"] * (self.low_rank is not None))
+                        + ([f"low-rank {self.low_rank:g}"] if self.low_rank is not None else []))
 
     def describe(self) -> dict:
         info = {"weights": self.weights, "per_channel": self.per_channel}
@@ -180,7 +180,8 @@ def encode_model(folded, spec: QuantSpec, calibration: np.ndarray | None = None,
 
     if calibration is None:
         if input_shape is None:
-            raise ValueError(f"{spec.label} calibrates on images: give calibration images or input_shape")
+            raise ValueError(f"{spec.weights} --method {spec.method} calibrates on images: give calibration images "
+                             "or input_shape")
         calibration = synthetic_images(CALIBRATION_IMAGES, input_shape[0], input_shape[1:])
     model = copy.deepcopy(folded)
     equalize(model, calibration, spec.bits, spec.per_channel, spec.fp16_below)

@@ -102,6 +102,16 @@ def test_gptq_output_error_is_below_minmax_on_any_classifier(name):
     np.testing.assert_array_equal(logits(folded, held_out), reference)  # the caller's model is not changed
 
 
+def test_without_images_calibration_runs_on_synthetic_ones_of_the_input_shape():
+    folded = fold_model(_randomised(_ResidualNet()))
+    spec = QuantSpec("uint8", fp16_below=0)
+    _, data_free = encode_model(folded, spec, input_shape=(1, 16, 16), progress=False)
+    _, explicit = encode_model(folded, spec, synthetic_images(64, 1, 16), progress=False)
+    assert all(np.array_equal(data_free[name].q, explicit[name].q) for name in explicit)
+    with pytest.raises(ValueError, match="input_shape"):
+        encode_model(folded, spec)
+
+
 def test_layer_inputs_as_rows_reproduce_any_convolution():
     torch.manual_seed(0)
     for conv in (nn.Conv2d(4, 6, 3, stride=2, padding=(1, 2), dilation=2, groups=2),

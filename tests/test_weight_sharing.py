@@ -251,3 +251,9 @@ def test_codebook_fine_tuning_moves_the_logits_towards_the_teacher():
         np.testing.assert_array_equal(tuned[layer.name].decode(), layer.weight)
         np.testing.assert_array_equal(tuned[layer.name].q, codes[layer.name].q)  # indices fixed, only the values trained
         assert tuned[layer.name].codebook.dtype == np.float16
+
+
+def test_spec_labels_name_every_option():
+    assert QuantSpec("uint8").label == "uint8"
+    assert QuantSpec("kmeans16", per_channel=True, entropy=True).label == "kmeans16 per-channel entropy"
+    assert QuantSpec("fp16", low_rank=0.9).label == "fp16 low-rank 0.9"
