@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 from tqdm import tqdm
 
 from edge.fold import FoldedLayer, model_layers
@@ -103,35 +103,80 @@ def gptq_codes(weights: torch.Tensor, hessian: torch.Tensor, quantize, damping: 
 
 
 class _Stop(Exception):
-    """Raised by a hook once it has what it needs: the rest of the forward pass is skipped."""
+    """Ends a pass early, once it has what it needs (``value``: the node's value it stopped at)."""
+
+    def __init__(self, value=None):
+        super().__init__()
+        self.value = value
 
 
-@torch.no_grad()
-def run_hooked(model: nn.Module, images: np.ndarray, hooks: dict, stop_at: str | None = None,
-               batch: int = BATCH) -> None:
-    """Run ``images`` through ``model`` batch by batch, calling ``hooks[name](module, input tensor, output)``
-    after each named module runs; with ``stop_at``, each batch stops after that module."""
+class _Until(fx.Interpreter):
+    def __init__(self, model: fx.GraphModule, stop: fx.Node | None):
+        super().__init__(model)
+        self.stop = stop
 
-    def hook(name):
-        def call(module, args, output):
-            hooks[name](module, args[0], output)
-            if name == stop_at:
-                raise _Stop
-        return call
-
-    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in hooks]
-    try:
-        for start in range(0, len(images), batch):
-            try:
-                model(torch.from_numpy(np.ascontiguousarray(images[start:start + batch])))
-            except _Stop:
-                pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    def run_node(self, node):
+        value = super().run_node(node)
+        if node is self.stop:
+            raise _Stop(value)
+        return value
 
 
-def output_means(model: nn.Module, images: np.ndarray, names: list[str]) -> dict[str, torch.Tensor]:
+class Passes:
+    """Forward passes of calibration images through a `edge.fold.fold_model` graph, batch by batch,
+    with forward hooks on named modules. The images' values are kept at a graph cut (a node all later
+    nodes read through) whose upstream layers are final (`advance`), and passes resume there: on a
+    chain of layers, each layer's pass runs that layer rather than every layer before it."""
+
+    def __init__(self, model: fx.GraphModule, images: np.ndarray, batch: int = BATCH):
+        self.model, self.nodes = model, list(model.graph.nodes)
+        self.index = {node: i for i, node in enumerate(self.nodes)}
+        self.cuts, reach = [], 0
+        for i, node in enumerate(self.nodes):
+            if reach <= i:  # no earlier node is read after this one
+                self.cuts.append(node)
+            reach = max([reach, i, *(self.index[user] for user in node.users)])
+        self.start = self.nodes[0]  # the input
+        self.values = [torch.from_numpy(np.ascontiguousarray(images[i:i + batch])) for i in range(0, len(images), batch)]
+
+    def _resume(self, value: torch.Tensor, stop: fx.Node | None = None):
+        env = dict.fromkeys(self.nodes[:self.index[self.start]]) | {self.start: value}
+        try:
+            return _Until(self.model, stop).run(initial_env=env)
+        except _Stop as reached:
+            return reached.value
+
+    @torch.no_grad()
+    def advance(self, name: str) -> None:
+        """Keep the values at the latest cut before module ``name`` runs (the layers before it are final)."""
+        target = self.index[next(n for n in self.nodes if n.op == "call_module" and n.target == name)]
+        cut = max((c for c in self.cuts if self.index[c] < target), key=self.index.get)
+        if cut is not self.start:
+            self.values = [self._resume(value, cut) for value in self.values]
+            self.start = cut
+
+    @torch.no_grad()
+    def run(self, hooks: dict, stop_at: str | None = None) -> None:
+        """A pass calling ``hooks[name](module, input tensor, output)`` after each named module runs;
+        with ``stop_at``, each batch stops after that module."""
+
+        def hook(name):
+            def call(module, args, output):
+                hooks[name](module, args[0], output)
+                if name == stop_at:
+                    raise _Stop
+            return call
+
+        handles = [self.model.get_submodule(name).register_forward_hook(hook(name)) for name in hooks]
+        try:
+            for value in self.values:
+                self._resume(value)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def output_means(model: fx.GraphModule, images: np.ndarray, names: list[str]) -> dict[str, torch.Tensor]:
     """{layer name: mean output per channel (float64)} of ``model``'s convs and linears on ``images``."""
     sums, counts = {}, {}
 
@@ -141,13 +186,13 @@ def output_means(model: nn.Module, images: np.ndarray, names: list[str]) -> dict
             sums[name], counts[name] = sums.get(name, 0) + flat.sum(1), counts.get(name, 0) + flat.shape[1]
         return hook
 
-    run_hooked(model, images, {name: record(name) for name in names})
+    Passes(model, images).run({name: record(name) for name in names})
     return {name: sums[name] / counts[name] for name in names}
 
 
-def input_statistics(model: nn.Module, images: np.ndarray, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def input_statistics(passes: Passes, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The Hessian ``Σ x xᵀ`` (G, K, K) and the mean row (G, K) of layer ``name``'s inputs (float64),
-    on ``model`` as it is now."""
+    on the model as it is now."""
     total = {"hessian": 0, "sum": 0, "rows": 0}
 
     def accumulate(module, x, _output):
@@ -157,7 +202,8 @@ def input_statistics(model: nn.Module, images: np.ndarray, name: str) -> tuple[t
             total["sum"] = total["sum"] + rows.sum(1)
             total["rows"] += rows.shape[1]
 
-    run_hooked(model, images, {name: accumulate}, stop_at=name)
+    passes.advance(name)
+    passes.run({name: accumulate}, stop_at=name)
     return total["hessian"], total["sum"] / total["rows"]
 
 
@@ -170,7 +216,7 @@ def set_weights(model: nn.Module, name: str, weight: np.ndarray, bias: np.ndarra
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, images: np.ndarray, encode, progress: bool = True) -> dict:
+def calibrate(model: fx.GraphModule, images: np.ndarray, encode, progress: bool = True) -> dict:
     """Encode ``model``'s layers (`edge.fold.model_layers`) in forward order on ``images``, in place:
     each gets its decoded weights and a bias corrected so its mean output matches the float model's.
 
@@ -180,9 +226,9 @@ def calibrate(model: nn.Module, images: np.ndarray, encode, progress: bool = Tru
     """
     layers = model_layers(model)
     float_means = output_means(model, images, [layer.name for layer in layers])
-    encodings = {}
+    encodings, passes = {}, Passes(model, images)
     for layer in tqdm(layers, desc="calibrating", unit="layer", disable=not progress):
-        hessian, mean_row = input_statistics(model, images, layer.name)
+        hessian, mean_row = input_statistics(passes, layer.name)
         encodings[layer.name] = encode(layer, hessian)
         weight = encodings[layer.name].decode()
         # the layer is linear: its mean output is its weights times the mean input row (patch), plus the bias

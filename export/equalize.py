@@ -34,7 +34,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from edge.quant import minmax_encode
-from edge.export.calibrate import run_hooked
+from edge.export.calibrate import Passes
 
 SCALE_LIMITS = (1e-3, 1e3)  # keep fp16 copies of the scaled weights far from under/overflow
 BALANCES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -164,7 +164,7 @@ def equalize(model: fx.GraphModule, images: np.ndarray, bits: int = 8, per_chann
     rounding to ``bits`` (per channel or not).
     """
     sample = np.ascontiguousarray(images[:SEARCH_IMAGES])
-    done = []
+    done, passes = [], Passes(model, sample, batch=len(sample))
     for first_name, second_name, path in equalization_pairs(model, torch.from_numpy(sample[:1])):
         first, second = model.get_submodule(first_name), model.get_submodule(second_name)
         floats = [m.weight.numel() < fp16_below for m in (first, second)]
@@ -174,7 +174,8 @@ def equalize(model: fx.GraphModule, images: np.ndarray, bits: int = 8, per_chann
             _assign(first, second, _scaled(first, second, _scales(first, second, 0.0 if floats[1] else 1.0)))
         else:
             captured = {}
-            run_hooked(model, sample, {first_name: lambda _m, x, _y: captured.setdefault("x", x)}, first_name, len(sample))
+            passes.advance(first_name)  # the layers before this pair are final
+            passes.run({first_name: lambda _m, x, _y: captured.setdefault("x", x)}, stop_at=first_name)
             pair, x = _subgraph(model, path), captured["x"]
             reference = pair(x)
             options = [_scaled(first, second, None)] + [_scaled(first, second, _scales(first, second, b))
