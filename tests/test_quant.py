@@ -21,7 +21,7 @@ from edge.fold import fold_model, model_layers
 from edge.models import StudentNet, build_student
 from edge.quant import minmax_encode, pack_codes, unpack_codes
 from edge.runtime import OnnxClassifier
-from edge.export.calibrate import calibrate, decoded_model, grouped, input_rows, synthetic_images
+from edge.export.calibrate import Passes, calibrate, decoded_model, grouped, input_rows, synthetic_images
 from edge.export.equalize import equalization_pairs, equalize
 from edge.export.exporter import export_onnx, leftover_dequantization, load_images
 from edge.export.quantize import QuantSpec, encode_model
@@ -110,6 +110,22 @@ def test_without_images_calibration_runs_on_synthetic_ones_of_the_input_shape():
     assert all(np.array_equal(data_free[name].q, explicit[name].q) for name in explicit)
     with pytest.raises(ValueError, match="input_shape"):
         encode_model(folded, spec)
+
+
+def test_passes_resume_from_graph_cuts_and_see_what_the_model_computes():
+    folded = fold_model(_randomised(_ResidualNet()))
+    images = _images((1, 16, 16), 4, 0)
+    names = [layer.name for layer in model_layers(folded)]
+    reference, resumed, starts = {}, {}, {}
+    Passes(folded, images).run({name: lambda _m, _x, y, name=name: reference.setdefault(name, y) for name in names})
+    passes = Passes(folded, images)
+    for name in names:
+        passes.advance(name)
+        starts[name] = passes.start.name
+        passes.run({name: lambda _m, _x, y, name=name: resumed.setdefault(name, y)}, stop_at=name)
+        torch.testing.assert_close(resumed[name], reference[name], rtol=0, atol=0)
+    # a chain resumes right before the layer; inside a residual block, before the block (the add reads its input)
+    assert starts["a.0"] == starts["a.3"] == "stem_2" and starts["b.3"] == "relu" and starts["fc"] == "flatten"
 
 
 def test_layer_inputs_as_rows_reproduce_any_convolution():
