@@ -40,7 +40,7 @@ def fold_model(model: nn.Module) -> fx.GraphModule:
     from torch.fx.experimental.optimization import fuse
 
     try:
-        folded = fuse(copy.deepcopy(model).eval())
+        folded = fuse(copy.deepcopy(model).double().eval()).float()  # fold in float64, round once
     except Exception as err:  # fx raises many types for untraceable code
         raise CheckpointError(f"cannot trace {type(model).__name__} with torch.fx to fold its BatchNorms: "
                               f"{type(err).__name__}: {err}") from err
