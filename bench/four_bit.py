@@ -76,21 +76,25 @@ def floor_bytes(layers, fp16_below: int) -> int:
 
 def measure(checkpoint_path: Path, photos: Path, calib_count: int) -> dict:
     from edge.checkpoints import load_checkpoint
-    from edge.fold import fold_student
-    from edge.export.calibrate import folded_forward
+    from edge.fold import fold_model, model_layers
+    from edge.models import build_student
+    from edge.export.calibrate import decoded_model
     from edge.export.exporter import export_onnx, load_images
-    from edge.export.quantize import QuantSpec, encode_layers
+    from edge.export.quantize import QuantSpec, encode_model
+    from edge.export.sensitivity import logits
 
     checkpoint = load_checkpoint(checkpoint_path)
     images, source = load_images(checkpoint, photos, 100_000)
     calibration, held_out = images[:calib_count], images[calib_count:]
-    layers = fold_student(checkpoint.card.config, checkpoint.state)
-    reference = folded_forward(layers, held_out).argmax(1)
+    folded = fold_model(build_student(checkpoint.card.config, checkpoint.state))
+    layers = model_layers(folded)
+    reference = logits(folded, held_out).argmax(1)
     spec = QuantSpec("uint4", per_channel=True)
 
     def agreement(layer_bits=None) -> float:
-        quantized, _ = encode_layers(layers, spec, calibration, layer_bits)
-        return float(np.mean(folded_forward(quantized, held_out).argmax(1) == reference))
+        quantized, encodings = encode_model(folded, spec, calibration, layer_bits, progress=False)
+        predicted = logits(decoded_model(folded, quantized, encodings, np.float32), held_out).argmax(1)
+        return float(np.mean(predicted == reference))
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "uint4.onnx"

@@ -197,7 +197,7 @@ def sensitivity(checkpoint, images, limit, bits, per_channel, kmeans, pools, jso
     import dataclasses
     import json
 
-    from edge.checkpoints import load_checkpoint
+    from edge.checkpoints import load_model
     from edge.files import atomic_write, check_output
     from edge.export.exporter import load_images
     from edge.export.sensitivity import layer_sensitivity
@@ -205,9 +205,9 @@ def sensitivity(checkpoint, images, limit, bits, per_channel, kmeans, pools, jso
     with _user_errors():
         if json_out:
             check_output(json_out, inputs=(checkpoint, images), what="JSON")
-        ckpt = load_checkpoint(checkpoint, pools=_int_list(pools))
+        ckpt = load_model(checkpoint, pools=_int_list(pools))
         pictures, source = load_images(ckpt, images, limit)
-        rows = layer_sensitivity(ckpt, pictures, bits, per_channel, kmeans)
+        rows = layer_sensitivity(ckpt.build(), pictures, bits, per_channel, kmeans)
         click.echo(f"{f'kmeans{kmeans}' if kmeans else f'uint{bits}'}{' per-channel' if per_channel else ''}, "
                    f"one layer at a time, on {source}")
         click.echo(f"{'layer':<10} {'weights':>8} {'agreement':>10} {'max |dlogit|':>13}")

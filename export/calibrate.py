@@ -1,79 +1,68 @@
-"""Calibration for weight quantization: layer inputs of a folded StudentNet on real or synthetic images,
-GPTQ rounding onto a fixed min-max grid, and bias correction.
+"""Calibration for weight quantization on any folded torch classifier (`edge.fold.fold_model`):
+layer inputs captured by forward hooks, GPTQ rounding onto a fixed min-max grid, and bias correction.
 
 GPTQ (Frantar et al., ICLR 2023; the OBQ update of Hassibi & Stork) quantizes a layer's weights one
 input column at a time and pushes each rounding error onto the columns not yet quantized, weighted by
 the inverse Hessian of the layer's inputs, so ``Q x`` tracks ``W x`` on the data rather than ``Q ≈ W``.
 Bias correction (Nagel et al., "Data-Free Quantization", ICCV 2019) then shifts each bias by the mean
-output error. Layers are processed in order on the already-quantized model's activations, so each
-layer also compensates for the errors upstream.
+output error. Layers are processed in forward order, each on the inputs it receives from the model
+whose earlier layers already hold their quantized weights (the model's own forward runs them), so
+each layer also compensates for the errors upstream.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import fx, nn
+from tqdm import tqdm
 
-from edge.fold import FoldedLayer
+from edge.fold import FoldedLayer, model_layers
 
 DAMPING = 0.01
+CALIBRATION_IMAGES = 64  # synthetic images when none are given
+BATCH = 16
+ROW_CHUNK = 4  # images unfolded at a time (their patch rows are the memory peak)
 
 
-def synthetic_images(count: int, channels: int, size: int, seed: int = 0) -> np.ndarray:
+def synthetic_images(count: int, channels: int, size: int | tuple[int, int], seed: int = 0) -> np.ndarray:
     """Random images with a natural-image power spectrum (amplitude ~ 1/f^1.5), in 0..1.
 
     Used when no calibration folder is given: early conv layers see edges and smooth regions
     in proportions close to photos', which uniform noise does not give them.
     """
+    height, width = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
-    fy, fx = np.fft.fftfreq(size)[:, None], np.fft.rfftfreq(size)[None, :]
+    fy, fx = np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :]
     radius = np.sqrt(fy ** 2 + fx ** 2)
     radius[0, 0] = 1.0
-    shape = (count, channels, size, size // 2 + 1)
+    shape = (count, channels, height, width // 2 + 1)
     spectrum = (rng.normal(size=shape) + 1j * rng.normal(size=shape)) / radius ** 1.5
-    images = np.fft.irfft2(spectrum, s=(size, size))
+    images = np.fft.irfft2(spectrum, s=(height, width))
     images -= images.mean(axis=(2, 3), keepdims=True)
     images *= 0.25 / images.std(axis=(1, 2, 3), keepdims=True)
     images += rng.uniform(0.3, 0.6, size=(count, channels, 1, 1))
     return np.clip(images, 0, 1).astype(np.float32)
 
 
-def pre_activation(layer: FoldedLayer, x: torch.Tensor, weight, bias) -> torch.Tensor:
-    """The layer's output before its activation; weight and bias as numpy arrays or (trainable) tensors."""
-    w, b = torch.as_tensor(weight), torch.as_tensor(bias)
-    if layer.kind == "fc":
-        return F.linear(x.mean((2, 3)), w, b)
-    k = weight.shape[-1]
-    return F.conv2d(x, w, b, padding=k // 2, groups=layer.groups)
-
-
-def activation(layer: FoldedLayer, y: torch.Tensor) -> torch.Tensor:
-    if layer.relu6:
-        y = y.clamp(0, 6)
-    return F.max_pool2d(y, 2) if layer.pool_after else y
-
-
-def _input_rows(layer: FoldedLayer, x: torch.Tensor) -> torch.Tensor:
-    """Layer input as rows that each output multiplies by its weights: (groups, rows, weights per output)."""
-    if layer.kind == "fc":
-        return x.mean((2, 3))[None]
-    k = layer.weight.shape[-1]
-    if k == 1 and layer.groups == 1:
-        return x.permute(0, 2, 3, 1).reshape(1, -1, x.shape[1])
-    patches = F.unfold(x, k, padding=k // 2)  # (N, C*k*k, L)
-    if layer.groups == 1:
-        return patches.permute(0, 2, 1).reshape(1, -1, patches.shape[1])
-    n, _, positions = patches.shape
-    return patches.reshape(n, x.shape[1], k * k, positions).permute(1, 0, 3, 2).reshape(x.shape[1], -1, k * k)
+def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A conv's or linear layer's input as the rows each output multiplies by its weights:
+    (groups, rows, weights per output), for any kernel, stride, padding, dilation and groups."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(1, -1, x.shape[-1])
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)  # what Conv2d pads, numbers or "same"
+    patches = F.unfold(x, module.kernel_size, module.dilation, 0, module.stride)  # (N, C*k*k, L)
+    n, width, positions = patches.shape
+    groups = module.groups
+    return patches.reshape(n, groups, width // groups, positions).permute(1, 0, 3, 2).reshape(groups, -1, width // groups)
 
 
 def grouped(layer: FoldedLayer, array: np.ndarray) -> torch.Tensor:
     """Weights (or per-row grid bounds) as (groups, outputs per group, weights per output)."""
     flat = torch.from_numpy(np.array(array, dtype=np.float64)).reshape(array.shape[0], -1)
-    return flat[:, None, :] if layer.groups > 1 else flat[None]
+    return flat.reshape(layer.groups, -1, flat.shape[1])
 
 
 def grid_quantizer(lo: torch.Tensor, step: torch.Tensor, levels: int):
@@ -113,36 +102,147 @@ def gptq_codes(weights: torch.Tensor, hessian: torch.Tensor, quantize, damping: 
     return torch.gather(codes, 2, unsort[:, None, :].expand_as(codes))
 
 
-@torch.no_grad()
-def calibrate(layers: list[FoldedLayer], images: np.ndarray, encode) -> tuple[list[FoldedLayer], dict]:
-    """Encode ``layers`` in order on ``images`` and correct each bias so the mean pre-activation matches fp32.
+class _Stop(Exception):
+    """Ends a pass early, once it has what it needs (``value``: the node's value it stopped at)."""
 
-    ``encode(layer, input_rows)`` returns the layer's weight encoding (anything with ``decode()``);
-    ``input_rows()`` gives the layer's input on the already-quantized model, as `_input_rows` lays it out.
-    Returns the layers with quantized weights and corrected biases, and the encodings by layer name.
+    def __init__(self, value=None):
+        super().__init__()
+        self.value = value
+
+
+class _Until(fx.Interpreter):
+    def __init__(self, model: fx.GraphModule, stop: fx.Node | None):
+        super().__init__(model)
+        self.stop = stop
+
+    def run_node(self, node):
+        value = super().run_node(node)
+        if node is self.stop:
+            raise _Stop(value)
+        return value
+
+
+class Passes:
+    """Forward passes of calibration images through a `edge.fold.fold_model` graph, batch by batch,
+    with forward hooks on named modules. The images' values are kept at a graph cut (a node all later
+    nodes read through) whose upstream layers are final (`advance`), and passes resume there: on a
+    chain of layers, each layer's pass runs that layer rather than every layer before it."""
+
+    def __init__(self, model: fx.GraphModule, images: np.ndarray, batch: int = BATCH):
+        self.model, self.nodes = model, list(model.graph.nodes)
+        self.index = {node: i for i, node in enumerate(self.nodes)}
+        self.cuts, reach = [], 0
+        for i, node in enumerate(self.nodes):
+            if reach <= i:  # no earlier node is read after this one
+                self.cuts.append(node)
+            reach = max([reach, i, *(self.index[user] for user in node.users)])
+        self.start = self.nodes[0]  # the input
+        self.values = [torch.from_numpy(np.ascontiguousarray(images[i:i + batch])) for i in range(0, len(images), batch)]
+
+    def _resume(self, value: torch.Tensor, stop: fx.Node | None = None):
+        env = dict.fromkeys(self.nodes[:self.index[self.start]]) | {self.start: value}
+        try:
+            return _Until(self.model, stop).run(initial_env=env)
+        except _Stop as reached:
+            return reached.value
+
+    @torch.no_grad()
+    def advance(self, name: str) -> None:
+        """Keep the values at the latest cut before module ``name`` runs (the layers before it are final)."""
+        target = self.index[next(n for n in self.nodes if n.op == "call_module" and n.target == name)]
+        cut = max((c for c in self.cuts if self.index[c] < target), key=self.index.get)
+        if cut is not self.start:
+            self.values = [self._resume(value, cut) for value in self.values]
+            self.start = cut
+
+    @torch.no_grad()
+    def run(self, hooks: dict, stop_at: str | None = None) -> None:
+        """A pass calling ``hooks[name](module, input tensor, output)`` after each named module runs;
+        with ``stop_at``, each batch stops after that module."""
+
+        def hook(name):
+            def call(module, args, output):
+                hooks[name](module, args[0], output)
+                if name == stop_at:
+                    raise _Stop
+            return call
+
+        handles = [self.model.get_submodule(name).register_forward_hook(hook(name)) for name in hooks]
+        try:
+            for value in self.values:
+                self._resume(value)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def output_means(model: fx.GraphModule, images: np.ndarray, names: list[str]) -> dict[str, torch.Tensor]:
+    """{layer name: mean output per channel (float64)} of ``model``'s convs and linears on ``images``."""
+    sums, counts = {}, {}
+
+    def record(name):
+        def hook(module, _x, output):
+            flat = output.double().movedim(-1 if isinstance(module, nn.Linear) else 1, 0).flatten(1)
+            sums[name], counts[name] = sums.get(name, 0) + flat.sum(1), counts.get(name, 0) + flat.shape[1]
+        return hook
+
+    Passes(model, images).run({name: record(name) for name in names})
+    return {name: sums[name] / counts[name] for name in names}
+
+
+def input_statistics(passes: Passes, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Hessian ``Σ x xᵀ`` (G, K, K) and the mean row (G, K) of layer ``name``'s inputs (float64),
+    on the model as it is now."""
+    total = {"hessian": 0, "sum": 0, "rows": 0}
+
+    def accumulate(module, x, _output):
+        for part in x.split(ROW_CHUNK):
+            rows = input_rows(module, part).double()
+            total["hessian"] = total["hessian"] + torch.einsum("gmk,gml->gkl", rows, rows)
+            total["sum"] = total["sum"] + rows.sum(1)
+            total["rows"] += rows.shape[1]
+
+    passes.advance(name)
+    passes.run({name: accumulate}, stop_at=name)
+    return total["hessian"], total["sum"] / total["rows"]
+
+
+@torch.no_grad()
+def set_weights(model: nn.Module, name: str, weight: np.ndarray, bias: np.ndarray | None = None) -> None:
+    module = model.get_submodule(name)
+    module.weight.copy_(torch.from_numpy(np.asarray(weight, np.float32)))
+    if bias is not None:
+        module.bias.copy_(torch.from_numpy(np.asarray(bias, np.float32)))
+
+
+@torch.no_grad()
+def calibrate(model: fx.GraphModule, images: np.ndarray, encode, progress: bool = True) -> dict:
+    """Encode ``model``'s layers (`edge.fold.model_layers`) in forward order on ``images``, in place:
+    each gets its decoded weights and a bias corrected so its mean output matches the float model's.
+
+    ``encode(layer, hessian)`` returns the layer's weight encoding (anything with ``decode()``) from
+    the Hessian (G, K, K) of its inputs on the model whose earlier layers are already quantized.
+    Returns the encodings by layer name.
     """
-    x_float = x_quant = torch.from_numpy(images)
-    out, encodings = [], {}
-    for layer in layers:
-        encodings[layer.name] = encode(layer, lambda: _input_rows(layer, x_quant).double())
+    layers = model_layers(model)
+    float_means = output_means(model, images, [layer.name for layer in layers])
+    encodings, passes = {}, Passes(model, images)
+    for layer in tqdm(layers, desc="calibrating", unit="layer", disable=not progress):
+        hessian, mean_row = input_statistics(passes, layer.name)
+        encodings[layer.name] = encode(layer, hessian)
         weight = encodings[layer.name].decode()
-        y_float = pre_activation(layer, x_float, layer.weight, layer.bias)
-        y_quant = pre_activation(layer, x_quant, weight, layer.bias)
-        dims = (0,) if layer.kind == "fc" else (0, 2, 3)
-        bias = (layer.bias + (y_float - y_quant).mean(dims).numpy()).astype(np.float32)
-        out.append(dataclasses.replace(layer, weight=weight, bias=bias))
-        x_float = activation(layer, y_float)
-        x_quant = activation(layer, pre_activation(layer, x_quant, weight, bias))
-    return out, encodings
+        # the layer is linear: its mean output is its weights times the mean input row (patch), plus the bias
+        quant_mean = torch.einsum("grk,gk->gr", grouped(layer, weight), mean_row).reshape(-1)
+        set_weights(model, layer.name, weight, (float_means[layer.name] - quant_mean).numpy())
+    return encodings
 
 
-@torch.no_grad()
-def folded_forward(layers: list[FoldedLayer], images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """Logits of the folded model (torch, fp32) for float32 NCHW ``images``."""
-    outputs = []
-    for start in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch]))
-        for layer in layers:
-            x = activation(layer, pre_activation(layer, x, layer.weight, layer.bias))
-        outputs.append(x.numpy())
-    return np.concatenate(outputs)
+def decoded_model(folded: nn.Module, layers: list[FoldedLayer], encodings: dict, bias_dtype=np.float16) -> nn.Module:
+    """A copy of ``folded`` holding what a file stores: each layer's decoded weight (``encodings``) and
+    its bias (``layers``) as ``bias_dtype`` — the torch reference of an exported file."""
+    import copy
+
+    model = copy.deepcopy(folded)
+    for layer in layers:
+        set_weights(model, layer.name, encodings[layer.name].decode(), layer.bias.astype(bias_dtype).astype(np.float32))
+    return model

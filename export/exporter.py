@@ -21,15 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from edge.checkpoints import Checkpoint
-from edge.config import ConfigError
 from edge.data import DatasetError
-from edge.fold import fold_model, fold_student, model_layers
+from edge.fold import fold_model
 from edge.export.calibrate import synthetic_images
 from edge.export.onnx_graph import (INPUT_NAME, OPSET, OUTPUT_NAME, GraphError, apply_weight_formats, compact,
                                     write_checked)
 from edge.metadata import write_metadata
-from edge.export.quantize import QuantSpec, encode_layers
+from edge.export.quantize import QuantSpec, encode_model
 
 CALIBRATION_IMAGES = 64
 
@@ -68,7 +66,8 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
 
         model = compact(quantize_qdq(_float_graph(folded, card), calibration, spec.per_channel))
     else:
-        layers, encodings = _encode(model_file, folded, spec, calibration)
+        layers, encodings = encode_model(folded, spec, calibration,
+                                         input_shape=(card.config.in_channels, card.config.input_size, card.config.input_size))
         with torch.no_grad():
             for layer in layers:  # the float weights the file holds (after equalization, bias correction)
                 module = folded.get_submodule(layer.name)
@@ -79,18 +78,6 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
         compact(model)
     write_metadata(model, card, quant, net)
     return write_checked(model, path, spec.entropy), quant
-
-
-def _encode(model_file, folded, spec: QuantSpec, calibration):
-    """The layers the file holds and their weight encodings (stands in for H2's ``encode_model``: until
-    it lands, gptq calibration simulates the StudentNet chain, so it takes a StudentNet's layers)."""
-    layers = model_layers(folded)
-    if spec.bits is not None and spec.method == "gptq":
-        if not isinstance(model_file, Checkpoint):
-            raise ConfigError(f"--quant {spec.weights} --method gptq calibrates StudentNets; export this model "
-                              "with --method minmax")
-        layers = fold_student(model_file.card.config, model_file.state)
-    return encode_layers(layers, spec, calibration)
 
 
 def _float_graph(folded, card) -> onnx.ModelProto:

@@ -127,38 +127,38 @@ def calibrated_codebook(layer, hessian: torch.Tensor, k: int, per_channel: bool,
     return _code(layer.weight, codes, book.numpy(), scales if per_channel else None)
 
 
-def finetune_codebooks(layers, encodings: dict, teacher_layers, images: np.ndarray, epochs: int,
-                       lr: float = 1e-3, batch: int = 16, seed: int = 0, progress: bool = True):
+def finetune_codebooks(model: torch.nn.Module, encodings: dict, teacher: torch.nn.Module, images: np.ndarray,
+                       epochs: int, lr: float = 1e-3, batch: int = 16, seed: int = 0, progress: bool = True) -> dict:
     """Trained quantization (Deep Compression's centroid fine-tuning) by knowledge distillation:
-    the codebooks and every bias are trained, indices fixed, to match ``teacher_layers``' logits
-    (MSE) on ``images`` (unlabelled). -> (layers, encodings) with fp16-rounded codebooks and biases."""
+    the codebooks and the bias of every layer of ``model`` (a folded model holding its decoded
+    weights) are trained, indices fixed, to match ``teacher``'s logits (MSE) on ``images``
+    (unlabelled), through ``model``'s own forward. ``model`` ends with the tuned weights and
+    fp16-rounded biases; -> the encodings with the tuned fp16 codebooks."""
     import dataclasses
 
+    from torch.func import functional_call
     from tqdm import tqdm
 
-    from edge.export.calibrate import activation, folded_forward, pre_activation
+    from edge.export.calibrate import set_weights
+    from edge.fold import model_layers
 
     torch.manual_seed(seed)
-    targets = torch.from_numpy(folded_forward(teacher_layers, images))
+    model.requires_grad_(False)  # only the codebooks and biases below are trained
+    data = torch.from_numpy(np.ascontiguousarray(images))
+    with torch.no_grad():
+        targets = torch.cat([teacher(data[i:i + batch]) for i in range(0, len(data), batch)])
     books = {n: torch.nn.Parameter(torch.from_numpy(e.codebook.astype(np.float32)))
              for n, e in encodings.items() if isinstance(e, CodebookCode)}
     indices = {n: torch.from_numpy(encodings[n].q.astype(np.int64)) for n in books}
     scales = {n: torch.from_numpy(encodings[n].channel_scale().astype(np.float32)) for n in books}
-    biases = [torch.nn.Parameter(torch.from_numpy(layer.bias.copy())) for layer in layers]
-    fixed = {layer.name: torch.from_numpy(layer.weight) for layer in layers if layer.name not in books}
-
-    def weight(layer):
-        if layer.name not in books:
-            return fixed[layer.name]
-        return books[layer.name][indices[layer.name]] * scales[layer.name]
+    layers = model_layers(model)
+    biases = {layer.name: torch.nn.Parameter(torch.from_numpy(layer.bias.copy())) for layer in layers}
 
     def forward(x):
-        for layer, bias in zip(layers, biases):
-            x = activation(layer, pre_activation(layer, x, weight(layer), bias))
-        return x
+        weights = {f"{n}.weight": books[n][indices[n]] * scales[n] for n in books}
+        return functional_call(model, {**weights, **{f"{n}.bias": b for n, b in biases.items()}}, (x,))
 
-    optimizer = torch.optim.Adam([*books.values(), *biases], lr=lr)
-    data = torch.from_numpy(np.ascontiguousarray(images))
+    optimizer = torch.optim.Adam([*books.values(), *biases.values()], lr=lr)
     steps = tqdm(range(epochs), desc="fine-tuning codebooks (KD)", unit="epoch", disable=not progress)
     for _ in steps:
         order = torch.randperm(len(data))
@@ -171,12 +171,12 @@ def finetune_codebooks(layers, encodings: dict, teacher_layers, images: np.ndarr
             optimizer.step()
             total += loss.item() * len(pick)
         steps.set_postfix(mse=f"{total / len(data):.4f}")
-    tuned_layers, tuned = [], dict(encodings)
+    tuned = dict(encodings)
     with torch.no_grad():
-        for layer, bias in zip(layers, biases):
+        for layer in layers:
             if layer.name in books:
                 tuned[layer.name] = dataclasses.replace(encodings[layer.name],
                                                         codebook=books[layer.name].numpy().astype(np.float16))
-            tuned_layers.append(dataclasses.replace(layer, weight=tuned[layer.name].decode(),
-                                                    bias=bias.numpy().astype(np.float16).astype(np.float32)))
-    return tuned_layers, tuned
+            set_weights(model, layer.name, tuned[layer.name].decode(),
+                        biases[layer.name].numpy().astype(np.float16).astype(np.float32))
+    return tuned

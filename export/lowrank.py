@@ -35,8 +35,8 @@ class LowRankWeight:
 
 
 def factorable(layer: FoldedLayer) -> bool:
-    """Pointwise convs and the classifier: the layers that are one matrix."""
-    return layer.kind == "fc" or (layer.groups == 1 and layer.weight.shape[-1] == 1)
+    """Pointwise convs and linear layers: the layers that are one matrix."""
+    return layer.groups == 1 and layer.weight[0, 0].size == 1
 
 
 def rank_for_energy(singular: np.ndarray, energy: float) -> int:

@@ -1,14 +1,15 @@
-"""Decide how each weight tensor of a folded StudentNet is stored, and compute its codes.
+"""Decide how each weight tensor of a folded torch classifier is stored, and compute its codes.
 
 ``QuantSpec`` is what the user asks for (``--quant``, ``--per-channel``, ``--method``);
-`encode_layers` turns folded layers into per-tensor encodings for the graph builder:
+`encode_model` turns the layers of `edge.fold.fold_model`'s result into per-tensor encodings:
 
-- ``fp32`` / ``fp16``: float tensors.
-- ``uintN --method minmax``: the homework's per-tensor (or per-channel) min-max rounding, every weight.
-- ``uintN --method gptq`` (default): cross-layer equalization (exact, `edge.export.equalize`), then the
-  min-max grid, GPTQ rounding on calibration images, bias correction; layers with fewer than ``fp16_below`` weights (the first conv and the thin early
-  blocks, the most sensitive and together ~1.4 KB) stay fp16. Without calibration images, synthetic
-  1/f images make it data-free.
+- ``fp32`` / ``fp16``: float tensors (``--low-rank``: SVD factors, `edge.export.lowrank`).
+- ``uintN`` / ``kmeansK --method minmax``: the homework's min-max rounding / plain k-means, every weight, no data.
+- ``uintN`` / ``kmeansK --method gptq`` (default): cross-layer equalization (exact, `edge.export.equalize`),
+  then GPTQ on the min-max grid (or a Hessian-weighted codebook) on calibration images and bias
+  correction (`edge.export.calibrate`); layers with fewer than ``fp16_below`` weights (the first conv
+  and thin early blocks: the most sensitive, and few bytes) stay fp16. Without calibration images,
+  synthetic 1/f images make it data-free.
 Biases are stored fp16 for integer formats (they are a few KB and fp16 keeps them to 1e-3 relative).
 """
 
@@ -108,17 +109,25 @@ def _float_encodings(layers: list[FoldedLayer], dtype) -> dict[str, FloatWeight]
     return {layer.name: FloatWeight(layer.weight.astype(dtype)) for layer in layers}
 
 
-def _gptq_encoder(spec: QuantSpec):
-    import torch
+def _scaled(layer: FoldedLayer, spec: QuantSpec) -> bool:
+    """--per-channel kmeansK: whether the layer's channels get their own scale (2 bytes each), which
+    pays where a channel has more weights than the codebook has values (not a depthwise 3x3's 9)."""
+    return spec.per_channel and layer.weight[0].size > spec.codebook_size
 
+
+def _calibrated_encoder(spec: QuantSpec, layer_bits: dict[str, int]):
+    """``encode(layer, hessian) -> encoding``: fp16 below ``spec.fp16_below`` weights, else GPTQ on the
+    min-max grid (uintN, ``layer_bits`` per layer) or the Hessian-weighted codebook (kmeansK)."""
     from edge.export.calibrate import grid_quantizer, grouped, gptq_codes
+    from edge.export.kmeans import calibrated_codebook
 
-    def encode(layer: FoldedLayer, input_rows):
+    def encode(layer: FoldedLayer, hessian):
         if layer.weight.size < spec.fp16_below:
             return FloatWeight(layer.weight.astype(np.float16))
-        grid = minmax_encode(layer.weight, spec.bits, spec.per_channel, range_dtype=spec.range_dtype)
-        rows = input_rows()
-        hessian = torch.einsum("gmk,gml->gkl", rows, rows)
+        if spec.codebook_size:
+            return calibrated_codebook(layer, hessian, spec.codebook_size, _scaled(layer, spec))
+        bits = layer_bits.get(layer.name, spec.bits)
+        grid = minmax_encode(layer.weight, bits, spec.per_channel, range_dtype=spec.range_dtype)
         per_row = (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)
         lo = grouped(layer, np.broadcast_to(grid.offset, per_row))
         step = grouped(layer, np.broadcast_to(np.where(grid.step > 0, grid.step, 1.0), per_row))
@@ -128,62 +137,56 @@ def _gptq_encoder(spec: QuantSpec):
     return encode
 
 
-def _scaled(layer: FoldedLayer, spec: QuantSpec) -> bool:
-    """--per-channel kmeansK: whether the layer's channels get their own scale (2 bytes each), which
-    pays where a channel has more weights than the codebook has values (not a depthwise 3x3's 9)."""
-    return spec.per_channel and layer.weight[0].size > spec.codebook_size
-
-
-def _kmeans_encoder(spec: QuantSpec):
-    import torch
-
-    from edge.export.kmeans import calibrated_codebook
-
-    def encode(layer: FoldedLayer, input_rows):
-        if layer.weight.size < spec.fp16_below:
-            return FloatWeight(layer.weight.astype(np.float16))
-        rows = input_rows()
-        return calibrated_codebook(layer, torch.einsum("gmk,gml->gkl", rows, rows), spec.codebook_size,
-                                   _scaled(layer, spec))
-
-    return encode
-
-
-def encode_layers(layers: list[FoldedLayer], spec: QuantSpec, calibration: np.ndarray | None = None,
-                  layer_bits: dict[str, int] | None = None):
-    """-> (layers with the weights and biases the file will hold, {layer name: weight encoding}).
-
-    ``layer_bits`` gives named layers another bit width (mixed precision)."""
+def _data_free_encodings(layers: list[FoldedLayer], spec: QuantSpec, layer_bits: dict[str, int]) -> dict:
     if spec.bits is None:
         dtype = np.float16 if spec.weights == "fp16" else np.float32
         if spec.low_rank is not None:
             from edge.export.lowrank import low_rank_encodings
 
-            return layers, low_rank_encodings(layers, spec.low_rank, dtype)
-        return layers, _float_encodings(layers, dtype)
-
-    def bits_of(layer: FoldedLayer) -> int:
-        return (layer_bits or {}).get(layer.name, spec.bits)
-
-    if spec.codebook_size and spec.method == "minmax":
+            return low_rank_encodings(layers, spec.low_rank, dtype)
+        return _float_encodings(layers, dtype)
+    if spec.codebook_size:
         from edge.export.kmeans import plain_codebook
 
-        return layers, {l.name: plain_codebook(l.weight, spec.codebook_size, _scaled(l, spec)) for l in layers}
-    if spec.method == "minmax":
-        return layers, {l.name: minmax_encode(l.weight, bits_of(l), spec.per_channel, range_dtype=spec.range_dtype)
-                        for l in layers}
-    from edge.export.calibrate import calibrate
+        return {l.name: plain_codebook(l.weight, spec.codebook_size, _scaled(l, spec)) for l in layers}
+    return {l.name: minmax_encode(l.weight, layer_bits.get(l.name, spec.bits), spec.per_channel,
+                                  range_dtype=spec.range_dtype) for l in layers}
+
+
+def encode_model(folded, spec: QuantSpec, calibration: np.ndarray | None = None,
+                 layer_bits: dict[str, int] | None = None, *, input_shape: tuple[int, int, int] | None = None,
+                 progress: bool = True) -> tuple[list[FoldedLayer], dict]:
+    """-> (the layers of ``folded`` with the weights and biases the file will hold, {layer name: weight encoding}).
+
+    ``folded`` is `edge.fold.fold_model`'s result (not changed). Calibrated formats (``spec.calibrated``)
+    equalize it (`edge.export.equalize`), then quantize its layers in forward order on ``calibration``
+    (N, C, H, W float32, preprocessed), or on `CALIBRATION_IMAGES` synthetic 1/f images of
+    ``input_shape`` (C, H, W) when it is None, with bias correction (`edge.export.calibrate`); kmeansK
+    with ``spec.train_epochs`` then trains its codebooks (`edge.export.kmeans.finetune_codebooks`).
+    ``layer_bits`` gives named layers another bit width (mixed precision).
+    """
+    import copy
+
+    from edge.fold import model_layers
+
+    layer_bits = layer_bits or {}
+    if not spec.calibrated or spec.weights == "int8":
+        layers = model_layers(folded)
+        return layers, _data_free_encodings(layers, spec, layer_bits)
+    from edge.export.calibrate import CALIBRATION_IMAGES, calibrate, synthetic_images
     from edge.export.equalize import equalize
 
-    layers = equalize(layers, lambda layer: layer.weight.size < spec.fp16_below, calibration, spec.bits,
-                      spec.per_channel)
-    if spec.codebook_size:
-        quantized, encodings = calibrate(layers, calibration, _kmeans_encoder(spec))
-        if not spec.train_epochs:
-            return quantized, encodings
+    if calibration is None:
+        if input_shape is None:
+            raise ValueError(f"{spec.weights} --method {spec.method} calibrates on images: give calibration images "
+                             "or input_shape")
+        calibration = synthetic_images(CALIBRATION_IMAGES, input_shape[0], input_shape[1:])
+    model = copy.deepcopy(folded)
+    equalize(model, calibration, spec.bits, spec.per_channel, spec.fp16_below)
+    teacher = copy.deepcopy(model) if spec.train_epochs else None
+    encodings = calibrate(model, calibration, _calibrated_encoder(spec, layer_bits), progress)
+    if teacher is not None:
         from edge.export.kmeans import finetune_codebooks
 
-        return finetune_codebooks(quantized, encodings, layers, calibration, spec.train_epochs)
-    encoders = {bits: _gptq_encoder(dataclasses.replace(spec, weights=f"uint{bits}"))
-                for bits in {spec.bits, *(layer_bits or {}).values()}}
-    return calibrate(layers, calibration, lambda layer, rows: encoders[bits_of(layer)](layer, rows))
+        encodings = finetune_codebooks(model, encodings, teacher, calibration, spec.train_epochs, progress=progress)
+    return model_layers(model), encodings

@@ -26,7 +26,7 @@ from edge.models import state_to_numpy, StudentNet
 from edge.nets import NetFile, NetSpec, build_net, count_parameters, save_net
 from edge.runtime import OnnxClassifier
 from edge.export.exporter import export_onnx, leftover_dequantization, runtime_ops
-from edge.export.quantize import QuantSpec, encode_layers
+from edge.export.quantize import QuantSpec, encode_model
 
 SMALL = StudentConfig(widths=(8, 16, 16), pools=(0, 1), input_size=16, num_classes=5)
 GREY = StudentConfig(in_channels=1, input_size=32, num_classes=10)
@@ -91,8 +91,8 @@ def test_every_format_decodes_at_load_to_its_numpy_decoding(student_files):
     fp32_ops = runtime_ops(files["fp32"][1])
     for label, (spec, path, (size, described)) in files.items():
         assert path.stat().st_size == size and described["weights"] == spec.weights
-        layers, encodings = encode_layers(model_layers(fold_model(student.build())), spec)
         folded = fold_model(student.build())
+        layers, encodings = encode_model(folded, spec)
         bias_dtype = np.float32 if spec.weights == "fp32" else np.float16
         with torch.no_grad():
             for layer in layers:

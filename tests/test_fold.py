@@ -40,3 +40,15 @@ def test_layers_follow_the_forward_order_and_all_have_biases():
     assert [(l.name, l.kind, l.groups) for l in layers] == [("0", "conv", 1), ("3", "conv", 4), ("6", "fc", 1)]
     assert all(l.bias.shape == (l.weight.shape[0],) for l in layers)
     assert not layers[2].bias.any()
+
+
+def test_fold_is_computed_in_float64_and_rounded_once():
+    torch.manual_seed(1)
+    model = _randomise_batchnorms(nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16)))
+    conv, bn = model[0], model[1]
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    weight = (conv.weight.double() * scale[:, None, None, None]).float()
+    bias = ((conv.bias.double() - bn.running_mean.double()) * scale + bn.bias.double()).float()
+    layer = model_layers(fold_model(model))[0]
+    assert torch.equal(torch.from_numpy(layer.weight), weight.detach())  # float32 folding differs in the last bit
+    assert torch.equal(torch.from_numpy(layer.bias), bias.detach())

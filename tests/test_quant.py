@@ -1,19 +1,218 @@
-"""Weight codecs and the accuracy-aware tools: packing, sub-byte export, --max-drop, sensitivity."""
+"""Weight codecs, calibration (GPTQ, bias correction, equalization) on any torch classifier, and the
+accuracy-aware tools: packing, sub-byte export, --max-drop, sensitivity. The core maths runs on tiny
+seeded synthetic models (a StudentNet, a residual net, torchvision's mobilenet_v3_small); the TA
+student on real photos where ../shared is present."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from edge.checkpoints import load_checkpoint
+from edge.config import StudentConfig
+from edge.fold import fold_model, model_layers
+from edge.models import StudentNet, build_student
 from edge.quant import minmax_encode, pack_codes, unpack_codes
 from edge.runtime import OnnxClassifier
+from edge.export.calibrate import Passes, calibrate, decoded_model, grouped, input_rows, synthetic_images
+from edge.export.equalize import equalization_pairs, equalize
 from edge.export.exporter import export_onnx, leftover_dequantization, load_images
-from edge.export.quantize import QuantSpec
+from edge.export.quantize import QuantSpec, encode_model
 from edge.export.select import select_format
-from edge.export.sensitivity import layer_sensitivity
+from edge.export.sensitivity import layer_sensitivity, logits
+
+
+def _randomised(model: nn.Module, seed: int = 0, gain: tuple[float, float] = (0.2, 3.0)) -> nn.Module:
+    """``model`` in eval mode with bell-shaped weights and BatchNorm statistics that spread its channels
+    (each BatchNorm multiplies a channel by ``gain / sqrt(var)``, var in 0.5..2)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.normal_(0, (2 / module.weight[0].numel()) ** 0.5)
+                if module.bias is not None:
+                    module.bias.uniform_(-0.1, 0.1)
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2)
+                module.weight.uniform_(*gain)
+                module.bias.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+class _ResidualNet(nn.Module):
+    """Two residual blocks (one strided, with a 1x1 downsample), on 1-channel images."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                               nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.b = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                               nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32))
+        self.down = nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(self.a(x) + x)
+        x = F.relu(self.b(x) + self.down(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _mobilenet():
+    """torchvision's mobilenet_v3_small (hardswish, squeeze-excitation, residuals) at a quarter width, 1 channel."""
+    from torchvision.models import mobilenet_v3_small
+
+    model = mobilenet_v3_small(num_classes=10, width_mult=0.25)
+    model.features[0][0] = nn.Conv2d(1, model.features[0][0].out_channels, 3, 2, 1, bias=False)
+    return _randomised(model, gain=(0.5, 1.5))  # 50 layers deep: milder BatchNorms keep the logits finite
+
+
+TINY_STUDENT = StudentConfig(widths=(8, 16, 32, 64), pools=(0, 1), input_size=32)
+MODELS = {"student": (lambda: _randomised(StudentNet(TINY_STUDENT)), (3, 32, 32)),
+          "residual": (lambda: _randomised(_ResidualNet()), (1, 32, 32)), "mobilenet_v3_small": (_mobilenet, (1, 32, 32))}
+
+
+def _images(shape, count, seed):
+    return np.random.default_rng(seed).random((count, *shape), dtype=np.float32)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_gptq_output_error_is_below_minmax_on_any_classifier(name):
+    build, shape = MODELS[name]
+    folded = fold_model(build())
+    calibration, held_out = synthetic_images(16, shape[0], shape[1], seed=1), synthetic_images(16, shape[0], shape[1], seed=2)
+    reference = logits(folded, held_out)
+
+    def error(method):
+        spec = QuantSpec("uint4", per_channel=True, method=method, fp16_below=0)
+        layers, encodings = encode_model(folded, spec, calibration, progress=False)
+        assert [l.name for l in layers] == [l.name for l in model_layers(folded)]
+        return float(np.square(logits(decoded_model(folded, layers, encodings), held_out) - reference).mean())
+
+    assert error("gptq") < 0.7 * error("minmax")
+    np.testing.assert_array_equal(logits(folded, held_out), reference)  # the caller's model is not changed
+
+
+def test_without_images_calibration_runs_on_synthetic_ones_of_the_input_shape():
+    folded = fold_model(_randomised(_ResidualNet()))
+    spec = QuantSpec("uint8", fp16_below=0)
+    _, data_free = encode_model(folded, spec, input_shape=(1, 16, 16), progress=False)
+    _, explicit = encode_model(folded, spec, synthetic_images(64, 1, 16), progress=False)
+    assert all(np.array_equal(data_free[name].q, explicit[name].q) for name in explicit)
+    with pytest.raises(ValueError, match="input_shape"):
+        encode_model(folded, spec)
+
+
+def test_passes_resume_from_graph_cuts_and_see_what_the_model_computes():
+    folded = fold_model(_randomised(_ResidualNet()))
+    images = _images((1, 16, 16), 4, 0)
+    names = [layer.name for layer in model_layers(folded)]
+    reference, resumed, starts = {}, {}, {}
+    Passes(folded, images).run({name: lambda _m, _x, y, name=name: reference.setdefault(name, y) for name in names})
+    passes = Passes(folded, images)
+    for name in names:
+        passes.advance(name)
+        starts[name] = passes.start.name
+        passes.run({name: lambda _m, _x, y, name=name: resumed.setdefault(name, y)}, stop_at=name)
+        torch.testing.assert_close(resumed[name], reference[name], rtol=0, atol=0)
+    # a chain resumes right before the layer; inside a residual block, before the block (the add reads its input)
+    assert starts["a.0"] == starts["a.3"] == "stem_2" and starts["b.3"] == "relu" and starts["fc"] == "flatten"
+
+
+def test_layer_inputs_as_rows_reproduce_any_convolution():
+    torch.manual_seed(0)
+    for conv in (nn.Conv2d(4, 6, 3, stride=2, padding=(1, 2), dilation=2, groups=2),
+                 nn.Conv2d(4, 8, (3, 1), padding="same", padding_mode="reflect", groups=4),
+                 nn.Conv2d(4, 4, 1, stride=2), nn.Linear(4, 3)):
+        x = torch.randn(2, 4, 9, 9) if isinstance(conv, nn.Conv2d) else torch.randn(2, 5, 4)
+        layer = model_layers(fold_model(nn.Sequential(conv)))[0]
+        rows = input_rows(conv, x).double()  # (groups, rows, weights per output)
+        weights = grouped(layer, layer.weight)  # (groups, outputs per group, weights per output)
+        got = torch.einsum("grk,gmk->gmr", weights, rows) + grouped(layer, layer.bias[:, None])[..., 0][:, None, :]
+        y = conv(x).detach().double()
+        if isinstance(conv, nn.Conv2d):  # (N, groups * R, H, W) -> (groups, N * H * W, R)
+            y = y.reshape(len(y), layer.groups, -1, y.shape[2] * y.shape[3]).permute(1, 0, 3, 2)
+        np.testing.assert_allclose(got.numpy(), y.reshape(got.shape).numpy(), atol=1e-5)
+
+
+class _Pairs(nn.Module):
+    """Pairs that equalize exactly (through ReLU + max-pool into a depthwise conv, ReLU + zero padding
+    into a full conv, ReLU + dropout into a linear layer) and ones that must not (ReLU6, a residual)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.c, self.d = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 3)
+        self.e = nn.Conv2d(16, 16, 1)
+        self.fc1, self.drop, self.fc2 = nn.Linear(16, 12), nn.Dropout(0.2), nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.b(F.max_pool2d(F.relu(self.a(x)), 2))
+        x = self.d(F.pad(F.relu(self.c(F.relu6(x))), (1, 1, 1, 1)))
+        x = self.e(x) + x
+        return self.fc2(self.drop(F.relu(self.fc1(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))))
+
+
+def test_equalization_finds_the_exact_pairs_and_keeps_the_function():
+    model = _randomised(_Pairs())
+    with torch.no_grad():  # channel ranges 30x apart: per-tensor rounding wastes most levels
+        for layer in (model.a, model.c, model.fc1):
+            layer.weight.mul_(torch.logspace(-0.7, 0.7, len(layer.weight)).reshape(-1, *[1] * (layer.weight.ndim - 1)))
+    folded = fold_model(model)
+    images = _images((3, 16, 16), 16, 0)
+    assert [(a, b) for a, b, _ in equalization_pairs(folded, torch.from_numpy(images[:1]))] == \
+        [("a", "b"), ("c", "d"), ("fc1", "fc2")]
+    before = logits(folded, images)
+    equalized = copy.deepcopy(folded)
+    assert equalize(equalized, images, bits=8) == [("a", "b"), ("c", "d"), ("fc1", "fc2")]
+    np.testing.assert_allclose(logits(equalized, images), before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+    assert not torch.equal(equalized.a.weight, folded.a.weight)  # something was rescaled
+
+    def rounded_error(model):  # every layer min-max rounded to 8 bits per tensor
+        layers = model_layers(model)
+        codes = {l.name: minmax_encode(l.weight, 8) for l in layers}
+        return float(np.square(logits(decoded_model(model, layers, codes, np.float32), images) - before).mean())
+
+    assert rounded_error(equalized) < 0.5 * rounded_error(folded)
+
+
+def test_a_student_equalizes_each_pointwise_conv_with_the_next_depthwise_and_the_classifier():
+    folded = fold_model(_randomised(StudentNet(StudentConfig(input_size=32))))
+    pairs = [(a, b) for a, b, _ in equalization_pairs(folded, torch.zeros(1, 3, 32, 32))]
+    assert pairs == [(f"cnn.{i}.3", f"cnn.{i + 1}.0") for i in range(1, 7)] + [("cnn.7.3", "fc.0")]
+
+
+def test_bias_correction_removes_the_mean_output_error():
+    folded = fold_model(_randomised(StudentNet(TINY_STUDENT)))
+    calibration, held_out = _images((3, 32, 32), 32, 1), _images((3, 32, 32), 32, 2)
+    layers = model_layers(folded)
+    codes = {l.name: minmax_encode(l.weight, 3) for l in layers}
+    corrected = copy.deepcopy(folded)
+    calibrate(corrected, calibration, lambda layer, hessian: codes[layer.name], progress=False)
+    reference = logits(folded, held_out)
+
+    def mean_error(model):  # the error every image shares, per class
+        return float(np.abs((logits(model, held_out) - reference).mean(0)).mean())
+
+    assert mean_error(corrected) < 0.5 * mean_error(decoded_model(folded, layers, codes, np.float32))
+    for layer in model_layers(corrected):
+        np.testing.assert_array_equal(layer.weight, codes[layer.name].decode())  # only the biases moved
+
+
+def test_sensitivity_ranks_the_layers_of_any_classifier():
+    images = _images((1, 32, 32), 8, 0)
+    rows = layer_sensitivity(_randomised(_ResidualNet()), images, bits=2, progress=False)
+    assert sorted(r.name for r in rows) == sorted(l.name for l in model_layers(fold_model(_ResidualNet())))
+    assert rows[0].max_logit_change > 0 and rows[0].agreement <= rows[-1].agreement
 
 
 @settings(max_examples=120, deadline=None)
@@ -32,27 +231,20 @@ def test_sub_byte_layout_puts_the_first_code_in_the_lowest_bits():
 
 @pytest.mark.parametrize("bits", [3, 5, 6, 7])
 def test_odd_widths_are_packed_in_the_file_and_decoded_exactly_by_onnx_runtime(bits, tmp_path):
-    import dataclasses
-
-    from edge.config import StudentConfig
-    from edge.fold import fold_student
     from edge.models import init_checkpoint
-    from edge.export.calibrate import folded_forward
-    from edge.export.quantize import encode_layers
 
     ckpt = init_checkpoint(StudentConfig(input_size=32))  # the homework's widths: 256K weights
     spec = QuantSpec(f"uint{bits}", per_channel=True, method="minmax")
     path = tmp_path / "odd.onnx"
     size, _ = export_onnx(ckpt, path, spec)
-    layers = fold_student(ckpt.card.config, ckpt.state)
-    weights = sum(layer.weight.size for layer in layers)
+    folded = fold_model(build_student(ckpt.card.config, ckpt.state))
+    weights = sum(layer.weight.size for layer in model_layers(folded))
     assert size < weights * (bits + 1) / 8  # codes densely packed (one per byte would be `weights` bytes)
     assert leftover_dequantization(path) == {}
-    _, codes = encode_layers(layers, spec)
-    decoded = [dataclasses.replace(l, weight=codes[l.name].decode(), bias=l.bias.astype(np.float16).astype(np.float32))
-               for l in layers]
+    layers, codes = encode_model(folded, spec)
     images = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
-    np.testing.assert_allclose(OnnxClassifier(path)(images), folded_forward(decoded, images), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(OnnxClassifier(path)(images), logits(decoded_model(folded, layers, codes), images),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_minmax_is_exact_at_the_ends_and_on_constants():
@@ -93,10 +285,11 @@ def test_max_drop_returns_the_smallest_format_within_the_drop(ta, food11_test, t
 
 def test_sensitivity_ranks_layers(ta, food11_test):
     images, _ = load_images(ta, food11_test, 16)
-    rows = layer_sensitivity(ta, images, bits=2)
+    model = build_student(ta.card.config, ta.state)
+    rows = layer_sensitivity(model, images, bits=2, progress=False)
     assert len(rows) == 16 and rows[0].agreement <= rows[-1].agreement
     assert rows[0].max_logit_change > 0
-    shared = layer_sensitivity(ta, images, kmeans=4)
+    shared = layer_sensitivity(model, images, kmeans=4, progress=False)
     assert len(shared) == 16 and shared[0].agreement <= shared[-1].agreement and shared[0].max_logit_change > 0
 
 
@@ -115,46 +308,36 @@ def test_int8_qdq_runs_int8_kernels(ta, food11_test, tmp_path):
 
 
 def test_equalization_keeps_the_function_and_shrinks_per_tensor_error(ta, food11_test):
-    import dataclasses
-
-    from edge.fold import fold_student
-    from edge.export.calibrate import folded_forward
-    from edge.export.equalize import equalizable, equalize
-
     images, _ = load_images(ta, food11_test, 16)
-    layers = fold_student(ta.card.config, ta.state)
-    equalized = equalize(layers)
-    pairs = [i for i in range(len(layers) - 1) if equalizable(layers[i], layers[i + 1])]
-    assert len(pairs) == 7  # every pointwise conv -> next depthwise conv, and the last one -> classifier
-    before, after = folded_forward(layers, images), folded_forward(equalized, images)
-    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+    held_out, _ = load_images(ta, food11_test, 32, offset=16)
+    folded = fold_model(build_student(ta.card.config, ta.state))
+    equalized = copy.deepcopy(folded)
+    assert len(equalize(equalized, images)) == 7  # every pointwise conv -> next depthwise conv, the last -> classifier
+    before = logits(folded, held_out)
+    np.testing.assert_allclose(logits(equalized, held_out), before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
 
-    def per_tensor_error(model, i):
-        quantized = list(model)
-        quantized[i] = dataclasses.replace(model[i], weight=minmax_encode(model[i].weight, 8).decode())
-        return float(np.square(folded_forward(quantized, images) - before).mean())
+    def per_tensor_error(model, names):
+        layers = [l for l in model_layers(model) if l.name in names]
+        codes = {l.name: minmax_encode(l.weight, 8) for l in layers}
+        return float(np.square(logits(decoded_model(model, layers, codes, np.float32), held_out) - before).mean())
 
     # the pair (cnn.5.3 -> cnn.6.0): its depthwise channels span very different ranges after BN folding
-    first = next(i for i, layer in enumerate(layers) if layer.name == "cnn.6.0")
-    assert per_tensor_error(equalized, first) < 0.6 * per_tensor_error(layers, first)
+    pair = ("cnn.5.3", "cnn.6.0")
+    assert per_tensor_error(equalized, pair) < 0.8 * per_tensor_error(folded, pair)
 
 
 def test_mixed_precision_gives_named_layers_their_own_width(ta, food11_test):
-    from edge.fold import fold_student
-    from edge.export.calibrate import folded_forward
-    from edge.export.quantize import encode_layers
-
     calibration, _ = load_images(ta, food11_test, 16)
     held_out, _ = load_images(ta, food11_test, 32, offset=16)
-    layers = fold_student(ta.card.config, ta.state)
+    folded = fold_model(build_student(ta.card.config, ta.state))
     spec = QuantSpec("uint4", per_channel=True)
-    plain_layers, plain = encode_layers(layers, spec, calibration)
-    mixed_layers, mixed = encode_layers(layers, spec, calibration, layer_bits={"cnn.4.3": 8})
+    plain_layers, plain = encode_model(folded, spec, calibration, progress=False)
+    mixed_layers, mixed = encode_model(folded, spec, calibration, layer_bits={"cnn.4.3": 8}, progress=False)
     assert mixed["cnn.4.3"].bits == 8 and plain["cnn.4.3"].bits == 4
     assert all(mixed[name].bits == 4 for name in ("cnn.3.3", "cnn.5.3", "fc.0"))
-    reference = folded_forward(layers, held_out)
+    reference = logits(folded, held_out)
 
-    def error(quantized):
-        return float(np.square(folded_forward(quantized, held_out) - reference).mean())
+    def error(layers, encodings):
+        return float(np.square(logits(decoded_model(folded, layers, encodings, np.float32), held_out) - reference).mean())
 
-    assert error(mixed_layers) < 0.95 * error(plain_layers)  # 32,768 weights at 8 bits: a visible share of the error
+    assert error(mixed_layers, mixed) < 0.95 * error(plain_layers, plain)  # 32,768 weights at 8 bits: a visible share

@@ -16,15 +16,16 @@ from hypothesis import strategies as st
 from edge.cli import main
 from edge.config import StudentConfig
 from edge.entropy import EntropyError, decode_stream, encode_stream, expand, is_entropy_coded
-from edge.fold import FoldedLayer, fold_student
-from edge.models import init_checkpoint
+from edge.fold import FoldedLayer, fold_model, model_layers
+from edge.models import build_student, init_checkpoint
 from edge.quant import CodebookCode, pack_codes
 from edge.runtime import ModelError, OnnxClassifier
-from edge.export.calibrate import folded_forward
+from edge.export.calibrate import decoded_model
 from edge.export.exporter import export_onnx, leftover_dequantization
 from edge.export.formats import CANDIDATES, parse_format
 from edge.export.kmeans import calibrated_codebook, codebook_quantizer, plain_codebook, refit_codebook, weighted_kmeans_1d
-from edge.export.quantize import QuantSpec, candidate_specs, encode_layers
+from edge.export.quantize import QuantSpec, candidate_specs, encode_model
+from edge.export.sensitivity import logits
 
 SMALL = StudentConfig(input_size=32)  # the homework's widths (256K weights) on 32x32 inputs
 
@@ -39,9 +40,8 @@ def small():
     return dataclasses.replace(ckpt, state=state)
 
 
-def _decoded(layers, encodings):
-    return [dataclasses.replace(l, weight=encodings[l.name].decode(), bias=l.bias.astype(np.float16).astype(np.float32))
-            for l in layers]
+def _folded(checkpoint):
+    return fold_model(build_student(checkpoint.card.config, checkpoint.state))
 
 
 def test_codebook_decode_is_a_table_lookup_per_tensor_and_per_channel():
@@ -59,13 +59,13 @@ def test_kmeans_file_decodes_exactly_in_onnx_runtime_and_nothing_is_left_at_run_
     path = tmp_path / "k16.onnx"
     size, described = export_onnx(small, path, spec)
     assert described["codebook"].endswith("scaled per output channel (fp16)") == per_channel
-    layers = fold_student(SMALL, small.state)
-    _, encodings = encode_layers(layers, spec)
+    folded = _folded(small)
+    layers, encodings = encode_model(folded, spec)
     stored = sum(e.q.size / 2 + 2 * e.codebook.size + 2 * len(e.q) * per_channel for e in encodings.values())
     assert size < stored + 15_000  # 4-bit indices densely packed, fp16 codebooks (and scales) + biases, graph
     assert leftover_dequantization(path) == {}
     images = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
-    np.testing.assert_allclose(OnnxClassifier(path)(images), folded_forward(_decoded(layers, encodings), images),
+    np.testing.assert_allclose(OnnxClassifier(path)(images), logits(decoded_model(folded, layers, encodings), images),
                                rtol=1e-4, atol=1e-4)
 
 
@@ -101,8 +101,7 @@ def test_least_squares_centroids_are_cluster_means_under_an_identity_hessian():
 def test_calibrated_codebook_beats_plain_kmeans_on_the_output(per_channel):
     rng = np.random.default_rng(2)
     inputs = rng.normal(size=(512, 8)) @ rng.normal(size=(8, 32)) + 0.1 * rng.normal(size=(512, 32))  # correlated
-    layer = FoldedLayer("fc.0", "fc", rng.normal(size=(24, 32)).astype(np.float32), np.zeros(24, np.float32), 1,
-                        False, False)
+    layer = FoldedLayer("fc.0", "fc", rng.normal(size=(24, 32)).astype(np.float32), np.zeros(24, np.float32))
     rows = torch.from_numpy(inputs)[None]
     hessian = torch.einsum("gmk,gml->gkl", rows, rows)
 
@@ -212,7 +211,7 @@ def test_low_rank_is_exact_at_full_rank_and_keeps_the_asked_energy():
 def test_low_rank_file_is_smaller_folded_at_load_and_exact_at_energy_one(small, tmp_path):
     from edge.export.lowrank import LowRankWeight
 
-    layers = fold_student(SMALL, small.state)
+    folded = _folded(small)
     full, _ = export_onnx(small, tmp_path / "fp16.onnx", QuantSpec("fp16"))
     export_onnx(small, tmp_path / "one.onnx", QuantSpec("fp16", low_rank=1.0))
     assert not any(node.op_type == "MatMul" for node in onnx.load(tmp_path / "one.onnx").graph.node)  # full rank
@@ -221,10 +220,10 @@ def test_low_rank_file_is_smaller_folded_at_load_and_exact_at_energy_one(small, 
     size, described = export_onnx(small, path, QuantSpec("fp16", low_rank=0.5))
     assert size < 0.9 * full and "U·V" in described["low_rank"]
     assert leftover_dequantization(path) == {}
-    _, encodings = encode_layers(layers, QuantSpec("fp16", low_rank=0.5))
+    layers, encodings = encode_model(folded, QuantSpec("fp16", low_rank=0.5))
     assert any(isinstance(e, LowRankWeight) for e in encodings.values())
     images = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
-    np.testing.assert_allclose(OnnxClassifier(path)(images), folded_forward(_decoded(layers, encodings), images),
+    np.testing.assert_allclose(OnnxClassifier(path)(images), logits(decoded_model(folded, layers, encodings), images),
                                rtol=1e-3, atol=1e-3)
 
 
@@ -236,17 +235,25 @@ def test_codebook_fine_tuning_moves_the_logits_towards_the_teacher():
     rng = np.random.default_rng(4)
     state = {k: (rng.normal(size=v.shape) * 0.3).astype(np.float32) if k.endswith("weight") and v.ndim > 1 else v
              for k, v in ckpt.state.items()}
-    layers = fold_student(config, state)
-    _, codes = encode_layers(layers, QuantSpec("kmeans4", method="minmax"))
-    quantized = _decoded(layers, codes)
+    teacher = fold_model(build_student(config, state))
+    layers, codes = encode_model(teacher, QuantSpec("kmeans4", method="minmax"))
+    quantized = decoded_model(teacher, layers, codes, np.float32)
     images = rng.random((32, 3, 32, 32), dtype=np.float32)
-    teacher = folded_forward(layers, images)
-    tuned_layers, tuned = finetune_codebooks(quantized, codes, layers, images, epochs=6, progress=False)
+    target = logits(teacher, images)
 
     def error(model):
-        return float(np.square(folded_forward(model, images) - teacher).mean())
+        return float(np.square(logits(model, images) - target).mean())
 
-    assert error(tuned_layers) < 0.8 * error(quantized)
-    for name, code in tuned.items():
-        np.testing.assert_array_equal(code.q, codes[name].q)  # indices fixed, only the values trained
-        assert code.codebook.dtype == np.float16
+    before = error(quantized)
+    tuned = finetune_codebooks(quantized, codes, teacher, images, epochs=6, progress=False)
+    assert error(quantized) < 0.8 * before  # the model now holds the tuned codebooks' weights
+    for layer in model_layers(quantized):
+        np.testing.assert_array_equal(tuned[layer.name].decode(), layer.weight)
+        np.testing.assert_array_equal(tuned[layer.name].q, codes[layer.name].q)  # indices fixed, only the values trained
+        assert tuned[layer.name].codebook.dtype == np.float16
+
+
+def test_spec_labels_name_every_option():
+    assert QuantSpec("uint8").label == "uint8"
+    assert QuantSpec("kmeans16", per_channel=True, entropy=True).label == "kmeans16 per-channel entropy"
+    assert QuantSpec("fp16", low_rank=0.9).label == "fp16 low-rank 0.9"
