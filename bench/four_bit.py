@@ -79,12 +79,12 @@ def measure(checkpoint_path: Path, photos: Path, calib_count: int) -> dict:
     from edge.fold import fold_model, model_layers
     from edge.models import build_student
     from edge.export.calibrate import decoded_model
-    from edge.export.exporter import export_onnx, load_images
+    from edge.export.exporter import export_onnx, preprocessed_images
     from edge.export.quantize import QuantSpec, encode_model
     from edge.export.sensitivity import logits
 
     checkpoint = load_checkpoint(checkpoint_path)
-    images, source = load_images(checkpoint, photos, 100_000)
+    images, source = preprocessed_images(checkpoint, photos, 100_000)
     calibration, held_out = images[:calib_count], images[calib_count:]
     folded = fold_model(build_student(checkpoint.card.config, checkpoint.state))
     layers = model_layers(folded)

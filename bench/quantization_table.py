@@ -51,11 +51,11 @@ def measure(checkpoint_path: str, photos: str, labels_csv: str | None, calib_cou
     from edge.data import list_samples, read_labels
     from edge.runtime import OnnxClassifier
     from edge.torch_backend import TorchClassifier
-    from edge.export.exporter import export_onnx, load_images
+    from edge.export.exporter import export_onnx, preprocessed_images
     from edge.export.quantize import QuantSpec
 
     checkpoint = load_checkpoint(checkpoint_path)
-    images, source = load_images(checkpoint, photos, 100_000)
+    images, source = preprocessed_images(checkpoint, photos, 100_000)
     ids = [s.id for s in list_samples(photos)]
     truth = read_labels(labels_csv, checkpoint.card.config.num_classes) if labels_csv else {}
     known = np.array([i in truth for i in ids])

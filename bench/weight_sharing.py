@@ -85,7 +85,7 @@ def _latencies(paths: dict[str, Path], image: np.ndarray) -> dict[str, float]:
 
 def measure(checkpoint: Path, photos: Path, labels: Path | None, calib_count: int, variants) -> dict:
     from edge.data import read_labels
-    from edge.export.exporter import load_images
+    from edge.export.exporter import preprocessed_images
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -106,7 +106,7 @@ def measure(checkpoint: Path, photos: Path, labels: Path | None, calib_count: in
         reference = rows[0]["answers"]
         from edge.checkpoints import load_checkpoint
 
-        image, _ = load_images(load_checkpoint(checkpoint), tmp / "held_out", 1)
+        image, _ = preprocessed_images(load_checkpoint(checkpoint), tmp / "held_out", 1)
         latency = _latencies(paths, image)
     known = [i for i in ids if i in truth]
     for row in rows:

@@ -77,14 +77,14 @@ def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *
         edge.errors.EdgeError: an unreadable model file or image folder, or an output that cannot be written.
     """
     from edge.checkpoints import load_model as load
-    from edge.export.exporter import export_onnx, load_images
+    from edge.export.exporter import export_onnx, preprocessed_images
     from edge.export.quantize import QuantSpec
     from edge.files import check_output
 
     spec = QuantSpec(quant, **format_options)
     check_output(output, inputs=(model_path, calibration_dir), writes_model=True, what="ONNX file")
     model = load(model_path)
-    calibration = load_images(model, calibration_dir, calibration_images) \
+    calibration = preprocessed_images(model, calibration_dir, calibration_images) \
         if calibration_dir and spec.calibrated else (None, "")
     size, weights = export_onnx(model, output, spec, *calibration)
     return ExportResult(Path(output), size, weights)

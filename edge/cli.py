@@ -108,7 +108,7 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
     from edge.checkpoints import load_model
     from edge.files import check_output
     from edge.models import init_checkpoint
-    from edge.export.exporter import (export_onnx, leftover_dequantization, load_images, parity_check, runtime_ops,
+    from edge.export.exporter import (export_onnx, leftover_dequantization, preprocessed_images, parity_check, runtime_ops,
                                       sample_inputs)
     from edge.export.quantize import QuantSpec
 
@@ -122,14 +122,14 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
         ckpt = load_model(checkpoint, pools=_int_list(pools)) if checkpoint else init_checkpoint()
         click.echo(f"model: {checkpoint or 'default StudentNet, ' + ckpt.source} "
                    f"({ckpt.describe()}, {ckpt.parameters:,} parameters)")
-        calibration = load_images(ckpt, calib, calib_images) if calib and spec.calibrated else (None, "")
+        calibration = preprocessed_images(ckpt, calib, calib_images) if calib and spec.calibrated else (None, "")
         same = images and calib and images.resolve() == calib.resolve()
         if max_drop is not None:
             return _export_within_drop(ckpt, output, max_drop, calibration, images, labels,
                                        calib_images if same else 0)
         size, described = export_onnx(ckpt, output, spec, *calibration)
         leftover = leftover_dequantization(output)
-        parity_input = load_images(ckpt, images, 64, offset=calib_images) if same else sample_inputs(ckpt, images)
+        parity_input = preprocessed_images(ckpt, images, 64, offset=calib_images) if same else sample_inputs(ckpt, images)
         parity = parity_check(ckpt, output, *parity_input)
         click.echo(f"wrote {output}: {size:,} bytes; " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in described.items()))
         click.echo(f"parity vs torch fp32 on {parity.source}: max |logit diff| {parity.max_abs_diff:.4g}, "
@@ -158,13 +158,13 @@ def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, off
     import numpy as np
 
     from edge.data import list_samples, read_labels
-    from edge.export.exporter import load_images
+    from edge.export.exporter import preprocessed_images
     from edge.export.select import select_format
 
     if not images:
         raise click.UsageError("--max-drop needs --images DIR (validation images to measure the drop on)")
     samples = list_samples(images, ckpt.card.classes, strict_classes=True)[offset:]
-    pictures, _ = load_images(ckpt, images, len(samples), offset)
+    pictures, _ = preprocessed_images(ckpt, images, len(samples), offset)
     truth = read_labels(labels) if labels else {s.id: s.label for s in samples if s.label is not None}
     known = truth and all(s.id in truth for s in samples)
     label_array = np.array([truth[s.id] for s in samples]) if known else None
@@ -199,14 +199,14 @@ def sensitivity(checkpoint, images, limit, bits, per_channel, kmeans, pools, jso
 
     from edge.checkpoints import load_model
     from edge.files import atomic_write, check_output
-    from edge.export.exporter import load_images
+    from edge.export.exporter import preprocessed_images
     from edge.export.sensitivity import layer_sensitivity
 
     with _user_errors():
         if json_out:
             check_output(json_out, inputs=(checkpoint, images), what="JSON")
         ckpt = load_model(checkpoint, pools=_int_list(pools))
-        pictures, source = load_images(ckpt, images, limit)
+        pictures, source = preprocessed_images(ckpt, images, limit)
         rows = layer_sensitivity(ckpt.build(), pictures, bits, per_channel, kmeans)
         click.echo(f"{f'kmeans{kmeans}' if kmeans else f'uint{bits}'}{' per-channel' if per_channel else ''}, "
                    f"one layer at a time, on {source}")

@@ -151,7 +151,7 @@ def _runtime_graph(path: str | os.PathLike) -> onnx.GraphProto:
         return onnx.load(optimized).graph
 
 
-def load_images(model_file, image_dir, limit: int, offset: int = 0) -> tuple[np.ndarray, str]:
+def preprocessed_images(model_file, image_dir, limit: int, offset: int = 0) -> tuple[np.ndarray, str]:
     """Up to ``limit`` images of ``image_dir`` in id order from ``offset``, preprocessed as the model's card says."""
     from edge.data import list_samples
     from edge.preprocess import load_image
@@ -166,7 +166,7 @@ def load_images(model_file, image_dir, limit: int, offset: int = 0) -> tuple[np.
 def sample_inputs(model_file, image_dir, limit: int = 64, seed: int = 0):
     """Preprocessed real images from ``image_dir`` (up to ``limit``), else seeded uniform noise."""
     if image_dir:
-        return load_images(model_file, image_dir, limit)
+        return preprocessed_images(model_file, image_dir, limit)
     config = model_file.card.config
     rng = np.random.default_rng(seed)
     shape = (8, config.in_channels, config.input_size, config.input_size)

@@ -23,7 +23,7 @@ from edge.quant import minmax_encode, pack_codes, unpack_codes
 from edge.runtime import OnnxClassifier
 from edge.export.calibrate import Passes, calibrate, decoded_model, grouped, input_rows, synthetic_images
 from edge.export.equalize import equalization_pairs, equalize
-from edge.export.exporter import export_onnx, leftover_dequantization, load_images
+from edge.export.exporter import export_onnx, leftover_dequantization, preprocessed_images
 from edge.export.quantize import QuantSpec, encode_model
 from edge.export.select import select_format
 from edge.export.sensitivity import layer_sensitivity, logits
@@ -263,18 +263,18 @@ def ta(ta_student):
 
 def test_uint4_file_is_packed_and_folded_at_load(ta, food11_test, tmp_path):
     path = tmp_path / "ta_uint4.onnx"
-    calibration = load_images(ta, food11_test, 32)
+    calibration = preprocessed_images(ta, food11_test, 32)
     size, _ = export_onnx(ta, path, QuantSpec("uint4", per_channel=True), *calibration)
     uint8_size, _ = export_onnx(ta, tmp_path / "ta_uint8.onnx", QuantSpec("uint8"), *calibration)
     assert size < 0.65 * uint8_size
     assert leftover_dequantization(path) == {}
-    images, _ = load_images(ta, food11_test, 64, offset=32)
+    images, _ = preprocessed_images(ta, food11_test, 64, offset=32)
     agreement = np.mean(OnnxClassifier(path)(images).argmax(1) == OnnxClassifier(tmp_path / "ta_uint8.onnx")(images).argmax(1))
     assert agreement >= 0.85
 
 
 def test_max_drop_returns_the_smallest_format_within_the_drop(ta, food11_test, tmp_path):
-    validation, _ = load_images(ta, food11_test, 96)
+    validation, _ = preprocessed_images(ta, food11_test, 96)
     chosen, trials = select_format(ta, tmp_path / "chosen.onnx", validation, None, max_drop=0.5,
                                    candidates=(QuantSpec("uint2", per_channel=True, method="minmax"),
                                                QuantSpec("fp16"), QuantSpec("fp32")))
@@ -284,7 +284,7 @@ def test_max_drop_returns_the_smallest_format_within_the_drop(ta, food11_test, t
 
 
 def test_sensitivity_ranks_layers(ta, food11_test):
-    images, _ = load_images(ta, food11_test, 16)
+    images, _ = preprocessed_images(ta, food11_test, 16)
     model = build_student(ta.card.config, ta.state)
     rows = layer_sensitivity(model, images, bits=2, progress=False)
     assert len(rows) == 16 and rows[0].agreement <= rows[-1].agreement
@@ -297,19 +297,19 @@ def test_int8_qdq_runs_int8_kernels(ta, food11_test, tmp_path):
     from edge.export.exporter import runtime_ops
 
     path = tmp_path / "ta_int8.onnx"
-    calibration = load_images(ta, food11_test, 16)
+    calibration = preprocessed_images(ta, food11_test, 16)
     export_onnx(ta, path, QuantSpec("int8", per_channel=True), *calibration)
     ops = runtime_ops(path)
     assert any(op.startswith("QLinear") for op in ops), ops
     model = OnnxClassifier(path)
     assert model.quant["weights"] == "int8" and model.card == ta.card
-    images, _ = load_images(ta, food11_test, 32, offset=16)
+    images, _ = preprocessed_images(ta, food11_test, 32, offset=16)
     assert model(images).shape == (32, 11)
 
 
 def test_equalization_keeps_the_function_and_shrinks_per_tensor_error(ta, food11_test):
-    images, _ = load_images(ta, food11_test, 16)
-    held_out, _ = load_images(ta, food11_test, 32, offset=16)
+    images, _ = preprocessed_images(ta, food11_test, 16)
+    held_out, _ = preprocessed_images(ta, food11_test, 32, offset=16)
     folded = fold_model(build_student(ta.card.config, ta.state))
     equalized = copy.deepcopy(folded)
     assert len(equalize(equalized, images)) == 7  # every pointwise conv -> next depthwise conv, the last -> classifier
@@ -327,8 +327,8 @@ def test_equalization_keeps_the_function_and_shrinks_per_tensor_error(ta, food11
 
 
 def test_mixed_precision_gives_named_layers_their_own_width(ta, food11_test):
-    calibration, _ = load_images(ta, food11_test, 16)
-    held_out, _ = load_images(ta, food11_test, 32, offset=16)
+    calibration, _ = preprocessed_images(ta, food11_test, 16)
+    held_out, _ = preprocessed_images(ta, food11_test, 32, offset=16)
     folded = fold_model(build_student(ta.card.config, ta.state))
     spec = QuantSpec("uint4", per_channel=True)
     plain_layers, plain = encode_model(folded, spec, calibration, progress=False)
