@@ -53,14 +53,14 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
     """
     import torch
 
-    card, network, quant = model_file.card, model_file.build(), spec.describe()
-    folded = fold_model(network)
+    card, quant = model_file.card, spec.describe()
+    folded = fold_model(model_file.build())
     if spec.calibrated and calibration is None:
         calibration = synthetic_images(CALIBRATION_IMAGES, card.config.in_channels, card.config.input_size)
         calibration_source = f"{CALIBRATION_IMAGES} synthetic 1/f images (data-free)"
     if spec.calibrated:
         quant["calibration"] = calibration_source
-    net = _net_entry(model_file, network, folded)
+    net = _net_entry(model_file)
     if spec.weights == "int8":
         from edge.export.int8 import quantize_qdq
 
@@ -99,27 +99,12 @@ def _float_graph(folded, card) -> onnx.ModelProto:
     return compact(onnx.load_from_string(buffer.getvalue()))
 
 
-def _net_entry(model_file, network, folded) -> dict | None:
+def _net_entry(model_file) -> dict | None:
     """``edge.net`` of an architecture other than StudentNet: its NetSpec, parameters and flops."""
     spec = getattr(model_file, "spec", None)
     if spec is None or spec.arch == "dw":
         return None
-    parameters = sum(p.numel() for p in network.parameters())
-    return {**spec.to_dict(), "parameters": parameters, "flops": _flops(folded, model_file.card.config)}
-
-
-def _flops(folded, config) -> int:
-    """2 x multiply-accumulates of the convs and linear layers on one image (counted while running it)."""
-    import torch
-
-    counted = []
-    hooks = [m.register_forward_hook(lambda m, _, out: counted.append(2 * out.numel() * m.weight[0].numel()))
-             for m in folded.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    with torch.no_grad():
-        folded(torch.zeros(1, config.in_channels, config.input_size, config.input_size))
-    for hook in hooks:
-        hook.remove()
-    return sum(counted)
+    return {**spec.to_dict(), "parameters": model_file.parameters, "flops": model_file.flops}
 
 
 def runtime_ops(path: str | os.PathLike) -> Counter:
