@@ -23,13 +23,11 @@ import onnx
 
 from edge.data import DatasetError
 from edge.fold import fold_model
-from edge.export.calibrate import synthetic_images
+from edge.export.calibrate import CALIBRATION_IMAGES, synthetic_images
 from edge.export.onnx_graph import (INPUT_NAME, OPSET, OUTPUT_NAME, GraphError, apply_weight_formats, compact,
                                     write_checked)
 from edge.metadata import write_metadata
 from edge.export.quantize import QuantSpec, encode_model
-
-CALIBRATION_IMAGES = 64
 
 
 @dataclass(frozen=True)
