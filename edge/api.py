@@ -36,12 +36,15 @@ class Prediction(NamedTuple):
     name: str  # class name from the model's card
 
 
-def load_model(path: PathLike, pools: tuple[int, ...] | None = None):
+def load_model(path: PathLike, pools: tuple[int, ...] | None = None, input_size: int | None = None):
     """Read any model file edge knows (the model-file protocol, `edge.checkpoints.load_model`).
 
     Args:
-        path: a homework StudentNet ``.bin``/``.pt`` or pickle, an edge checkpoint, or an `edge train` file.
+        path: a homework StudentNet ``.bin``/``.pt`` or pickle, an edge checkpoint, an `edge train` file, or a
+            plain state dict of a torchvision classifier (recognised from its tensors).
         pools: stages followed by a max-pool, for homework files whose config is not inside (default 0,1,2,3).
+        input_size: the centre crop of a file that does not record one (homework files, plain state dicts;
+            default 256).
 
     Returns:
         The model file: ``.card`` (`edge.config.ModelCard`: config, preprocessing, classes) and ``.build()``
@@ -52,7 +55,7 @@ def load_model(path: PathLike, pools: tuple[int, ...] | None = None):
     """
     from edge.checkpoints import load_model as load
 
-    return load(path, pools=pools)
+    return load(path, pools=pools, input_size=input_size)
 
 
 def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *,

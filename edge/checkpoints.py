@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+STAGE_KEY = re.compile(r"cnn\.(\d+)\.0\.weight$")  # a StudentNet stage's first conv
+
+
 class CheckpointError(EdgeError, ValueError):
     """A weights file that cannot be read as a StudentNet, with the reason."""
 
@@ -131,8 +134,10 @@ def load_model(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
                input_size: int | None = None) -> ModelFile:
     """Read any model file edge knows: a StudentNet (ours, the homework's .bin state dicts and 8-/16-bit
     pickles, a dw model file) as a `Checkpoint`, an `edge train` file of another architecture as an
-    `edge.nets.NetFile`. ``pools``/``input_size`` override what is inferred for a StudentNet.
-    Never runs code from the file; anything else is a `CheckpointError` with one line saying why."""
+    `edge.nets.NetFile`, and so is a plain state dict of a torchvision classifier (recognised from
+    its tensors, `edge.teacher.recognise_classifier`; ``input_size`` sets its crop). ``pools``/
+    ``input_size`` override what is inferred for a StudentNet. Never runs code from the file;
+    anything else is a `CheckpointError` with one line saying why."""
     path, obj, source = _read_weights_object(path)
     if _net_arch(obj) not in (None, "dw"):
         from edge.nets import net_from_dict
@@ -141,7 +146,17 @@ def load_model(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
             raise CheckpointError(f"{path}: --pools / input size describe StudentNets; this {_net_arch(obj)} file "
                                   f"records its own shape")
         return net_from_dict(path, obj)
+    if source == "state-dict" and isinstance(obj, dict) and not _has_student_stages(obj) and pools is None:
+        from edge.nets import net_from_state_dict
+
+        net = net_from_state_dict(path, obj, input_size)
+        if net is not None:
+            return net
     return _student_from(path, obj, source, pools, input_size)
+
+
+def _has_student_stages(obj: dict) -> bool:
+    return any(isinstance(k, str) and STAGE_KEY.match(k) for k in obj)
 
 
 def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
@@ -321,9 +336,10 @@ def _shape(state: dict, key: str, origin: str) -> tuple[int, ...]:
 
 def infer_config(state: dict[str, np.ndarray], pools=None, input_size=None, origin="state dict") -> StudentConfig:
     """Read widths, depth, classes and input channels from tensor shapes, and check every tensor."""
-    stages = sorted({int(m.group(1)) for k in state if (m := re.match(r"cnn\.(\d+)\.0\.weight$", k))})
+    stages = sorted({int(m.group(1)) for k in state if (m := STAGE_KEY.match(k))})
     if not stages or stages != list(range(len(stages))):
-        raise CheckpointError(f"{origin}: no consecutive cnn.<i>.0.weight stages found: not a StudentNet")
+        raise CheckpointError(f"{origin}: no consecutive cnn.<i>.0.weight stages found: not a StudentNet "
+                              f"(nor a torchvision classifier edge recognises from its tensors)")
     first = _shape(state, "cnn.0.0.weight", origin)
     if len(first) != 4 or first[2:] != (3, 3):
         raise CheckpointError(f"{origin}: cnn.0.0.weight has shape {first}, expected (C, in, 3, 3)")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edge.checkpoints import CHECKPOINT_KEY, NET_KEY, CheckpointError, check_finite, load_checkpoint, read_torch
-from edge.config import ConfigError, ModelCard, Preprocess, StudentConfig
+from edge.config import ConfigError, ModelCard, Preprocess, StudentConfig, default_classes
 from edge.files import atomic_write
 from edge.formats import sniff, sniff_file
 
@@ -101,6 +101,7 @@ class NetFile:
     classes: tuple[str, ...]
     state: dict[str, torch.Tensor]
     extra: dict = field(default_factory=dict)
+    origin: str = "edge"  # edge (a model file we wrote) | state-dict (a plain torchvision state dict)
 
     def build(self) -> nn.Module:
         """The module with these weights, in eval mode."""
@@ -114,7 +115,7 @@ class NetFile:
 
     @property
     def source(self) -> str:
-        return f"edge {self.spec.arch}"
+        return f"{self.origin} {self.spec.arch}"
 
     @property
     def parameters(self) -> int:
@@ -171,6 +172,29 @@ def net_from_dict(path: Path, obj: dict) -> NetFile:
         raise CheckpointError(f"{path}: damaged edge model file ({err})") from None
     check_finite(net.state, path)
     _check_fits(path, net)
+    return net
+
+
+def net_from_state_dict(path: Path, state: dict, input_size: int | None = None) -> NetFile | None:
+    """A plain ``torch.save(model.state_dict())`` of a torchvision classifier (`edge.teacher.
+    recognise_classifier` names it from its tensors) as a `NetFile`, with the homework's
+    preprocessing (a ``input_size`` centre crop, default 256, no normalisation: the file does not
+    say how it was trained); None when the tensors are no recognised classifier's."""
+    from edge.teacher import recognise_classifier
+
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return None
+    found = recognise_classifier(state)
+    if found is None:
+        return None
+    arch, classes, channels = found
+    crop = input_size or Preprocess().crop
+    config = StudentConfig(input_size=crop, num_classes=classes, in_channels=channels)
+    preprocess = Preprocess(crop=crop, color="L" if channels == 1 else "RGB", mean=(0.0,) * channels,
+                            std=(1.0,) * channels)
+    net = NetFile(NetSpec(arch, config), preprocess, default_classes(classes), dict(state),
+                  origin="state-dict")
+    check_finite(net.state, path)
     return net
 
 

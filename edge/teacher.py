@@ -1,7 +1,8 @@
 """Teachers: any torchvision classifier by name (resnet18 by default), with its weights.
 
-Weights come from our model file (a teacher `edge train` wrote), a plain state dict of that
-classifier (the homework's ``teacher_resnet18.bin``: ``torch.save(resnet18(num_classes=11)
+`recognise_classifier` names the architecture of a plain state dict from its tensors alone, so
+`edge.checkpoints.load_model` reads such a file as it is. Weights come from our model file (a
+teacher `edge train` wrote), a plain state dict of that classifier (the homework's ``teacher_resnet18.bin``: ``torch.save(resnet18(num_classes=11)
 .state_dict())``), or torchvision's ImageNet weights. Nothing is downloaded: ``imagenet`` means
 the file torchvision would have cached (``~/.cache/torch/hub/checkpoints``), or pass its path.
 ImageNet weights lose their 1000-class head (re-initialised for our classes); for one-channel
@@ -37,6 +38,43 @@ def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3) ->
 
 def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
     return next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+
+# Architectures a plain state dict is recognised as (`recognise_classifier`): the common small
+# classifiers users bring; each is built on the meta device (shapes only) to compare.
+RECOGNISED_ARCHS = ("resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2",
+                    "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1",
+                    "efficientnet_b2", "efficientnet_b3", "mnasnet0_5", "mnasnet1_0", "shufflenet_v2_x0_5",
+                    "shufflenet_v2_x1_0", "squeezenet1_0", "squeezenet1_1", "densenet121", "googlenet", "vgg11_bn",
+                    "vgg16", "alexnet", "convnext_tiny")
+_PROBE_CLASSES = 7919  # a class count no real layer width equals: marks the head's tensors
+
+
+def _shapes(name: str, num_classes: int, in_channels: int = 3) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = torchvision_classifier(name, num_classes, in_channels)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def recognise_classifier(state: dict) -> tuple[str, int, int] | None:
+    """(torchvision name, classes, input channels) of the `RECOGNISED_ARCHS` classifier whose tensors
+    are exactly ``state``'s, names and shapes; None when none is."""
+    import warnings
+
+    keys = set(state)
+    for name in RECOGNISED_ARCHS:
+        with warnings.catch_warnings():  # googlenet/inception warn about their default init
+            warnings.simplefilter("ignore")
+            probe = _shapes(name, _PROBE_CLASSES)
+            if set(probe) != keys:
+                continue
+            head = next(k for k, shape in probe.items() if shape and shape[0] == _PROBE_CLASSES)
+            first = next(k for k, shape in probe.items() if len(shape) == 4)
+            classes, channels = int(state[head].shape[0]), int(state[first].shape[1])
+            expected = _shapes(name, classes, channels)
+        if all(tuple(state[k].shape) == shape for k, shape in expected.items()):
+            return name, classes, channels
+    return None
 
 
 def _set_input_channels(model: nn.Module, channels: int) -> None:

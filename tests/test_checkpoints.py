@@ -222,3 +222,29 @@ def test_a_model_file_whose_weights_do_not_fit_its_architecture_is_refused_at_lo
     save_net(tmp_path / "misshapen.pt", NetFile(spec, GREY, tuple("abcdefghij"), state))
     with pytest.raises(CheckpointError, match="misshapen"):
         load_model(tmp_path / "misshapen.pt")
+
+
+@pytest.mark.parametrize("arch, classes, channels", [("resnet18", 5, 3), ("mobilenet_v3_small", 11, 1)])
+def test_a_plain_torchvision_state_dict_is_recognised_from_its_tensors(tmp_path, arch, classes, channels):
+    from edge.checkpoints import load_model
+    from edge.teacher import torchvision_classifier
+
+    torch.manual_seed(0)
+    model = torchvision_classifier(arch, classes, channels).eval()
+    torch.save(model.state_dict(), tmp_path / "plain.bin")
+    loaded = load_model(tmp_path / "plain.bin", input_size=64)
+    assert (loaded.spec.arch, loaded.card.config.num_classes, len(loaded.card.preprocess.color)) == (arch, classes,
+                                                                                                       channels)
+    assert loaded.source == f"state-dict {arch}" and loaded.card.preprocess.crop == 64
+    x = torch.rand(2, channels, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.build()(x), model(x))
+
+
+def test_a_plain_state_dict_of_no_known_classifier_is_refused_in_one_line(tmp_path):
+    from edge.checkpoints import load_model
+
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4, 2)).state_dict(),
+               tmp_path / "other.bin")
+    with pytest.raises(CheckpointError, match="other.bin: .*not a StudentNet.*nor a torchvision classifier"):
+        load_model(tmp_path / "other.bin")
