@@ -23,7 +23,7 @@ from edge.bench import machine
 from edge.bench.rows import Row
 from edge.backends import NAMES, resolve, unavailable
 from edge.bench.worker import CHANNELS_LAST, RowProcess, Target
-from edge.export.formats import BENCH_FORMATS, data_free, parse_choice
+from edge.weight_formats import BENCH_FORMATS, data_free, parse_choice
 from edge.metadata import model_size
 
 DEFAULT_NAME = "default StudentNet (initialised, seed 0)"
@@ -88,7 +88,7 @@ class Subject:
 
 
 def quant_spec(fmt: str):
-    """A --quant entry, ``FORMAT[:METHOD]`` (``uint8``, ``uint8:minmax``; `edge.export.formats.parse_choice`) ->
+    """A --quant entry, ``FORMAT[:METHOD]`` (``uint8``, ``uint8:minmax``; `edge.weight_formats.parse_choice`) ->
     the exporter's `QuantSpec`."""
     from edge.export.quantize import QuantSpec
 
@@ -105,7 +105,7 @@ def parse_quants(text: str) -> tuple[str, ...]:
 
 
 def default_quants(models: list[Path]) -> str:
-    """`edge.export.formats.BENCH_FORMATS`; without MODEL data-free (an initialised model has nothing to calibrate)."""
+    """`edge.weight_formats.BENCH_FORMATS`; without MODEL data-free (an initialised model has nothing to calibrate)."""
     return ",".join(BENCH_FORMATS if models else map(data_free, BENCH_FORMATS))
 
 

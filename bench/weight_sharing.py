@@ -1,4 +1,4 @@
-"""Bytes vs agreement for the weight formats of `edge.export.formats` (uintN, kmeansK, --entropy,
+"""Bytes vs agreement for the weight formats of `edge.weight_formats` (uintN, kmeansK, --entropy,
 --low-rank) on one checkpoint, every number from the shipped commands, side by side in one run.
 
 Each variant is written by ``edge export CHECKPOINT --calib PHOTOS --calib-images N <variant>``

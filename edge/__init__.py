@@ -2,7 +2,7 @@
 self-describing ONNX file.
 
 The Python API (`edge.api`): `load_model` reads any model file edge knows, `export_model` writes an
-ONNX file in a weight format of `edge.export.formats`, `predict_images` answers a folder of images
+ONNX file in a weight format of `edge.weight_formats`, `predict_images` answers a folder of images
 on a backend of `edge.backends`, `benchmark` measures models x backends x formats. ``import edge`` is cheap (no
 torch, no onnxruntime); predicting with an ONNX file never imports torch. The `edge` command line
 (`edge.cli`) does the same with options. Every refusal of a user's input is an `EdgeError`.

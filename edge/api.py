@@ -3,7 +3,7 @@
 Each function does what an `edge` command does (`export_model`: `edge export`, `predict_images`:
 `edge predict`, `benchmark`: `edge bench`), without click: the same checks (outputs before any
 work; bad input raises an `edge.errors.EdgeError` subclass naming it) and the same tables (weight
-formats: `edge.export.formats`; backends: `edge.backends`). Everything heavy is imported inside the
+formats: `edge.weight_formats`; backends: `edge.backends`). Everything heavy is imported inside the
 functions, so ``import edge`` stays cheap and predicting with an ONNX file never imports torch.
 (They cannot be called ``export``/``predict``/``bench``: ``edge.export``, ``edge.predict`` and
 ``edge.bench`` are modules, and importing one rebinds that name on the package.)
@@ -66,7 +66,7 @@ def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *
     Args:
         model_path: any model file `load_model` reads.
         output: the ``.onnx`` file to write (never an input, a folder or another kind of file).
-        quant: a weight format of `edge.export.formats.FORMATS`: ``fp32``, ``fp16``, ``uintN``, ``kmeansK``, ``int8``.
+        quant: a weight format of `edge.weight_formats.FORMATS`: ``fp32``, ``fp16``, ``uintN``, ``kmeansK``, ``int8``.
         calibration_dir: unlabelled images that calibrate ``--method gptq`` and ``int8`` (default: synthetic ones).
         calibration_images: how many of them (the first in id order).
         **format_options: `edge.export.quantize.QuantSpec` fields the format lists (``per_channel``, ``method``,
@@ -132,8 +132,8 @@ def benchmark(models: list[PathLike] = (), *, providers: str = "ort-cpu", quants
         models: model files (exported to each of ``quants`` on the fly) or ``.onnx`` files; none: a freshly
             initialised homework StudentNet.
         providers: comma-separated backends of `edge.backends` (``cpu`` = ``ort-cpu``, ``torch-cpu``, ...).
-        quants: comma-separated ``FORMAT[:METHOD]`` (`edge.export.formats.parse_choice`); default
-            `edge.export.formats.BENCH_FORMATS` (data-free without models).
+        quants: comma-separated ``FORMAT[:METHOD]`` (`edge.weight_formats.parse_choice`); default
+            `edge.weight_formats.BENCH_FORMATS` (data-free without models).
         batches: batch sizes: latency at the smallest, throughput at each.
         data, labels: an image folder (and its Id,label CSV) for accuracy and end-to-end images/s.
         threads: inference threads per backend.

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from edge import __version__, backends
-from edge.export import formats
+from edge import weight_formats as formats
 
 
 def _int_list(value: str | None, option: str = "--pools", distinct: bool = True) -> tuple[int, ...] | None:

@@ -4,7 +4,7 @@ trained model and unlabelled photos.
 The search runs over slimming depth x weight format and keeps the best validation agreement with
 the model (with ``labels``: accuracy first) among the ONNX files that fit ``target_bytes``:
 
-1. quantization only: the model itself in every weight format of `edge.export.formats.CANDIDATES`;
+1. quantization only: the model itself in every weight format of `edge.weight_formats.CANDIDATES`;
 2. the exact merge of the last pointwise conv into the classifier (`edge.reconstruct`), every format;
 3. a slimming path: the keep fractions at which each integer format just fits the target are found
    by exporting pruned shapes (sizes depend on shape and format only); the path descends to them

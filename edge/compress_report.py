@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge.export.formats import parse_format
+from edge.weight_formats import parse_format
 from edge.files import atomic_write
 
 
 def series(point: dict) -> str:
     if point["stage"] == "quantization":
         return "quantization only"
-    coded = parse_format(point["format"].split()[0])[0].sizes is not None  # uintN / kmeansK (edge.export.formats)
+    coded = parse_format(point["format"].split()[0])[0].sizes is not None  # uintN / kmeansK (edge.weight_formats)
     return "slimming + quantization" if coded else "slimming only"
 
 

@@ -135,7 +135,7 @@ class SlimOptions:
     scope: str = "stage"
     teacher: Path | None = None
     teacher_arch: str = "resnet18"
-    quant: str = "uint8"  # each round's export (edge.export.formats)
+    quant: str = "uint8"  # each round's export (edge.weight_formats)
     method: str = "gptq"
     output: Path
     resume: bool = False

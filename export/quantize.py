@@ -22,12 +22,12 @@ import numpy as np
 
 from edge.fold import FoldedLayer
 from edge.quant import FloatWeight, minmax_encode
-from edge.export.formats import CANDIDATES, DEFAULT_METHOD, METHODS, WeightFormat, parse_format
+from edge.weight_formats import CANDIDATES, DEFAULT_METHOD, METHODS, WeightFormat, parse_format
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    weights: str = "fp32"  # a format of `edge.export.formats.FORMATS`: fp32 | fp16 | uintN | kmeansK | int8
+    weights: str = "fp32"  # a format of `edge.weight_formats.FORMATS`: fp32 | fp16 | uintN | kmeansK | int8
     per_channel: bool = False
     method: str = DEFAULT_METHOD
     fp16_below: int = 1024
@@ -101,7 +101,7 @@ class QuantSpec:
 
 
 def candidate_specs() -> tuple[QuantSpec, ...]:
-    """`edge.export.formats.CANDIDATES` as specs, smallest file first."""
+    """`edge.weight_formats.CANDIDATES` as specs, smallest file first."""
     return tuple(QuantSpec(weights, **options) for weights, options in CANDIDATES)
 
 

@@ -20,7 +20,7 @@ from edge.files import atomic_write
 from edge.export.exporter import export_onnx
 from edge.export.quantize import QuantSpec, candidate_specs
 
-CANDIDATES = candidate_specs()  # edge.export.formats.CANDIDATES
+CANDIDATES = candidate_specs()  # edge.weight_formats.CANDIDATES
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,11 @@ def tiny(tmp_path_factory):
     return root
 
 
-def test_import_edge_is_cheap():
-    code = "import sys, edge; heavy = {'torch', 'onnxruntime', 'onnx', 'numpy'} & set(sys.modules); print(heavy)"
+@pytest.mark.parametrize("module", ["edge", "edge.cli"])
+def test_import_edge_is_cheap(module):
+    """Neither the package nor its CLI imports torch, onnx or edge's export/bench packages until a command needs them."""
+    code = (f"import sys, {module}; heavy = {{'torch', 'onnxruntime', 'onnx', 'numpy', 'edge.export', 'edge.bench'}} "
+            f"& set(sys.modules); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "set()"
     assert set(edge.__all__) <= set(dir(edge)) and all(getattr(edge, n).__doc__ for n in edge.__all__ if n[0] != "_")

@@ -1,4 +1,4 @@
-"""The tables everything reads agree with what uses them: weight formats (edge.export.formats), backends
+"""The tables everything reads agree with what uses them: weight formats (edge.weight_formats), backends
 (edge.backends), and the typed options (edge.options) with the CLI's own parameters."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from edge import backends
 from edge.cli import main
-from edge.export import formats
+from edge import weight_formats as formats
 from edge.export.quantize import QuantSpec, candidate_specs
 from edge.options import (CompressOptions, DistillOptions, SearchSettings, SlimOptions, TrainOptions, flat,
                           from_click)

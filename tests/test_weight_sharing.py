@@ -22,7 +22,7 @@ from edge.quant import CodebookCode, pack_codes
 from edge.runtime import ModelError, OnnxClassifier
 from edge.export.calibrate import decoded_model
 from edge.export.exporter import export_onnx, leftover_dequantization
-from edge.export.formats import CANDIDATES, parse_format
+from edge.weight_formats import CANDIDATES, parse_format
 from edge.export.kmeans import calibrated_codebook, codebook_quantizer, plain_codebook, refit_codebook, weighted_kmeans_1d
 from edge.export.quantize import QuantSpec, candidate_specs, encode_model
 from edge.export.sensitivity import logits

@@ -1,4 +1,5 @@
-"""The weight formats edge writes, in one table: ``--quant`` validation (`edge.export.quantize.QuantSpec`),
+"""The weight formats edge writes, in one table (pure data: the CLI reads it without importing
+`edge.export`): ``--quant`` validation (`edge.export.quantize.QuantSpec`),
 the CLI's ``--quant``/``--method`` choices and help, `edge bench`'s formats, the ``--max-drop``
 candidates (`edge.export.select`) and `edge compress` read it from here.
 
