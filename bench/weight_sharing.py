@@ -2,13 +2,13 @@
 --low-rank) on one checkpoint, every number from the shipped commands, side by side in one run.
 
 Each variant is written by ``edge export CHECKPOINT --calib PHOTOS --calib-images N <variant>``
-(calibration on the first N photos in id order) and run by ``edge predict`` on the other photos
-(a folder of links to them). Recorded: the file's bytes on disk, top-1 agreement with the fp32
+(calibration on the first N photos in id order; ``--split last``: on the last N, through a folder of
+links to them) and run by ``edge predict`` on the other photos (a folder of links to them). Recorded: the file's bytes on disk, top-1 agreement with the fp32
 file's answers, accuracy against the reference labels, and ONNX Runtime latency (batch 1, one
 thread) measured in interleaved rounds with the fp32 file, so a busy machine slows all alike.
 
 Usage: python -m edge.bench.weight_sharing [CHECKPOINT] [PHOTOS] [--labels CSV] [--calib-count N]
-       [--variant "--quant kmeans16 --entropy" ...] [--json OUT] [--markdown OUT]
+       [--split first|last] [--variant "--quant kmeans16 --entropy" ...] [--json OUT] [--markdown OUT]
 """
 
 from __future__ import annotations
@@ -56,15 +56,26 @@ def _answers(csv_path: Path) -> dict[str, int]:
         return {row["Id"]: int(row["label"]) for row in csv.DictReader(f)}
 
 
-def _held_out_folder(photos: Path, calib_count: int, folder: Path) -> list[str]:
-    """Links to the photos after the first ``calib_count`` (id order, as --calib takes them)."""
+def _split_folders(photos: Path, calib_count: int, split: str, tmp: Path) -> tuple[Path, list[str]]:
+    """(the folder to calibrate on, the held-out ids, linked in ``tmp / "held_out"``): calibration on
+    the first ``calib_count`` photos in id order (as --calib takes them) or, ``split == "last"``, on
+    the last ``calib_count`` (linked in ``tmp / "calib"``); held out: the others."""
     from edge.data import list_samples
 
-    samples = list_samples(photos)[calib_count:]
+    samples = list_samples(photos)
+    if split == "first":
+        calib, held_out = photos, samples[calib_count:]
+    else:
+        calib, held_out = _link_folder(samples[-calib_count:], tmp / "calib"), samples[:-calib_count]
+    _link_folder(held_out, tmp / "held_out")
+    return calib, [s.id for s in held_out]
+
+
+def _link_folder(samples, folder: Path) -> Path:
     folder.mkdir()
     for sample in samples:
         (folder / Path(sample.path).name).symlink_to(Path(sample.path).resolve())
-    return [s.id for s in samples]
+    return folder
 
 
 def _latencies(paths: dict[str, Path], image: np.ndarray) -> dict[str, float]:
@@ -83,19 +94,20 @@ def _latencies(paths: dict[str, Path], image: np.ndarray) -> dict[str, float]:
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def measure(checkpoint: Path, photos: Path, labels: Path | None, calib_count: int, variants) -> dict:
+def measure(checkpoint: Path, photos: Path, labels: Path | None, calib_count: int, variants,
+            split: str = "first") -> dict:
     from edge.data import read_labels
     from edge.export.exporter import preprocessed_images
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ids = _held_out_folder(photos, calib_count, tmp / "held_out")
+        calib, ids = _split_folders(photos, calib_count, split, tmp)
         truth = read_labels(labels) if labels else {}
         rows, paths = [], {}
         for index, variant in enumerate(variants):
             path = paths[variant] = tmp / f"v{index}.onnx"
             start = time.time()
-            _edge("export", str(checkpoint), "-o", str(path), "--calib", str(photos), "--calib-images",
+            _edge("export", str(checkpoint), "-o", str(path), "--calib", str(calib), "--calib-images",
                   str(calib_count), *shlex.split(variant))
             export_s = time.time() - start
             _edge("predict", str(path), str(tmp / "held_out"), "-o", str(tmp / f"v{index}.csv"), "--quiet")
@@ -118,7 +130,7 @@ def measure(checkpoint: Path, photos: Path, labels: Path | None, calib_count: in
         row["latency_ms"] = round(latency[row["variant"]], 3)
     from edge.bench.machine import describe
 
-    return {"checkpoint": str(checkpoint), "photos": str(photos), "calib_count": calib_count,
+    return {"checkpoint": str(checkpoint), "photos": str(photos), "calib_count": calib_count, "split": split,
             "held_out": len(ids), "labelled": len(known), "machine": describe(), "rows": rows}
 
 
@@ -127,7 +139,8 @@ def markdown(result: dict, command: str) -> str:
     lines = [f"Command: `{command}`", "",
              f"CPU: {cpu.get('model', '?')} ({cpu.get('cores', '?')} cores, shared with other jobs: latencies "
              "are comparable within this run only).", "",
-             f"{result['photos']}: each variant calibrated on the first {result['calib_count']} photos "
+             f"{result['photos']}: each variant calibrated on the {result.get('split', 'first')} "
+             f"{result['calib_count']} photos in id order "
              f"(`edge export --calib`), answers from `edge predict` on the other {result['held_out']}; agreement "
              f"is with the fp32 file's answers, accuracy against the reference labels ({result['labelled']} "
              f"photos). Target: <= {TARGET_BYTES:,} B and >= {TARGET_AGREEMENT:.0%} agreement.", "",
@@ -148,13 +161,15 @@ def main(argv=None) -> None:
     parser.add_argument("photos", nargs="?", type=Path, default=SHARED / "food11" / "testing")
     parser.add_argument("--labels", type=Path, default=SHARED / "food11" / "reference_labels.csv")
     parser.add_argument("--calib-count", type=int, default=250)
+    parser.add_argument("--split", choices=("first", "last"), default="first",
+                        help="calibrate on the first (default) or the last --calib-count photos; the others are held out")
     parser.add_argument("--variant", action="append", help="`edge export` options of one variant (repeatable; "
                                                              "the first is the reference, fp32 by default)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
     variants = args.variant or VARIANTS
-    result = measure(args.checkpoint, args.photos, args.labels, args.calib_count, variants)
+    result = measure(args.checkpoint, args.photos, args.labels, args.calib_count, variants, args.split)
     result["command"] = "python -m edge.bench.weight_sharing " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if args.json:

@@ -70,7 +70,7 @@ def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *
         calibration_dir: unlabelled images that calibrate ``--method gptq`` and ``int8`` (default: synthetic ones).
         calibration_images: how many of them (the first in id order).
         **format_options: `edge.export.quantize.QuantSpec` fields the format lists (``per_channel``, ``method``,
-            ``entropy``, ``train_epochs``, ``low_rank``).
+            ``entropy``, ``train_epochs``, ``fp16_below``, ``low_rank``).
 
     Returns:
         `ExportResult`: the path, its size in bytes and the weight format's description.

@@ -79,7 +79,10 @@ def main():
               help="Entropy-code the integer codes (smaller file; only edge opens it: `edge convert --to onnx` "
                    "writes the plain ONNX file).")
 @click.option("--train-epochs", default=0, show_default=True, type=click.IntRange(0),
-              help="kmeansK: KD fine-tuning epochs of the codebooks and biases on the --calib images.")
+              help="uintN/kmeansK: trained quantization, epochs of KD on augmented --calib images (codebooks "
+                   "and scales, or the codes on the fixed grid; biases and fp16 layers too).")
+@click.option("--fp16-below", default=1024, show_default=True, type=click.IntRange(0), metavar="N",
+              help="uintN/kmeansK --method gptq: layers with fewer than N weights stay fp16 (the sensitive small ones).")
 @click.option("--low-rank", type=click.FloatRange(0, 1, min_open=True), metavar="ENERGY",
               help="fp32/fp16: store pointwise convs and the classifier as SVD factors U·V keeping ENERGY (e.g. "
                    "0.99) of the squared singular values, where that saves bytes (folded back at load).")
@@ -95,7 +98,7 @@ def main():
               help="Pick the smallest weight format whose top-1 agreement with fp32 (and accuracy, with "
                    "--labels) on --images stays within POINTS; prints what it tried. Overrides --quant.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --images.")
-def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs, low_rank, calib, calib_images, pools,
+def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs, fp16_below, low_rank, calib, calib_images, pools,
            images, max_drop, labels):
     """Export CHECKPOINT to ONNX: a StudentNet (ours, a homework .bin, 8-bit or 16-bit pickle) or any
     model file of `edge train` (the cnn / group baselines, torchvision classifiers).
@@ -115,7 +118,7 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
     with _user_errors():
         check_output(output, inputs=(checkpoint, calib, images, labels), writes_model=True, what="ONNX file")
         try:
-            spec = QuantSpec(quant, per_channel, method, entropy=entropy, train_epochs=train_epochs, low_rank=low_rank)
+            spec = QuantSpec(quant, per_channel, method, fp16_below, entropy, train_epochs, low_rank)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--quant") from None
         _check_export_options(spec, calib, images, labels, max_drop)

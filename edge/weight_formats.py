@@ -36,7 +36,7 @@ METHODS = {  # the calibrations of integer formats, the default first
 }
 DEFAULT_METHOD = next(iter(METHODS))
 DATA_FREE = "minmax"
-CODED_OPTIONS = ("per_channel", "method", "entropy")
+CODED_OPTIONS = ("per_channel", "method", "entropy", "train_epochs")
 
 FORMATS = (
     WeightFormat("fp32", "fp32", "float32 weights", options=("low_rank",)),
@@ -46,7 +46,7 @@ FORMATS = (
                  tuple(METHODS)),
     WeightFormat("kmeans", "kmeansK", "weight sharing: ceil(log2 K)-bit indices (K = 2..256, densely packed) into an "
                  "fp16 codebook per tensor (per channel: times an fp16 scale per output channel), decoded at load",
-                 range(2, 257), CODED_OPTIONS + ("train_epochs",), tuple(METHODS)),
+                 range(2, 257), CODED_OPTIONS, tuple(METHODS)),
     WeightFormat("int8", "int8", "ONNX Runtime's calibrated QDQ (int8 weights and activations, int8 kernels)",
                  options=("per_channel",)),
 )

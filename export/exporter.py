@@ -1,6 +1,7 @@
 """Export any torch classifier edge loads to ONNX and prove the file: one path for every model.
 
-`export_onnx`: BatchNorm folded (`edge.fold.fold_model`), weights encoded (`edge.export.quantize`), the
+`export_onnx`: a StudentNet's classifier merged into its last pointwise conv (`merged_classifier`:
+exact, fewer weights), BatchNorm folded (`edge.fold.fold_model`), weights encoded (`edge.export.quantize`), the
 folded module written by the standard exporter (``torch.onnx.export``), then the weight formats
 applied to its initializers (`edge.export.onnx_graph`) or, for int8, ONNX Runtime's QDQ quantization
 (`edge.export.int8`); the model card (and, for architectures other than StudentNet, their `NetSpec`,
@@ -52,7 +53,8 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
     import torch
 
     card, quant = model_file.card, spec.describe()
-    folded = fold_model(model_file.build())
+    folded, merge = prepare(model_file.build())
+    quant.update(merge)
     if spec.calibrated and calibration is None:
         calibration = synthetic_images(CALIBRATION_IMAGES, card.config.in_channels, card.config.input_size)
         calibration_source = f"{CALIBRATION_IMAGES} synthetic 1/f images (data-free)"
@@ -76,6 +78,30 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
         compact(model)
     write_metadata(model, card, quant, net)
     return write_checked(model, path, spec.entropy), quant
+
+
+def prepare(model) -> tuple:
+    """-> (the folded graph `export_onnx` encodes for torch ``model``, the metadata entry of its
+    classifier merge): `merged_classifier`, then every BatchNorm folded (`edge.fold.fold_model`)."""
+    merged, entry = merged_classifier(model)
+    return fold_model(merged), entry
+
+
+def merged_classifier(model) -> tuple:
+    """-> (``model`` as the file computes it, its metadata entry): a StudentNet whose last pointwise
+    conv, global pool and classifier merge into one smaller conv (`edge.reconstruct.mergeable`) is
+    rebuilt merged (`edge.reconstruct.merge_classifier`, exact up to float rounding); any other
+    model is returned as it is, with no entry."""
+    from edge.models import StudentNet, build_student, state_to_numpy
+    from edge.reconstruct import merge_classifier, mergeable
+
+    if not isinstance(model, StudentNet) or not mergeable(model.config):
+        return model, {}
+    config, state = merge_classifier(model.config, state_to_numpy(model))
+    merged = build_student(config, state)
+    before, after = (sum(p.numel() for p in m.parameters()) for m in (model, merged))
+    return merged, {"classifier_merge": f"last pointwise conv, global pool and classifier merged into one "
+                                       f"{config.widths[-1]}-output conv (exact): {before:,} -> {after:,} parameters"}
 
 
 def _float_graph(folded, card) -> onnx.ModelProto:

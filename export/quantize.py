@@ -32,7 +32,7 @@ class QuantSpec:
     method: str = DEFAULT_METHOD
     fp16_below: int = 1024
     entropy: bool = False  # codes entropy-coded in the file (`edge.entropy`): only edge's runtime opens it
-    train_epochs: int = 0  # kmeansK --method gptq: KD fine-tuning of the codebooks on the calibration images
+    train_epochs: int = 0  # uintN/kmeansK --method gptq: trained quantization on the calibration images (export/finetune.py)
     low_rank: float | None = None  # fp32/fp16: SVD-factor pointwise convs and the classifier, keeping this energy
 
     def __post_init__(self):
@@ -42,7 +42,7 @@ class QuantSpec:
         if self.entropy and "entropy" not in fmt.options:
             raise ValueError(f"--entropy codes the integer codes of uintN and kmeansK; {self.weights} has none")
         if self.train_epochs and "train_epochs" not in fmt.options:
-            raise ValueError(f"--train-epochs fine-tunes kmeansK codebooks; {self.weights} has none")
+            raise ValueError(f"--train-epochs trains the codes of uintN and kmeansK; {self.weights} has none")
         if self.low_rank is not None and ("low_rank" not in fmt.options or not 0 < self.low_rank <= 1):
             raise ValueError(f"--low-rank takes an energy in (0, 1] and factors fp32 or fp16 weights, "
                              f"not {self.weights} at {self.low_rank}")
@@ -94,7 +94,8 @@ class QuantSpec:
             if self.calibrated:
                 info.update(fp16_below=self.fp16_below, equalization="cross-layer, searched", bias_correction=True)
             if self.train_epochs:
-                info.update(trained_codebooks=f"{self.train_epochs} epochs of KD on the calibration images")
+                info.update(trained=f"{self.train_epochs} epochs of KD on augmented calibration images "
+                                    "(edge.export.finetune)")
             if self.entropy:
                 info.update(entropy="edge.entropy: open with edge or `edge convert --to onnx`")
         return info
@@ -161,8 +162,8 @@ def encode_model(folded, spec: QuantSpec, calibration: np.ndarray | None = None,
     ``folded`` is `edge.fold.fold_model`'s result (not changed). Calibrated formats (``spec.calibrated``)
     equalize it (`edge.export.equalize`), then quantize its layers in forward order on ``calibration``
     (N, C, H, W float32, preprocessed), or on `CALIBRATION_IMAGES` synthetic 1/f images of
-    ``input_shape`` (C, H, W) when it is None, with bias correction (`edge.export.calibrate`); kmeansK
-    with ``spec.train_epochs`` then trains its codebooks (`edge.export.kmeans.finetune_codebooks`).
+    ``input_shape`` (C, H, W) when it is None, with bias correction (`edge.export.calibrate`); with
+    ``spec.train_epochs``, trained quantization then fine-tunes what is stored (`edge.export.finetune`).
     ``layer_bits`` gives named layers another bit width (mixed precision).
     """
     import copy
@@ -186,7 +187,7 @@ def encode_model(folded, spec: QuantSpec, calibration: np.ndarray | None = None,
     teacher = copy.deepcopy(model) if spec.train_epochs else None
     encodings = calibrate(model, calibration, _calibrated_encoder(spec, layer_bits), progress)
     if teacher is not None:
-        from edge.export.kmeans import finetune_codebooks
+        from edge.export.finetune import train_quantized
 
-        encodings = finetune_codebooks(model, encodings, teacher, calibration, spec.train_epochs, progress=progress)
+        encodings = train_quantized(model, encodings, teacher, calibration, spec.train_epochs, progress=progress)
     return model_layers(model), encodings

@@ -11,12 +11,12 @@ import pytest
 from edge.checkpoints import load_checkpoint
 from edge.config import Preprocess
 from edge.data import list_samples, read_labels
-from edge.fold import fold_model, model_layers
+from edge.fold import model_layers
 from edge.models import init_checkpoint
 from edge.preprocess import load_image
 from edge.runtime import OnnxClassifier
 from edge.torch_backend import TorchClassifier
-from edge.export.exporter import export_onnx, leftover_dequantization, runtime_ops
+from edge.export.exporter import export_onnx, leftover_dequantization, prepare, runtime_ops
 from edge.export.quantize import QuantSpec
 
 HOMEWORK_8BIT_PICKLE_BYTES = 268_471
@@ -100,7 +100,7 @@ def test_plain_minmax_is_the_homework_rounding(ta_student, tmp_path):
     export_onnx(ckpt, path, QuantSpec("uint8", method="minmax"))
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
     expected = [np.round((w - w.min()) / (w.max() - w.min()) * 255).reshape(-1)
-                for w in (layer.weight.astype(np.float64) for layer in model_layers(fold_model(ckpt.build())))]
+                for w in (layer.weight.astype(np.float64) for layer in model_layers(prepare(ckpt.build())[0]))]
     np.testing.assert_array_equal(weights["codes8"], np.concatenate(expected))  # every layer's codes, in order
 
 

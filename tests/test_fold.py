@@ -52,3 +52,40 @@ def test_fold_is_computed_in_float64_and_rounded_once():
     layer = model_layers(fold_model(model))[0]
     assert torch.equal(torch.from_numpy(layer.weight), weight.detach())  # float32 folding differs in the last bit
     assert torch.equal(torch.from_numpy(layer.bias), bias.detach())
+
+
+def test_export_merges_a_student_classifier_exactly(tmp_path):
+    """fp32 export of a mergeable StudentNet: the classifier folds into the last pointwise conv
+    (fewer weights in the file), the logits stay the unmerged model's, the metadata says so."""
+    import numpy as np
+    import onnx
+
+    from edge.checkpoints import Checkpoint
+    from edge.config import ModelCard, Preprocess, default_classes
+    from edge.export.exporter import export_onnx, merged_classifier
+    from edge.export.quantize import QuantSpec
+    from edge.runtime import OnnxClassifier
+    from synthetic import trained_like
+
+    config = StudentConfig(widths=(8, 16, 32, 48), pools=(0, 1), input_size=32, num_classes=11)
+    ckpt = Checkpoint(ModelCard(config, Preprocess(crop=32), default_classes(11)), trained_like(config), "synthetic")
+    model = ckpt.build()
+    merged, entry = merged_classifier(model)
+    assert merged.config.widths[-1] == 11 and "classifier_merge" in entry
+    path = tmp_path / "merged.onnx"
+    export_onnx(ckpt, path, QuantSpec("fp32"))
+    stored = sum(int(np.prod(t.dims)) for t in onnx.load(path).graph.initializer)
+    assert stored < ckpt.parameters - 32 * 48  # the 48x48 pointwise conv became 11x48
+    x = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    loaded = OnnxClassifier(path)
+    assert np.abs(loaded(x.numpy()) - expected).max() < 1e-4
+    assert "classifier_merge" in loaded.quant and loaded.card == ckpt.card
+
+
+def test_export_keeps_a_student_whose_classifier_cannot_merge():
+    from edge.export.exporter import merged_classifier
+
+    model = StudentNet(StudentConfig(widths=(4, 8, 8, 16), pools=(0, 1, 2, 3))).eval()  # max-pool before the fc
+    assert merged_classifier(model) == (model, {})

@@ -23,7 +23,7 @@ from edge.quant import minmax_encode, pack_codes, unpack_codes
 from edge.runtime import OnnxClassifier
 from edge.export.calibrate import Passes, calibrate, decoded_model, grouped, input_rows, synthetic_images
 from edge.export.equalize import equalization_pairs, equalize
-from edge.export.exporter import export_onnx, leftover_dequantization, preprocessed_images
+from edge.export.exporter import export_onnx, leftover_dequantization, prepare, preprocessed_images
 from edge.export.quantize import QuantSpec, encode_model
 from edge.export.select import select_format
 from edge.export.sensitivity import layer_sensitivity, logits
@@ -237,7 +237,7 @@ def test_odd_widths_are_packed_in_the_file_and_decoded_exactly_by_onnx_runtime(b
     spec = QuantSpec(f"uint{bits}", per_channel=True, method="minmax")
     path = tmp_path / "odd.onnx"
     size, _ = export_onnx(ckpt, path, spec)
-    folded = fold_model(build_student(ckpt.card.config, ckpt.state))
+    folded = prepare(ckpt.build())[0]  # what the file encodes: the classifier merged, BatchNorm folded
     weights = sum(layer.weight.size for layer in model_layers(folded))
     assert size < weights * (bits + 1) / 8  # codes densely packed (one per byte would be `weights` bytes)
     assert leftover_dequantization(path) == {}

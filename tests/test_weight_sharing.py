@@ -21,11 +21,12 @@ from edge.models import build_student, init_checkpoint
 from edge.quant import CodebookCode, pack_codes
 from edge.runtime import ModelError, OnnxClassifier
 from edge.export.calibrate import decoded_model
-from edge.export.exporter import export_onnx, leftover_dequantization
+from edge.export.exporter import export_onnx, leftover_dequantization, prepare
 from edge.weight_formats import CANDIDATES, parse_format
 from edge.export.kmeans import calibrated_codebook, codebook_quantizer, plain_codebook, refit_codebook, weighted_kmeans_1d
 from edge.export.quantize import QuantSpec, candidate_specs, encode_model
 from edge.export.sensitivity import logits
+from synthetic import trained_like
 
 SMALL = StudentConfig(input_size=32)  # the homework's widths (256K weights) on 32x32 inputs
 
@@ -41,7 +42,8 @@ def small():
 
 
 def _folded(checkpoint):
-    return fold_model(build_student(checkpoint.card.config, checkpoint.state))
+    """What `export_onnx` encodes: the classifier merged, BatchNorm folded."""
+    return prepare(checkpoint.build())[0]
 
 
 def test_codebook_decode_is_a_table_lookup_per_tensor_and_per_channel():
@@ -191,7 +193,7 @@ def test_formats_table_parses_names_and_lists_the_candidates():
             parse_format(bad)
     assert len(candidate_specs()) == len(CANDIDATES) and candidate_specs()[-1] == QuantSpec("fp32")
     with pytest.raises(ValueError, match="train-epochs"):
-        QuantSpec("uint4", train_epochs=2)
+        QuantSpec("fp16", train_epochs=2)
 
 
 def test_low_rank_is_exact_at_full_rank_and_keeps_the_asked_energy():
@@ -227,30 +229,56 @@ def test_low_rank_file_is_smaller_folded_at_load_and_exact_at_energy_one(small, 
                                rtol=1e-3, atol=1e-3)
 
 
-def test_codebook_fine_tuning_moves_the_logits_towards_the_teacher():
-    from edge.export.kmeans import finetune_codebooks
-
+def _tiny_teacher(seed: int = 4):
+    """A folded tiny StudentNet with large random weights (coarse codes hurt it) and some images."""
     config = StudentConfig(widths=(8, 16, 32), pools=(0, 1), input_size=32)
-    ckpt = init_checkpoint(config)
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     state = {k: (rng.normal(size=v.shape) * 0.3).astype(np.float32) if k.endswith("weight") and v.ndim > 1 else v
-             for k, v in ckpt.state.items()}
-    teacher = fold_model(build_student(config, state))
-    layers, codes = encode_model(teacher, QuantSpec("kmeans4", method="minmax"))
+             for k, v in init_checkpoint(config).state.items()}
+    return fold_model(build_student(config, state)), rng.random((48, 3, 32, 32), dtype=np.float32)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec("kmeans4", method="minmax"), QuantSpec("kmeans4", per_channel=True, method="minmax"),
+                                  QuantSpec("uint3", method="minmax"), QuantSpec("uint3", per_channel=True, method="minmax")],
+                         ids=lambda s: s.label)
+def test_trained_quantization_matches_the_teacher_better_on_held_out_images(spec):
+    from edge.export.finetune import train_quantized
+
+    teacher, images = _tiny_teacher()
+    train, held_out = images[:32], images[32:]
+    layers, codes = encode_model(teacher, spec)
     quantized = decoded_model(teacher, layers, codes, np.float32)
-    images = rng.random((32, 3, 32, 32), dtype=np.float32)
-    target = logits(teacher, images)
+    target = logits(teacher, held_out)
 
     def error(model):
-        return float(np.square(logits(model, images) - target).mean())
+        return float(np.square(logits(model, held_out) - target).mean())
 
     before = error(quantized)
-    tuned = finetune_codebooks(quantized, codes, teacher, images, epochs=6, progress=False)
-    assert error(quantized) < 0.8 * before  # the model now holds the tuned codebooks' weights
+    trained = train_quantized(quantized, codes, teacher, train, epochs=8, lr=3e-3, progress=False)
+    assert error(quantized) < 0.8 * before  # the model now holds the trained weights
     for layer in model_layers(quantized):
-        np.testing.assert_array_equal(tuned[layer.name].decode(), layer.weight)
-        np.testing.assert_array_equal(tuned[layer.name].q, codes[layer.name].q)  # indices fixed, only the values trained
-        assert tuned[layer.name].codebook.dtype == np.float16
+        code, old = trained[layer.name], codes[layer.name]
+        np.testing.assert_array_equal(code.decode(), layer.weight)
+        assert type(code) is type(old) and code.q.shape == old.q.shape
+        if isinstance(code, CodebookCode):  # indices fixed, fp16 values trained
+            np.testing.assert_array_equal(code.q, old.q)
+            assert code.codebook.dtype == np.float16 and (code.scale is None) == (old.scale is None)
+        else:  # codes re-chosen on the same grid
+            assert code.q.max() <= code.levels and (code.offset == old.offset).all() and (code.step == old.step).all()
+
+
+def test_trained_export_is_what_onnx_runtime_computes(tmp_path):
+    config = StudentConfig(widths=(8, 16, 32, 48), pools=(0, 1), input_size=32)
+    ckpt = dataclasses.replace(init_checkpoint(config), state=trained_like(config))
+    spec = QuantSpec("kmeans16", per_channel=True, train_epochs=2)
+    path = tmp_path / "trained.onnx"
+    _, described = export_onnx(ckpt, path, spec)
+    assert "trained" in described and "classifier_merge" in described
+    folded = _folded(ckpt)
+    layers, encodings = encode_model(folded, spec, input_shape=(3, 32, 32), progress=False)
+    images = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(OnnxClassifier(path)(images), logits(decoded_model(folded, layers, encodings), images),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_spec_labels_name_every_option():
