@@ -12,5 +12,5 @@ mkdir -p "$OUT"
 PHOTOS="$SHARED/food11/testing"
 edge compress "$SHARED/hw7/student_custom_small.bin" --images "$PHOTOS@:300" \
     --test "$PHOTOS@300:" --test-labels "$SHARED/food11/reference_labels.csv" \
-    --target-bytes 120000 -o "$OUT/c.onnx" --report "$OUT/report" --threads 1 --budget-minutes 35 \
+    --target-bytes 120000 -o "$OUT/c.onnx" --report "$OUT/report" --threads 1 \
     --cache-dir "${EDGE_CACHE:-/tmp/edge-cache}"

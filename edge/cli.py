@@ -646,7 +646,7 @@ def slim(**params):
 @click.option("--ridge", default=0.01, show_default=True, type=click.FloatRange(0),
               help="Pull each least-squares re-fit towards the layer's weights before pruning (relative to the "
                    "inputs' mean energy; 0 = plain least squares): smaller weights quantize better.")
-@click.option("--budget-minutes", default=50.0, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--budget-minutes", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Start no slimming round that would end after this (judged by the slowest round so far).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: all cores).")
