@@ -4,7 +4,7 @@ trained model and unlabelled photos.
 The search runs over slimming depth x weight format and keeps the best validation agreement with
 the model (with ``labels``: accuracy first) among the ONNX files that fit ``target_bytes``:
 
-1. quantization only: the model itself in every weight format of `edge.export.formats.CANDIDATES`;
+1. quantization only: the model itself in every weight format of `FORMATS`;
 2. the exact merge of the last pointwise conv into the classifier (`edge.reconstruct`), every format;
 3. mixed precision: each per-channel uintN file of the merged model that fits spends the bytes left under
    the target on more bits for the layers where they buy the most (`edge.mixed_precision`);
@@ -41,6 +41,13 @@ from edge.options import CompressOptions, SearchSettings
 
 VAL_EVERY = 5
 STATE = "state.json"
+# The weight formats measured (rows of `edge.export.formats`' table), smallest file first. kmeansK is left
+# out: on the TA student it lost to uint4 per-channel at the same bytes (86.7-91.7% against 96.7%
+# validation agreement, bench/results/compress_ta_student_formats.md) and takes a minute per file;
+# so is uint4 per-channel without --entropy (the same codes in a larger file: `edge convert --to onnx`
+# writes it from the chosen file).
+FORMATS = (("uint4", {"per_channel": True, "entropy": True}), ("uint6", {"per_channel": True, "entropy": True}),
+           ("uint8", {}), ("uint8", {"per_channel": True}), ("fp16", {}), ("fp32", {}))
 MIXED_SHARE = 0.95  # of the bytes left under the target that mixed precision plans to spend
 MIXED_TRIES = 3
 
@@ -264,7 +271,7 @@ class Search:
                 budget -= 1.5 * (p["bytes"] - target)
 
     def _allocation(self, net: NetFile, spec, budget: float) -> dict[str, int]:
-        from edge.mixed_precision import WIDER_BITS, Upgrade, allocate, layer_sensitivity
+        from edge.mixed_precision import STREAM_BYTES, WIDER_BITS, Upgrade, allocate, layer_sensitivity
 
         key = f"{spec.bits} bits, fp16 below {spec.fp16_below}"
         sensitivity = self.state.setdefault("sensitivity", {})
@@ -274,7 +281,7 @@ class Search:
                                      self.progress)
             sensitivity[key] = [vars(r) for r in rows]
             self.save()
-        return allocate([Upgrade(**r) for r in sensitivity[key]], spec.bits, budget)
+        return allocate([Upgrade(**r) for r in sensitivity[key]], spec.bits, budget, STREAM_BYTES)
 
     def _formats(self, label: str):
         """The candidate formats, with a progress bar (exporting with GPTQ takes seconds each)."""
@@ -494,7 +501,7 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
              log=lambda line: print(line, file=sys.stderr)) -> dict:
     """Search, write the best fitting ONNX file to ``output`` and the report; -> the report's record."""
     from edge.compress_report import write_report
-    from edge.export.quantize import candidate_specs
+    from edge.export.quantize import QuantSpec
 
     work = report or output.with_name(output.name + ".compress")
     folders = [Path(spec.rsplit("@", 1)[0]) for spec in (images, val, test) if spec]
@@ -505,7 +512,7 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
     about = {"model": str(model), "images": images, "val": val, "teacher": str(teacher) if teacher else None,
              "labels": str(labels) if labels else None, "test": test,
              "test_labels": str(test_labels) if test_labels else None}
-    search = Search(inputs, settings, work, candidates or candidate_specs(), about, progress, log)
+    search = Search(inputs, settings, work, candidates or tuple(QuantSpec(weights, **options) for weights, options in FORMATS), about, progress, log)
     if resume:
         search.load()
     state = search.run()

@@ -6,7 +6,8 @@ unlabelled calibration images: the KL divergence of the model's outputs from its
 only that layer is rounded (per-channel min-max, `edge.quant.minmax_encode`) at each candidate bit
 width while every other layer stays float. Upgrading a layer from ``b`` to ``b'`` bits is worth the
 drop in its KL and costs about ``weights * (b' - b) / 8`` bytes (one more code bit per weight, also
-under entropy coding); `allocate` spends the budget greedily on the best KL drop per byte (the
+under entropy coding), plus the decoding nodes of a code width the file did not hold yet
+(``stream_bytes``, ~0.5 KB); `allocate` spends the budget greedily on the best KL drop per byte (the
 knapsack heuristic of mixed-precision search, e.g. HAWQ-V3's bit allocation by a measured
 sensitivity). Layers a calibrated format keeps fp16 (fewer than ``fp16_below`` weights) are not
 candidates.
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 WIDER_BITS = (5, 6, 8)  # the bit widths a layer may be raised to
+STREAM_BYTES = 512  # about what a file's first layer of another code width adds besides its codes (the unpacking nodes)
 
 
 @dataclass(frozen=True)
@@ -63,15 +65,16 @@ def layer_sensitivity(model: torch.nn.Module, images: np.ndarray, bits: tuple[in
     return rows
 
 
-def allocate(rows: list[Upgrade], base_bits: int, budget_bytes: float) -> dict[str, int]:
-    """{layer: bits} raising layers above ``base_bits`` within ``budget_bytes`` extra code bytes, greedily
-    by KL drop per byte (a layer's next step may skip widths: 4 -> 6 when 5 buys little)."""
+def allocate(rows: list[Upgrade], base_bits: int, budget_bytes: float, stream_bytes: float = 0) -> dict[str, int]:
+    """{layer: bits} raising layers above ``base_bits`` within ``budget_bytes`` extra bytes, greedily by KL
+    drop per byte (a layer's next step may skip widths: 4 -> 6 when 5 buys little); the first layer of
+    each new width also pays ``stream_bytes``."""
     by_layer: dict[str, list[Upgrade]] = {}
     for row in rows:
         by_layer.setdefault(row.name, []).append(row)
     current = {name: next((r for r in options if r.bits == base_bits), None) for name, options in by_layer.items()}
     chosen: dict[str, int] = {}
-    left = float(budget_bytes)
+    used, left = {base_bits}, float(budget_bytes)
     while True:
         best, best_rate = None, 0.0
         for name, options in by_layer.items():
@@ -79,10 +82,11 @@ def allocate(rows: list[Upgrade], base_bits: int, budget_bytes: float) -> dict[s
             if now is None:
                 continue
             for row in options:
-                cost = row.weights * (row.bits - now.bits) / 8
+                cost = row.weights * (row.bits - now.bits) / 8 + stream_bytes * (row.bits not in used)
                 if row.bits > now.bits and cost <= left and (now.kl - row.kl) / cost > best_rate:
                     best, best_rate = row, (now.kl - row.kl) / cost
         if best is None:
             return chosen
-        left -= best.weights * (best.bits - current[best.name].bits) / 8
+        left -= best.weights * (best.bits - current[best.name].bits) / 8 + stream_bytes * (best.bits not in used)
         current[best.name], chosen[best.name] = best, best.bits
+        used.add(best.bits)
