@@ -656,7 +656,8 @@ def compress(**params):
     """Compress MODEL (a StudentNet) into an ONNX file of at most --target-bytes, label-free.
 
     Searches slimming depth x weight format: quantization alone, the exact merge of the last
-    pointwise conv into the classifier, then channels pruned with least-squares reconstruction
+    pointwise conv into the classifier (and more bits for its most sensitive layers with the
+    bytes left under the target), then channels pruned with least-squares reconstruction
     and fine-tuned by function matching (teacher and student see the same augmented, mixed
     photos); keeps the best validation agreement with MODEL whose file fits. Writes the report
     (JSON, markdown, frontier PNG). Interrupted? Run again with --resume.
