@@ -2,7 +2,8 @@
 trained model and unlabelled photos.
 
 The search runs over slimming depth x weight format and keeps the best validation agreement with
-the model (with ``labels``: accuracy first) among the ONNX files that fit ``target_bytes``:
+the model (with ``labels``: accuracy first; then the smaller KL divergence from the model's answers)
+among the ONNX files that fit ``target_bytes``:
 
 1. quantization only: the model itself in every weight format of `FORMATS`;
 2. the exact merge of the last pointwise conv into the classifier (`edge.reconstruct`), every format;
