@@ -103,14 +103,14 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
     """Export CHECKPOINT to ONNX: a StudentNet (ours, a homework .bin, 8-bit or 16-bit pickle) or any
     model file of `edge train` (the cnn / group baselines, torchvision classifiers).
 
-    Without CHECKPOINT, exports a freshly initialised default StudentNet (seed 0), so the
-    command works on a fresh machine. BatchNorm is folded, torch.onnx.export writes the graph
+    Without CHECKPOINT, exports the shipped student (the homework TA's StudentNet, rebuilt from
+    models/food11_student_uint8.onnx), so the command works on a fresh clone. BatchNorm is folded, torch.onnx.export writes the graph
     and the weight format is applied to its Conv / Gemm weights; the model's config,
     preprocessing, classes and weight format go into the file's metadata.
     """
     from edge.checkpoints import load_model
     from edge.files import check_output
-    from edge.models import init_checkpoint
+    from edge.shipped import shipped_student
     from edge.export.exporter import (export_onnx, leftover_dequantization, preprocessed_images, parity_check, runtime_ops,
                                       sample_inputs)
     from edge.export.quantize import QuantSpec
@@ -122,8 +122,8 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--quant") from None
         _check_export_options(spec, calib, images, labels, max_drop)
-        ckpt = load_model(checkpoint, pools=_int_list(pools)) if checkpoint else init_checkpoint()
-        click.echo(f"model: {checkpoint or 'default StudentNet, ' + ckpt.source} "
+        ckpt = load_model(checkpoint, pools=_int_list(pools)) if checkpoint else shipped_student()
+        click.echo(f"model: {checkpoint or 'the shipped student, ' + ckpt.source} "
                    f"({ckpt.describe()}, {ckpt.parameters:,} parameters)")
         calibration = preprocessed_images(ckpt, calib, calib_images) if calib and spec.calibrated else (None, "")
         same = images and calib and images.resolve() == calib.resolve()
@@ -649,7 +649,7 @@ def slim(**params):
 @click.option("--ridge", default=0.01, show_default=True, type=click.FloatRange(0),
               help="Pull each least-squares re-fit towards the layer's weights before pruning (relative to the "
                    "inputs' mean energy; 0 = plain least squares): smaller weights quantize better.")
-@click.option("--budget-minutes", default=50.0, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--budget-minutes", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Start no slimming round that would end after this (judged by the slowest round so far).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: all cores).")
@@ -659,7 +659,8 @@ def compress(**params):
     """Compress MODEL (a StudentNet) into an ONNX file of at most --target-bytes, label-free.
 
     Searches slimming depth x weight format: quantization alone, the exact merge of the last
-    pointwise conv into the classifier, then channels pruned with least-squares reconstruction
+    pointwise conv into the classifier (and more bits for its most sensitive layers with the
+    bytes left under the target), then channels pruned with least-squares reconstruction
     and fine-tuned by function matching (teacher and student see the same augmented, mixed
     photos); keeps the best validation agreement with MODEL whose file fits. Writes the report
     (JSON, markdown, frontier PNG). Interrupted? Run again with --resume.

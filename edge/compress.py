@@ -2,11 +2,14 @@
 trained model and unlabelled photos.
 
 The search runs over slimming depth x weight format and keeps the best validation agreement with
-the model (with ``labels``: accuracy first) among the ONNX files that fit ``target_bytes``:
+the model (with ``labels``: accuracy first; then the smaller KL divergence from the model's answers)
+among the ONNX files that fit ``target_bytes``:
 
-1. quantization only: the model itself in every weight format of `edge.weight_formats.CANDIDATES`;
+1. quantization only: the model itself in every weight format of `FORMATS`;
 2. the exact merge of the last pointwise conv into the classifier (`edge.reconstruct`), every format;
-3. a slimming path: the keep fractions at which each integer format just fits the target are found
+3. mixed precision: each per-channel uintN file of the merged model that fits spends the bytes left under
+   the target on more bits for the layers where they buy the most (`edge.mixed_precision`);
+4. a slimming path: the keep fractions at which each integer format just fits the target are found
    by exporting pruned shapes (sizes depend on shape and format only); the path descends to them
    in cuts of at most ``step``, each round pruning channels with least-squares reconstruction
    (`edge.reconstruct.prune_reconstruct`) then fine-tuning by function matching
@@ -39,6 +42,15 @@ from edge.options import CompressOptions, SearchSettings
 
 VAL_EVERY = 5
 STATE = "state.json"
+# The weight formats measured (rows of `edge.export.formats`' table), smallest file first. kmeansK is left
+# out: on the TA student it lost to uint4 per-channel at the same bytes (86.7-91.7% against 96.7%
+# validation agreement, bench/results/compress_ta_student_formats.md) and takes a minute per file;
+# so is uint4 per-channel without --entropy (the same codes in a larger file: `edge convert --to onnx`
+# writes it from the chosen file).
+FORMATS = (("uint4", {"per_channel": True, "entropy": True}), ("uint6", {"per_channel": True, "entropy": True}),
+           ("uint8", {}), ("uint8", {"per_channel": True}), ("fp16", {}), ("fp32", {}))
+MIXED_SHARE = 0.95  # of the bytes left under the target that mixed precision plans to spend
+MIXED_TRIES = 3
 
 
 @dataclass(kw_only=True)
@@ -51,6 +63,7 @@ class Inputs:
     train: object  # ImageSet of canvases (augmented during fine-tuning)
     calibration: torch.Tensor  # centre crops of training photos, model input
     val: object  # ImageSet, centre crops, labelled with the model's answers
+    val_logits: np.ndarray  # the model's logits on the val photos
     val_truth: np.ndarray | None  # labels of the val photos, when known
     test: object = None  # ImageSet with true labels, scored only
     test_reference: np.ndarray | None = None  # the model's answers on the test photos
@@ -59,17 +72,18 @@ class Inputs:
 # ---------------------------------------------------------------- measuring one candidate
 
 
-def format_name(spec) -> str:
+def format_name(spec, layer_bits: dict | None = None) -> str:
     """``uint4 per-channel``, plus every other setting that differs from `QuantSpec`'s default
-    (so formats added to the candidate table get names of their own)."""
+    (so formats added to the candidate table get names of their own) and the layers given other bits."""
     import dataclasses
 
     extra = [f"{f.name}={getattr(spec, f.name)}" for f in dataclasses.fields(spec)
              if f.name not in ("weights", "per_channel") and getattr(spec, f.name) != f.default]
+    extra += [f"{name}:{bits}" for name, bits in sorted((layer_bits or {}).items())]
     return " ".join([spec.weights + (" per-channel" if spec.per_channel else "")] + extra)
 
 
-def _export(net: NetFile, spec, path: Path, calibration: np.ndarray) -> int:
+def _export(net: NetFile, spec, path: Path, calibration: np.ndarray, layer_bits: dict | None = None) -> int:
     from edge.checkpoints import Checkpoint
     from edge.slim import numpy_state
     from edge.export.exporter import export_onnx
@@ -77,30 +91,34 @@ def _export(net: NetFile, spec, path: Path, calibration: np.ndarray) -> int:
     source = f"{len(calibration)} training photos" if spec.calibrated else ""
     with torch.no_grad():
         size, _ = export_onnx(Checkpoint(net.card, numpy_state(net), "edge"), path, spec,
-                              calibration if spec.calibrated else None, source)
+                              calibration if spec.calibrated else None, source, layer_bits)
     return size
 
 
-def _onnx_answers(path: Path, images: torch.Tensor) -> np.ndarray:
+def _onnx_logits(path: Path, images: torch.Tensor) -> np.ndarray:
     from edge.runtime import OnnxClassifier
 
     model = OnnxClassifier(path)
-    return np.concatenate([model(images[i:i + 32].numpy()).argmax(1) for i in range(0, len(images), 32)])
+    return np.concatenate([model(images[i:i + 32].numpy()) for i in range(0, len(images), 32)])
 
 
-def measure(net: NetFile, spec, path: Path, inputs: Inputs) -> dict:
-    """Export ``net`` as ``spec`` to ``path``; its bytes, validation agreement (and accuracy), test scores."""
+def measure(net: NetFile, spec, path: Path, inputs: Inputs, layer_bits: dict | None = None) -> dict:
+    """Export ``net`` as ``spec`` (``layer_bits``: mixed precision) to ``path``; its bytes, validation
+    agreement and KL divergence from the model (and accuracy), test scores."""
     from edge.datasets import normalize
+    from edge.mixed_precision import kl_from
 
-    size = _export(net, spec, path, inputs.calibration[:_gptq_count(inputs)].numpy())
-    point = {"format": format_name(spec), "onnx": path.name, "bytes": size,
+    size = _export(net, spec, path, inputs.calibration[:_gptq_count(inputs)].numpy(), layer_bits)
+    point = {"format": format_name(spec, layer_bits), "onnx": path.name, "bytes": size,
              "parameters": net.spec.config.num_parameters(), "widths": list(net.spec.config.widths)}
-    answers = _onnx_answers(path, normalize(inputs.val.pixels, inputs.val.preprocess))
+    logits = _onnx_logits(path, normalize(inputs.val.pixels, inputs.val.preprocess))
+    answers = logits.argmax(1)
     point["val_agreement"] = float(np.mean(answers == inputs.val.labels.numpy()))
+    point["val_kl"] = kl_from(inputs.val_logits, logits)
     if inputs.val_truth is not None:
         point["val_accuracy"] = float(np.mean(answers == inputs.val_truth))
     if inputs.test is not None:
-        answers = _onnx_answers(path, normalize(inputs.test.pixels, inputs.test.preprocess))
+        answers = _onnx_logits(path, normalize(inputs.test.pixels, inputs.test.preprocess)).argmax(1)
         point["test_accuracy"] = float(np.mean(answers == inputs.test.labels.numpy()))
         point["test_agreement"] = float(np.mean(answers == inputs.test_reference))
     return point
@@ -196,13 +214,16 @@ class Search:
         text = json.dumps(self.state, indent=2)
         atomic_write(self.work / STATE, lambda f: f.write(text), binary=False)
 
-    def point(self, stage: str, keep: float, net: NetFile, spec, extra: dict | None = None) -> dict:
+    def point(self, stage: str, keep: float, net: NetFile, spec, extra: dict | None = None,
+              layer_bits: dict | None = None) -> dict:
         """The measured point (from the record when this search already measured it)."""
+        label = format_name(spec, layer_bits)
         for p in self.state["points"]:
-            if p["stage"] == stage and p["keep"] == keep and p["format"] == format_name(spec):
+            if p["stage"] == stage and p["keep"] == keep and p["format"] == label:
                 return p
-        name = f"{stage}-k{keep:.4f}-{format_name(spec).replace(' ', '-')}.onnx"
-        p = {"stage": stage, "keep": keep, **measure(net, spec, self.work / name, self.inputs), **(extra or {})}
+        name = f"{stage}-k{keep:.4f}-{label.replace(' ', '-').replace(':', '')}.onnx"
+        p = {"stage": stage, "keep": keep, **measure(net, spec, self.work / name, self.inputs, layer_bits),
+             **(extra or {})}
         self.state["points"].append(p)
         self.save()
         self.log(_point_line(p, self.settings.target_bytes))
@@ -220,6 +241,7 @@ class Search:
         current = self._merged() if mergeable(base.spec.config) else base
         for spec in self._formats("classifier merged"):
             self.point("slimming", 1.0, current, spec, {"round": 0})
+        self._mixed(current)
         for keep in self._path(current):
             current = self._round(current, keep)
             if current is None:
@@ -227,6 +249,40 @@ class Search:
         self.state["done"] = True
         self.save()
         return self.state
+
+    def _mixed(self, net: NetFile) -> None:
+        """Mixed-precision points of ``net`` (the merged model): every fitting per-channel uintN file's
+        spare bytes spent on the layers where they lower the KL from the model most per byte; when
+        the file overshoots (entropy coding makes bytes inexact), the budget shrinks and it is redone."""
+        target = self.settings.target_bytes
+        for spec in self.candidates:
+            base = next((p for p in self.state["points"] if p["stage"] == "slimming" and p["keep"] == 1.0
+                         and p["format"] == format_name(spec)), None)
+            if spec.bits is None or spec.codebook_size or not spec.per_channel or base is None \
+                    or base["bytes"] > target:
+                continue
+            budget = (target - base["bytes"]) * MIXED_SHARE
+            for _ in range(MIXED_TRIES):
+                layer_bits = self._allocation(net, spec, budget)
+                if not layer_bits:
+                    break
+                p = self.point("mixed", 1.0, net, spec, {"round": 0}, layer_bits)
+                if p["bytes"] <= target:
+                    break
+                budget -= 1.5 * (p["bytes"] - target)
+
+    def _allocation(self, net: NetFile, spec, budget: float) -> dict[str, int]:
+        from edge.mixed_precision import STREAM_BYTES, WIDER_BITS, Upgrade, allocate, layer_sensitivity
+
+        key = f"{spec.bits} bits, fp16 below {spec.fp16_below}"
+        sensitivity = self.state.setdefault("sensitivity", {})
+        if key not in sensitivity:
+            rows = layer_sensitivity(net.build(), self.inputs.calibration[:_gptq_count(self.inputs)].numpy(),
+                                     (spec.bits, *(b for b in WIDER_BITS if b > spec.bits)), spec.fp16_below,
+                                     self.progress)
+            sensitivity[key] = [vars(r) for r in rows]
+            self.save()
+        return allocate([Upgrade(**r) for r in sensitivity[key]], spec.bits, budget, STREAM_BYTES)
 
     def _formats(self, label: str):
         """The candidate formats, with a progress bar (exporting with GPTQ takes seconds each)."""
@@ -340,11 +396,13 @@ def _point_line(p: dict, target: int) -> str:
 
 
 def choose(points: list[dict], target: int) -> dict | None:
-    """The best fitting point: validation accuracy first when known, then agreement, then fewer bytes."""
+    """The best fitting point: validation accuracy first when known, then agreement, then the smaller KL
+    divergence from the model (it separates files a few validation photos cannot), then fewer bytes."""
     fitting = [p for p in points if p["bytes"] <= target]
     if not fitting:
         return None
-    return max(fitting, key=lambda p: (p.get("val_accuracy", 0.0), p["val_agreement"], -p["bytes"]))
+    return max(fitting, key=lambda p: (p.get("val_accuracy", 0.0), p["val_agreement"], -p.get("val_kl", 0.0),
+                                       -p["bytes"]))
 
 
 # ---------------------------------------------------------------- the whole command
@@ -412,7 +470,7 @@ def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path
         teacher_model = load_teacher(teacher, teacher_arch, base.classes, base.preprocess)
     else:
         teacher_model = base.build()
-    reference = logits_of(model_net, val_set, torch.device("cpu")).argmax(1)
+    reference = logits_of(model_net, val_set, torch.device("cpu"))
     val_truth = _truth(val_set, truth)
     test_set, test_reference = None, None
     if test:
@@ -425,7 +483,8 @@ def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path
     log(f"photos: {len(train)} to train on ({images}), {len(val_set)} held back for validation"
         + (f" ({val})" if val else f" (every {VAL_EVERY}th by id)") + (f", {len(test_set)} test" if test_set else ""))
     return Inputs(base=base, teacher=teacher_model, teacher_is_base=teacher is None, train=train,
-                  calibration=calibration, val=replace(val_set, labels=reference), val_truth=val_truth, test=test_set,
+                  calibration=calibration, val=replace(val_set, labels=reference.argmax(1)),
+                  val_logits=reference.numpy(), val_truth=val_truth, test=test_set,
                   test_reference=test_reference)
 
 
@@ -443,7 +502,7 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
              log=lambda line: print(line, file=sys.stderr)) -> dict:
     """Search, write the best fitting ONNX file to ``output`` and the report; -> the report's record."""
     from edge.compress_report import write_report
-    from edge.export.quantize import candidate_specs
+    from edge.export.quantize import QuantSpec
 
     work = report or output.with_name(output.name + ".compress")
     folders = [Path(spec.rsplit("@", 1)[0]) for spec in (images, val, test) if spec]
@@ -454,7 +513,7 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
     about = {"model": str(model), "images": images, "val": val, "teacher": str(teacher) if teacher else None,
              "labels": str(labels) if labels else None, "test": test,
              "test_labels": str(test_labels) if test_labels else None}
-    search = Search(inputs, settings, work, candidates or candidate_specs(), about, progress, log)
+    search = Search(inputs, settings, work, candidates or tuple(QuantSpec(weights, **options) for weights, options in FORMATS), about, progress, log)
     if resume:
         search.load()
     state = search.run()

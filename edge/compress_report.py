@@ -34,6 +34,10 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def _kl(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def markdown_report(state: dict) -> str:
     target = state["settings"]["target_bytes"]
     has_val_acc = any("val_accuracy" in p for p in state["points"])
@@ -48,15 +52,17 @@ def markdown_report(state: dict) -> str:
                   + (f", test accuracy {_pct(chosen.get('test_accuracy'))}" if has_test else "") + ".", ""]
     else:
         lines += ["Nothing fits the target: no file was written.", ""]
-    head = ["series", "keep", "format", "bytes", "fits", "parameters", "val agreement"]
+    head = ["series", "keep", "format", "bytes", "fits", "parameters", "val agreement", "val KL"]
     head += ["val accuracy"] if has_val_acc else []
     head += ["test accuracy", "test agreement"] if has_test else []
-    lines += ["Keep 1.000 in the slimming series is the exact classifier merge alone; lower keeps prune the widths "
-              "after the last max-pool to that fraction.", ""]
+    lines += ["Keep 1.000 in the slimming series is the exact classifier merge alone (stage mixed: with more bits "
+              "for the layers named, `edge.mixed_precision`); lower keeps prune the widths after the last max-pool "
+              "to that fraction. Val KL: mean KL divergence of the file's answers from the model's on the "
+              "validation photos.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in sorted(state["points"], key=lambda p: (series(p), -p["keep"], p["bytes"])):
         row = [series(p), f"{p['keep']:.3f}", p["format"], f"{p['bytes']:,}", "yes" if p["bytes"] <= target else "no",
-               f"{p['parameters']:,}", _pct(p["val_agreement"])]
+               f"{p['parameters']:,}", _pct(p["val_agreement"]), _kl(p.get("val_kl"))]
         row += [_pct(p.get("val_accuracy"))] if has_val_acc else []
         row += [_pct(p.get("test_accuracy")), _pct(p.get("test_agreement"))] if has_test else []
         lines.append("| " + " | ".join(row) + " |")

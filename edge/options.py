@@ -163,7 +163,7 @@ class SearchSettings:
     ridge: float = 0.01  # least-squares re-fits pulled towards the layer's old weights (quantize better)
     calibration: int = 64  # training photos that calibrate GPTQ (and 4x that for reconstruction)
     seed: int = 0
-    budget_minutes: float = 50.0
+    budget_minutes: float = 30.0
 
     def __post_init__(self):
         if self.target_bytes < 1 or self.epochs < 1 or self.batch < 2 or self.lr <= 0:

@@ -42,12 +42,13 @@ class Parity:
 
 
 def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibration: np.ndarray | None = None,
-                calibration_source: str = "") -> tuple[int, dict]:
+                calibration_source: str = "", layer_bits: dict[str, int] | None = None) -> tuple[int, dict]:
     """Fold, encode, export, apply the weight formats, fully check and atomically write the ONNX file.
 
     ``model_file``: anything with ``.card`` (`edge.config.ModelCard`) and ``.build()`` (the torch
     classifier in eval mode). Calibrated formats use ``calibration`` images, or synthetic ones when
-    none are given. Returns the file size in bytes and the weight-format description stored in the
+    none are given; ``layer_bits`` gives named layers of a uintN format another bit width (mixed precision,
+    `edge.mixed_precision`). Returns the file size in bytes and the weight-format description stored in the
     metadata.
     """
     import torch
@@ -60,13 +61,15 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
         calibration_source = f"{CALIBRATION_IMAGES} synthetic 1/f images (data-free)"
     if spec.calibrated:
         quant["calibration"] = calibration_source
+    if layer_bits:
+        quant["layer_bits"] = dict(layer_bits)
     net = _net_entry(model_file)
     if spec.weights == "int8":
         from edge.export.int8 import quantize_qdq
 
         model = compact(quantize_qdq(_float_graph(folded, card), calibration, spec.per_channel))
     else:
-        layers, encodings = encode_model(folded, spec, calibration,
+        layers, encodings = encode_model(folded, spec, calibration, layer_bits,
                                          input_shape=(card.config.in_channels, card.config.input_size, card.config.input_size))
         with torch.no_grad():
             for layer in layers:  # the float weights the file holds (after equalization, bias correction)
