@@ -5,11 +5,12 @@ The search runs over slimming depth x weight format and keeps the best validatio
 the model (with ``labels``: accuracy first; then the smaller KL divergence from the model's answers)
 among the ONNX files that fit ``target_bytes``:
 
-1. quantization only: the model itself in every weight format of `FORMATS`;
-2. the exact merge of the last pointwise conv into the classifier (`edge.reconstruct`), every format;
-3. mixed precision: each per-channel uintN file of the merged model that fits spends the bytes left under
-   the target on more bits for the layers where they buy the most (`edge.mixed_precision`);
-4. a slimming path: the keep fractions at which each integer format just fits the target are found
+1. quantization only: the model itself in every weight format of `FORMATS` (`edge export` merges a
+   StudentNet's last pointwise conv, global pool and classifier into one conv first: exact, and in
+   every file);
+2. mixed precision: each per-channel uintN file that fits spends the bytes left under the target on
+   more bits for the layers where they buy the most (`edge.mixed_precision`);
+3. a slimming path: the keep fractions at which each integer format just fits the target are found
    by exporting pruned shapes (sizes depend on shape and format only); the path descends to them
    in cuts of at most ``step``, each round pruning channels with least-squares reconstruction
    (`edge.reconstruct.prune_reconstruct`) then fine-tuning by function matching
@@ -42,7 +43,7 @@ from edge.options import CompressOptions, SearchSettings
 
 VAL_EVERY = 5
 STATE = "state.json"
-# The weight formats measured (rows of `edge.export.formats`' table), smallest file first. kmeansK is left
+# The weight formats measured (rows of `edge.weight_formats`' table), smallest file first. kmeansK is left
 # out: on the TA student it lost to uint4 per-channel at the same bytes (86.7-91.7% against 96.7%
 # validation agreement, bench/results/compress_ta_student_formats.md) and takes a minute per file;
 # so is uint4 per-channel without --entropy (the same codes in a larger file: `edge convert --to onnx`
@@ -238,9 +239,7 @@ class Search:
         base = self.inputs.base
         for spec in self._formats("quantization only"):
             self.point("quantization", 1.0, base, spec)
-        current = self._merged() if mergeable(base.spec.config) else base
-        for spec in self._formats("classifier merged"):
-            self.point("slimming", 1.0, current, spec, {"round": 0})
+        current = self._merged() if mergeable(base.spec.config) else base  # what each file computes
         self._mixed(current)
         for keep in self._path(current):
             current = self._round(current, keep)
@@ -251,12 +250,12 @@ class Search:
         return self.state
 
     def _mixed(self, net: NetFile) -> None:
-        """Mixed-precision points of ``net`` (the merged model): every fitting per-channel uintN file's
+        """Mixed-precision points of ``net`` (the model as merged): every fitting per-channel uintN file's
         spare bytes spent on the layers where they lower the KL from the model most per byte; when
         the file overshoots (entropy coding makes bytes inexact), the budget shrinks and it is redone."""
         target = self.settings.target_bytes
         for spec in self.candidates:
-            base = next((p for p in self.state["points"] if p["stage"] == "slimming" and p["keep"] == 1.0
+            base = next((p for p in self.state["points"] if p["stage"] == "quantization"
                          and p["format"] == format_name(spec)), None)
             if spec.bits is None or spec.codebook_size or not spec.per_channel or base is None \
                     or base["bytes"] > target:

@@ -2,7 +2,7 @@
 
 Every measured point is one ONNX file: bytes against validation agreement with the model (and
 test accuracy when a test set was scored), in three series: quantization only (the model as it
-is), slimming only (float formats of slimmed models) and slimming + quantization (integer
+is, mixed precision included), slimming only (float formats of slimmed models) and slimming + quantization (integer
 formats of slimmed models); the byte target is a vertical line and the chosen file is circled.
 """
 
@@ -16,7 +16,7 @@ from edge.files import atomic_write
 
 
 def series(point: dict) -> str:
-    if point["stage"] == "quantization":
+    if point["stage"] in ("quantization", "mixed"):
         return "quantization only"
     coded = parse_format(point["format"].split()[0])[0].sizes is not None  # uintN / kmeansK (edge.weight_formats)
     return "slimming + quantization" if coded else "slimming only"
@@ -55,9 +55,10 @@ def markdown_report(state: dict) -> str:
     head = ["series", "keep", "format", "bytes", "fits", "parameters", "val agreement", "val KL"]
     head += ["val accuracy"] if has_val_acc else []
     head += ["test accuracy", "test agreement"] if has_test else []
-    lines += ["Keep 1.000 in the slimming series is the exact classifier merge alone (stage mixed: with more bits "
-              "for the layers named, `edge.mixed_precision`); lower keeps prune the widths after the last max-pool "
-              "to that fraction. Val KL: mean KL divergence of the file's answers from the model's on the "
+    lines += ["Every file holds the exact classifier merge (`edge export` merges a StudentNet's last pointwise conv, "
+              "global pool and classifier into one conv). Quantization only: the model as it is (stage mixed: with more "
+              "bits for the layers named, `edge.mixed_precision`); the slimming series prune the widths after the last "
+              "max-pool to the keep fraction. Val KL: mean KL divergence of the file's answers from the model's on the "
               "validation photos.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in sorted(state["points"], key=lambda p: (series(p), -p["keep"], p["bytes"])):
