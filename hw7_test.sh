@@ -2,7 +2,8 @@
 # The homework's entry point: bash hw7_test.sh <data directory> <prediction file>
 #   <data directory>: the food-11 root holding testing/ (NNNN.jpg)
 #   <prediction file>: the Kaggle CSV to write (Id,label)
-# The model is models/food11_student_uint8.onnx (see README); set EDGE_MODEL to use another
+# The model is models/food11_student_compressed.onnx (see README; the uint8 file beside it is the
+# previous default); set EDGE_MODEL to use another
 # (an .onnx we exported, or any checkpoint `edge` reads). Checks the homework's limits first.
 set -euo pipefail
 
@@ -11,7 +12,7 @@ if [ "$#" -ne 2 ]; then
   exit 2
 fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-model="${EDGE_MODEL:-$here/models/food11_student_uint8.onnx}"
+model="${EDGE_MODEL:-$here/models/food11_student_compressed.onnx}"
 limit=300000
 
 if [ ! -f "$model" ]; then
