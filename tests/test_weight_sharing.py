@@ -254,7 +254,7 @@ def test_trained_quantization_matches_the_teacher_better_on_held_out_images(spec
         return float(np.square(logits(model, held_out) - target).mean())
 
     before = error(quantized)
-    trained = train_quantized(quantized, codes, teacher, train, epochs=8, lr=3e-3, progress=False)
+    trained = train_quantized(quantized, codes, teacher, train, epochs=8, lr=3e-2, progress=False)
     assert error(quantized) < 0.8 * before  # the model now holds the trained weights
     for layer in model_layers(quantized):
         code, old = trained[layer.name], codes[layer.name]
