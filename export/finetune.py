@@ -134,7 +134,7 @@ def trainable(encoding):
 
 
 def train_quantized(model: nn.Module, encodings: dict, teacher: nn.Module, images: np.ndarray, epochs: int,
-                    lr: float = 1e-3, batch: int = 16, seed: int = 0, progress: bool = True) -> dict:
+                    lr: float = 3e-4, batch: int = 16, seed: int = 0, progress: bool = True) -> dict:
     """Fine-tune what ``model`` (a folded model holding its decoded weights, `edge.export.calibrate`)
     stores so its logits match ``teacher``'s on function-matching inputs made from ``images``
     (unlabelled, preprocessed NCHW); ``epochs`` passes over them, Adam with a cosine schedule, seeded;
