@@ -71,6 +71,15 @@ def _split_folders(photos: Path, calib_count: int, split: str, tmp: Path) -> tup
     return calib, [s.id for s in held_out]
 
 
+def _calibrated(variant: str) -> bool:
+    """Whether `edge export` calibrates this variant (it refuses --calib for formats that do not)."""
+    from edge.export.quantize import QuantSpec
+
+    words = shlex.split(variant)
+    option = {name: words[words.index(name) + 1] for name in ("--quant", "--method") if name in words}
+    return QuantSpec(option.get("--quant", "fp32"), **({"method": option["--method"]} if "--method" in option else {})).calibrated
+
+
 def _link_folder(samples, folder: Path) -> Path:
     folder.mkdir()
     for sample in samples:
@@ -107,8 +116,8 @@ def measure(checkpoint: Path, photos: Path, labels: Path | None, calib_count: in
         for index, variant in enumerate(variants):
             path = paths[variant] = tmp / f"v{index}.onnx"
             start = time.time()
-            _edge("export", str(checkpoint), "-o", str(path), "--calib", str(calib), "--calib-images",
-                  str(calib_count), *shlex.split(variant))
+            calibration = ["--calib", str(calib), "--calib-images", str(calib_count)] if _calibrated(variant) else []
+            _edge("export", str(checkpoint), "-o", str(path), *calibration, *shlex.split(variant))
             export_s = time.time() - start
             _edge("predict", str(path), str(tmp / "held_out"), "-o", str(tmp / f"v{index}.csv"), "--quiet")
             answers = _answers(tmp / f"v{index}.csv")

@@ -108,9 +108,10 @@ def plain_codebook(weight: np.ndarray, k: int, per_channel: bool) -> CodebookCod
     return _code(weight, codes, book, scales)
 
 
-def calibrated_codebook(layer, hessian: torch.Tensor, k: int, per_channel: bool, refits: int = 2) -> CodebookCode:
+def calibrated_codebook(layer, hessian: torch.Tensor, k: int, per_channel: bool, refits: int = 6) -> CodebookCode:
     """Weight sharing fitted to ``layer``'s output error through its input ``hessian`` (G, K_in, K_in):
-    Hessian-weighted k-means, then ``refits`` rounds of GPTQ assignment + least-squares codebook.
+    Hessian-weighted k-means, then ``refits`` rounds of GPTQ assignment + least-squares codebook
+    (6 rather than 2 kept 2 more held-out answers of 247 on the TA student: 97.17% -> 97.98%).
     Per channel, the codebook is shared and each output channel scales it by its own fp16 factor."""
     from edge.export.calibrate import grouped, gptq_codes
 
