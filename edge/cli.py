@@ -80,7 +80,7 @@ def main():
                    "writes the plain ONNX file).")
 @click.option("--train-epochs", default=0, show_default=True, type=click.IntRange(0),
               help="uintN/kmeansK: trained quantization, epochs of KD on augmented --calib images (codebooks "
-                   "and scales, or the codes on the fixed grid; biases and fp16 layers too).")
+                   "and scales, or the codes on the fixed grid; and the biases).")
 @click.option("--fp16-below", default=1024, show_default=True, type=click.IntRange(0), metavar="N",
               help="uintN/kmeansK --method gptq: layers with fewer than N weights stay fp16 (the sensitive small ones).")
 @click.option("--low-rank", type=click.FloatRange(0, 1, min_open=True), metavar="ENERGY",

@@ -60,6 +60,7 @@ class _Codebook:
         self.index = torch.from_numpy(code.q.astype(np.int64))
 
     def parameters(self) -> list[tuple[nn.Parameter, float]]:
+        """The trained tensors, each with the scale its learning rate is relative to."""
         return [(p, _rms(p)) for p in [self.book] + ([self.scale] if self.per_channel else [])]
 
     @property
