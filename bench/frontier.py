@@ -46,17 +46,25 @@ def run_points(path: Path) -> list[dict]:
              "source": path.name} for r in result["rows"] if r is not reference]
 
 
+def compress_technique(point: dict) -> str:
+    """``slimming + uint4 per-channel + entropy``; a mixed-precision point (its format names the wider
+    layers, ``uint4 per-channel entropy=True cnn.2.3:8 ...``) -> ``mixed precision: uint4 per-channel + entropy``."""
+    base = point["format"].split(" cnn.")[0].replace(" entropy=True", " + entropy")
+    return f"mixed precision: {base}" if point["stage"] == "mixed" else f"slimming + {base}"
+
+
 def compress_points(path: Path) -> list[dict]:
-    """The slimmed points of an `edge compress` report JSON (keep < 1, or the exact classifier merge at keep 1)."""
+    """The slimmed and mixed-precision points of an `edge compress` report JSON (the quantization-only fp32 point
+    is the reference)."""
     result = json.loads(path.read_text())
     points = result["points"]
     reference = next(p for p in points if p["stage"] == "quantization" and p["format"] == "fp32")
     held_out = result["about"]["test"]
-    return [{"technique": f"slimming + {p['format'].replace(' entropy=True', ' + entropy')}",
+    return [{"technique": compress_technique(p),
              "options": f"edge compress: keep {p['keep']:.3f}, widths {p['widths']}, {p['format']}",
              "bytes": p["bytes"], "accuracy": p["test_accuracy"], "fp32_accuracy": reference["test_accuracy"],
              "agreement": p["test_agreement"], "held_out": held_out, "source": path.name}
-            for p in points if p["stage"] == "slimming"]
+            for p in points if p["stage"] in ("slimming", "mixed")]
 
 
 def frontier(points: list[dict], drop: float) -> list[dict]:

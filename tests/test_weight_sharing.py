@@ -290,9 +290,12 @@ def test_spec_labels_name_every_option():
 def test_frontier_keeps_the_smallest_file_within_the_drop_per_technique(tmp_path):
     import json
 
-    from edge.bench.frontier import frontier, run_points, technique
+    from edge.bench.frontier import compress_technique, frontier, run_points, technique
 
     assert technique("--quant uint4 --per-channel --entropy") == "uintN per-channel + entropy"
+    assert compress_technique({"stage": "mixed", "format": "uint4 per-channel entropy=True cnn.2.3:8"}) \
+        == "mixed precision: uint4 per-channel + entropy"
+    assert compress_technique({"stage": "slimming", "format": "uint8"}) == "slimming + uint8"
     assert technique("--quant kmeans16 --fp16-below 3000") == "kmeansK per-tensor + fp16 small layers"
     assert technique("--quant fp16 --low-rank 0.9") == "fp16 + low rank"
     rows = [("--quant fp32", 1000, 0.80), ("--quant uint4", 100, 0.795), ("--quant uint3", 80, 0.78),
