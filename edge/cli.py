@@ -81,7 +81,7 @@ def main():
 @click.option("--train-epochs", default=0, show_default=True, type=click.IntRange(0),
               help="uintN/kmeansK: trained quantization, epochs of KD on augmented --calib images (codebooks "
                    "and scales, or the codes on the fixed grid; and the biases).")
-@click.option("--fp16-below", default=1024, show_default=True, type=click.IntRange(0), metavar="N",
+@click.option("--fp16-below", default=formats.FP16_BELOW, show_default=True, type=click.IntRange(0), metavar="N",
               help="uintN/kmeansK --method gptq: layers with fewer than N weights stay fp16 (the sensitive small ones).")
 @click.option("--low-rank", type=click.FloatRange(0, 1, min_open=True), metavar="ENERGY",
               help="fp32/fp16: store pointwise convs and the classifier as SVD factors U·V keeping ENERGY (e.g. "
@@ -125,7 +125,8 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
         ckpt = load_model(checkpoint, pools=_int_list(pools)) if checkpoint else shipped_student()
         click.echo(f"model: {checkpoint or 'the shipped student, ' + ckpt.source} "
                    f"({ckpt.describe()}, {ckpt.parameters:,} parameters)")
-        calibration = preprocessed_images(ckpt, calib, calib_images) if calib and spec.calibrated else (None, "")
+        calibrates = spec.calibrated or max_drop is not None  # --max-drop tries calibrated candidates
+        calibration = preprocessed_images(ckpt, calib, calib_images) if calib and calibrates else (None, "")
         same = images and calib and images.resolve() == calib.resolve()
         if max_drop is not None:
             return _export_within_drop(ckpt, output, max_drop, calibration, images, labels,

@@ -36,7 +36,8 @@ METHODS = {  # the calibrations of integer formats, the default first
 }
 DEFAULT_METHOD = next(iter(METHODS))
 DATA_FREE = "minmax"
-CODED_OPTIONS = ("per_channel", "method", "entropy", "train_epochs")
+CODED_OPTIONS = ("per_channel", "method", "entropy", "train_epochs", "fp16_below")
+FP16_BELOW = 1024  # calibrated uintN/kmeansK: layers with fewer weights stay fp16 (--fp16-below)
 
 FORMATS = (
     WeightFormat("fp32", "fp32", "float32 weights", options=("low_rank",)),
@@ -51,12 +52,13 @@ FORMATS = (
                  options=("per_channel",)),
 )
 
-# The --max-drop candidates (and compress's quantization-only frontier), smallest file first on
-# the TA student (bench/results/weight_sharing_*.md): (format, QuantSpec options).
+# The --max-drop candidates, smallest file first on the TA student (bench/results/max_drop_ta_student.md):
+# (format, QuantSpec options). `edge compress` measures its own list (edge.compress.FORMATS).
 CANDIDATES = (
     ("kmeans16", {"entropy": True}),
     ("uint4", {"per_channel": True, "entropy": True}),
     ("kmeans16", {"per_channel": True, "entropy": True}),
+    ("kmeans16", {"per_channel": True, "entropy": True, "fp16_below": 3000}),
     ("uint4", {"per_channel": True}),
     ("kmeans32", {"entropy": True}),
     ("uint6", {"per_channel": True, "entropy": True}),

@@ -22,7 +22,7 @@ import numpy as np
 
 from edge.fold import FoldedLayer
 from edge.quant import FloatWeight, minmax_encode
-from edge.weight_formats import CANDIDATES, DEFAULT_METHOD, METHODS, WeightFormat, parse_format
+from edge.weight_formats import CANDIDATES, DEFAULT_METHOD, FP16_BELOW, METHODS, WeightFormat, parse_format
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class QuantSpec:
     weights: str = "fp32"  # a format of `edge.weight_formats.FORMATS`: fp32 | fp16 | uintN | kmeansK | int8
     per_channel: bool = False
     method: str = DEFAULT_METHOD
-    fp16_below: int = 1024
+    fp16_below: int = FP16_BELOW
     entropy: bool = False  # codes entropy-coded in the file (`edge.entropy`): only edge's runtime opens it
     train_epochs: int = 0  # uintN/kmeansK --method gptq: trained quantization on the calibration images (export/finetune.py)
     low_rank: float | None = None  # fp32/fp16: SVD-factor pointwise convs and the classifier, keeping this energy
@@ -75,8 +75,10 @@ class QuantSpec:
 
     @property
     def label(self) -> str:
-        """Short display name: ``kmeans16 per-channel entropy``."""
+        """Short display name: ``kmeans16 per-channel entropy fp16-below 3000``."""
         return " ".join([self.weights] + ["per-channel"] * self.per_channel + ["entropy"] * self.entropy
+                        + [f"fp16-below {self.fp16_below}"] * (self.calibrated and self.fp16_below != FP16_BELOW)
+                        + [f"trained {self.train_epochs}"] * bool(self.train_epochs)
                         + ([f"low-rank {self.low_rank:g}"] if self.low_rank is not None else []))
 
     def describe(self) -> dict:

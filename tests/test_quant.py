@@ -341,3 +341,20 @@ def test_mixed_precision_gives_named_layers_their_own_width(ta, food11_test):
         return float(np.square(logits(decoded_model(folded, layers, encodings, np.float32), held_out) - reference).mean())
 
     assert error(mixed_layers, mixed) < 0.95 * error(plain_layers, plain)  # 32,768 weights at 8 bits: a visible share
+
+
+def test_max_drop_calibrates_its_candidates_on_the_calib_folder(synthetic_student, synthetic_photos, tmp_path):
+    import json
+
+    import onnx
+    from click.testing import CliRunner
+
+    from edge.cli import main
+
+    out = tmp_path / "chosen.onnx"
+    result = CliRunner().invoke(main, ["export", str(synthetic_student), "--max-drop", "100", "--calib",
+                                       str(synthetic_photos), "--calib-images", "6", "--images",
+                                       str(synthetic_photos), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    quant = json.loads({p.key: p.value for p in onnx.load(out).metadata_props}["edge.quant"])
+    assert quant["calibration"] == f"6 images from {synthetic_photos}"  # not silently data-free

@@ -285,6 +285,8 @@ def test_spec_labels_name_every_option():
     assert QuantSpec("uint8").label == "uint8"
     assert QuantSpec("kmeans16", per_channel=True, entropy=True).label == "kmeans16 per-channel entropy"
     assert QuantSpec("fp16", low_rank=0.9).label == "fp16 low-rank 0.9"
+    assert QuantSpec("kmeans16", fp16_below=3000, train_epochs=2).label == "kmeans16 fp16-below 3000 trained 2"
+    assert QuantSpec("kmeans16", method="minmax", fp16_below=3000).label == "kmeans16"  # data-free keeps every layer coded
 
 
 def test_frontier_keeps_the_smallest_file_within_the_drop_per_technique(tmp_path):
