@@ -146,8 +146,17 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
                                              else f"decode ops left at run time: {leftover}"))
 
 
+FORMAT_OPTIONS = ("quant", "per_channel", "method", "entropy", "train_epochs", "fp16_below", "low_rank")
+
+
 def _check_export_options(spec, calib, images, labels, max_drop) -> None:
     """Options that would do nothing in this mode are mistakes, said at once (exit 2)."""
+    ctx = click.get_current_context()
+    given = [name for name in FORMAT_OPTIONS
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if max_drop is not None and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise click.UsageError(f"--max-drop chooses the weight format from its candidates; {flags} would be ignored")
     if spec.per_channel and "per_channel" not in spec.format.options and max_drop is None:
         raise click.UsageError(f"--per-channel sets integer ranges; --quant {spec.weights} has none")
     if calib and not spec.calibrated and max_drop is None:

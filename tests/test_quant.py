@@ -358,3 +358,15 @@ def test_max_drop_calibrates_its_candidates_on_the_calib_folder(synthetic_studen
     assert result.exit_code == 0, result.output
     quant = json.loads({p.key: p.value for p in onnx.load(out).metadata_props}["edge.quant"])
     assert quant["calibration"] == f"6 images from {synthetic_photos}"  # not silently data-free
+
+
+@pytest.mark.parametrize("option", [["--quant", "uint8"], ["--per-channel"], ["--fp16-below", "10"]])
+def test_max_drop_refuses_format_options_it_would_ignore(synthetic_student, synthetic_photos, tmp_path, option):
+    from click.testing import CliRunner
+
+    from edge.cli import main
+
+    result = CliRunner().invoke(main, ["export", str(synthetic_student), "--max-drop", "1", "--images",
+                                       str(synthetic_photos), "-o", str(tmp_path / "x.onnx"), *option])
+    assert result.exit_code == 2 and f"{option[0]} would be ignored" in result.output
+    assert not (tmp_path / "x.onnx").exists()
