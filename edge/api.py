@@ -76,7 +76,8 @@ def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *
         `ExportResult`: the path, its size in bytes and the weight format's description.
 
     Raises:
-        ValueError: an unknown format or an option the format does not take.
+        ValueError: an unknown format, an option the format does not take, or calibration images for a
+            format that uses none.
         edge.errors.EdgeError: an unreadable model file or image folder, or an output that cannot be written.
     """
     from edge.checkpoints import load_model as load
@@ -85,6 +86,8 @@ def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *
     from edge.files import check_output
 
     spec = QuantSpec(quant, **format_options)
+    if calibration_dir and not spec.calibrated:
+        raise ValueError(f"calibration_dir calibrates gptq and int8; {spec.label} (method {spec.method}) uses none")
     check_output(output, inputs=(model_path, calibration_dir), writes_model=True, what="ONNX file")
     model = load(model_path)
     calibration = preprocessed_images(model, calibration_dir, calibration_images) \

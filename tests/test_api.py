@@ -65,6 +65,9 @@ def test_export_refuses_a_bad_format_and_an_existing_input(tiny):
         edge.export_model(tiny / "tiny.pt", tiny / "bad.onnx", quant="fp16", entropy=True)
     with pytest.raises(edge.EdgeError):
         edge.export_model(tiny / "tiny.pt", tiny / "tiny.pt", quant="fp16")
+    with pytest.raises(ValueError, match="calibration_dir"):  # not silently ignored
+        edge.export_model(tiny / "tiny.pt", tiny / "bad.onnx", quant="uint8", method="minmax",
+                          calibration_dir=tiny / "images")
     assert not (tiny / "bad.onnx").exists()
 
 
