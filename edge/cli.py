@@ -182,11 +182,12 @@ def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, off
     known = truth and all(s.id in truth for s in samples)
     label_array = np.array([truth[s.id] for s in samples]) if known else None
     chosen, trials = select_format(ckpt, output, pictures, label_array, max_drop, *calibration)
-    click.echo(f"{'format':<28} {'bytes':>10} {'agreement':>10} {'accuracy':>9}  within {max_drop} pt "
+    width = max(len(trial.name) for trial in trials)
+    click.echo(f"{'format':<{width}} {'bytes':>10} {'agreement':>10} {'accuracy':>9}  within {max_drop} pt "
                f"on {len(samples)} images")
     for trial in trials:
         accuracy = f"{trial.accuracy:.2f}%" if trial.accuracy is not None else "-"
-        click.echo(f"{trial.name:<28} {trial.bytes:>10,} {trial.agreement:>9.2f}% {accuracy:>9}  "
+        click.echo(f"{trial.name:<{width}} {trial.bytes:>10,} {trial.agreement:>9.2f}% {accuracy:>9}  "
                    f"{'yes' if trial.passed else 'no'}")
     if chosen is None:
         raise click.ClickException(f"no format stays within {max_drop} points; nothing written")
