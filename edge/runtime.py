@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.backends import ONNXRUNTIME, Backend, ProviderUnavailable, check_available, resolve
-from edge.entropy import session_source
+from edge.entropy import EntropyError, session_source
 from edge.errors import EdgeError
 from edge.metadata import MetadataError, read_metadata, read_net
 
@@ -55,9 +55,12 @@ class OnnxClassifier:
         backend = resolve_provider(provider)
         wanted = backend.provider
         try:
-            self.session = ort.InferenceSession(session_source(self.path), session_options(threads),
-                                                providers=[wanted])
-        except Exception as err:  # onnx's DecodeError, edge.entropy's, onnxruntime's Fail/InvalidGraph/... types
+            source = session_source(self.path)
+        except EntropyError as err:  # names the file and the stream
+            raise ModelError(str(err)) from None
+        try:
+            self.session = ort.InferenceSession(source, session_options(threads), providers=[wanted])
+        except Exception as err:  # onnxruntime's Fail/InvalidGraph/InvalidProtobuf/... types
             raise ModelError(f"{self.path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
         if wanted not in self.session.get_providers():
             raise ProviderUnavailable(f"{wanted} did not start for {self.path} (session runs on "
@@ -68,6 +71,7 @@ class OnnxClassifier:
             self.net = read_net(props, str(self.path))  # None on a StudentNet; a baseline's arch and size
             self.input_name = self.session.get_inputs()[0].name
             self._check_io()
+            self._check_finite()
         except MetadataError as err:
             raise ModelError(str(err)) from None
         except (UnicodeDecodeError, IndexError) as err:  # damaged names or a graph without inputs/outputs
@@ -86,6 +90,19 @@ class OnnxClassifier:
         out = self.session.get_outputs()[0].shape
         if len(out) != 2 or out[1] != config.num_classes:
             raise ModelError(f"{self.path}: output shape {out} does not match {config.num_classes} classes")
+
+    def _check_finite(self) -> None:
+        """Non-finite weights are an error, not a prediction: a blank image through the graph (its
+        constant-folded weights included) must give finite logits."""
+        config = self.card.config
+        blank = np.zeros((1, config.in_channels, config.input_size, config.input_size), np.float32)
+        try:
+            logits = self(blank)
+        except Exception as err:  # onnxruntime's RuntimeException/Fail/...: a graph that cannot run
+            raise ModelError(f"{self.path}: fails on a blank image ({str(err).splitlines()[0]})") from None
+        if not np.isfinite(logits).all():
+            raise ModelError(f"{self.path}: its weights hold NaN or inf (a blank image gives non-finite logits); "
+                             "a damaged model, refused")
 
     @property
     def provider(self) -> str:

@@ -1,0 +1,150 @@
+"""Third pass of hostile inputs, on the runtime side (predict / info / convert / bench): files that
+go INTO edge's ONNX runtime. Each class of input that once gave a traceback, a silent answer, an
+unbounded allocation or a clobbered file is here, refused with one line naming the file and exit 2:
+entropy-coded streams that lie (sizes, widths, names, bombs), model cards that lie (types, ranges,
+non-finite normalisation), non-finite weights, non-regular files named like models or images, and
+an output path inside the input folder. All on tiny seeded models: no ../shared needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import helper, numpy_helper
+
+from edge.checkpoints import load_checkpoint
+from edge.cli import main
+from edge.config import ConfigError, ModelCard
+from edge.entropy import EntropyError, decode_stream, encode_stream, expand, write_plain
+from edge.export.exporter import export_onnx
+from edge.export.quantize import QuantSpec
+from edge.metadata import MetadataError, read_metadata, read_net
+from edge.quant import pack_codes
+from edge.runtime import ModelError, OnnxClassifier
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output and result.exit_code in (0, 2), result.output
+    return result
+
+
+def refused(result, *words: str) -> None:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert all(w in errors[0] for w in words), (words, errors[0])
+
+
+@pytest.fixture(scope="module")
+def coded(synthetic_student, tmp_path_factory) -> Path:
+    """A uint4 entropy-coded file of the synthetic student (every layer coded: fp16_below 0)."""
+    path = tmp_path_factory.mktemp("coded") / "coded.onnx"
+    export_onnx(load_checkpoint(synthetic_student), path, QuantSpec("uint4", method="minmax", fp16_below=0, entropy=True))
+    return path
+
+
+def _stream_node(model: onnx.ModelProto) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.domain == "edge.entropy")
+
+
+def _attribute(node, name: str):
+    return next(a for a in node.attribute if a.name == name)
+
+
+def _bomb(model):
+    """A deflate stream of 64 MiB of zeros (64 KiB in the file) where 1 KiB of codes belongs."""
+    node = _stream_node(model)
+    coder = zlib.compressobj(9)
+    _attribute(node, "data").s = b"".join(coder.compress(bytes(1 << 20)) for _ in range(64)) + coder.flush()
+    _attribute(node, "codec").s, _attribute(node, "layout").s = b"deflate", b"packed"
+
+
+def _retype_bits(model):
+    node = _stream_node(model)
+    node.attribute.remove(_attribute(node, "bits"))
+    node.attribute.append(helper.make_attribute("bits", "four"))
+
+
+def _twice(model):
+    model.graph.node.insert(0, onnx.NodeProto())
+    model.graph.node[0].CopyFrom(_stream_node(model))
+
+
+def _shorter_stream(model):
+    """A consistent stream (node and data agree) that is half of what the graph reads."""
+    node = _stream_node(model)
+    half = np.zeros(_attribute(node, "bytes").i // 2, np.uint8)
+    codec, layout, data = encode_stream(half, 4)
+    for key, value in (("codec", codec.encode()), ("layout", layout.encode()), ("data", data)):
+        _attribute(node, key).s = value
+    _attribute(node, "bytes").i = len(half)
+
+
+STREAM_DAMAGE = {  # what once gave a traceback, a bomb or a silently accepted file -> the words of its refusal
+    "width 0": (lambda m: setattr(_attribute(_stream_node(m), "bits"), "i", 0), "not the stream of 0-bit codes"),
+    "width mistyped": (_retype_bits, "attribute bits missing or not int"),
+    "no output": (lambda m: _stream_node(m).ClearField("output"), "0 outputs, not 1"),
+    "an input": (lambda m: _stream_node(m).input.append("input"), "it has inputs"),
+    "codec not ascii": (lambda m: setattr(_attribute(_stream_node(m), "codec"), "s", b"\xff"), "not a name"),
+    "defined twice": (_twice, "defined twice"),
+    "billions of codes": (lambda m: setattr(_attribute(_stream_node(m), "bytes"), "i", 10 ** 10), "graph reads"),
+    "shorter than the graph reads": (_shorter_stream, "graph reads"),
+    "decompression bomb": (_bomb, "decodes to more than"),
+    "truncated": (lambda m: setattr(_attribute(_stream_node(m), "data"), "s", _attribute(_stream_node(m), "data").s[:40]),
+                  "ends early"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(STREAM_DAMAGE))
+def test_lying_entropy_streams_are_refused_by_the_runtime_and_by_convert(coded, tmp_path, damage):
+    mutate, words = STREAM_DAMAGE[damage]
+    model = onnx.load(coded)
+    mutate(model)
+    path = tmp_path / "damaged.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ModelError, match=words):
+        OnnxClassifier(path)
+    with pytest.raises(EntropyError, match=words):
+        write_plain(path, tmp_path / "plain.onnx")
+    assert not (tmp_path / "plain.onnx").exists()
+
+
+def test_convert_refuses_a_damaged_stream_with_one_line_and_writes_nothing(coded, tmp_path):
+    model = onnx.load(coded)
+    _retype_bits(model)
+    onnx.save(model, tmp_path / "d.onnx")
+    refused(invoke("convert", tmp_path / "d.onnx", "--to", "onnx", "-o", tmp_path / "p.onnx"), "d.onnx", "bits")
+    assert not (tmp_path / "p.onnx").exists()
+
+
+def test_a_bomb_costs_no_more_memory_than_an_honest_stream():
+    coder = zlib.compressobj(9)
+    bomb = b"".join(coder.compress(bytes(1 << 20)) for _ in range(64)) + coder.flush()
+    tracemalloc.start()
+    try:
+        with pytest.raises(EntropyError, match="more than the 1000 bytes"):
+            decode_stream("deflate", "packed", bomb, 4, 1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # 64 MiB if it were decoded whole
+    packed = pack_codes(np.arange(300, dtype=np.uint8) % 16, 4)
+    codec, layout, data = encode_stream(packed, 4)
+    with pytest.raises(EntropyError, match="bytes follow its end"):
+        decode_stream(codec, layout, data + b"junk", 4, len(packed))
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_a_device_named_like_a_model_is_refused_unread(tmp_path):
+    os.symlink("/dev/zero", tmp_path / "zero.onnx")
+    refused(invoke("convert", tmp_path / "zero.onnx", "--to", "onnx", "-o", tmp_path / "p.onnx"), "not a regular file")
+    assert not (tmp_path / "p.onnx").exists()
