@@ -148,3 +148,76 @@ def test_a_device_named_like_a_model_is_refused_unread(tmp_path):
     os.symlink("/dev/zero", tmp_path / "zero.onnx")
     refused(invoke("convert", tmp_path / "zero.onnx", "--to", "onnx", "-o", tmp_path / "p.onnx"), "not a regular file")
     assert not (tmp_path / "p.onnx").exists()
+
+
+# ---------------------------------------------------------------- model cards that lie
+
+def _card(**changes) -> dict:
+    card = ModelCard().to_dict()
+    for path, value in changes.items():
+        section, _, key = path.rpartition("__")
+        (card[section] if section else card)[key] = value
+    return card
+
+
+@pytest.mark.parametrize("card,words", [
+    (_card(classes="abcdefghijk"), "classes must be a list of names"),
+    (_card(classes=list(range(11))), "classes must be a list of names"),
+    (_card(preprocess__std=[0, 1, 1]), "std must be in"),
+    (_card(preprocess__std=[1e-320, 1, 1]), "std must be in"),
+    (_card(preprocess__mean="012"), "mean must be a list of numbers"),
+    (_card(preprocess__crop="256"), "crop must be a whole number"),
+    (_card(preprocess__crop=True), "crop must be a whole number"),
+    (_card(preprocess__crop=10 ** 6, config__input_size=10 ** 6), "outside 1..2048"),
+    (_card(preprocess__resize=10 ** 6), "resize 1000000 is outside"),
+    (_card(preprocess__exif_transpose="no"), "exif_transpose must be true or false"),
+    (_card(config__widths=[16.5]), "widths must be a whole number"),
+])
+def test_cards_with_wrong_types_or_ranges_are_refused(card, words):
+    with pytest.raises(MetadataError, match=words):
+        read_metadata({"edge.card": json.dumps(card)}, "m.onnx")
+
+
+def test_non_finite_normalisation_in_json_is_refused_and_a_whole_float_is_read_as_an_int():
+    text = json.dumps(_card()).replace('"std": [1.0, 1.0, 1.0]', '"std": [NaN, 1.0, 1.0]')
+    with pytest.raises(MetadataError, match="std must hold finite numbers"):
+        read_metadata({"edge.card": text}, "m.onnx")
+    card, _ = read_metadata({"edge.card": json.dumps(_card(preprocess__crop=256.0))}, "m.onnx")
+    assert card.preprocess.crop == 256 and type(card.preprocess.crop) is int
+    with pytest.raises(ConfigError):
+        ModelCard.from_dict(_card(classes=[["nested"]] * 11))
+
+
+@pytest.mark.parametrize("props,words", [
+    ({"edge.quant": "[1]"}, "'edge.quant' metadata (a JSON object expected, not list)"),
+    ({"edge.format": "99"}, "this edge reads layout 1"),
+    ({"edge.net": "[1]"}, "'edge.net' metadata (a JSON object expected"),
+    ({"edge.net": '{"arch": "cnn", "groups": 1, "parameters": 5}'}, "it needs arch, groups, parameters and flops"),
+])
+def test_other_metadata_that_lies_is_refused(props, words):
+    with pytest.raises(MetadataError, match=re.escape(words)):
+        everything = {"edge.card": ModelCard().to_json(), **props}
+        read_metadata(everything, "m.onnx")
+        read_net(everything, "m.onnx")
+
+
+def test_a_card_with_zero_std_is_refused_before_predicting(coded, synthetic_photos, tmp_path):
+    model = onnx.load(coded)
+    entry = next(p for p in model.metadata_props if p.key == "edge.card")
+    card = json.loads(entry.value)
+    card["preprocess"]["std"] = [0.0, 1.0, 1.0]
+    entry.value = json.dumps(card)
+    onnx.save(model, tmp_path / "zero_std.onnx")
+    for command in (("info",), ("predict", synthetic_photos, "-o", tmp_path / "p.csv", "--quiet")):
+        refused(invoke(command[0], tmp_path / "zero_std.onnx", *command[1:]), "zero_std.onnx", "std must be in")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_nan_weights_are_refused_when_the_file_is_opened_not_only_when_it_answers(coded, tmp_path):
+    model = onnx.load(coded)
+    tensor = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16 and np.prod(t.dims) > 4)
+    array = numpy_helper.to_array(tensor).copy()
+    array.flat[1] = np.nan
+    tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+    onnx.save(model, tmp_path / "nan.onnx")
+    refused(invoke("info", tmp_path / "nan.onnx"), "nan.onnx", "NaN or inf")
