@@ -38,11 +38,12 @@ class Sample:
 
 
 def is_image(path: Path) -> bool:
-    """An image by its name (any case of suffix, not hidden) that is a file or a broken link (so
-    that it is reported as unreadable rather than silently left out); never a folder or a pipe."""
+    """An image by its name (any case of suffix, not hidden) that is not a folder: a file, or a broken
+    link, device or pipe so named, which is then reported as unreadable (`edge.preprocess.read_file`
+    refuses it unopened) rather than silently left out of the predictions."""
     if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
         return False
-    return path.is_file() or (path.is_symlink() and not path.exists())
+    return not path.is_dir()
 
 
 def _parse_id(text: str) -> str:

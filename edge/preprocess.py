@@ -14,6 +14,7 @@ GIL, so threads decode in parallel. The crop is a view, scaled to floats a colou
 from __future__ import annotations
 
 import io
+import stat
 import warnings
 from pathlib import Path
 
@@ -47,10 +48,14 @@ class TruncatedImageWarning(UserWarning):
 
 
 def read_file(path) -> bytes:
-    """The file's bytes; `ImageError` naming the file when it cannot be read, is empty or is larger
-    than `MAX_FILE_BYTES` (refused before reading, so a huge or sparse file costs no memory)."""
+    """The file's bytes; `ImageError` naming the file when it cannot be read, is not a regular file,
+    is empty or is larger than `MAX_FILE_BYTES` (refused before reading, so a huge or sparse file, a
+    device or a pipe costs no memory and no wait)."""
     try:
-        size = Path(path).stat().st_size
+        info = Path(path).stat()
+        if not stat.S_ISREG(info.st_mode):  # a device or pipe would never end (or never start)
+            raise ImageError(f"{path}: cannot read: not a regular file (a folder, device, pipe or socket)")
+        size = info.st_size
         if size > MAX_FILE_BYTES:
             raise ImageError(f"{path}: refused: {size:,} bytes, more than any image edge decodes "
                              f"({MAX_FILE_BYTES:,})")
@@ -143,6 +148,8 @@ def read_image(path, spec: Preprocess) -> tuple[np.ndarray, str | None]:
         return _decode(path, data, spec)
     except Image.DecompressionBombError as err:
         raise ImageError(f"{path}: refused: {err}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (no image format recognised in its {len(data):,} bytes)") from None
     except Exception as err:  # noqa: BLE001 - untrusted bytes make decoders raise anything; all mean "unreadable"
         raise ImageError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from None
 

@@ -221,3 +221,27 @@ def test_nan_weights_are_refused_when_the_file_is_opened_not_only_when_it_answer
     tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
     onnx.save(model, tmp_path / "nan.onnx")
     refused(invoke("info", tmp_path / "nan.onnx"), "nan.onnx", "NaN or inf")
+
+
+# ---------------------------------------------------------------- images and outputs
+
+def test_pipes_and_devices_named_like_images_are_listed_not_silently_left_out(synthetic_student_onnx, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    from synthetic import write_photos
+
+    write_photos(folder, ["1.jpg"])
+    os.mkfifo(folder / "2.jpg")
+    (folder / "3.jpg").write_text("not an image\n")
+    refused(invoke("predict", synthetic_student_onnx, folder, "-o", tmp_path / "p.csv", "--quiet"), "2 image(s)")
+    result = invoke("predict", synthetic_student_onnx, folder, "-o", tmp_path / "p.csv", "--quiet", "--skip-bad")
+    assert result.exit_code == 0 and "2.jpg: cannot read: not a regular file" in result.stderr
+    assert "3.jpg: not an image" in result.stderr
+    assert (tmp_path / "p.csv").read_text().splitlines()[1:] and len((tmp_path / "p.csv").read_text().splitlines()) == 2
+
+
+def test_an_output_inside_the_input_folder_never_replaces_an_image(synthetic_student_onnx, synthetic_photos):
+    image = sorted(synthetic_photos.iterdir())[0]
+    before = image.read_bytes()
+    refused(invoke("predict", synthetic_student_onnx, synthetic_photos, "-o", image), "inside the input folder")
+    assert image.read_bytes() == before
