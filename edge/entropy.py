@@ -203,15 +203,20 @@ def _stream_node(node, taken: set[str]) -> tuple[str, str, str, int, int, bytes]
 
 
 def _check_graph_reads(graph, name: str, nbytes: int) -> None:
-    """The exporter's unpacking graph slices ``<stream>.bits`` bits off a stream of fewer than 8 bits
-    per code: the stream must hold exactly that many (checked before decoding anything)."""
+    """A stream must hold exactly what the exporter's unpacking graph reads of it (checked before
+    decoding anything): ``<stream>.bits`` bits for fewer than 8 bits per code (a Slice), else the
+    sum of its one Split's ``<stream>.<dtype>.sizes`` codes. Graphs naming neither are not checked."""
     from onnx import numpy_helper
 
-    wanted = next((t for t in graph.initializer if t.name == f"{name}.bits"), None)
-    if wanted is None:
+    counts = {t.name: numpy_helper.to_array(t).reshape(-1) for t in graph.initializer
+              if t.name == f"{name}.bits" or (t.name.startswith(f"{name}.") and t.name.endswith(".sizes"))}
+    if f"{name}.bits" in counts:
+        values = counts[f"{name}.bits"]
+        expected = -(-int(values[0]) // 8) if values.size == 1 else None
+    elif len(counts) == 1 and code_stream_bits(name) == 8:
+        expected = int(next(iter(counts.values())).sum())
+    else:
         return
-    values = numpy_helper.to_array(wanted).reshape(-1)
-    expected = -(-int(values[0]) // 8) if values.size == 1 else None
     if expected != nbytes:
         raise EntropyError(f"stream {name}: its node declares {nbytes} bytes but the graph reads "
                            f"{expected if expected is not None else 'an unreadable count of'} bytes")

@@ -83,7 +83,7 @@ def _shorter_stream(model):
     """A consistent stream (node and data agree) that is half of what the graph reads."""
     node = _stream_node(model)
     half = np.zeros(_attribute(node, "bytes").i // 2, np.uint8)
-    codec, layout, data = encode_stream(half, 4)
+    codec, layout, data = encode_stream(half, _attribute(node, "bits").i)
     for key, value in (("codec", codec.encode()), ("layout", layout.encode()), ("data", data)):
         _attribute(node, key).s = value
     _attribute(node, "bytes").i = len(half)
@@ -116,6 +116,17 @@ def test_lying_entropy_streams_are_refused_by_the_runtime_and_by_convert(coded, 
     with pytest.raises(EntropyError, match=words):
         write_plain(path, tmp_path / "plain.onnx")
     assert not (tmp_path / "plain.onnx").exists()
+
+
+def test_an_8_bit_stream_must_hold_what_its_split_reads(synthetic_student, tmp_path):
+    path = tmp_path / "coded8.onnx"
+    export_onnx(load_checkpoint(synthetic_student), path, QuantSpec("uint8", method="minmax", fp16_below=0, entropy=True))
+    model = onnx.load(path)
+    assert _attribute(_stream_node(model), "bits").i == 8
+    _shorter_stream(model)
+    onnx.save(model, path)
+    with pytest.raises(ModelError, match=r"codes8: its node declares \d+ bytes but the graph reads \d+"):
+        OnnxClassifier(path)
 
 
 def test_convert_refuses_a_damaged_stream_with_one_line_and_writes_nothing(coded, tmp_path):
