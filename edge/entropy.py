@@ -24,7 +24,6 @@ from __future__ import annotations
 import bz2
 import lzma
 import mmap
-import stat
 import zlib
 
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.errors import EdgeError
+from edge.files import check_input
 from edge.quant import code_stream_bits, pack_codes, unpack_codes
 
 if TYPE_CHECKING:
@@ -262,22 +262,10 @@ def session_source(path) -> str | bytes:
 
 
 def _holds_marker(path: Path) -> bool:
-    if _check_file(path) == 0:
+    if check_input(path, "ONNX file", MAX_ONNX_BYTES) == 0:
         return False
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
         return view.find(DOMAIN.encode()) >= 0
-
-
-def _check_file(path: Path) -> int:
-    """The size of the model file at ``path``; EntropyError when it is not a regular file (a device
-    would never end) or larger than any ONNX file can be."""
-    info = path.stat()
-    if not stat.S_ISREG(info.st_mode):
-        raise EntropyError(f"{path}: not a regular file (a device, pipe or folder): give an ONNX file")
-    if info.st_size > MAX_ONNX_BYTES:
-        raise EntropyError(f"{path}: refused: {info.st_size:,} bytes, more than an ONNX file can hold "
-                           f"({MAX_ONNX_BYTES:,})")
-    return info.st_size
 
 
 def _load(path: Path) -> "onnx.ModelProto":
@@ -288,7 +276,7 @@ def _load(path: Path) -> "onnx.ModelProto":
     except ImportError:
         raise EntropyError(f"{path}: {HOW_TO_OPEN}; reading it needs the onnx package (pip install onnx)") from None
     try:
-        _check_file(path)
+        check_input(path, "ONNX file", MAX_ONNX_BYTES)
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, OSError, ValueError) as err:
         raise EntropyError(f"{path}: not an ONNX file ({getattr(err, 'strerror', None) or err})") from None

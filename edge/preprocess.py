@@ -14,7 +14,6 @@ GIL, so threads decode in parallel. The crop is a view, scaled to floats a colou
 from __future__ import annotations
 
 import io
-import stat
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from PIL import Image, ImageOps
 
 from edge.config import Preprocess
 from edge.errors import EdgeError
+from edge.files import InputError, check_input
 
 try:
     import simplejpeg
@@ -52,14 +52,10 @@ def read_file(path) -> bytes:
     is empty or is larger than `MAX_FILE_BYTES` (refused before reading, so a huge or sparse file, a
     device or a pipe costs no memory and no wait)."""
     try:
-        info = Path(path).stat()
-        if not stat.S_ISREG(info.st_mode):  # a device or pipe would never end (or never start)
-            raise ImageError(f"{path}: cannot read: not a regular file (a folder, device, pipe or socket)")
-        size = info.st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(f"{path}: refused: {size:,} bytes, more than any image edge decodes "
-                             f"({MAX_FILE_BYTES:,})")
+        check_input(path, "image", MAX_FILE_BYTES)
         data = Path(path).read_bytes()
+    except InputError as err:
+        raise ImageError(str(err)) from None
     except OSError as err:
         raise ImageError(f"{path}: cannot read ({err.strerror or err})") from None
     if not data:

@@ -15,6 +15,7 @@ import numpy as np
 from edge.backends import ONNXRUNTIME, Backend, ProviderUnavailable, check_available, resolve
 from edge.entropy import EntropyError, session_source
 from edge.errors import EdgeError
+from edge.files import InputError
 from edge.metadata import MetadataError, read_metadata, read_net
 
 
@@ -51,12 +52,13 @@ class OnnxClassifier:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise ModelError(f"{self.path}: no such model file")
+            raise ModelError(f"{self.path}: " + ("not a regular file (a folder, device, pipe or socket)"
+                                                 if self.path.exists() else "no such model file"))
         backend = resolve_provider(provider)
         wanted = backend.provider
         try:
             source = session_source(self.path)
-        except EntropyError as err:  # names the file and the stream
+        except (EntropyError, InputError) as err:  # names the file (and the stream)
             raise ModelError(str(err)) from None
         try:
             self.session = ort.InferenceSession(source, session_options(threads), providers=[wanted])

@@ -11,23 +11,30 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+import time
 import tracemalloc
 import zlib
 from pathlib import Path
 
+import click
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
+from edge.bench.cli import _read_previous
 from edge.checkpoints import load_checkpoint
 from edge.cli import main
-from edge.config import ConfigError, ModelCard
+from edge.config import ConfigError, ModelCard, Preprocess
+from edge.data import read_labels
 from edge.entropy import EntropyError, decode_stream, encode_stream, expand, write_plain
 from edge.export.exporter import export_onnx
 from edge.export.quantize import QuantSpec
+from edge.files import InputError
 from edge.metadata import MetadataError, read_metadata, read_net
+from edge.preprocess import ImageError, read_image
 from edge.quant import pack_codes
 from edge.runtime import ModelError, OnnxClassifier
 
@@ -246,9 +253,45 @@ def test_pipes_and_devices_named_like_images_are_listed_not_silently_left_out(sy
     (folder / "3.jpg").write_text("not an image\n")
     refused(invoke("predict", synthetic_student_onnx, folder, "-o", tmp_path / "p.csv", "--quiet"), "2 image(s)")
     result = invoke("predict", synthetic_student_onnx, folder, "-o", tmp_path / "p.csv", "--quiet", "--skip-bad")
-    assert result.exit_code == 0 and "2.jpg: cannot read: not a regular file" in result.stderr
+    assert result.exit_code == 0 and "2.jpg: cannot read image: not a regular file" in result.stderr
     assert "3.jpg: not an image" in result.stderr
     assert (tmp_path / "p.csv").read_text().splitlines()[1:] and len((tmp_path / "p.csv").read_text().splitlines()) == 2
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """A named pipe; should a reader open it (the bug under test), a writer comes after 3 s and
+    closes it, so the test fails instead of hanging."""
+    path = tmp_path / "pipe"
+    os.mkfifo(path)
+
+    def rescue():
+        time.sleep(3)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # nobody is reading: nothing to rescue
+            pass
+
+    threading.Thread(target=rescue, daemon=True).start()
+    return path
+
+
+@pytest.mark.parametrize("reader,error", [
+    (lambda path: read_labels(path), InputError),
+    (lambda path: read_image(path, Preprocess()), ImageError),
+    (lambda path: _read_previous(path), click.BadParameter),
+    (lambda path: OnnxClassifier(path), ModelError),
+], ids=["labels", "image", "bench --compare", "onnx model"])
+def test_every_runtime_input_reader_refuses_a_pipe_without_opening_it(fifo, reader, error):
+    with pytest.raises(error, match="not a regular file"):
+        reader(fifo)
+
+
+def test_labels_that_match_no_image_say_so(synthetic_student_onnx, synthetic_photos, tmp_path):
+    (tmp_path / "labels.csv").write_text("Id,label\nnot_an_image,1\n")
+    result = invoke("predict", synthetic_student_onnx, synthetic_photos, "-o", tmp_path / "p.csv", "--quiet",
+                    "--labels", tmp_path / "labels.csv")
+    assert result.exit_code == 0 and "no image id" in result.stderr and "no accuracy" in result.stderr
 
 
 def test_an_output_inside_the_input_folder_never_replaces_an_image(synthetic_student_onnx, synthetic_photos):
