@@ -12,6 +12,7 @@ from edge.bench import report
 from edge.backends import BackendError, parse_list
 from edge.bench.harness import Settings, command_line, default_quants, parse_quants, run_bench
 from edge.files import InputError, check_input, check_output
+from edge.formats import is_onnx
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # an earlier --json: kilobytes per row
 
@@ -54,6 +55,9 @@ def _read_previous(path: Path) -> dict:
 
 def run_command(models: list[Path], *, json_out, markdown_out, plot_out, previous, quiet, **options) -> int:
     """Run the benchmark; print the table; write what was asked. Exit code 1 when a row failed."""
+    if options["quants"] and models and all(is_onnx(m) for m in models):
+        raise click.BadParameter("formats are made from checkpoints; an ONNX file is run in the format it holds "
+                                 "(drop --quant, or give the checkpoint)", param_hint="--quant")
     options["quants"] = options["quants"] or default_quants(models)
     outputs = {"JSON": json_out, "markdown report": markdown_out, "plot": plot_out}
     for what, path in outputs.items():

@@ -17,6 +17,11 @@ stream as an initializer, bit for bit); `edge.runtime.OnnxClassifier` (so `edge 
 onnx`` writes it out. A plain ONNX Runtime refuses the file at session creation, naming the
 unregistered ``edge.entropy`` op, and the file's doc string says what to do. The size that counts
 is the file's size on disk. Pure numpy + onnx + the standard library: no torch.
+
+Files are untrusted: `expand` checks every node (one output naming the ``codesN`` stream of its own
+width, defined once) and its declared size against what the graph's unpacking reads before
+decoding anything, and decoding stops one byte past that size, so a decompression bomb, a
+truncated or padded stream is an `EntropyError` naming the stream, never a large allocation.
 """
 
 from __future__ import annotations

@@ -144,6 +144,19 @@ def test_convert_refuses_a_damaged_stream_with_one_line_and_writes_nothing(coded
     assert not (tmp_path / "p.onnx").exists()
 
 
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_every_codec_and_layout_decodes_through_the_bounded_decoders(bits):
+    from edge.entropy import CODECS, LAYOUTS
+    from edge.quant import unpack_codes
+
+    packed = pack_codes(np.random.default_rng(bits).integers(0, 2 ** bits, 3000).astype(np.uint8), bits)
+    laid_out = {"symbols": unpack_codes(packed, bits, (len(packed) * 8 // bits,)).tobytes(), "packed": packed.tobytes()}
+    for codec, (compress, _) in CODECS.items():
+        for layout in LAYOUTS:
+            decoded = decode_stream(codec, layout, compress(laid_out[layout]), bits, len(packed))
+            np.testing.assert_array_equal(decoded, packed, err_msg=f"{codec}/{layout}")
+
+
 def test_a_bomb_costs_no_more_memory_than_an_honest_stream():
     coder = zlib.compressobj(9)
     bomb = b"".join(coder.compress(bytes(1 << 20)) for _ in range(64)) + coder.flush()
@@ -299,3 +312,8 @@ def test_an_output_inside_the_input_folder_never_replaces_an_image(synthetic_stu
     before = image.read_bytes()
     refused(invoke("predict", synthetic_student_onnx, synthetic_photos, "-o", image), "inside the input folder")
     assert image.read_bytes() == before
+
+
+def test_bench_refuses_a_quant_that_an_onnx_file_would_ignore(coded):
+    result = invoke("bench", coded, "--provider", "cpu", "--quant", "kmeans16", "--quiet")
+    assert result.exit_code == 2 and "drop --quant" in result.stderr
