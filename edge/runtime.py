@@ -17,6 +17,7 @@ from edge.entropy import EntropyError, session_source
 from edge.errors import EdgeError
 from edge.files import InputError
 from edge.metadata import MetadataError, read_metadata, read_net
+from edge.onnx_scan import nonfinite_tensors, nonfinite_tensors_in_file
 
 
 class ModelError(EdgeError, ValueError):
@@ -60,6 +61,7 @@ class OnnxClassifier:
             source = session_source(self.path)
         except (EntropyError, InputError) as err:  # names the file (and the stream)
             raise ModelError(str(err)) from None
+        self._check_stored_weights(source)
         try:
             self.session = ort.InferenceSession(source, session_options(threads), providers=[wanted])
         except Exception as err:  # onnxruntime's Fail/InvalidGraph/InvalidProtobuf/... types
@@ -92,6 +94,16 @@ class OnnxClassifier:
         out = self.session.get_outputs()[0].shape
         if len(out) != 2 or out[1] != config.num_classes:
             raise ModelError(f"{self.path}: output shape {out} does not match {config.num_classes} classes")
+
+    def _check_stored_weights(self, source: str | bytes) -> None:
+        """Non-finite weights are an error even where the logits would hide them (a clipped bias)."""
+        try:
+            bad = nonfinite_tensors(source) if isinstance(source, bytes) else nonfinite_tensors_in_file(self.path)
+        except OSError:
+            return  # ONNX Runtime names what is wrong with the file
+        if bad:
+            raise ModelError(f"{self.path}: non-finite weights (NaN or inf) in {', '.join(bad[:3])}"
+                             f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; a damaged model, refused")
 
     def _check_finite(self) -> None:
         """Non-finite weights are an error, not a prediction: a blank image through the graph (its

@@ -254,6 +254,35 @@ def test_nan_weights_are_refused_when_the_file_is_opened_not_only_when_it_answer
     refused(invoke("info", tmp_path / "nan.onnx"), "nan.onnx", "NaN or inf")
 
 
+def test_an_infinite_bias_is_refused_even_where_relu6_would_hide_it(tmp_path):
+    model = onnx.load(Path(__file__).parent.parent / "models" / "food11_student_uint8.onnx")
+    bias = next(t for t in model.graph.initializer if t.name == "cnn.0.0.bias.float16")  # clipped by ReLU6
+    array = numpy_helper.to_array(bias).copy()
+    array.flat[1] = np.inf
+    bias.CopyFrom(numpy_helper.from_array(array, bias.name))
+    onnx.save(model, tmp_path / "inf_bias.onnx")
+    refused(invoke("info", tmp_path / "inf_bias.onnx"), "inf_bias.onnx", "non-finite weights (NaN or inf) in cnn.0.0.bias.float16")
+
+
+def test_the_scan_reads_every_way_onnx_stores_floats_without_the_onnx_package():
+    from edge.onnx_scan import nonfinite_tensors
+
+    nan, inf = float("nan"), float("inf")
+    graph = helper.make_graph([helper.make_node("Constant", [], ["c"], value=helper.make_tensor(
+        "constant", onnx.TensorProto.FLOAT, [1], [inf]))], "g", [], [], initializer=[
+        helper.make_tensor("float_data", onnx.TensorProto.FLOAT, [2], [1.0, nan]),
+        helper.make_tensor("double_data", onnx.TensorProto.DOUBLE, [1], [-inf]),
+        helper.make_tensor("fp16_bits", onnx.TensorProto.FLOAT16, [2], np.array([1, inf], np.float16)),
+        helper.make_tensor("bfloat16", onnx.TensorProto.BFLOAT16, [1], [nan]),
+        numpy_helper.from_array(np.array([1, nan], np.float32), "raw"),
+        numpy_helper.from_array(np.array([1, 2], np.float16), "finite"),
+        numpy_helper.from_array(np.array([255], np.uint8), "codes8"),
+    ])
+    model = helper.make_model(graph).SerializeToString()
+    assert nonfinite_tensors(model) == ["constant", "float_data", "double_data", "fp16_bits", "bfloat16", "raw"]
+    assert nonfinite_tensors(model[: len(model) // 2]) == nonfinite_tensors(b"\x08junk") == []
+
+
 # ---------------------------------------------------------------- images and outputs
 
 def test_pipes_and_devices_named_like_images_are_listed_not_silently_left_out(synthetic_student_onnx, tmp_path):
