@@ -11,7 +11,10 @@ import click
 from edge.bench import report
 from edge.backends import BackendError, parse_list
 from edge.bench.harness import Settings, command_line, default_quants, parse_quants, run_bench
-from edge.files import check_output
+from edge.files import InputError, check_input, check_output
+from edge.formats import is_onnx
+
+MAX_JSON_BYTES = 64 * 1024 * 1024  # an earlier --json: kilobytes per row
 
 
 def _quants(text: str) -> tuple[str, ...]:
@@ -38,16 +41,23 @@ def settings_from(data, labels, providers, quants, batches, threads, repeats, mi
 def _read_previous(path: Path) -> dict:
     """An earlier --json, checked before the run so a wrong file fails at once."""
     try:
+        check_input(path, "bench JSON", MAX_JSON_BYTES)
         doc = json.loads(path.read_text())
         if isinstance(doc, dict) and isinstance(doc.get("rows"), list):
+            report.compare(doc, doc)  # reads every field a comparison reads: a file lacking one fails now
             return doc
-    except (OSError, ValueError):
+    except InputError as err:
+        raise click.BadParameter(str(err), param_hint="--compare") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     raise click.BadParameter(f"{path} is not an `edge bench --json` file", param_hint="--compare")
 
 
 def run_command(models: list[Path], *, json_out, markdown_out, plot_out, previous, quiet, **options) -> int:
     """Run the benchmark; print the table; write what was asked. Exit code 1 when a row failed."""
+    if options["quants"] and models and all(is_onnx(m) for m in models):
+        raise click.BadParameter("formats are made from checkpoints; an ONNX file is run in the format it holds "
+                                 "(drop --quant, or give the checkpoint)", param_hint="--quant")
     options["quants"] = options["quants"] or default_quants(models)
     outputs = {"JSON": json_out, "markdown report": markdown_out, "plot": plot_out}
     for what, path in outputs.items():

@@ -279,6 +279,8 @@ def predict(model, data_dir, output, labels, provider, batch, workers, threads, 
         if scored:
             name = f"agreement with {labels.name}" if labels else "accuracy"
             click.echo(f"{name}: {scored[0]:.2%} of {scored[1]} images", err=True)
+        elif labels:
+            click.echo(f"warning: no image id of {data_dir} is in {labels}: no accuracy", err=True)
 
 
 @main.command()

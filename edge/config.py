@@ -9,6 +9,8 @@ fit in a torch checkpoint (loadable with ``weights_only=True``) and in ONNX meta
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 
 from edge.errors import EdgeError
@@ -19,10 +21,33 @@ FOOD11_CLASSES = (
 )
 HOMEWORK_WIDTHS = tuple(16 * m for m in (1, 2, 4, 8, 16, 16, 16, 16))
 HOMEWORK_POOLS = (0, 1, 2, 3)
+MAX_SIDE = 2048  # pixels: far above any model here; a card declaring more would make every batch huge
+STD_RANGE = (1e-6, 1e6)  # normalisation that keeps (pixel - mean) / std a finite float32
 
 
 class ConfigError(EdgeError, ValueError):
     """A config that cannot describe a working model."""
+
+
+def _whole(name: str, value, low: int = 1, high: int | None = None) -> int:
+    """``value`` as an int: a number with a whole value in ``low..high`` (JSON's 32.0 too; never a
+    string or a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value != int(value):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ConfigError(f"{name} {int(value)} is outside {low}..{high if high is not None else ''}")
+    return int(value)
+
+
+def _numbers(name: str, values) -> tuple[float, ...]:
+    """A list of finite numbers as floats (never a string, whose characters would pass as digits)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ConfigError(f"{name} must be a list of numbers, got {values!r}")
+    values = tuple(values)
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise ConfigError(f"{name} must hold finite numbers, got {list(values)}")
+    return tuple(float(v) for v in values)
 
 
 class _JsonFields:
@@ -54,17 +79,18 @@ class StudentConfig(_JsonFields):
     in_channels: int = 3
 
     def __post_init__(self):
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        object.__setattr__(self, "pools", tuple(sorted({int(p) for p in self.pools})))
-        if not self.widths or min(self.widths) < 1:
-            raise ConfigError(f"widths must be positive integers, got {self.widths}")
+        object.__setattr__(self, "widths", tuple(_whole("widths", w) for w in _numbers("widths", self.widths)))
+        object.__setattr__(self, "pools", tuple(sorted({_whole("pools", p, 0) for p in _numbers("pools", self.pools)})))
+        if not self.widths:
+            raise ConfigError("widths must be positive integers, got none")
         bad = [p for p in self.pools if not 0 <= p < len(self.widths)]
         if bad:
             raise ConfigError(f"pools {bad} name no stage (the model has stages 0..{len(self.widths) - 1})")
+        object.__setattr__(self, "input_size", _whole("input_size", self.input_size, 1, MAX_SIDE))
+        object.__setattr__(self, "num_classes", _whole("num_classes", self.num_classes))
+        object.__setattr__(self, "in_channels", _whole("in_channels", self.in_channels))
         if self.input_size < 2 ** len(self.pools):
             raise ConfigError(f"input_size {self.input_size} is too small for {len(self.pools)} max-pools")
-        if self.num_classes < 1 or self.in_channels < 1:
-            raise ConfigError("num_classes and in_channels must be positive")
 
     @property
     def depth(self) -> int:
@@ -108,12 +134,21 @@ class Preprocess(_JsonFields):
     exif_transpose: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "crop", _whole("crop", self.crop, 1, MAX_SIDE))
+        if self.resize is not None:
+            object.__setattr__(self, "resize", _whole("resize", self.resize, 1, MAX_SIDE))
+        object.__setattr__(self, "mean", _numbers("mean", self.mean))
+        object.__setattr__(self, "std", _numbers("std", self.std))
         if self.color not in ("RGB", "L"):
             raise ConfigError(f"color must be RGB or L, got {self.color!r}")
         if len(self.mean) != len(self.color) or len(self.std) != len(self.color):
             raise ConfigError(f"mean/std need one value per {self.color} channel")
+        if not all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in self.std) or max(map(abs, self.mean)) > STD_RANGE[1]:
+            raise ConfigError(f"std must be in {STD_RANGE[0]:g}..{STD_RANGE[1]:g} and mean in "
+                              f"-{STD_RANGE[1]:g}..{STD_RANGE[1]:g} (pixels are 0..1; others overflow float32), "
+                              f"got mean {list(self.mean)}, std {list(self.std)}")
+        if not isinstance(self.exif_transpose, bool):
+            raise ConfigError(f"exif_transpose must be true or false, got {self.exif_transpose!r}")
 
 
 @dataclass(frozen=True)
@@ -125,6 +160,8 @@ class ModelCard:
     classes: tuple[str, ...] = FOOD11_CLASSES
 
     def __post_init__(self):
+        if not isinstance(self.classes, (list, tuple)) or not all(isinstance(name, str) for name in self.classes):
+            raise ConfigError(f"classes must be a list of names (strings), got {str(self.classes)[:80]}")
         object.__setattr__(self, "classes", tuple(self.classes))
         if len(self.classes) != self.config.num_classes:
             raise ConfigError(f"{len(self.classes)} class names for {self.config.num_classes} outputs")
@@ -135,8 +172,7 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelCard":
-        return cls(StudentConfig.from_dict(data["config"]), Preprocess.from_dict(data["preprocess"]),
-                   tuple(data["classes"]))
+        return cls(StudentConfig.from_dict(data["config"]), Preprocess.from_dict(data["preprocess"]), data["classes"])
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

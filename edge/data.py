@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import EdgeError
+from edge.files import check_input
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _FOOD11_LABELLED = re.compile(r"([0-9]+)_([0-9]+)")
 _NUMBER = re.compile(r"[0-9]+")
+MAX_LABELS_BYTES = 64 * 1024 * 1024  # a label per image: far above any dataset edge scores
 
 
 class DatasetError(EdgeError, ValueError):
@@ -38,11 +40,12 @@ class Sample:
 
 
 def is_image(path: Path) -> bool:
-    """An image by its name (any case of suffix, not hidden) that is a file or a broken link (so
-    that it is reported as unreadable rather than silently left out); never a folder or a pipe."""
+    """An image by its name (any case of suffix, not hidden) that is not a folder: a file, or a broken
+    link, device or pipe so named, which is then reported as unreadable (`edge.preprocess.read_file`
+    refuses it unopened) rather than silently left out of the predictions."""
     if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
         return False
-    return path.is_file() or (path.is_symlink() and not path.exists())
+    return not path.is_dir()
 
 
 def _parse_id(text: str) -> str:
@@ -165,6 +168,7 @@ def read_labels(path: str | Path, num_classes: int | None = None) -> dict[str, i
     image names are. Duplicate ids, and labels outside ``0..num_classes-1`` when given, are errors."""
     path = Path(path)
     try:
+        check_input(path, "labels CSV", MAX_LABELS_BYTES)
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [{(k or "").strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
     except (OSError, UnicodeDecodeError, csv.Error) as err:

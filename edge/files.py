@@ -2,11 +2,12 @@
 atomic writes, so a failure or Ctrl-C never leaves a half-written or clobbered file.
 
 `check_output` refuses, up front, an output that would destroy something the user has: one of
-the command's own inputs (the same file under any name), a folder, a device, a pipe or socket,
-a symbolic link (refused rather than written through, so a link can never redirect an output onto
-another file), an existing run unless resuming, or a model file about to be replaced by
+the command's own inputs (the same file under any name, or an existing file inside an input
+folder), a folder, a device, a pipe or socket, a symbolic link (refused rather than written
+through, so a link can never redirect an output onto another file), an existing run unless resuming, or a model file about to be replaced by
 something that is not a model (a CSV, JSON, a report). `check_output_dir` does the same for
-commands whose output is a folder.
+commands whose output is a folder. `check_input` refuses, before opening, an input that is not a
+regular file or is larger than any file of its kind.
 """
 
 from __future__ import annotations
@@ -22,6 +23,22 @@ from edge.formats import MODEL_FORMATS, sniff_file
 
 class OutputError(EdgeError, ValueError):
     """An output path edge refuses to write (any existing file is left as it was)."""
+
+
+class InputError(EdgeError, ValueError):
+    """An input file edge refuses to read: not a regular file, or larger than any of its kind."""
+
+
+def check_input(path: str | os.PathLike, what: str, limit: int) -> int:
+    """The size of the input file at ``path``, checked before it is opened: a folder, device, pipe or
+    socket (which could block or never end) and a file over ``limit`` bytes are an `InputError`
+    naming it; OSError (missing, unreadable) passes through to the caller's own message."""
+    info = Path(path).stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: cannot read {what}: not a regular file (a folder, device, pipe or socket)")
+    if info.st_size > limit:
+        raise InputError(f"{path}: refused: {info.st_size:,} bytes, more than any {what} edge reads ({limit:,})")
+    return info.st_size
 
 
 def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: bool = True,
@@ -87,6 +104,9 @@ def _check_not_an_input(path: Path, inputs: Iterable, what: str) -> None:
         if same or source.resolve() == path.resolve():
             raise OutputError(f"{path}: {what} is the same file as {source}, which this command also reads or "
                               f"writes: choose another name")
+        if path.exists() and source.is_dir() and path.resolve().is_relative_to(source.resolve()):
+            raise OutputError(f"{path}: {what} would replace a file inside the input folder {source}: choose a "
+                              f"name outside it")
 
 
 def _check_folder(path: Path, what: str) -> None:

@@ -40,20 +40,35 @@ def read_metadata(props: dict[str, str], origin: str) -> tuple[ModelCard, dict]:
     if CARD_KEY not in props:
         raise MetadataError(f"{origin}: no {CARD_KEY!r} metadata: not exported by edge, so its preprocessing "
                             "and classes are unknown (re-export it with `edge export`)")
+    if props.get(FORMAT_KEY, FORMAT_VERSION) != FORMAT_VERSION:
+        raise MetadataError(f"{origin}: {FORMAT_KEY!r} is {props[FORMAT_KEY][:20]!r}: this edge reads layout "
+                            f"{FORMAT_VERSION} (a file from another edge version, or damaged)")
     try:
-        return ModelCard.from_json(props[CARD_KEY]), json.loads(props.get(QUANT_KEY, "{}"))
+        card = ModelCard.from_json(props[CARD_KEY])
     except (ValueError, KeyError, TypeError) as err:
         raise MetadataError(f"{origin}: damaged {CARD_KEY!r} metadata ({err})") from None
+    return card, _json_object(props, QUANT_KEY, origin)
 
 
 def read_net(props: dict[str, str], origin: str) -> dict | None:
     """The ``edge.net`` entry (a NetSpec, parameters and flops); None on a StudentNet."""
     if NET_KEY not in props:
         return None
+    net = _json_object(props, NET_KEY, origin)
+    counts = [net.get(key) for key in ("groups", "parameters", "flops")]
+    if not isinstance(net.get("arch"), str) or not all(type(n) is int and n >= 0 for n in counts):
+        raise MetadataError(f"{origin}: damaged {NET_KEY!r} metadata (it needs arch, groups, parameters and flops)")
+    return net
+
+
+def _json_object(props: dict[str, str], key: str, origin: str) -> dict:
     try:
-        return json.loads(props[NET_KEY])
+        value = json.loads(props.get(key, "{}"))
     except ValueError as err:
-        raise MetadataError(f"{origin}: damaged {NET_KEY!r} metadata ({err})") from None
+        raise MetadataError(f"{origin}: damaged {key!r} metadata ({err})") from None
+    if not isinstance(value, dict):
+        raise MetadataError(f"{origin}: damaged {key!r} metadata (a JSON object expected, not {type(value).__name__})")
+    return value
 
 
 def model_size(card: ModelCard, net: dict | None) -> tuple[int, int]:

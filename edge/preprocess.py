@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 
 from edge.config import Preprocess
 from edge.errors import EdgeError
+from edge.files import InputError, check_input
 
 try:
     import simplejpeg
@@ -47,14 +48,14 @@ class TruncatedImageWarning(UserWarning):
 
 
 def read_file(path) -> bytes:
-    """The file's bytes; `ImageError` naming the file when it cannot be read, is empty or is larger
-    than `MAX_FILE_BYTES` (refused before reading, so a huge or sparse file costs no memory)."""
+    """The file's bytes; `ImageError` naming the file when it cannot be read, is not a regular file,
+    is empty or is larger than `MAX_FILE_BYTES` (refused before reading, so a huge or sparse file, a
+    device or a pipe costs no memory and no wait)."""
     try:
-        size = Path(path).stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(f"{path}: refused: {size:,} bytes, more than any image edge decodes "
-                             f"({MAX_FILE_BYTES:,})")
+        check_input(path, "image", MAX_FILE_BYTES)
         data = Path(path).read_bytes()
+    except InputError as err:
+        raise ImageError(str(err)) from None
     except OSError as err:
         raise ImageError(f"{path}: cannot read ({err.strerror or err})") from None
     if not data:
@@ -143,6 +144,8 @@ def read_image(path, spec: Preprocess) -> tuple[np.ndarray, str | None]:
         return _decode(path, data, spec)
     except Image.DecompressionBombError as err:
         raise ImageError(f"{path}: refused: {err}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (no image format recognised in its {len(data):,} bytes)") from None
     except Exception as err:  # noqa: BLE001 - untrusted bytes make decoders raise anything; all mean "unreadable"
         raise ImageError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from None
 

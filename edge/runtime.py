@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from edge.backends import ONNXRUNTIME, Backend, ProviderUnavailable, check_available, resolve
-from edge.entropy import session_source
+from edge.entropy import EntropyError, session_source
 from edge.errors import EdgeError
+from edge.files import InputError
 from edge.metadata import MetadataError, read_metadata, read_net
+from edge.onnx_scan import nonfinite_tensors, nonfinite_tensors_in_file
 
 
 class ModelError(EdgeError, ValueError):
@@ -51,13 +53,18 @@ class OnnxClassifier:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise ModelError(f"{self.path}: no such model file")
+            raise ModelError(f"{self.path}: " + ("not a regular file (a folder, device, pipe or socket)"
+                                                 if self.path.exists() else "no such model file"))
         backend = resolve_provider(provider)
         wanted = backend.provider
         try:
-            self.session = ort.InferenceSession(session_source(self.path), session_options(threads),
-                                                providers=[wanted])
-        except Exception as err:  # onnx's DecodeError, edge.entropy's, onnxruntime's Fail/InvalidGraph/... types
+            source = session_source(self.path)
+        except (EntropyError, InputError) as err:  # names the file (and the stream)
+            raise ModelError(str(err)) from None
+        self._check_stored_weights(source)
+        try:
+            self.session = ort.InferenceSession(source, session_options(threads), providers=[wanted])
+        except Exception as err:  # onnxruntime's Fail/InvalidGraph/InvalidProtobuf/... types
             raise ModelError(f"{self.path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
         if wanted not in self.session.get_providers():
             raise ProviderUnavailable(f"{wanted} did not start for {self.path} (session runs on "
@@ -68,6 +75,7 @@ class OnnxClassifier:
             self.net = read_net(props, str(self.path))  # None on a StudentNet; a baseline's arch and size
             self.input_name = self.session.get_inputs()[0].name
             self._check_io()
+            self._check_finite()
         except MetadataError as err:
             raise ModelError(str(err)) from None
         except (UnicodeDecodeError, IndexError) as err:  # damaged names or a graph without inputs/outputs
@@ -86,6 +94,29 @@ class OnnxClassifier:
         out = self.session.get_outputs()[0].shape
         if len(out) != 2 or out[1] != config.num_classes:
             raise ModelError(f"{self.path}: output shape {out} does not match {config.num_classes} classes")
+
+    def _check_stored_weights(self, source: str | bytes) -> None:
+        """Non-finite weights are an error even where the logits would hide them (a clipped bias)."""
+        try:
+            bad = nonfinite_tensors(source) if isinstance(source, bytes) else nonfinite_tensors_in_file(self.path)
+        except OSError:
+            return  # ONNX Runtime names what is wrong with the file
+        if bad:
+            raise ModelError(f"{self.path}: non-finite weights (NaN or inf) in {', '.join(bad[:3])}"
+                             f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; a damaged model, refused")
+
+    def _check_finite(self) -> None:
+        """Non-finite weights are an error, not a prediction: a blank image through the graph (its
+        constant-folded weights included) must give finite logits."""
+        config = self.card.config
+        blank = np.zeros((1, config.in_channels, config.input_size, config.input_size), np.float32)
+        try:
+            logits = self(blank)
+        except Exception as err:  # onnxruntime's RuntimeException/Fail/...: a graph that cannot run
+            raise ModelError(f"{self.path}: fails on a blank image ({str(err).splitlines()[0]})") from None
+        if not np.isfinite(logits).all():
+            raise ModelError(f"{self.path}: its weights hold NaN or inf (a blank image gives non-finite logits); "
+                             "a damaged model, refused")
 
     @property
     def provider(self) -> str:

@@ -1,0 +1,142 @@
+"""Find non-finite weights in an ONNX file's bytes without the onnx package (the runtime path
+imports neither torch nor onnx): a minimal protobuf walk over the graph's initializers and
+constant tensors (``Constant`` nodes, subgraphs included), reading only float tensors' data.
+
+A NaN or inf weight does not always show in the logits (ReLU6 clips an infinite bias to 6), so
+the runtime asks this before it runs a file. Bytes it cannot parse are left to ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+
+import numpy as np
+
+# TensorProto.DataType -> numpy type of its raw little-endian data (bfloat16: the top half of a float32)
+_FLOAT_TYPES = {1: np.dtype("<f4"), 10: np.dtype("<f2"), 11: np.dtype("<f8"), 16: np.dtype("<u2")}
+_BFLOAT16 = 16
+_GRAPH, _NODE, _INITIALIZER, _NODE_ATTRIBUTE = 7, 1, 5, 5  # ModelProto.graph, GraphProto.node/.initializer
+_ATTRIBUTE_TENSORS, _ATTRIBUTE_GRAPHS = (5, 10), (6, 11)  # AttributeProto t/tensors, g/graphs
+_TYPE, _NAME, _RAW = 2, 8, 9  # TensorProto.data_type, .name, .raw_data
+_TYPED_FIELDS = {4: 1, 10: 11, 5: None}  # float_data (FLOAT), double_data (DOUBLE), int32_data (FLOAT16/BFLOAT16)
+
+
+class _Unparsable(Exception):
+    """Not protobuf as ONNX writes it: ONNX Runtime will say what is wrong."""
+
+
+def nonfinite_tensors_in_file(path: str | Path) -> list[str]:
+    """`nonfinite_tensors` of the file at ``path``, read through a memory map (no copy of the file)."""
+    with open(path, "rb") as f:
+        if Path(path).stat().st_size == 0:
+            return []
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as data:
+            return nonfinite_tensors(data)
+
+
+def nonfinite_tensors(data: bytes | memoryview) -> list[str]:
+    """Names of the float tensors holding NaN or inf in a serialized ModelProto ([] when none, or when
+    the bytes are not a model this walk can read)."""
+    data, found = memoryview(data), []
+    try:
+        for number, value in _fields(data, 0, len(data)):
+            if number == _GRAPH and isinstance(value, tuple):
+                _graph(data, value, found)
+    except (_Unparsable, RecursionError):  # RecursionError: subgraphs nested past Python's limit
+        return found
+    return found
+
+
+def _graph(data: memoryview, span: tuple[int, int], found: list[str]) -> None:
+    for number, value in _fields(data, *span):
+        if number == _INITIALIZER and isinstance(value, tuple):
+            _tensor(data, value, found)
+        elif number == _NODE and isinstance(value, tuple):
+            for field, attribute in _fields(data, *value):
+                if field == _NODE_ATTRIBUTE and isinstance(attribute, tuple):
+                    _attribute(data, attribute, found)
+
+
+def _attribute(data: memoryview, span: tuple[int, int], found: list[str]) -> None:
+    for number, value in _fields(data, *span):
+        if number in _ATTRIBUTE_TENSORS and isinstance(value, tuple):
+            _tensor(data, value, found)
+        elif number in _ATTRIBUTE_GRAPHS and isinstance(value, tuple):
+            _graph(data, value, found)
+
+
+def _tensor(data: memoryview, span: tuple[int, int], found: list[str]) -> None:
+    dtype, name, parts = 0, "", []
+    for number, value in _fields(data, *span):
+        if number == _TYPE and isinstance(value, int):
+            dtype = value
+        elif number == _NAME and isinstance(value, tuple):
+            name = bytes(data[value[0]:value[1]]).decode("utf-8", "replace")
+        elif number == _RAW or number in _TYPED_FIELDS:
+            parts.append((number, value))
+    if dtype in _FLOAT_TYPES and any(not np.isfinite(_values(data, number, value, dtype)).all()
+                                     for number, value in parts):
+        found.append(name)
+
+
+def _values(data: memoryview, number: int, value, dtype: int) -> np.ndarray:
+    """The floats of one data field of a tensor of ``dtype`` (empty when the field does not hold them)."""
+    if number == 5:  # int32_data: fp16/bf16 bit patterns as varints
+        if dtype not in (10, _BFLOAT16):
+            return np.zeros(0)
+        words = np.array(list(_varints(data, value)) if isinstance(value, tuple) else [value], np.uint32)
+        bits = words.astype(np.uint16)
+    elif number == _RAW or _TYPED_FIELDS[number] == dtype:
+        kind = _FLOAT_TYPES[dtype] if number == _RAW else _FLOAT_TYPES[_TYPED_FIELDS[number]]
+        raw = data[value[0]:value[1]] if isinstance(value, tuple) else b""
+        if not isinstance(value, tuple) or len(raw) % kind.itemsize:
+            return np.zeros(0)
+        bits = np.frombuffer(raw, kind)
+    else:
+        return np.zeros(0)
+    if dtype == _BFLOAT16:
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    return bits.view(np.float16) if dtype == 10 and bits.dtype == np.uint16 else bits
+
+
+def _fields(data: memoryview, start: int, end: int):
+    """(field number, value) of each field in ``data[start:end]``: an int for a varint, else the
+    (start, end) span of its bytes (fixed 32/64-bit values as spans too)."""
+    position = start
+    while position < end:
+        key, position = _varint(data, position)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, position = _varint(data, position)
+        elif wire in (1, 2, 5):
+            if wire == 2:
+                size, position = _varint(data, position)
+            else:
+                size = 8 if wire == 1 else 4
+            value, position = (position, position + size), position + size
+        else:  # groups (3, 4) are not in ONNX's schema
+            raise _Unparsable
+        if position > end:
+            raise _Unparsable
+        yield number, value
+
+
+def _varints(data: memoryview, span: tuple[int, int]):
+    position = span[0]
+    while position < span[1]:
+        value, position = _varint(data, position)
+        yield value
+
+
+def _varint(data: memoryview, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise _Unparsable
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, position
+        shift += 7
