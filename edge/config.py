@@ -9,6 +9,8 @@ fit in a torch checkpoint (loadable with ``weights_only=True``) and in ONNX meta
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 
 from edge.errors import EdgeError
@@ -19,6 +21,9 @@ FOOD11_CLASSES = (
 )
 HOMEWORK_WIDTHS = tuple(16 * m for m in (1, 2, 4, 8, 16, 16, 16, 16))
 HOMEWORK_POOLS = (0, 1, 2, 3)
+# The largest input side edge builds a model for (and resizes a photo to): a file declaring more would
+# make export, calibration and every prediction allocate gigabytes per image (Food-11 photos are 512 px).
+MAX_INPUT_SIZE = 1024
 
 
 class ConfigError(EdgeError, ValueError):
@@ -54,17 +59,21 @@ class StudentConfig(_JsonFields):
     in_channels: int = 3
 
     def __post_init__(self):
+        for name in ("input_size", "num_classes", "in_channels"):
+            _check_count(name, getattr(self, name))
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "pools", tuple(sorted({int(p) for p in self.pools})))
+        if self.input_size > MAX_INPUT_SIZE:
+            raise ConfigError(f"input_size {self.input_size} is over {MAX_INPUT_SIZE} pixels, the largest edge "
+                              f"runs a model on")
         if not self.widths or min(self.widths) < 1:
             raise ConfigError(f"widths must be positive integers, got {self.widths}")
         bad = [p for p in self.pools if not 0 <= p < len(self.widths)]
         if bad:
             raise ConfigError(f"pools {bad} name no stage (the model has stages 0..{len(self.widths) - 1})")
         if self.input_size < 2 ** len(self.pools):
-            raise ConfigError(f"input_size {self.input_size} is too small for {len(self.pools)} max-pools")
-        if self.num_classes < 1 or self.in_channels < 1:
-            raise ConfigError("num_classes and in_channels must be positive")
+            raise ConfigError(f"input_size {self.input_size} is too small for {len(self.pools)} max-pools (at least "
+                              f"{2 ** len(self.pools)} px)")
 
     @property
     def depth(self) -> int:
@@ -108,8 +117,17 @@ class Preprocess(_JsonFields):
     exif_transpose: bool = False
 
     def __post_init__(self):
+        _check_count("crop", self.crop)
+        if self.resize is not None:
+            _check_count("resize", self.resize)
+        if max(self.crop, self.resize or 0) > MAX_INPUT_SIZE:
+            raise ConfigError(f"crop/resize {max(self.crop, self.resize or 0)} is over {MAX_INPUT_SIZE} pixels, the "
+                              f"largest edge runs a model on")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if not all(math.isfinite(v) for v in self.mean + self.std) or min(self.std, default=1.0) <= 0:
+            raise ConfigError(f"mean {list(self.mean)} / std {list(self.std)}: finite numbers, std positive "
+                              f"(the image is divided by it)")
         if self.color not in ("RGB", "L"):
             raise ConfigError(f"color must be RGB or L, got {self.color!r}")
         if len(self.mean) != len(self.color) or len(self.std) != len(self.color):
@@ -125,6 +143,8 @@ class ModelCard:
     classes: tuple[str, ...] = FOOD11_CLASSES
 
     def __post_init__(self):
+        if isinstance(self.classes, (str, bytes)) or not all(isinstance(c, str) for c in self.classes):
+            raise ConfigError("classes must be a list of class names (text)")
         object.__setattr__(self, "classes", tuple(self.classes))
         if len(self.classes) != self.config.num_classes:
             raise ConfigError(f"{len(self.classes)} class names for {self.config.num_classes} outputs")
@@ -135,8 +155,7 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelCard":
-        return cls(StudentConfig.from_dict(data["config"]), Preprocess.from_dict(data["preprocess"]),
-                   tuple(data["classes"]))
+        return cls(StudentConfig.from_dict(data["config"]), Preprocess.from_dict(data["preprocess"]), data["classes"])
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -144,6 +163,12 @@ class ModelCard:
     @classmethod
     def from_json(cls, text: str) -> "ModelCard":
         return cls.from_dict(json.loads(text))
+
+
+def _check_count(name: str, value) -> None:
+    """A size or count in a config: a positive integer (JSON from a file may hold anything)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 def default_classes(num_classes: int) -> tuple[str, ...]:
