@@ -21,6 +21,7 @@ default to the homework's and can be given).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -42,6 +43,7 @@ from edge.safe_pickle import UnsafePickleError, safe_loads
 CHECKPOINT_KEY = "edge_checkpoint"
 NET_KEY = "edge_net"  # edge.nets' model files of any architecture
 MAX_PICKLE_BYTES = 1 << 30  # a weights pickle is read whole; torch files are read by torch
+MAX_EXPANSION = 4  # a torch zip may declare this many times its size (torch.save compresses nothing)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -122,12 +124,35 @@ def first_non_finite(state) -> str | None:
     return None
 
 
-def check_finite(state, origin) -> None:
-    """The weights sanity check every model reader runs at load: a NaN or infinite weight makes a
-    model answer one class for everything (or nan), so it is an error naming the tensor."""
+def check_weights(state, origin) -> None:
+    """The weights sanity check every model reader runs at load, naming the tensor: a NaN or infinite
+    weight makes a model answer one class for everything (or nan); a negative BatchNorm variance
+    folds into sqrt of a negative number; integer, complex or sparse weights are not a float model's
+    (torch would cast or drop part of them without a word)."""
+    for name, value in state.items():
+        problem = _weight_problem(str(name), value)
+        if problem:
+            raise CheckpointError(f"{origin}: tensor {name} {problem}")
     name = first_non_finite(state)
     if name is not None:
         raise CheckpointError(f"non-finite weights in {origin}: tensor {name}")
+
+
+def _weight_problem(name: str, value) -> str | None:
+    if hasattr(value, "layout"):  # a torch tensor, without importing torch
+        if "strided" not in str(value.layout):
+            return f"is a {value.layout} tensor, not dense float weights"
+        is_complex, floating = value.is_complex(), value.is_floating_point()
+    else:
+        kind = np.asarray(value).dtype.kind
+        is_complex, floating = kind == "c", kind == "f"
+    if is_complex:
+        return "holds complex numbers, not float weights"
+    if not floating and not name.endswith("num_batches_tracked"):
+        return f"holds {getattr(value, 'dtype', type(value).__name__)} values, not float weights"
+    if floating and name.endswith("running_var") and bool((value < 0).any()):
+        return "holds a negative BatchNorm variance (folding takes its square root)"
+    return None
 
 
 def load_model(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
@@ -166,9 +191,16 @@ def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = Non
     path, obj, source = _read_weights_object(path)
     arch = _net_arch(obj)
     if arch not in (None, "dw"):
-        check_finite(obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else {}, path)
+        check_weights(obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else {}, path)
         raise CheckpointError(f"{path}: an edge model file of arch {arch!r}, not a StudentNet: this command reads "
                               f"StudentNets (edge train --arch dw, edge distill, the homework's files)")
+    if source == "state-dict" and isinstance(obj, dict) and not _has_student_stages(obj):
+        from edge.teacher import recognise_classifier
+
+        found = recognise_classifier(obj) if all(hasattr(v, "shape") for v in obj.values()) else None
+        if found:
+            raise CheckpointError(f"{path}: a plain {found[0]} state dict, not a StudentNet: this command reads "
+                                  f"StudentNets (export, predict and info read torchvision classifiers)")
     return _student_from(path, obj, source, pools, input_size)
 
 
@@ -178,8 +210,8 @@ def _read_weights_object(path: str | os.PathLike) -> tuple[Path, object, str | N
     and oversized files are refused with the reason."""
     path = _model_file(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_PICKLE_BYTES + 1)
+        with open(path, "rb") as f:  # read no more than the file holds (read(n) reserves n bytes first)
+            data = f.read(min(os.fstat(f.fileno()).st_size, MAX_PICKLE_BYTES) + 1)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
     if not data:
@@ -211,7 +243,6 @@ def _student_from(path: Path, obj, source: str | None, pools, input_size) -> Che
     if isinstance(obj, dict) and obj.get(CHECKPOINT_KEY):
         return _from_edge_dict(path, obj, pools, input_size)
     state, source = _to_numpy_state(path, obj, source)
-    check_finite(state, path)
     config = infer_config(state, pools=pools, input_size=input_size, origin=str(path))
     return Checkpoint(ModelCard(config, Preprocess(crop=config.input_size), default_classes(config.num_classes)),
                       state, source)
@@ -236,6 +267,7 @@ def read_torch(path: str | os.PathLike, contents: bytes | None = None):
     import torch
 
     path = Path(path) if contents is not None else _model_file(path)
+    _check_expansion(path, contents)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign file
             warnings.simplefilter("ignore")
@@ -247,6 +279,23 @@ def read_torch(path: str | os.PathLike, contents: bytes | None = None):
             raise CheckpointError(f"{path}: refused: the file holds more than weights and may try to run code "
                                   f"({reason})") from None
         raise CheckpointError(f"{path}: not a readable torch file ({reason})") from None
+
+
+def _check_expansion(path: Path, contents: bytes | None) -> None:
+    """A torch zip whose entries expand far beyond the file (``torch.save`` stores them uncompressed) is a
+    decompression bomb: torch would allocate what the zip directory declares. Refused from the directory
+    alone, before anything is inflated."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(contents) if contents is not None else path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except Exception:  # noqa: BLE001 - zipfile raises BadZipFile, NotImplementedError, ... on odd bytes
+        return  # not a zip (the legacy format) or damaged: torch.load says which
+    stored = len(contents) if contents is not None else path.stat().st_size
+    if declared > MAX_EXPANSION * stored + (1 << 20):
+        raise CheckpointError(f"{path}: refused: its {stored:,} bytes declare {declared:,} bytes of tensors (a "
+                              f"decompression bomb; torch.save stores tensors uncompressed)")
 
 
 def _torch_reason(err: Exception) -> str:
@@ -291,6 +340,7 @@ def _to_numpy_state(path: Path, obj, source: str | None) -> tuple[dict[str, np.n
                                   f"{type(value).__name__}): not a weights file edge reads")
     if source is None:
         source = kinds.pop() if len(kinds) == 1 else "state-dict"
+    check_weights(state, path)
     return {k: v.astype(np.int64) if k.endswith("num_batches_tracked") else v.astype(np.float32)
             for k, v in state.items()}, source
 
@@ -318,12 +368,20 @@ def _from_edge_dict(path: Path, obj: dict, pools, input_size) -> Checkpoint:
         raise
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: damaged edge checkpoint ({err})") from None
-    check_finite(state, path)
     if pools is not None or input_size is not None:
         config = card.config
-        config = StudentConfig(config.widths, config.pools if pools is None else pools,
-                               input_size or config.input_size, config.num_classes, config.in_channels)
-        card = ModelCard(config, card.preprocess, card.classes)
+        try:
+            config = StudentConfig(config.widths, config.pools if pools is None else pools,
+                                   config.input_size if input_size is None else input_size, config.num_classes,
+                                   config.in_channels)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+        card = ModelCard(config, dataclasses.replace(card.preprocess, crop=config.input_size), card.classes)
+    preprocess, config = card.preprocess, card.config
+    if (len(preprocess.color), preprocess.crop) != (config.in_channels, config.input_size):
+        raise CheckpointError(f"{path}: damaged edge checkpoint (its preprocessing makes {len(preprocess.color)}x"
+                              f"{preprocess.crop}px inputs, its network takes {config.in_channels}x"
+                              f"{config.input_size}px)")
     infer_config(state, pools=card.config.pools, input_size=card.config.input_size, origin=str(path))
     return Checkpoint(card, state, "edge")
 
@@ -356,7 +414,7 @@ def infer_config(state: dict[str, np.ndarray], pools=None, input_size=None, orig
     pools = HOMEWORK_POOLS if pools is None else tuple(pools)
     pools = tuple(p for p in pools if p < len(widths)) if pools == HOMEWORK_POOLS else pools
     try:
-        config = StudentConfig(tuple(widths), pools, input_size or 256, fc[0], first[1])
+        config = StudentConfig(tuple(widths), pools, 256 if input_size is None else input_size, fc[0], first[1])
     except ValueError as err:
         raise CheckpointError(f"{origin}: {err}") from None
     _check_complete(state, config, origin)

@@ -197,14 +197,11 @@ class Search:
 
     def load(self) -> None:
         """Continue the search recorded in ``work`` (its settings must be these)."""
+        from edge.compress_state import read_state
+
         path = self.work / STATE
-        if not path.exists():
-            raise ConfigError(f"{path}: nothing to resume (no such file): run without --resume first")
-        try:
-            saved = json.loads(path.read_text())
-            differ = {k: (saved[k], self.state[k]) for k in ("settings", "about") if saved[k] != self.state[k]}
-        except (ValueError, KeyError, TypeError) as err:
-            raise ConfigError(f"{path}: not a resumable compress record ({err})") from None
+        saved = read_state(path)
+        differ = {k: (saved[k], self.state[k]) for k in ("settings", "about") if saved[k] != self.state[k]}
         if differ:
             raise ConfigError(f"{path}: --resume needs the search's own settings; these differ (saved, now): "
                               + "; ".join(f"{k} {a} != {b}" for k, (a, b) in differ.items()))
@@ -432,7 +429,7 @@ def check_paths(model: Path, output: Path, work: Path, inputs: list[Path], resum
         raise OutputError(f"{output}: the compressed model is an ONNX file: name it .onnx")
     inputs = [p for p in [model, *inputs] if p is not None]
     check_output(output, inputs=[*inputs, work], overwrite=overwrite or resume, writes_model=True,
-                 what="compressed model", hint="pass --overwrite to replace it")
+                 model_format="onnx", what="compressed model", hint="pass --overwrite to replace it")
     check_output_dir(work, inputs=[*inputs, output], what="--report folder")
     if (work / STATE).exists() and not resume:
         raise OutputError(f"{work}: holds a compress run already: continue it with --resume, or choose another "
@@ -520,7 +517,7 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
     state["command"] = command or state.get("command", "")
     state["chosen"] = best
     if best is not None:
-        data = (work / best["onnx"]).read_bytes()
+        data = _candidate_bytes(work / best["onnx"], best["bytes"])
         atomic_write(output, lambda f: f.write(data))
         log(f"wrote {output}: {best['stage']} keep {best['keep']:.3f}, {best['format']}, {best['bytes']:,} B, "
             f"val agreement {best['val_agreement']:.2%}")
@@ -532,14 +529,26 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
     return state
 
 
+def _candidate_bytes(path: Path, recorded: int) -> bytes:
+    """The chosen candidate's file as the search measured it: a regular file of the recorded size."""
+    if path.is_symlink() or not path.is_file() or path.stat().st_size != recorded:
+        raise ConfigError(f"{path}: the candidate the record chose is missing or changed since it was measured "
+                          f"({recorded:,} B recorded): run again without --resume")
+    return path.read_bytes()
+
+
 def run_command(options: CompressOptions) -> dict:
     """`edge compress` with the options the CLI built."""
     import shlex
 
     if options.threads:
         torch.set_num_threads(options.threads)
-    return compress(options.model, options.images, options.output, options.search, labels=options.labels,
+    state = compress(options.model, options.images, options.output, options.search, labels=options.labels,
                     val=options.val, teacher=options.teacher, teacher_arch=options.teacher_arch, test=options.test,
                     test_labels=options.test_labels, report=options.report, resume=options.resume,
                     overwrite=options.overwrite, cache_dir=options.cache_dir, progress=not options.quiet,
                     command="edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    if state["chosen"] is None:
+        raise ConfigError(f"--target-bytes {options.search.target_bytes:,}: no candidate fits, so "
+                          f"{options.output} was not written (the report lists what was tried)")
+    return state

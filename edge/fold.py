@@ -44,9 +44,12 @@ def fold_model(model: nn.Module) -> fx.GraphModule:
     except Exception as err:  # fx raises many types for untraceable code
         raise CheckpointError(f"cannot trace {type(model).__name__} with torch.fx to fold its BatchNorms: "
                               f"{type(err).__name__}: {err}") from err
-    for module in folded.modules():
+    for name, module in folded.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is None:
             module.bias = nn.Parameter(torch.zeros(module.weight.shape[0]))
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and not all(bool(p.isfinite().all()) for p in module.parameters()):
+            raise CheckpointError(f"layer {name}: folding its BatchNorm gives weights beyond float32 (weight x "
+                                  f"gamma / sqrt(running_var + eps) overflows): the model cannot be exported")
     return folded
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.checkpoints import CHECKPOINT_KEY, NET_KEY, CheckpointError, check_finite, load_checkpoint, read_torch
+from edge.checkpoints import CHECKPOINT_KEY, NET_KEY, CheckpointError, check_weights, load_checkpoint, read_torch
 from edge.config import ConfigError, ModelCard, Preprocess, StudentConfig, default_classes
 from edge.files import atomic_write
 from edge.formats import sniff, sniff_file
@@ -63,6 +63,20 @@ def build_net(spec: NetSpec) -> nn.Module:
     from edge.teacher import torchvision_classifier
 
     return torchvision_classifier(spec.arch, spec.config.num_classes, spec.config.in_channels)
+
+
+def check_runs(spec: NetSpec, origin) -> None:
+    """``spec``'s network runs on its input size: one pass on torch's ``meta`` device (shapes only, no
+    memory). Torchvision architectures have their own minimum (inception_v3 needs 75 px; vit_b_16 takes
+    224 px only); a `ConfigError` naming the size otherwise, not a traceback mid-run."""
+    size = spec.config.input_size
+    try:
+        with torch.device("meta"):
+            build_net(spec).eval()(torch.zeros(1, spec.config.in_channels, size, size))
+    except (RuntimeError, ValueError, AssertionError, IndexError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{origin}: {spec.arch} cannot run on {size}x{size}-pixel inputs ({reason}): choose "
+                          f"another --input-size") from None
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -170,8 +184,9 @@ def net_from_dict(path: Path, obj: dict) -> NetFile:
         ModelCard(spec.config, net.preprocess, net.classes)  # one class name per output
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{path}: damaged edge model file ({err})") from None
-    check_finite(net.state, path)
+    check_weights(net.state, path)
     _check_fits(path, net)
+    check_runs(net.spec, path)
     return net
 
 
@@ -188,13 +203,20 @@ def net_from_state_dict(path: Path, state: dict, input_size: int | None = None) 
     if found is None:
         return None
     arch, classes, channels = found
-    crop = input_size or Preprocess().crop
-    config = StudentConfig(input_size=crop, num_classes=classes, in_channels=channels)
-    preprocess = Preprocess(crop=crop, color="L" if channels == 1 else "RGB", mean=(0.0,) * channels,
-                            std=(1.0,) * channels)
+    if channels not in (1, 3):
+        raise CheckpointError(f"{path}: a {arch} whose first conv takes {channels} channels: edge feeds models "
+                              f"grey (1) or RGB (3) images")
+    crop = Preprocess().crop if input_size is None else input_size
+    try:
+        config = StudentConfig(input_size=crop, num_classes=classes, in_channels=channels)
+        preprocess = Preprocess(crop=crop, color="L" if channels == 1 else "RGB", mean=(0.0,) * channels,
+                                std=(1.0,) * channels)
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     net = NetFile(NetSpec(arch, config), preprocess, default_classes(classes), dict(state),
                   origin="state-dict")
-    check_finite(net.state, path)
+    check_weights(net.state, path)
+    check_runs(net.spec, path)
     return net
 
 

@@ -11,6 +11,7 @@ Constructors are keyword-only; the Python API builds them directly.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,14 @@ class SearchSettings:
     budget_minutes: float = 30.0
 
     def __post_init__(self):
+        numbers = {"--lr": self.lr, "--temperature": self.temperature, "--ridge": self.ridge,
+                   "--budget-minutes": self.budget_minutes, "--step": self.step, "--min-keep": self.min_keep}
+        not_finite = [name for name, value in numbers.items() if not math.isfinite(value)]
+        if not_finite:
+            raise ConfigError(f"{', '.join(not_finite)} must be finite numbers (a NaN or infinity trains nothing "
+                              f"and cannot be resumed)")
+        if self.temperature <= 0 or self.ridge < 0 or self.budget_minutes <= 0:
+            raise ConfigError("--temperature and --budget-minutes must be positive, --ridge at least 0")
         if self.target_bytes < 1 or self.epochs < 1 or self.batch < 2 or self.lr <= 0:
             raise ConfigError("target bytes, epochs and learning rate must be positive, batch at least 2")
         if not 0 < self.min_keep <= 1 or not 0 < self.step < 1:

@@ -23,7 +23,7 @@ from edge.config import ConfigError, Preprocess, StudentConfig
 from edge.datasets import Augment, ImageSet, decode_image_set
 from edge.distributed import group, load_shared, say, together
 from edge.files import atomic_write, check_output, check_output_dir
-from edge.nets import STUDENT_ARCHS, NetFile, NetSpec, check_compatible, count_parameters, load_net
+from edge.nets import STUDENT_ARCHS, NetFile, NetSpec, check_compatible, check_runs, count_parameters, load_net
 from edge.options import DataOptions, DistillOptions, LoopOptions, ShapeOptions, SlimOptions, TrainOptions, flat
 from edge.train import Recipe, Run, accuracy, best_path, default_precise_bn, fit, init_model
 
@@ -134,7 +134,9 @@ def _fresh_net(arch: str, shape: ShapeOptions, train: ImageSet, preprocess: Prep
                known: tuple[str, ...] = ()) -> NetFile:
     """A new model for ``train``'s classes (or, on unlabelled data, ``known``: the teacher's)."""
     classes = train.classes or known or _classes_of(train)
-    return NetFile(_spec(arch, shape, preprocess, classes), preprocess, classes, {})
+    spec = _spec(arch, shape, preprocess, classes)
+    check_runs(spec, f"--arch {arch}")
+    return NetFile(spec, preprocess, classes, {})
 
 
 def _init(net: NetFile, seed: int, weights: str | None = None) -> torch.nn.Module:

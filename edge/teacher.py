@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge.checkpoints import CheckpointError, check_finite, read_torch
+from edge.checkpoints import CheckpointError, check_weights, read_torch
 
 
 def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -109,7 +109,7 @@ def load_classifier_weights(model: nn.Module, source: str | os.PathLike, name: s
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict (tensor name -> tensor)")
-    check_finite(state, path)
+    check_weights(state, path)
     own = model.state_dict()
     first = _first_conv(model)[0] + ".weight"
     fitted, skipped = {}, []
