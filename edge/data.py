@@ -145,11 +145,13 @@ def list_samples(folder: str | Path, classes: tuple[str, ...] = (), strict_class
 def _contents_hint(folder: Path, lead: str) -> str:
     """What ``folder`` holds, to point at the right path (e.g. ``testing/``); "" if unreadable."""
     try:
-        names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith("."))
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
     except OSError:
         return ""
+    names = [name for name in entries if not name.startswith(".")]
     more = f", ... ({len(names)} entries)" if len(names) > 5 else ""
-    return f"{lead}{folder} " + (f"holds {', '.join(names[:5])}{more}" if names else "is empty")
+    hidden = f"holds only hidden entries ({len(entries)}, names starting with '.', which edge skips)"
+    return f"{lead}{folder} " + (f"holds {', '.join(names[:5])}{more}" if names else hidden if entries else "is empty")
 
 
 def _check_unique(samples: list[Sample]) -> None:

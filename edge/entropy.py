@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.files import check_input
+from edge.files import InputError, check_input
 from edge.quant import code_stream_bits, pack_codes, unpack_codes
 
 if TYPE_CHECKING:
@@ -283,6 +283,8 @@ def _load(path: Path) -> "onnx.ModelProto":
     try:
         check_input(path, "ONNX file", MAX_ONNX_BYTES)
         model = onnx.load(str(path), load_external_data=False)
+    except InputError:  # names the file already
+        raise
     except (DecodeError, OSError, ValueError) as err:
         raise EntropyError(f"{path}: not an ONNX file ({getattr(err, 'strerror', None) or err})") from None
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):

@@ -2,12 +2,12 @@
 atomic writes, so a failure or Ctrl-C never leaves a half-written or clobbered file.
 
 `check_output` refuses, up front, an output that would destroy something the user has: one of
-the command's own inputs (the same file under any name, or an existing file inside an input
-folder), a folder, a device, a pipe or socket, a symbolic link (refused rather than written
-through, so a link can never redirect an output onto another file), an existing run unless resuming, or a model file about to be replaced by
-something that is not a model (a CSV, JSON, a report). `check_output_dir` does the same for
-commands whose output is a folder. `check_input` refuses, before opening, an input that is not a
-regular file or is larger than any file of its kind.
+the command's own inputs (the same file under any name, or an image inside an input folder), a
+folder, a device, a pipe or socket, a symbolic link (refused rather than written through, so a
+link can never redirect an output onto another file), an existing run unless resuming, or a model
+file about to be replaced by something that is not a model (a CSV, JSON, a report).
+`check_output_dir` does the same for commands whose output is a folder. `check_input` refuses,
+before opening, an input that is not a regular file or is larger than any file of its kind.
 """
 
 from __future__ import annotations
@@ -104,9 +104,15 @@ def _check_not_an_input(path: Path, inputs: Iterable, what: str) -> None:
         if same or source.resolve() == path.resolve():
             raise OutputError(f"{path}: {what} is the same file as {source}, which this command also reads or "
                               f"writes: choose another name")
-        if path.exists() and source.is_dir() and path.resolve().is_relative_to(source.resolve()):
-            raise OutputError(f"{path}: {what} would replace a file inside the input folder {source}: choose a "
+        if path.exists() and source.is_dir() and path.resolve().is_relative_to(source.resolve()) and _is_image(path):
+            raise OutputError(f"{path}: {what} would replace an image of the input folder {source}: choose a "
                               f"name outside it")
+
+
+def _is_image(path: Path) -> bool:
+    from edge.data import is_image  # edge.data reads its inputs through this module
+
+    return is_image(path)
 
 
 def _check_folder(path: Path, what: str) -> None:

@@ -178,6 +178,7 @@ def test_a_bomb_costs_no_more_memory_than_an_honest_stream():
 def test_a_device_named_like_a_model_is_refused_unread(tmp_path):
     os.symlink("/dev/zero", tmp_path / "zero.onnx")
     refused(invoke("convert", tmp_path / "zero.onnx", "--to", "onnx", "-o", tmp_path / "p.onnx"), "not a regular file")
+    refused(invoke("convert", tmp_path / "gone.onnx", "--to", "onnx", "-o", tmp_path / "p.onnx"), "gone.onnx: not an ONNX")
     assert not (tmp_path / "p.onnx").exists()
 
 
@@ -339,10 +340,18 @@ def test_labels_that_match_no_image_say_so(synthetic_student_onnx, synthetic_pho
 def test_an_output_inside_the_input_folder_never_replaces_an_image(synthetic_student_onnx, synthetic_photos):
     image = sorted(synthetic_photos.iterdir())[0]
     before = image.read_bytes()
-    refused(invoke("predict", synthetic_student_onnx, synthetic_photos, "-o", image), "inside the input folder")
+    refused(invoke("predict", synthetic_student_onnx, synthetic_photos, "-o", image), "an image of the input folder")
     assert image.read_bytes() == before
 
 
 def test_bench_refuses_a_quant_that_an_onnx_file_would_ignore(coded):
     result = invoke("bench", coded, "--provider", "cpu", "--quant", "kmeans16", "--quiet")
     assert result.exit_code == 2 and "drop --quant" in result.stderr
+
+
+def test_a_folder_of_hidden_images_is_not_called_empty(tmp_path):
+    from edge.data import DatasetError, list_samples
+
+    (tmp_path / ".0.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(DatasetError, match="holds only hidden entries"):
+        list_samples(tmp_path)
