@@ -85,7 +85,8 @@ def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *
     from edge.files import check_output
 
     spec = QuantSpec(quant, **format_options)
-    check_output(output, inputs=(model_path, calibration_dir), writes_model=True, what="ONNX file")
+    check_output(output, inputs=(model_path, calibration_dir), writes_model=True, model_format="onnx",
+                 what="ONNX file")
     model = load(model_path)
     calibration = preprocessed_images(model, calibration_dir, calibration_images) \
         if calibration_dir and spec.calibrated else (None, "")
