@@ -164,12 +164,14 @@ def test_an_input_size_that_cannot_work_is_refused(input_size, words, tmp_path):
     assert load_model(tmp_path / "s.pt", input_size=64).card.preprocess.crop == 64  # the crop follows
 
 
-def test_a_torchvision_net_is_checked_to_run_on_its_input_size():
+def test_a_fresh_net_is_checked_to_run_and_fit_before_training():
     """train --arch vit_b_16 / inception_v3 on 32 px crashed mid-run (AssertionError, RuntimeError)."""
     for arch, size in (("vit_b_16", 32), ("inception_v3", 32)):
         with pytest.raises(ConfigError, match=f"{arch} cannot run on {size}x{size}-pixel inputs"):
             check_runs(NetSpec(arch, StudentConfig(input_size=size, num_classes=3)), f"--arch {arch}")
     check_runs(NetSpec("mobilenet_v3_small", StudentConfig(input_size=16, num_classes=3, in_channels=1)), "ok")
+    with pytest.raises(ConfigError, match="10,005,400,011 parameters"):  # train --widths 100000,100000: 40 GB
+        check_runs(NetSpec("dw", StudentConfig(widths=(100_000, 100_000), pools=(0,), input_size=32)), "--arch dw")
 
 
 def test_a_state_dict_whose_first_conv_takes_odd_channels_is_refused(tmp_path):
