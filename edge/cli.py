@@ -155,6 +155,12 @@ def _check_export_options(spec, calib, images, labels, max_drop) -> None:
                                "uses no calibration")
     if labels and not images:
         raise click.UsageError("--labels label the --images folder; give --images DIR too")
+    given = click.get_current_context().get_parameter_source("fp16_below") != click.core.ParameterSource.DEFAULT
+    if given and (max_drop is not None or not (spec.bits and spec.calibrated)):
+        raise click.UsageError("--fp16-below keeps small layers fp16 in uintN/kmeansK --method gptq; "
+                               + ("--max-drop tries its own formats" if max_drop is not None else
+                                  f"--quant {spec.weights}{f' --method {spec.method}' if spec.bits else ''} stores "
+                                  "every layer alike"))
 
 
 def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, offset):

@@ -263,6 +263,9 @@ def test_export_options_and_metadata_say_what_happened(tmp_path):
     save_checkpoint(tmp_path / "tiny.pt", ckpt.card, ckpt.state)
     refused(invoke("export", tmp_path / "tiny.pt", "--low-rank", "nan", "-o", tmp_path / "x.onnx"), "--low-rank",
             "finite")  # was blamed on --quant
+    for args in (["--quant", "uint4", "--method", "minmax"], ["--quant", "fp16"]):  # was silently ignored
+        refused(invoke("export", tmp_path / "tiny.pt", *args, "--fp16-below", "5", "-o", tmp_path / "x.onnx"),
+                "--fp16-below", "stores every layer alike")
     # every layer of this tiny model is under --fp16-below: the file says so instead of only "kmeans2"
     assert export_model(tmp_path / "tiny.pt", tmp_path / "k.onnx", "kmeans2").weights["fp16_layers"].startswith("4 of 4")
     assert export_model(tmp_path / "tiny.pt", tmp_path / "u.onnx", "uint4",
