@@ -75,6 +75,10 @@ def check_runs(spec: NetSpec, origin) -> None:
     try:
         with torch.device("meta"):
             model = build_net(spec).eval()
+    except NotImplementedError:  # an init that reads values (regnet): not checkable without memory
+        return
+    try:
+        with torch.device("meta"):
             model(torch.zeros(1, spec.config.in_channels, size, size))
     except (RuntimeError, ValueError, AssertionError, IndexError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
