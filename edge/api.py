@@ -88,7 +88,8 @@ def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *
     spec = QuantSpec(quant, **format_options)
     if calibration_dir and not spec.calibrated:
         raise ValueError(f"calibration_dir calibrates gptq and int8; {spec.label} (method {spec.method}) uses none")
-    check_output(output, inputs=(model_path, calibration_dir), writes_model=True, what="ONNX file")
+    check_output(output, inputs=(model_path, calibration_dir), writes_model=True, model_format="onnx",
+                 what="ONNX file")
     model = load(model_path)
     calibration = preprocessed_images(model, calibration_dir, calibration_images) \
         if calibration_dir and spec.calibrated else (None, "")

@@ -177,7 +177,19 @@ def load_model(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
         net = net_from_state_dict(path, obj, input_size)
         if net is not None:
             return net
+        _refuse_near_miss(path, obj)
     return _student_from(path, obj, source, pools, input_size)
+
+
+def _refuse_near_miss(path: Path, obj: dict) -> None:
+    """A state dict that is nearly a torchvision classifier's (one tensor misshapen, missing or extra) is
+    refused saying which, rather than as 'not a StudentNet'."""
+    from edge.teacher import near_miss
+
+    if all(hasattr(v, "shape") for v in obj.values()):
+        hint = near_miss(obj)
+        if hint:
+            raise CheckpointError(f"{path}: the tensors of a {hint}: not a model edge can build")
 
 
 def _has_student_stages(obj: dict) -> bool:

@@ -83,7 +83,7 @@ def main():
                    "and scales, or the codes on the fixed grid; and the biases).")
 @click.option("--fp16-below", default=formats.FP16_BELOW, show_default=True, type=click.IntRange(0), metavar="N",
               help="uintN/kmeansK --method gptq: layers with fewer than N weights stay fp16 (the sensitive small ones).")
-@click.option("--low-rank", type=click.FloatRange(0, 1, min_open=True), metavar="ENERGY",
+@click.option("--low-rank", type=FiniteRange(0, 1, min_open=True), metavar="ENERGY",
               help="fp32/fp16: store pointwise convs and the classifier as SVD factors U·V keeping ENERGY (e.g. "
                    "0.99) of the squared singular values, where that saves bytes (folded back at load).")
 @click.option("--calib", type=click.Path(file_okay=False, path_type=Path),
@@ -110,13 +110,14 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
     """
     from edge.checkpoints import load_model
     from edge.files import check_output
-    from edge.shipped import shipped_student
+    from edge.shipped import SHIPPED_STUDENT, shipped_student
     from edge.export.exporter import (export_onnx, leftover_dequantization, preprocessed_images, parity_check, runtime_ops,
                                       sample_inputs)
     from edge.export.quantize import QuantSpec
 
     with _user_errors():
-        check_output(output, inputs=(checkpoint, calib, images, labels), writes_model=True, what="ONNX file")
+        check_output(output, inputs=(checkpoint or SHIPPED_STUDENT, calib, images, labels), writes_model=True,
+                     model_format="onnx", what="ONNX file")
         try:
             spec = QuantSpec(quant, per_channel, method, fp16_below, entropy, train_epochs, low_rank)
         except ValueError as err:
@@ -164,6 +165,12 @@ def _check_export_options(spec, calib, images, labels, max_drop) -> None:
                                "uses no calibration")
     if labels and not images:
         raise click.UsageError("--labels label the --images folder; give --images DIR too")
+    given = click.get_current_context().get_parameter_source("fp16_below") != click.core.ParameterSource.DEFAULT
+    if given and (max_drop is not None or not (spec.bits and spec.calibrated)):
+        raise click.UsageError("--fp16-below keeps small layers fp16 in uintN/kmeansK --method gptq; "
+                               + ("--max-drop tries its own formats" if max_drop is not None else
+                                  f"--quant {spec.weights}{f' --method {spec.method}' if spec.bits else ''} stores "
+                                  "every layer alike"))
 
 
 def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, offset):

@@ -42,12 +42,16 @@ def check_input(path: str | os.PathLike, what: str, limit: int) -> int:
 
 
 def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: bool = True,
-                 writes_model: bool = False, what: str = "output", hint: str = "choose another name") -> Path:
+                 writes_model: bool = False, model_format: str | None = None, what: str = "output",
+                 hint: str = "choose another name") -> Path:
     """Fail before any work when writing ``path`` could destroy something; return it as a Path.
 
-    ``inputs``: the command's input files and folders and its other outputs: none may be ``path``.
+    ``inputs``: the command's input files and folders and its other outputs: none may be ``path``, and
+    no existing file inside an input folder may be either (it is one of the inputs).
     ``overwrite=False``: an existing file is refused (a run's file without --resume).
     ``writes_model=False``: an existing model file (ONNX, torch, binary pickle) is refused.
+    ``model_format``: the format of the model written (`edge.formats`: ``onnx``); an existing file of any
+    other format is refused (a checkpoint or a text file is never replaced by an ONNX file).
     ``what`` names the output in messages; ``hint`` says what to do when it already exists.
     """
     path = Path(path)
@@ -59,6 +63,10 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: b
         if not writes_model and _is_model_file(path):
             raise OutputError(f"{path}: {what} would replace a model file; edge never overwrites a model with "
                               f"a {what}: choose another name")
+        if model_format and _format_of(path) != model_format:
+            raise OutputError(f"{path}: {what} would replace a file that is not {model_format.upper()} (its bytes "
+                              f"read {_format_of(path)}); edge replaces only a file of the same format: choose "
+                              f"another name")
     _check_folder(path, what)
     return path
 
@@ -124,10 +132,14 @@ def _check_folder(path: Path, what: str) -> None:
 
 
 def _is_model_file(path: Path) -> bool:
+    return _format_of(path) in MODEL_FORMATS
+
+
+def _format_of(path: Path) -> str:
     try:
-        return sniff_file(path) in MODEL_FORMATS
+        return sniff_file(path)
     except OSError:
-        return False
+        return "unreadable"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:

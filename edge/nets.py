@@ -28,6 +28,7 @@ from edge.files import atomic_write
 from edge.formats import sniff, sniff_file
 
 STUDENT_ARCHS = ("dw", "cnn", "group")
+MAX_PARAMETERS = 1 << 30  # 4 GiB of float32 weights (resnet152 has 60M, vit_h_14 632M)
 
 
 @dataclass(frozen=True)
@@ -66,17 +67,26 @@ def build_net(spec: NetSpec) -> nn.Module:
 
 
 def check_runs(spec: NetSpec, origin) -> None:
-    """``spec``'s network runs on its input size: one pass on torch's ``meta`` device (shapes only, no
-    memory). Torchvision architectures have their own minimum (inception_v3 needs 75 px; vit_b_16 takes
-    224 px only); a `ConfigError` naming the size otherwise, not a traceback mid-run."""
+    """``spec``'s network can be built and runs on its input size: one pass on torch's ``meta`` device
+    (shapes only, no memory). Torchvision architectures have their own minimum (inception_v3 needs 75 px;
+    vit_b_16 takes 224 px only), and --widths 100000,100000 would allocate 40 GB: a `ConfigError` naming
+    the cause otherwise, not a traceback mid-run."""
     size = spec.config.input_size
     try:
         with torch.device("meta"):
-            build_net(spec).eval()(torch.zeros(1, spec.config.in_channels, size, size))
+            model = build_net(spec).eval()
+    except NotImplementedError:  # an init that reads values (regnet): not checkable without memory
+        return
+    try:
+        with torch.device("meta"):
+            model(torch.zeros(1, spec.config.in_channels, size, size))
     except (RuntimeError, ValueError, AssertionError, IndexError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"{origin}: {spec.arch} cannot run on {size}x{size}-pixel inputs ({reason}): choose "
                           f"another --input-size") from None
+    if count_parameters(model) > MAX_PARAMETERS:
+        raise ConfigError(f"{origin}: {spec.describe()} has {count_parameters(model):,} parameters, over the "
+                          f"{MAX_PARAMETERS:,} edge builds: choose smaller --widths")
 
 
 def count_parameters(model: nn.Module) -> int:

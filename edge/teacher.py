@@ -77,6 +77,27 @@ def recognise_classifier(state: dict) -> tuple[str, int, int] | None:
     return None
 
 
+def near_miss(state: dict) -> str | None:
+    """For a state dict no `RECOGNISED_ARCHS` classifier matches exactly: the one holding at least 90% of its
+    tensor names, and what differs (missing, unexpected, misshapen tensors); None when none is that close."""
+    import warnings
+
+    keys = set(state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probes = {name: _shapes(name, _PROBE_CLASSES) for name in RECOGNISED_ARCHS}
+    name, probe = max(probes.items(), key=lambda item: len(keys & set(item[1])) / len(item[1]))
+    if len(keys & set(probe)) < 0.9 * len(probe):
+        return None
+    first = next(k for k, shape in probe.items() if len(shape) == 4)
+    shown = {k: "(" + ", ".join("classes" if d == _PROBE_CLASSES else str(d) for d in shape) + ")"
+             for k, shape in probe.items()}
+    wrong = [f"{k} {tuple(state[k].shape)} != {shown[k]}" for k in probe if k in keys and k != first and (
+             len(state[k].shape) != len(probe[k]) or _PROBE_CLASSES not in probe[k] and tuple(state[k].shape) != probe[k])]
+    return (f"{name} except: missing {sorted(set(probe) - keys)[:3]}, unexpected {sorted(keys - set(probe))[:3]}, "
+            f"misshapen {wrong[:3]}")
+
+
 def _set_input_channels(model: nn.Module, channels: int) -> None:
     name, conv = _first_conv(model)
     new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,

@@ -240,16 +240,39 @@ def _restore(run: Run, optimizer) -> tuple[int, list, dict]:
     state = saved.extra.get("train")
     if state is None:
         raise ConfigError(f"{run.out}: a model file without training state: cannot resume it")
+    problem = _state_problem(state, run.recipe.epochs)
+    if problem:
+        raise ConfigError(f"{run.out}: damaged training state ({problem}): cannot resume it")
     differ = {k: (v, asdict(run.recipe)[k]) for k, v in state["recipe"].items() if asdict(run.recipe).get(k) != v}
     differ.update({k: (v, run.about.get(k)) for k, v in state["about"].items() if run.about.get(k) != v})
     if differ or saved.spec != run.net.spec:
         raise ConfigError(f"{run.out}: --resume needs the run's own settings; these differ (saved, now): "
                           + ", ".join(f"{k} {a!r} != {b!r}" for k, (a, b) in differ.items())
                           + ("" if saved.spec == run.net.spec else f" architecture {saved.spec.describe()}"))
-    run.model.load_state_dict(saved.state)
-    optimizer.load_state_dict(state["optimizer"])
-    run.objective.modules.load_state_dict(state["objective"])
+    try:
+        run.model.load_state_dict(saved.state)
+        optimizer.load_state_dict(state["optimizer"])
+        run.objective.modules.load_state_dict(state["objective"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{run.out}: damaged training state ({reason}): cannot resume it") from None
     return state["epoch"], list(state["history"]), dict(state["best"])
+
+
+def _state_problem(state, epochs: int) -> str | None:
+    """What is wrong with a run file's ``train`` entry (`_state_payload`'s layout), or None."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}, not the run's record"
+    kinds = {"recipe": dict, "about": dict, "history": list, "best": dict, "optimizer": dict, "objective": dict}
+    wrong = [key for key, kind in kinds.items() if not isinstance(state.get(key), kind)]
+    if wrong:
+        return f"{', '.join(wrong)} missing or of the wrong type"
+    epoch = state.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        return f"epoch {epoch!r} is not one of 0..{epochs}"
+    if len(state["history"]) != epoch or not all(isinstance(row, dict) for row in state["history"]):
+        return f"the history does not hold {epoch} epochs"
+    return None
 
 
 def fit(run: Run, resume: bool = False, stop_after: int | None = None) -> dict:

@@ -77,7 +77,8 @@ def parse_format(name: str) -> tuple[WeightFormat, int | None]:
         if fmt.sizes is None and name == fmt.family:
             return fmt, None
         tail = name[len(fmt.family):]
-        if fmt.sizes is not None and name.startswith(fmt.family) and tail.isdigit() and int(tail) in fmt.sizes:
+        if fmt.sizes is not None and name.startswith(fmt.family) and tail.isascii() and tail.isdigit() \
+                and str(int(tail)) == tail and int(tail) in fmt.sizes:  # as written: no "kmeans016", no "uint٨"
             return fmt, int(tail)
     sizes = "; ".join(f"{f.syntax}: {f.syntax[-1]} = {f.sizes.start}..{f.sizes.stop - 1}" for f in FORMATS if f.sizes)
     raise ValueError(f"unknown weight format {name!r}: use one of {', '.join(f.syntax for f in FORMATS)} ({sizes})")

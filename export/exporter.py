@@ -29,6 +29,7 @@ from edge.export.onnx_graph import (INPUT_NAME, OPSET, OUTPUT_NAME, GraphError, 
                                     write_checked)
 from edge.metadata import write_metadata
 from edge.export.quantize import QuantSpec, encode_model
+from edge.quant import FloatWeight
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
     else:
         layers, encodings = encode_model(folded, spec, calibration, layer_bits,
                                          input_shape=(card.config.in_channels, card.config.input_size, card.config.input_size))
+        if spec.bits and spec.calibrated:  # say how many layers --fp16-below kept as floats (all, on a tiny model)
+            kept = sum(isinstance(e, FloatWeight) for e in encodings.values())
+            quant["fp16_layers"] = f"{kept} of {len(encodings)} (fewer than {spec.fp16_below:,} weights)"
         with torch.no_grad():
             for layer in layers:  # the float weights the file holds (after equalization, bias correction)
                 module = folded.get_submodule(layer.name)
