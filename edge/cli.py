@@ -41,6 +41,11 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+# --threads/--workers: torch starts two OS threads per --threads at its first call, so a typo like
+# 100000 would start 200,000; no machine edge runs on has this many cores
+THREADS = click.IntRange(1, 256)
+
+
 @contextmanager
 def _user_errors():
     """Known failures (`edge.errors.EdgeError`) -> one clear line on stderr and exit code 2 (never a
@@ -251,10 +256,10 @@ def sensitivity(checkpoint, images, limit, bits, per_channel, kmeans, pools, jso
                    "All: " + backends.help_text() + ".")
 @click.option("--batch", default=4, show_default=True, type=click.IntRange(1),
               help="Images per model call (small batches stay in cache; the CSV is the same for any).")
-@click.option("--workers", type=click.IntRange(1),
+@click.option("--workers", type=THREADS,
               help="Threads that decode images, each a batch at a time before running the model on it "
                    "(default: all cores).")
-@click.option("--threads", type=click.IntRange(1),
+@click.option("--threads", type=THREADS,
               help="Inference threads (default: all cores). ONNX on CPU: this many single-threaded "
                    "model calls at once.")
 @click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint (default 0,1,2,3).")
@@ -360,7 +365,7 @@ def convert(checkpoint, target, output, pools):
                    "to calibrate]. torch-cuda also runs fp16.")
 @click.option("--batch", "batches", default="1,32", show_default=True, metavar="B,..",
               help="Batch sizes: latency at the smallest, throughput at each.")
-@click.option("--threads", type=click.IntRange(1),
+@click.option("--threads", type=THREADS,
               help="Inference threads per backend (default: the library's, all cores). On a machine shared "
                    "with other work, 1 is far steadier.")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),

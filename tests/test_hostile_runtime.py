@@ -355,3 +355,11 @@ def test_a_folder_of_hidden_images_is_not_called_empty(tmp_path):
     (tmp_path / ".0.jpg").write_bytes(b"\xff\xd8")
     with pytest.raises(DatasetError, match="holds only hidden entries"):
         list_samples(tmp_path)
+
+
+@pytest.mark.parametrize("command", [["predict", "m.onnx", "d", "-o", "p.csv", "--threads"],
+                                     ["predict", "m.onnx", "d", "-o", "p.csv", "--workers"],
+                                     ["bench", "m.onnx", "--threads"]], ids=["predict threads", "workers", "bench"])
+def test_thread_counts_that_would_start_hundreds_of_thousands_of_threads_are_refused(command):
+    result = invoke(*command, "100000")
+    assert result.exit_code == 2 and "100000 is not in the range 1<=x<=256" in result.stderr
