@@ -426,7 +426,7 @@ def bench(models, data, labels, providers, quants, batches, threads, repeats, mi
               help="Write accuracy-vs-eps curves here and the original/attacked/defended grid to OUT-examples.png.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N images (id order).")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1), help="Images per gradient step.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch CPU threads.")
+@click.option("--threads", default=1, show_default=True, type=THREADS, help="torch CPU threads.")
 @click.option("--pools", metavar="I,J,..", help="Pool positions for homework checkpoints (default 0,1,2,3).")
 @click.option("--overwrite", is_flag=True, help="Replace existing report files / write into a non-empty folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -488,7 +488,7 @@ _TRAINING_OPTIONS = [
                       "0 = off) [default: 1024 for torchvision archs, whose slow BatchNorm averages lag a short run; "
                       "0 for dw/cnn/group, the homework's recipe]."),
     click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N."),
-    click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: all cores)."),
+    click.option("--threads", type=THREADS, help="torch CPU threads (default: all cores)."),
     click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
                  help="DataLoader worker processes that crop/augment batches (the same batches for any number)."),
     click.option("--decode-threads", default=4, show_default=True, type=click.IntRange(1),
@@ -677,7 +677,7 @@ def slim(**params):
 @click.option("--budget-minutes", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Start no slimming round that would end after this (judged by the slowest round so far).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: all cores).")
+@click.option("--threads", type=THREADS, help="torch CPU threads (default: all cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep decoded photos here.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compress(**params):

@@ -359,7 +359,11 @@ def test_a_folder_of_hidden_images_is_not_called_empty(tmp_path):
 
 @pytest.mark.parametrize("command", [["predict", "m.onnx", "d", "-o", "p.csv", "--threads"],
                                      ["predict", "m.onnx", "d", "-o", "p.csv", "--workers"],
-                                     ["bench", "m.onnx", "--threads"]], ids=["predict threads", "workers", "bench"])
+                                     ["bench", "m.onnx", "--threads"], ["train", "d", "-o", "r.pt", "--threads"],
+                                     ["distill", "d", "-o", "r.pt", "--threads"],
+                                     ["compress", "m.pt", "d", "-o", "c.onnx", "--threads"],
+                                     ["attack", "m.onnx", "d", "--threads"]],
+                         ids=["predict threads", "workers", "bench", "train", "distill", "compress", "attack"])
 def test_thread_counts_that_would_start_hundreds_of_thousands_of_threads_are_refused(command):
     result = invoke(*command, "100000")
     assert result.exit_code == 2 and "100000 is not in the range 1<=x<=256" in result.stderr
