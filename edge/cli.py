@@ -158,24 +158,20 @@ FORMAT_OPTIONS = ("quant", "per_channel", "method", "entropy", "train_epochs", "
 def _check_export_options(spec, calib, images, labels, max_drop) -> None:
     """Options that would do nothing in this mode are mistakes, said at once (exit 2)."""
     ctx = click.get_current_context()
-    given = [name for name in FORMAT_OPTIONS
-             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    given = [name for name in FORMAT_OPTIONS if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
     if max_drop is not None and given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise click.UsageError(f"--max-drop chooses the weight format from its candidates; {flags} would be ignored")
-    if spec.per_channel and "per_channel" not in spec.format.options and max_drop is None:
+    if spec.per_channel and "per_channel" not in spec.format.options:
         raise click.UsageError(f"--per-channel sets integer ranges; --quant {spec.weights} has none")
     if calib and not spec.calibrated and max_drop is None:
         raise click.UsageError(f"--calib calibrates gptq and int8; --quant {spec.weights} --method {spec.method} "
                                "uses no calibration")
     if labels and not images:
         raise click.UsageError("--labels label the --images folder; give --images DIR too")
-    given = click.get_current_context().get_parameter_source("fp16_below") != click.core.ParameterSource.DEFAULT
-    if given and (max_drop is not None or not (spec.bits and spec.calibrated)):
-        raise click.UsageError("--fp16-below keeps small layers fp16 in uintN/kmeansK --method gptq; "
-                               + ("--max-drop tries its own formats" if max_drop is not None else
-                                  f"--quant {spec.weights}{f' --method {spec.method}' if spec.bits else ''} stores "
-                                  "every layer alike"))
+    if "fp16_below" in given and not (spec.bits and spec.calibrated):
+        raise click.UsageError("--fp16-below keeps small layers fp16 in uintN/kmeansK --method gptq; --quant "
+                               f"{spec.weights}{f' --method {spec.method}' if spec.bits else ''} stores every layer alike")
 
 
 def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, offset):
