@@ -273,6 +273,18 @@ def _holds_marker(path: Path) -> bool:
         return view.find(DOMAIN.encode()) >= 0
 
 
+def _what_it_is(path: Path) -> str | None:
+    """What a file that is not ONNX holds, from its first bytes (`edge.formats.sniff`), if edge knows."""
+    from edge.formats import sniff_file
+
+    try:
+        kind = sniff_file(path)
+    except OSError:
+        return None
+    model = {"torch-zip": "a torch file", "torch-legacy": "a torch file", "pickle": "a weights pickle"}.get(kind)
+    return model and f"{model}: `edge export` writes an ONNX file from it"
+
+
 def _load(path: Path) -> "onnx.ModelProto":
     """The ONNX file at ``path`` with its weights inside it (external data files are refused, not read)."""
     try:
@@ -286,7 +298,8 @@ def _load(path: Path) -> "onnx.ModelProto":
     except InputError:  # names the file already
         raise
     except (DecodeError, OSError, ValueError) as err:
-        raise EntropyError(f"{path}: not an ONNX file ({getattr(err, 'strerror', None) or err})") from None
+        raise EntropyError(f"{path}: not an ONNX file ({_what_it_is(path) or getattr(err, 'strerror', None) or err})") \
+            from None
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise EntropyError(f"{path}: its weights are in external data files, which edge does not read "
                            "(edge's ONNX files hold their weights)")

@@ -144,6 +144,12 @@ def test_convert_refuses_a_damaged_stream_with_one_line_and_writes_nothing(coded
     assert not (tmp_path / "p.onnx").exists()
 
 
+def test_convert_to_onnx_names_a_checkpoint_given_in_place_of_an_onnx_file(synthetic_student, tmp_path):
+    """It said only protobuf's "Wire format was corrupt"."""
+    refused(invoke("convert", synthetic_student, "--to", "onnx", "-o", tmp_path / "p.onnx"), "a torch file",
+            "edge export")
+
+
 @pytest.mark.parametrize("bits", [1, 3, 8])
 def test_every_codec_and_layout_decodes_through_the_bounded_decoders(bits):
     from edge.entropy import CODECS, LAYOUTS
