@@ -29,7 +29,7 @@ from edge.checkpoints import load_checkpoint
 from edge.cli import main
 from edge.config import ConfigError, ModelCard, Preprocess
 from edge.data import read_labels
-from edge.entropy import EntropyError, decode_stream, encode_stream, expand, write_plain
+from edge.entropy import EntropyError, decode_stream, encode_stream, write_plain
 from edge.export.exporter import export_onnx
 from edge.export.quantize import QuantSpec
 from edge.files import InputError
