@@ -55,9 +55,13 @@ def _read_previous(path: Path) -> dict:
 
 def run_command(models: list[Path], *, json_out, markdown_out, plot_out, previous, quiet, **options) -> int:
     """Run the benchmark; print the table; write what was asked. Exit code 1 when a row failed."""
-    if options["quants"] and models and all(is_onnx(m) for m in models):
-        raise click.BadParameter("formats are made from checkpoints; an ONNX file is run in the format it holds "
-                                 "(drop --quant, or give the checkpoint)", param_hint="--quant")
+    if models and all(is_onnx(m) for m in models):
+        if options["quants"]:
+            raise click.BadParameter("formats are made from checkpoints; an ONNX file is run in the format it holds "
+                                     "(drop --quant, or give the checkpoint)", param_hint="--quant")
+        if options["pools"]:
+            raise click.BadParameter("pool positions describe homework checkpoints; an ONNX file's graph fixes its "
+                                     "own", param_hint="--pools")
     options["quants"] = options["quants"] or default_quants(models)
     outputs = {"JSON": json_out, "markdown report": markdown_out, "plot": plot_out}
     for what, path in outputs.items():

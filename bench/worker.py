@@ -122,7 +122,7 @@ class Worker:
         if target.is_onnx or target.fmt == "fp32":
             from edge.predict import open_model
 
-            return open_model(target.path, target.backend, target.threads, target.pools)
+            return open_model(target.path, target.backend, target.threads, None if target.is_onnx else target.pools)
         return self.model or open_backend(target), 1
 
 

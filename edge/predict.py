@@ -75,7 +75,11 @@ def open_model(path: str | Path, provider: str = "cpu", threads: int | None = No
 
     path = Path(path)
     if is_onnx(path):
-        from edge.runtime import OnnxClassifier
+        from edge.runtime import ModelError, OnnxClassifier
+
+        if pools is not None:
+            raise ModelError(f"{path}: an ONNX file, whose graph fixes its max-pools: --pools describes a homework "
+                             "checkpoint's")
 
         if _backend(path, provider, ONNXRUNTIME).device == "cpu":
             return OnnxClassifier(path, provider, threads=1), threads or cpu_cores()

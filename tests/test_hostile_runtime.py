@@ -350,9 +350,17 @@ def test_an_output_inside_the_input_folder_never_replaces_an_image(synthetic_stu
     assert image.read_bytes() == before
 
 
-def test_bench_refuses_a_quant_that_an_onnx_file_would_ignore(coded):
-    result = invoke("bench", coded, "--provider", "cpu", "--quant", "kmeans16", "--quiet")
-    assert result.exit_code == 2 and "drop --quant" in result.stderr
+@pytest.mark.parametrize("option,words", [(["--quant", "kmeans16"], "drop --quant"), (["--pools", "0,1"], "--pools")])
+def test_bench_refuses_options_that_an_onnx_file_would_ignore(coded, option, words):
+    result = invoke("bench", coded, "--provider", "cpu", *option, "--quiet")
+    assert result.exit_code == 2 and words in result.stderr
+
+
+def test_predict_refuses_pools_for_an_onnx_file(synthetic_student_onnx, synthetic_photos, tmp_path):
+    """The graph fixes the pools: --pools was silently ignored."""
+    refused(invoke("predict", synthetic_student_onnx, synthetic_photos, "-o", tmp_path / "p.csv", "--pools", "0,1"),
+            "--pools", "ONNX file")
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_a_folder_of_hidden_images_is_not_called_empty(tmp_path):
