@@ -305,6 +305,8 @@ def info(model, pools):
         if is_onnx(model):
             from edge.runtime import OnnxClassifier
 
+            if pools:
+                raise click.BadParameter(f"{model} is an ONNX file, whose graph fixes its pools", param_hint="--pools")
             loaded = OnnxClassifier(model)
             card, net, extra = loaded.card, loaded.net, {"weights": loaded.quant}
             parameters, flops = model_size(card, net)

@@ -356,11 +356,13 @@ def test_bench_refuses_options_that_an_onnx_file_would_ignore(coded, option, wor
     assert result.exit_code == 2 and words in result.stderr
 
 
-def test_predict_refuses_pools_for_an_onnx_file(synthetic_student_onnx, synthetic_photos, tmp_path):
+def test_predict_and_info_refuse_pools_for_an_onnx_file(synthetic_student_onnx, synthetic_photos, tmp_path):
     """The graph fixes the pools: --pools was silently ignored."""
     refused(invoke("predict", synthetic_student_onnx, synthetic_photos, "-o", tmp_path / "p.csv", "--pools", "0,1"),
             "--pools", "ONNX file")
     assert not (tmp_path / "p.csv").exists()
+    result = invoke("info", synthetic_student_onnx, "--pools", "0,1")
+    assert result.exit_code == 2 and "--pools" in result.stderr and "ONNX file" in result.stderr
 
 
 def test_a_folder_of_hidden_images_is_not_called_empty(tmp_path):
