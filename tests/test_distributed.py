@@ -98,6 +98,19 @@ def _gradients_on_two_ranks(rank: int, port: int, sync_bn: bool, batch, out: Pat
     distributed.stop()
 
 
+def _biases_before_batchnorm(model: torch.nn.Module) -> set[str]:
+    """Conv biases that the BatchNorm right after them subtracts again in training: their gradient is
+    zero in exact arithmetic (what remains is rounding noise, not something the maths fixes)."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, torch.nn.Sequential):
+            for i, (layer, after) in enumerate(zip(module, list(module)[1:])):
+                if isinstance(layer, torch.nn.Conv2d) and isinstance(after, torch.nn.BatchNorm2d) \
+                        and layer.bias is not None:
+                    names.add(f"{prefix}.{i}.bias".lstrip("."))
+    return names
+
+
 @pytest.mark.parametrize("sync_bn", [True, False])
 def test_sync_bn_gives_the_single_process_gradients_of_the_global_batch(grey_images, tmp_path, sync_bn):
     from edge.models import StudentNet
@@ -109,14 +122,19 @@ def test_sync_bn_gives_the_single_process_gradients_of_the_global_batch(grey_ima
     single = StudentNet(TINY)
     F.cross_entropy(single(images), labels).backward()
     ddp = torch.load(tmp_path / "g.pt", weights_only=True)
-    # a conv bias before BatchNorm has a zero gradient in exact arithmetic: its float value is rounding
-    # noise (~4e-5 on 128 images), so the tolerance is relative to the model's largest gradient
-    scale = max(float(p.grad.abs().max()) for p in single.parameters())
-    close = {n: torch.allclose(ddp[n], p.grad, rtol=1e-3, atol=1e-3 * scale) for n, p in single.named_parameters()}
+    zero = _biases_before_batchnorm(single)
+    assert zero == {"cnn.0.0.bias", "cnn.1.0.bias", "cnn.2.0.bias"}
+    scale = max(float(p.grad.norm()) for p in single.parameters())
+    for name in zero:  # stays ~0 on both sides: float noise, ~1e-6 of the gradients that matter
+        assert float(single.get_parameter(name).grad.norm()) < 1e-4 * scale
+        assert float(ddp[name].norm()) < 1e-4 * scale
+    # every other gradient, relative to its own norm (float32 sums in another order: ~1e-7..1e-6)
+    error = {n: float((ddp[n] - p.grad).norm() / p.grad.norm()) for n, p in single.named_parameters()
+             if n not in zero}
     if sync_bn:
-        assert all(close.values()), [n for n, ok in close.items() if not ok]
+        assert max(error.values()) < 1e-4, error
     else:  # each rank normalising its own half is another computation: the test can tell
-        assert not all(close.values())
+        assert max(error.values()) > 1e-2, error
 
 
 def test_torchrun_trains_resumes_writes_one_checkpoint_and_validates_like_one_process(fashion_mnist, tmp_path):
