@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 
 from edge.bench import report
-from edge.backends import BackendError, parse_list
+from edge.core.backends import BackendError, parse_list
 from edge.bench.harness import Settings, command_line, default_quants, parse_quants, run_bench
-from edge.files import InputError, check_input, check_output
-from edge.formats import is_onnx
+from edge.core.files import InputError, check_input, check_output
+from edge.core.formats import is_onnx
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # an earlier --json: kilobytes per row
 

@@ -20,19 +20,18 @@ from pathlib import Path
 import numpy as np
 
 from edge.bench import machine
-from edge.bench.rows import Row
-from edge.backends import NAMES, resolve, unavailable
+from edge.bench.rows import REFERENCE, Row
+from edge.core.backends import NAMES, resolve, unavailable
 from edge.bench.worker import CHANNELS_LAST, RowProcess, Target
-from edge.weight_formats import BENCH_FORMATS, data_free, parse_choice
-from edge.metadata import model_size
+from edge.core.weight_formats import BENCH_FORMATS, data_free, parse_choice
+from edge.codec.metadata import model_size
 
 DEFAULT_NAME = "default StudentNet (initialised, seed 0)"
-REFERENCE = ("torch-cpu", "fp32")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    providers: tuple[str, ...] = NAMES  # canonical names of `edge.backends.BACKENDS`
+    providers: tuple[str, ...] = NAMES  # canonical names of `edge.core.backends.BACKENDS`
     quants: tuple[str, ...] = BENCH_FORMATS
     batches: tuple[int, ...] = (1, 32)
     threads: int | None = None
@@ -52,13 +51,13 @@ class Subject:
 
     key: int  # position on the command line: names the files made for it
     name: str
-    card: object  # edge.config.ModelCard
-    checkpoint: object = None  # edge.checkpoints.Checkpoint when torch can run it
+    card: object  # edge.core.config.ModelCard
+    checkpoint: object = None  # edge.io.checkpoints.Checkpoint when torch can run it
     checkpoint_path: Path | None = None
     onnx: dict[str, Path] = field(default_factory=dict)
     weights: dict[str, dict] = field(default_factory=dict)  # format -> how the file stores its weights
     inputs: Path | None = None
-    net: dict | None = None  # parameters and flops: a model file's, or a baseline's ONNX metadata (edge.metadata.read_net)
+    net: dict | None = None  # parameters and flops: a model file's, or a baseline's ONNX metadata (edge.codec.metadata.read_net)
 
     def formats(self, backend: str, settings: Settings) -> list[str]:
         spec = resolve(backend)
@@ -88,7 +87,7 @@ class Subject:
 
 
 def quant_spec(fmt: str):
-    """A --quant entry, ``FORMAT[:METHOD]`` (``uint8``, ``uint8:minmax``; `edge.weight_formats.parse_choice`) ->
+    """A --quant entry, ``FORMAT[:METHOD]`` (``uint8``, ``uint8:minmax``; `edge.core.weight_formats.parse_choice`) ->
     the exporter's `QuantSpec`."""
     from edge.export.quantize import QuantSpec
 
@@ -105,7 +104,7 @@ def parse_quants(text: str) -> tuple[str, ...]:
 
 
 def default_quants(models: list[Path]) -> str:
-    """`edge.weight_formats.BENCH_FORMATS`; without MODEL data-free (an initialised model has nothing to calibrate)."""
+    """`edge.core.weight_formats.BENCH_FORMATS`; without MODEL data-free (an initialised model has nothing to calibrate)."""
     return ",".join(BENCH_FORMATS if models else map(data_free, BENCH_FORMATS))
 
 
@@ -118,8 +117,8 @@ def load_subjects(models: list[Path], settings: Settings, workdir: Path) -> list
 
 
 def _default_subject(workdir: Path) -> Subject:
-    from edge.checkpoints import save_checkpoint
-    from edge.models import init_checkpoint
+    from edge.io.checkpoints import save_checkpoint
+    from edge.io.checkpoints import init_checkpoint
 
     checkpoint = init_checkpoint()
     path = workdir / "default-studentnet.pt"
@@ -129,12 +128,12 @@ def _default_subject(workdir: Path) -> Subject:
 
 def _subject(key: int, path: Path, name: str, settings: Settings) -> Subject:
     if path.suffix.lower() == ".onnx":
-        from edge.runtime import OnnxClassifier
+        from edge.inference.runtime import OnnxClassifier
 
         model = OnnxClassifier(path)
         fmt = model.quant.get("weights", "fp32")
         return Subject(key, name, model.card, onnx={fmt: path}, weights={fmt: model.quant}, net=model.net)
-    from edge.checkpoints import load_model
+    from edge.io.checkpoints import load_model
 
     checkpoint = load_model(path, pools=settings.pools)
     size = {"parameters": checkpoint.parameters, "flops": checkpoint.flops}
@@ -187,8 +186,8 @@ def prepare_inputs(subject: Subject, settings: Settings, workdir: Path) -> None:
 
 def first_images(data: Path, card, count: int) -> np.ndarray:
     """Up to ``count`` preprocessed images of ``data``, in id order, skipping unreadable ones."""
-    from edge.data import DatasetError, list_samples
-    from edge.preprocess import ImageError, load_image
+    from edge.data.folders import DatasetError, list_samples
+    from edge.data.preprocess import ImageError, load_image
 
     arrays = []
     for sample in list_samples(data, card.classes):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.files import atomic_write
+from edge.core.files import atomic_write
 
 
 def _quality(row: dict) -> tuple[float | None, str]:

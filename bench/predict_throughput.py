@@ -88,8 +88,8 @@ def homework_predict(checkpoint: Path, folder: Path, out: Path) -> None:
     import torchvision.transforms as T
     from PIL import Image
 
-    from edge.checkpoints import load_checkpoint
-    from edge.models import build_student
+    from edge.io.checkpoints import load_checkpoint
+    from edge.models.student import build_student
 
     class Decoded(torch.utils.data.Dataset):
         """hw7's MyDataset: PIL images decoded in __init__, transformed per item."""
@@ -122,9 +122,9 @@ def stage_costs(model: Path, folder: Path, count: int = 200) -> dict:
     """Each stage alone on one core: ms per image to read+decode+preprocess, and to infer."""
     code = f"""
 import time, numpy as np
-from edge.data import list_samples
-from edge.predict import open_model
-from edge.preprocess import read_image, to_array
+from edge.data.folders import list_samples
+from edge.inference.predict import open_model
+from edge.data.preprocess import read_image, to_array
 model, _ = open_model({str(model)!r}, threads=1)
 spec = model.card.preprocess
 samples = list_samples({str(folder)!r})[:{count}]
@@ -271,7 +271,7 @@ def main(argv=None) -> None:
     info = machine()
     result = {"command": command, "machine": info, "load_average_start": os.getloadavg(), **run(args),
               "load_average_end": os.getloadavg()}
-    from edge.files import atomic_write
+    from edge.core.files import atomic_write
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.json, lambda f: f.write(json.dumps(result, indent=2) + "\n"), binary=False)

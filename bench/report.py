@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge.backends import resolve
-from edge.bench.harness import REFERENCE
-from edge.files import atomic_write
+from edge.core.backends import resolve
+from edge.bench.rows import REFERENCE
+from edge.core.files import atomic_write
 
 COLUMNS = ("Backend", "Format", "Status", "Bytes", "Params", "Accuracy", "Agree", "Load ms", "p50 ms",
            "p90 ms", "img/s", "GFLOP/s", "RSS MB", "x torch", "predict img/s")

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+REFERENCE = ("torch-cpu", "fp32")  # the row every other row of a model is compared with
+
 
 def spread(values: list[float]) -> dict[str, float] | None:
     """min / median / max of ``values`` (None when there are none)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.backends import Backend, ProviderUnavailable, resolve
+from edge.core.backends import Backend, ProviderUnavailable, resolve
 
 CHANNELS_LAST = "+cl"
 
@@ -25,7 +25,7 @@ CHANNELS_LAST = "+cl"
 class Target:
     """What one row runs: a backend, the weights' format, the file, thread count."""
 
-    backend: str  # a canonical name of `edge.backends.BACKENDS`
+    backend: str  # a canonical name of `edge.core.backends.BACKENDS`
     fmt: str  # ONNX: the file's weight format; torch: fp32 | fp16, "+cl" for channels_last
     path: str  # the .onnx file, or the checkpoint torch loads
     threads: int | None = None
@@ -43,11 +43,11 @@ class Target:
 def open_backend(target: Target):
     """The classifier for ``target``: `OnnxClassifier` (no torch) or `TorchClassifier`."""
     if target.is_onnx:
-        from edge.runtime import OnnxClassifier
+        from edge.inference.runtime import OnnxClassifier
 
         return OnnxClassifier(target.path, target.backend, target.threads)
-    from edge.checkpoints import load_model
-    from edge.torch_backend import TorchClassifier
+    from edge.io.checkpoints import load_model
+    from edge.inference.torch_backend import TorchClassifier
 
     return TorchClassifier(load_model(target.path, pools=target.pools), target.spec.device, target.threads,
                            half=target.fmt.startswith("fp16"), channels_last=target.fmt.endswith(CHANNELS_LAST))
@@ -101,8 +101,8 @@ class Worker:
     def predict(self, data_dir: str, labels: str | None, batch: int | None, workers: int | None) -> dict:
         """`edge predict`'s own path over a folder (its batch and decoding threads unless given): wall
         time, and its decode / inference CPU seconds."""
-        from edge.data import list_samples, read_labels
-        from edge.predict import predict_samples
+        from edge.data.folders import list_samples, read_labels
+        from edge.inference.predict import predict_samples
 
         model, lanes = self._as_predict_opens_it()
         samples = list_samples(data_dir, model.card.classes, strict_classes=True)
@@ -120,7 +120,7 @@ class Worker:
         for (fp16, channels_last) run as this row's own classifier, one call at a time."""
         target = self.target
         if target.is_onnx or target.fmt == "fp32":
-            from edge.predict import open_model
+            from edge.inference.predict import open_model
 
             return open_model(target.path, target.backend, target.threads, None if target.is_onnx else target.pools)
         return self.model or open_backend(target), 1

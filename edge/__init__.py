@@ -2,8 +2,8 @@
 self-describing ONNX file.
 
 The Python API (`edge.api`): `load_model` reads any model file edge knows, `export_model` writes an
-ONNX file in a weight format of `edge.weight_formats`, `predict_images` answers a folder of images
-on a backend of `edge.backends`, `benchmark` measures models x backends x formats. ``import edge`` is cheap (no
+ONNX file in a weight format of `edge.core.weight_formats`, `predict_images` answers a folder of images
+on a backend of `edge.core.backends`, `benchmark` measures models x backends x formats. ``import edge`` is cheap (no
 torch, no onnxruntime); predicting with an ONNX file never imports torch. The `edge` command line
 (`edge.cli`) does the same with options. Every refusal of a user's input is an `EdgeError`.
 
@@ -14,7 +14,7 @@ torch, no onnxruntime); predicting with an ONNX file never imports torch. The `e
 """
 
 from edge.api import ExportResult, Prediction, benchmark, export_model, load_model, predict_images
-from edge.errors import EdgeError
+from edge.core.errors import EdgeError
 
 __version__ = "0.1.0"
 __all__ = ["EdgeError", "ExportResult", "Prediction", "__version__", "benchmark", "export_model", "load_model",

@@ -2,10 +2,10 @@
 
 Each function does what an `edge` command does (`export_model`: `edge export`, `predict_images`:
 `edge predict`, `benchmark`: `edge bench`), without click: the same checks (outputs before any
-work; bad input raises an `edge.errors.EdgeError` subclass naming it) and the same tables (weight
-formats: `edge.weight_formats`; backends: `edge.backends`). Everything heavy is imported inside the
+work; bad input raises an `edge.core.errors.EdgeError` subclass naming it) and the same tables (weight
+formats: `edge.core.weight_formats`; backends: `edge.core.backends`). Everything heavy is imported inside the
 functions, so ``import edge`` stays cheap and predicting with an ONNX file never imports torch.
-(They cannot be called ``export``/``predict``/``bench``: ``edge.export``, ``edge.predict`` and
+(They cannot be called ``export``/``predict``/``bench``: ``edge.export``, ``edge.inference.predict`` and
 ``edge.bench`` are modules, and importing one rebinds that name on the package.)
 """
 
@@ -37,7 +37,7 @@ class Prediction(NamedTuple):
 
 
 def load_model(path: PathLike, pools: tuple[int, ...] | None = None, input_size: int | None = None):
-    """Read any model file edge knows (the model-file protocol, `edge.checkpoints.load_model`).
+    """Read any model file edge knows (the model-file protocol, `edge.io.checkpoints.load_model`).
 
     Args:
         path: a homework StudentNet ``.bin``/``.pt`` or pickle, an edge checkpoint, an `edge train` file, or a
@@ -47,13 +47,13 @@ def load_model(path: PathLike, pools: tuple[int, ...] | None = None, input_size:
             default 256).
 
     Returns:
-        The model file: ``.card`` (`edge.config.ModelCard`: config, preprocessing, classes) and ``.build()``
+        The model file: ``.card`` (`edge.core.config.ModelCard`: config, preprocessing, classes) and ``.build()``
         (a ``torch.nn.Module`` in eval mode with its float weights).
 
     Raises:
-        edge.checkpoints.CheckpointError: the file is missing, damaged, hostile or not a model edge reads.
+        edge.core.errors.CheckpointError: the file is missing, damaged, hostile or not a model edge reads.
     """
-    from edge.checkpoints import load_model as load
+    from edge.io.checkpoints import load_model as load
 
     return load(path, pools=pools, input_size=input_size)
 
@@ -66,7 +66,7 @@ def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *
     Args:
         model_path: any model file `load_model` reads.
         output: the ``.onnx`` file to write (never an input, a folder or another kind of file).
-        quant: a weight format of `edge.weight_formats.FORMATS`: ``fp32``, ``fp16``, ``uintN``, ``kmeansK``, ``int8``.
+        quant: a weight format of `edge.core.weight_formats.FORMATS`: ``fp32``, ``fp16``, ``uintN``, ``kmeansK``, ``int8``.
         calibration_dir: unlabelled images that calibrate ``--method gptq`` and ``int8`` (default: synthetic ones).
         calibration_images: how many of them (the first in id order).
         **format_options: `edge.export.quantize.QuantSpec` fields the format lists (``per_channel``, ``method``,
@@ -78,12 +78,12 @@ def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *
     Raises:
         ValueError: an unknown format, an option the format does not take, or calibration images for a
             format that uses none.
-        edge.errors.EdgeError: an unreadable model file or image folder, or an output that cannot be written.
+        edge.core.errors.EdgeError: an unreadable model file or image folder, or an output that cannot be written.
     """
-    from edge.checkpoints import load_model as load
+    from edge.io.checkpoints import load_model as load
     from edge.export.exporter import export_onnx, preprocessed_images
     from edge.export.quantize import QuantSpec
-    from edge.files import check_output
+    from edge.core.files import check_output
 
     spec = QuantSpec(quant, **format_options)
     if calibration_dir and not spec.calibrated:
@@ -104,7 +104,7 @@ def predict_images(model: PathLike, images_dir: PathLike, *, provider: str = "cp
     Args:
         model: an ONNX file edge exported (ONNX Runtime, no torch imported) or any model file `load_model` reads.
         images_dir: a Food-11 split folder (``testing/NNNN.jpg``, ``training/<class>_<n>.jpg``) or class subfolders.
-        provider: a backend of `edge.backends` (``cpu``, ``cuda``, ``ort-cuda``, ``torch-cpu``, ...).
+        provider: a backend of `edge.core.backends` (``cpu``, ``cuda``, ``ort-cuda``, ``torch-cpu``, ...).
         batch: images per model call.
         threads: inference threads (default: all cores).
         skip_bad: skip images that cannot be decoded instead of failing.
@@ -114,11 +114,11 @@ def predict_images(model: PathLike, images_dir: PathLike, *, provider: str = "cp
         One `Prediction` per image, in id order.
 
     Raises:
-        edge.errors.EdgeError: an unreadable model or folder, undecodable images (without ``skip_bad``),
+        edge.core.errors.EdgeError: an unreadable model or folder, undecodable images (without ``skip_bad``),
             or a provider that cannot run here or does not run this kind of file.
     """
-    from edge.data import list_samples
-    from edge.predict import open_model, predict_samples
+    from edge.data.folders import list_samples
+    from edge.inference.predict import open_model, predict_samples
 
     classifier, lanes = open_model(model, provider, threads)
     samples = list_samples(images_dir, classifier.card.classes, strict_classes=True)
@@ -135,9 +135,9 @@ def benchmark(models: list[PathLike] = (), *, providers: str = "ort-cpu", quants
     Args:
         models: model files (exported to each of ``quants`` on the fly) or ``.onnx`` files; none: a freshly
             initialised homework StudentNet.
-        providers: comma-separated backends of `edge.backends` (``cpu`` = ``ort-cpu``, ``torch-cpu``, ...).
-        quants: comma-separated ``FORMAT[:METHOD]`` (`edge.weight_formats.parse_choice`); default
-            `edge.weight_formats.BENCH_FORMATS` (data-free without models).
+        providers: comma-separated backends of `edge.core.backends` (``cpu`` = ``ort-cpu``, ``torch-cpu``, ...).
+        quants: comma-separated ``FORMAT[:METHOD]`` (`edge.core.weight_formats.parse_choice`); default
+            `edge.core.weight_formats.BENCH_FORMATS` (data-free without models).
         batches: batch sizes: latency at the smallest, throughput at each.
         data, labels: an image folder (and its Id,label CSV) for accuracy and end-to-end images/s.
         threads: inference threads per backend.
@@ -149,10 +149,10 @@ def benchmark(models: list[PathLike] = (), *, providers: str = "ort-cpu", quants
         The results document (``rows``, ``machine``, ``settings``, ``models``) that ``edge bench --json`` writes.
 
     Raises:
-        ValueError: an unknown backend or weight format (`edge.backends.BackendError` is one).
-        edge.errors.EdgeError: a model file edge cannot use.
+        ValueError: an unknown backend or weight format (`edge.core.backends.BackendError` is one).
+        edge.core.errors.EdgeError: a model file edge cannot use.
     """
-    from edge.backends import parse_list
+    from edge.core.backends import parse_list
     from edge.bench.harness import Settings, default_quants, parse_quants, run_bench
 
     paths = [Path(m) for m in models]

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import click
 
-from edge import __version__, backends
-from edge import weight_formats as formats
+from edge import __version__
+from edge.core import backends
+from edge.core import weight_formats as formats
 
 
 def _int_list(value: str | None, option: str = "--pools", distinct: bool = True) -> tuple[int, ...] | None:
@@ -48,9 +49,9 @@ THREADS = click.IntRange(1, 256)
 
 @contextmanager
 def _user_errors():
-    """Known failures (`edge.errors.EdgeError`) -> one clear line on stderr and exit code 2 (never a
+    """Known failures (`edge.core.errors.EdgeError`) -> one clear line on stderr and exit code 2 (never a
     traceback); click's own usage errors pass through to click, which also exits 2."""
-    from edge.errors import EdgeError
+    from edge.core.errors import EdgeError
 
     try:
         yield
@@ -113,11 +114,10 @@ def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs
     and the weight format is applied to its Conv / Gemm weights; the model's config,
     preprocessing, classes and weight format go into the file's metadata.
     """
-    from edge.checkpoints import load_model
-    from edge.files import check_output
-    from edge.shipped import SHIPPED_STUDENT, shipped_student
-    from edge.export.exporter import (export_onnx, leftover_dequantization, preprocessed_images, parity_check, runtime_ops,
-                                      sample_inputs)
+    from edge.io.checkpoints import load_model
+    from edge.core.files import check_output
+    from edge.inference.shipped import SHIPPED_STUDENT, shipped_student
+    from edge.export.exporter import export_onnx, leftover_dequantization, preprocessed_images, parity_check, runtime_ops, sample_inputs
     from edge.export.quantize import QuantSpec
 
     with _user_errors():
@@ -178,7 +178,7 @@ def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, off
     """--max-drop: try formats from the smallest file up, write the first within the drop."""
     import numpy as np
 
-    from edge.data import list_samples, read_labels
+    from edge.data.folders import list_samples, read_labels
     from edge.export.exporter import preprocessed_images
     from edge.export.select import select_format
 
@@ -219,8 +219,8 @@ def sensitivity(checkpoint, images, limit, bits, per_channel, kmeans, pools, jso
     import dataclasses
     import json
 
-    from edge.checkpoints import load_model
-    from edge.files import atomic_write, check_output
+    from edge.io.checkpoints import load_model
+    from edge.core.files import atomic_write, check_output
     from edge.export.exporter import preprocessed_images
     from edge.export.sensitivity import layer_sensitivity
 
@@ -268,9 +268,9 @@ def predict(model, data_dir, output, labels, provider, batch, workers, threads, 
     edge reads. DATA_DIR: a Food-11 split folder (testing/NNNN.jpg, training/<class>_<n>.jpg)
     or a folder of class subfolders.
     """
-    from edge.data import list_samples, read_labels
-    from edge.files import check_output
-    from edge.predict import open_model, predict_samples, write_csv
+    from edge.data.folders import list_samples, read_labels
+    from edge.core.files import check_output
+    from edge.inference.predict import open_model, predict_samples, write_csv
 
     with _user_errors():
         check_output(output, inputs=(model, labels, data_dir), what="prediction CSV")
@@ -298,12 +298,12 @@ def info(model, pools):
     """Show what MODEL is: StudentNet config, preprocessing, classes, weight format, size."""
     import json
 
-    from edge.formats import is_onnx
-    from edge.metadata import model_size
+    from edge.core.formats import is_onnx
+    from edge.codec.metadata import model_size
 
     with _user_errors():
         if is_onnx(model):
-            from edge.runtime import OnnxClassifier
+            from edge.inference.runtime import OnnxClassifier
 
             if pools:
                 raise click.BadParameter(f"{model} is an ONNX file, whose graph fixes its pools", param_hint="--pools")
@@ -313,7 +313,7 @@ def info(model, pools):
             if net:
                 extra["architecture"] = {"arch": net["arch"], "groups": net["groups"]}
         else:
-            from edge.checkpoints import load_model
+            from edge.io.checkpoints import load_model
 
             ckpt = load_model(model, pools=_int_list(pools))
             card, parameters, flops = ckpt.card, ckpt.parameters, ckpt.flops
@@ -332,13 +332,13 @@ def info(model, pools):
 @click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint.")
 def convert(checkpoint, target, output, pools):
     """Rewrite CHECKPOINT in another weights format (homework pickles read by the homework's decoder)."""
-    from edge.checkpoints import load_checkpoint, save_checkpoint, save_homework_pickle
-    from edge.files import check_output
+    from edge.io.checkpoints import load_checkpoint, save_checkpoint, save_homework_pickle
+    from edge.core.files import check_output
 
     with _user_errors():
         check_output(output, inputs=(checkpoint,), writes_model=True, what="converted model")
         if target == "onnx":
-            from edge.entropy import write_plain
+            from edge.codec.entropy import write_plain
 
             return click.echo(f"wrote {output}: {write_plain(checkpoint, output):,} bytes (plain ONNX)")
         ckpt = load_checkpoint(checkpoint, pools=_int_list(pools))
@@ -441,7 +441,7 @@ def attack(models, data_dir, labels, eps, methods, steps, defenses, source, save
 
     import torch
 
-    from edge.attack_report import attack_command
+    from edge.workflows.attack_report import attack_command
 
     torch.set_num_threads(threads)
     with _user_errors():
@@ -554,8 +554,8 @@ def train(**params):
     fashion-mnist:train; add @START:STOP for a slice in id order. Writes OUTPUT after every
     epoch (resume with --resume) and the best epoch by --val accuracy to OUTPUT's .best.pt.
     """
-    from edge.options import TrainOptions, from_click
-    from edge.runs import train_command
+    from edge.core.options import TrainOptions, from_click
+    from edge.workflows.runs import train_command
 
     with _user_errors():
         train_command(from_click(TrainOptions, params))
@@ -582,8 +582,8 @@ def distill(**params):
     loss = alpha*T^2*KL(softmax(t/T) || softmax(s/T)) + (1-alpha)*CE, AdamW. Unlabelled DATA
     (e.g. Food-11 testing/) trains label-free with alpha 1.
     """
-    from edge.options import DistillOptions, from_click
-    from edge.runs import distill_command
+    from edge.core.options import DistillOptions, from_click
+    from edge.workflows.runs import distill_command
 
     with _user_errors():
         distill_command(from_click(DistillOptions, params))
@@ -628,8 +628,8 @@ def slim(**params):
     by --val, exports it and records parameters, ONNX bytes and accuracy in OUTPUT/curve.json after
     every round. An interrupted run (Ctrl-C, a crash, --stop-after) continues with --resume.
     """
-    from edge.options import SlimOptions, from_click
-    from edge.runs import slim_command
+    from edge.core.options import SlimOptions, from_click
+    from edge.workflows.runs import slim_command
 
     with _user_errors():
         slim_command(from_click(SlimOptions, params))
@@ -688,8 +688,8 @@ def compress(**params):
     photos); keeps the best validation agreement with MODEL whose file fits. Writes the report
     (JSON, markdown, frontier PNG). Interrupted? Run again with --resume.
     """
-    from edge.compress import run_command
-    from edge.options import CompressOptions, from_click
+    from edge.workflows.compress import run_command
+    from edge.core.options import CompressOptions, from_click
 
     with _user_errors():
         run_command(from_click(CompressOptions, params))

@@ -1,4 +1,4 @@
-"""Calibration for weight quantization on any folded torch classifier (`edge.fold.fold_model`):
+"""Calibration for weight quantization on any folded torch classifier (`edge.models.fold.fold_model`):
 layer inputs captured by forward hooks, GPTQ rounding onto a fixed min-max grid, and bias correction.
 
 GPTQ (Frantar et al., ICLR 2023; the OBQ update of Hassibi & Stork) quantizes a layer's weights one
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from tqdm import tqdm
 
-from edge.fold import FoldedLayer, model_layers
+from edge.models.fold import FoldedLayer, model_layers
 
 DAMPING = 0.01
 CALIBRATION_IMAGES = 64  # synthetic images when none are given
@@ -123,7 +123,7 @@ class _Until(fx.Interpreter):
 
 
 class Passes:
-    """Forward passes of calibration images through a `edge.fold.fold_model` graph, batch by batch,
+    """Forward passes of calibration images through a `edge.models.fold.fold_model` graph, batch by batch,
     with forward hooks on named modules. The images' values are kept at a graph cut (a node all later
     nodes read through) whose upstream layers are final (`advance`), and passes resume there: on a
     chain of layers, each layer's pass runs that layer rather than every layer before it."""
@@ -217,7 +217,7 @@ def set_weights(model: nn.Module, name: str, weight: np.ndarray, bias: np.ndarra
 
 @torch.no_grad()
 def calibrate(model: fx.GraphModule, images: np.ndarray, encode, progress: bool = True) -> dict:
-    """Encode ``model``'s layers (`edge.fold.model_layers`) in forward order on ``images``, in place:
+    """Encode ``model``'s layers (`edge.models.fold.model_layers`) in forward order on ``images``, in place:
     each gets its decoded weights and a bias corrected so its mean output matches the float model's.
 
     ``encode(layer, hessian)`` returns the layer's weight encoding (anything with ``decode()``) from

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from edge.quant import minmax_encode
+from edge.codec.quant import minmax_encode
 from edge.export.calibrate import Passes
 
 SCALE_LIMITS = (1e-3, 1e3)  # keep fp16 copies of the scaled weights far from under/overflow

@@ -1,7 +1,7 @@
 """Export any torch classifier edge loads to ONNX and prove the file: one path for every model.
 
 `export_onnx`: a StudentNet's classifier merged into its last pointwise conv (`merged_classifier`:
-exact, fewer weights), BatchNorm folded (`edge.fold.fold_model`), weights encoded (`edge.export.quantize`), the
+exact, fewer weights), BatchNorm folded (`edge.models.fold.fold_model`), weights encoded (`edge.export.quantize`), the
 folded module written by the standard exporter (``torch.onnx.export``), then the weight formats
 applied to its initializers (`edge.export.onnx_graph`) or, for int8, ONNX Runtime's QDQ quantization
 (`edge.export.int8`); the model card (and, for architectures other than StudentNet, their `NetSpec`,
@@ -22,14 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from edge.data import DatasetError
-from edge.fold import fold_model
+from edge.data.folders import DatasetError
+from edge.models.merge import merged_classifier
+from edge.models.fold import fold_model
 from edge.export.calibrate import CALIBRATION_IMAGES, synthetic_images
 from edge.export.onnx_graph import (INPUT_NAME, OPSET, OUTPUT_NAME, GraphError, apply_weight_formats, compact,
                                     write_checked)
-from edge.metadata import write_metadata
+from edge.codec.metadata import write_metadata
 from edge.export.quantize import QuantSpec, encode_model
-from edge.quant import FloatWeight
+from edge.codec.quant import FloatWeight
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,10 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
                 calibration_source: str = "", layer_bits: dict[str, int] | None = None) -> tuple[int, dict]:
     """Fold, encode, export, apply the weight formats, fully check and atomically write the ONNX file.
 
-    ``model_file``: anything with ``.card`` (`edge.config.ModelCard`) and ``.build()`` (the torch
+    ``model_file``: anything with ``.card`` (`edge.core.config.ModelCard`) and ``.build()`` (the torch
     classifier in eval mode). Calibrated formats use ``calibration`` images, or synthetic ones when
     none are given; ``layer_bits`` gives named layers of a uintN format another bit width (mixed precision,
-    `edge.mixed_precision`). Returns the file size in bytes and the weight-format description stored in the
+    `edge.export.mixed_precision`). Returns the file size in bytes and the weight-format description stored in the
     metadata.
     """
     import torch
@@ -89,26 +90,9 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
 
 def prepare(model) -> tuple:
     """-> (the folded graph `export_onnx` encodes for torch ``model``, the metadata entry of its
-    classifier merge): `merged_classifier`, then every BatchNorm folded (`edge.fold.fold_model`)."""
+    classifier merge): `merged_classifier`, then every BatchNorm folded (`edge.models.fold.fold_model`)."""
     merged, entry = merged_classifier(model)
     return fold_model(merged), entry
-
-
-def merged_classifier(model) -> tuple:
-    """-> (``model`` as the file computes it, its metadata entry): a StudentNet whose last pointwise
-    conv, global pool and classifier merge into one smaller conv (`edge.reconstruct.mergeable`) is
-    rebuilt merged (`edge.reconstruct.merge_classifier`, exact up to float rounding); any other
-    model is returned as it is, with no entry."""
-    from edge.models import StudentNet, build_student, state_to_numpy
-    from edge.reconstruct import merge_classifier, mergeable
-
-    if not isinstance(model, StudentNet) or not mergeable(model.config):
-        return model, {}
-    config, state = merge_classifier(model.config, state_to_numpy(model))
-    merged = build_student(config, state)
-    before, after = (sum(p.numel() for p in m.parameters()) for m in (model, merged))
-    return merged, {"classifier_merge": f"last pointwise conv, global pool and classifier merged into one "
-                                       f"{config.widths[-1]}-output conv (exact): {before:,} -> {after:,} parameters"}
 
 
 def _float_graph(folded, card) -> onnx.ModelProto:
@@ -156,8 +140,8 @@ def leftover_dequantization(path: str | os.PathLike) -> dict[str, int]:
 def _runtime_graph(path: str | os.PathLike) -> onnx.GraphProto:
     import onnxruntime as ort
 
-    from edge.entropy import session_source
-    from edge.runtime import session_options
+    from edge.codec.entropy import session_source
+    from edge.inference.runtime import session_options
 
     with tempfile.TemporaryDirectory() as tmp:
         optimized = os.path.join(tmp, "optimized.onnx")
@@ -169,8 +153,8 @@ def _runtime_graph(path: str | os.PathLike) -> onnx.GraphProto:
 
 def preprocessed_images(model_file, image_dir, limit: int, offset: int = 0) -> tuple[np.ndarray, str]:
     """Up to ``limit`` images of ``image_dir`` in id order from ``offset``, preprocessed as the model's card says."""
-    from edge.data import list_samples
-    from edge.preprocess import load_image
+    from edge.data.folders import list_samples
+    from edge.data.preprocess import load_image
 
     card = model_file.card
     samples = list_samples(image_dir, card.classes, strict_classes=True)[offset:offset + limit]
@@ -193,7 +177,7 @@ def parity_check(model_file, onnx_path: str | os.PathLike, images: np.ndarray, s
     """Compare ONNX Runtime on ``onnx_path`` with the model file's (unfolded) torch module on ``images``."""
     import torch
 
-    from edge.runtime import OnnxClassifier
+    from edge.inference.runtime import OnnxClassifier
 
     ours, reference = OnnxClassifier(onnx_path), model_file.build()
     with torch.inference_mode():

@@ -2,19 +2,19 @@
 
 One loop for every code format of `edge.export.quantize`, run after calibration:
 
-- kmeansK (`edge.quant.CodebookCode`): the codebook and, per channel, the channel scales are trained;
+- kmeansK (`edge.codec.quant.CodebookCode`): the codebook and, per channel, the channel scales are trained;
   the indices stay fixed (Deep Compression's trained centroids);
-- uintN (`edge.quant.MinMaxCode`): latent float weights, rounded onto the layer's fixed min-max grid
+- uintN (`edge.codec.quant.MinMaxCode`): latent float weights, rounded onto the layer's fixed min-max grid
   in the forward pass with a straight-through gradient (the codes are re-chosen at every step);
-- every bias; the small layers kept fp16 (`edge.quant.FloatWeight`) stay as they are (training
+- every bias; the small layers kept fp16 (`edge.codec.quant.FloatWeight`) stay as they are (training
   them as well lost 1-8 pt of held-out agreement on the TA student: they are the sensitive ones).
 
 Each tensor's learning rate is ``lr`` times its own scale (the RMS of its values; for a grid, its
 step), so codebooks of normalised values, raw biases and fine grids move alike.
 
 The loss is knowledge distillation (KL at temperature 1, label-free) to the float model's logits on
-function-matching inputs (Beyer et al., CVPR 2022; `edge.matching`): teacher and student see the same
-randomly flipped, rotated, rescaled and shifted images, mixed up in pairs (`edge.matching.mixup`), so
+function-matching inputs (Beyer et al., CVPR 2022; `edge.train.matching`): teacher and student see the same
+randomly flipped, rotated, rescaled and shifted images, mixed up in pairs (`edge.train.matching.mixup`), so
 a few hundred calibration photos give a new input at every step instead of being memorised. At the
 end, every value is rounded to what the file stores (fp16 codebooks, scales, biases; integer codes).
 """
@@ -28,15 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge.quant import CodebookCode, FloatWeight, MinMaxCode
+from edge.codec.quant import CodebookCode, FloatWeight, MinMaxCode
 
 MAX_ANGLE, MAX_SHIFT, SCALE_RANGE = 15.0, 0.1, (0.9, 1.1)  # function-matching geometry (degrees, fraction)
 
 
 def matching_inputs(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A batch of preprocessed NCHW images, each randomly flipped, rotated, rescaled and shifted
-    (border pixels repeated), then mixed up with another of the batch (`edge.matching.mixup`)."""
-    from edge.matching import mixup
+    (border pixels repeated), then mixed up with another of the batch (`edge.train.matching.mixup`)."""
+    from edge.train.matching import mixup
 
     n = len(images)
     u = torch.rand(n, 5, generator=generator)
@@ -145,9 +145,9 @@ def train_quantized(model: nn.Module, encodings: dict, teacher: nn.Module, image
     from torch.func import functional_call
     from tqdm import tqdm
 
-    from edge.distill import kd_loss
+    from edge.train.distill import kd_loss
     from edge.export.calibrate import set_weights
-    from edge.fold import model_layers
+    from edge.models.fold import model_layers
 
     torch.manual_seed(seed)  # mixup's pairing and weights
     generator = torch.Generator().manual_seed(seed)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edge.quant import CodebookCode
+from edge.codec.quant import CodebookCode
 
 LLOYD_ITERATIONS = 40
 

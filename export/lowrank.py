@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.fold import FoldedLayer
-from edge.quant import FloatWeight
+from edge.models.fold import FoldedLayer
+from edge.codec.quant import FloatWeight
 
 
 @dataclass(frozen=True)

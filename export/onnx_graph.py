@@ -9,7 +9,7 @@ Encodings (the computation is always fp32):
 - `CodebookCode` (kmeansK): codes that index an fp16 codebook, decoded by Gather (and a Mul by
   the fp16 scale of each output channel, per channel).
 Codes of every width go into one dense bit stream per width (``codes4``: all 4-bit codes of the
-file, `edge.quant.pack_codes`), unpacked once by ``BitShift -> Mod`` into bit planes and summed by a
+file, `edge.codec.quant.pack_codes`), unpacked once by ``BitShift -> Mod`` into bit planes and summed by a
 MatMul with the powers of two, then Split into the tensors. Every input of those nodes is a
 constant, so ONNX Runtime's constant folding turns them back into float weights when the session
 is created: no decoding is left at run time (`edge.export.exporter.leftover_dequantization` checks it).
@@ -29,13 +29,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edge.checkpoints import CheckpointError
-from edge.entropy import entropy_code
-from edge.errors import EdgeError
-from edge.files import atomic_write
-from edge.fold import FoldedLayer
+from edge.core.errors import CheckpointError
+from edge.codec.entropy import entropy_code
+from edge.core.errors import EdgeError
+from edge.core.files import atomic_write
+from edge.models.fold import FoldedLayer
 from edge.export.lowrank import LowRankWeight
-from edge.quant import CodebookCode, FloatWeight, MinMaxCode, code_stream_name, pack_codes
+from edge.codec.quant import CodebookCode, FloatWeight, MinMaxCode, code_stream_name, pack_codes
 
 OPSET = 17  # BitShift (the code streams' unpacking) needs 11
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -275,7 +275,7 @@ def _checkpoint_name(stored: str) -> str:
 
 def write_checked(model: onnx.ModelProto, path, entropy: bool = False) -> int:
     """Run the full onnx.checker, then write ``model`` (its code streams entropy-coded with ``entropy``,
-    `edge.entropy`) atomically to ``path``; -> its size in bytes."""
+    `edge.codec.entropy`) atomically to ``path``; -> its size in bytes."""
     onnx.checker.check_model(model, full_check=True)
     for tensor in model.graph.initializer:
         values = numpy_helper.to_array(tensor)

@@ -1,7 +1,7 @@
 """Decide how each weight tensor of a folded torch classifier is stored, and compute its codes.
 
 ``QuantSpec`` is what the user asks for (``--quant``, ``--per-channel``, ``--method``);
-`encode_model` turns the layers of `edge.fold.fold_model`'s result into per-tensor encodings:
+`encode_model` turns the layers of `edge.models.fold.fold_model`'s result into per-tensor encodings:
 
 - ``fp32`` / ``fp16``: float tensors (``--low-rank``: SVD factors, `edge.export.lowrank`).
 - ``uintN`` / ``kmeansK --method minmax``: the homework's min-max rounding / plain k-means, every weight, no data.
@@ -20,18 +20,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.fold import FoldedLayer
-from edge.quant import FloatWeight, minmax_encode
-from edge.weight_formats import CANDIDATES, DEFAULT_METHOD, FP16_BELOW, METHODS, WeightFormat, parse_format
+from edge.models.fold import FoldedLayer
+from edge.codec.quant import FloatWeight, minmax_encode
+from edge.core.weight_formats import CANDIDATES, DEFAULT_METHOD, FP16_BELOW, METHODS, WeightFormat, parse_format
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    weights: str = "fp32"  # a format of `edge.weight_formats.FORMATS`: fp32 | fp16 | uintN | kmeansK | int8
+    weights: str = "fp32"  # a format of `edge.core.weight_formats.FORMATS`: fp32 | fp16 | uintN | kmeansK | int8
     per_channel: bool = False
     method: str = DEFAULT_METHOD
     fp16_below: int = FP16_BELOW
-    entropy: bool = False  # codes entropy-coded in the file (`edge.entropy`): only edge's runtime opens it
+    entropy: bool = False  # codes entropy-coded in the file (`edge.codec.entropy`): only edge's runtime opens it
     train_epochs: int = 0  # uintN/kmeansK --method gptq: trained quantization on the calibration images (export/finetune.py)
     low_rank: float | None = None  # fp32/fp16: SVD-factor pointwise convs and the classifier, keeping this energy
 
@@ -104,7 +104,7 @@ class QuantSpec:
 
 
 def candidate_specs() -> tuple[QuantSpec, ...]:
-    """`edge.weight_formats.CANDIDATES` as specs, smallest file first."""
+    """`edge.core.weight_formats.CANDIDATES` as specs, smallest file first."""
     return tuple(QuantSpec(weights, **options) for weights, options in CANDIDATES)
 
 
@@ -161,7 +161,7 @@ def encode_model(folded, spec: QuantSpec, calibration: np.ndarray | None = None,
                  progress: bool = True) -> tuple[list[FoldedLayer], dict]:
     """-> (the layers of ``folded`` with the weights and biases the file will hold, {layer name: weight encoding}).
 
-    ``folded`` is `edge.fold.fold_model`'s result (not changed). Calibrated formats (``spec.calibrated``)
+    ``folded`` is `edge.models.fold.fold_model`'s result (not changed). Calibrated formats (``spec.calibrated``)
     equalize it (`edge.export.equalize`), then quantize its layers in forward order on ``calibration``
     (N, C, H, W float32, preprocessed), or on `CALIBRATION_IMAGES` synthetic 1/f images of
     ``input_shape`` (C, H, W) when it is None, with bias correction (`edge.export.calibrate`); with
@@ -170,7 +170,7 @@ def encode_model(folded, spec: QuantSpec, calibration: np.ndarray | None = None,
     """
     import copy
 
-    from edge.fold import model_layers
+    from edge.models.fold import model_layers
 
     layer_bits = layer_bits or {}
     if not spec.calibrated or spec.weights == "int8":

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.checkpoints import Checkpoint
-from edge.files import atomic_write
+from edge.io.checkpoints import Checkpoint
+from edge.core.files import atomic_write
 from edge.export.exporter import export_onnx
 from edge.export.quantize import QuantSpec, candidate_specs
 
-CANDIDATES = candidate_specs()  # edge.weight_formats.CANDIDATES
+CANDIDATES = candidate_specs()  # edge.core.weight_formats.CANDIDATES
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Trial:
 
 
 def _predict(path, images: np.ndarray) -> np.ndarray:
-    from edge.runtime import OnnxClassifier
+    from edge.inference.runtime import OnnxClassifier
 
     model = OnnxClassifier(path)
     return np.concatenate([model(images[i:i + 32]) for i in range(0, len(images), 32)]).argmax(1)
@@ -47,7 +47,7 @@ def select_format(checkpoint: Checkpoint, output: str | os.PathLike, images: np.
                   max_drop: float, calibration: np.ndarray | None = None, calibration_source: str = "",
                   candidates=CANDIDATES) -> tuple[Trial | None, list[Trial]]:
     """Write the smallest passing candidate to ``output``; return (chosen or None, all trials)."""
-    from edge.torch_backend import TorchClassifier
+    from edge.inference.torch_backend import TorchClassifier
 
     reference_model = TorchClassifier(checkpoint)
     reference = np.concatenate([reference_model(images[i:i + 32]) for i in range(0, len(images), 32)]).argmax(1)

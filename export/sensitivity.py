@@ -2,7 +2,7 @@
 
 Each weight tensor in turn is rounded (the homework's min-max rounding at the asked bit width, or
 plain k-means weight sharing with K values, per tensor or per channel) while every other layer stays
-fp32; the folded model (`edge.fold.fold_model`, any classifier) then runs on real images and the top-1
+fp32; the folded model (`edge.models.fold.fold_model`, any classifier) then runs on real images and the top-1
 agreement with fp32 and the largest logit change are recorded.
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edge.fold import fold_model, model_layers
-from edge.quant import minmax_encode
+from edge.models.fold import fold_model, model_layers
+from edge.codec.quant import minmax_encode
 from edge.export.calibrate import BATCH, set_weights
 from edge.export.kmeans import plain_codebook
 

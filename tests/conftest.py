@@ -31,6 +31,23 @@ FASHION_MNIST = Path(os.environ.get("EDGE_FASHION_MNIST", "/usr/share/datasets/f
 REAL_DATA_FIXTURES = {"food11_test", "reference_labels", "hw7", "ta_student", "fashion_mnist"}
 
 
+def _import_studies() -> None:
+    """Make the repository's studies/ (one-off scripts, not installed) importable as ``studies`` for the tests
+    that check their pure functions, without putting the repository root (and its export/ and bench/ folders,
+    installed as ``edge.export`` / ``edge.bench``) on the path."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("studies", REPO / "studies" / "__init__.py",
+                                                  submodule_search_locations=[str(REPO / "studies")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["studies"] = module
+    spec.loader.exec_module(module)
+
+
+_import_studies()
+
+
 def pytest_collection_modifyitems(items):
     """Mark every test that asks for real data (directly or through another fixture) ``real_data``."""
     for item in items:
@@ -95,8 +112,8 @@ SYNTHETIC_CONFIG_ARGS = dict(widths=(8, 16, 24, 32), pools=(0, 1, 2, 3), input_s
 
 @pytest.fixture(scope="session")
 def synthetic_student(tmp_path_factory) -> Path:
-    from edge.checkpoints import save_checkpoint
-    from edge.config import FOOD11_CLASSES, ModelCard, Preprocess, StudentConfig
+    from edge.io.checkpoints import save_checkpoint
+    from edge.core.config import FOOD11_CLASSES, ModelCard, Preprocess, StudentConfig
     from synthetic import trained_like
 
     config = StudentConfig(**SYNTHETIC_CONFIG_ARGS)
@@ -107,7 +124,7 @@ def synthetic_student(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_student_pickle(synthetic_student) -> Path:
-    from edge.checkpoints import load_checkpoint, save_homework_pickle
+    from edge.io.checkpoints import load_checkpoint, save_homework_pickle
 
     path = synthetic_student.with_name("student_8bit.pkl")
     save_homework_pickle(path, load_checkpoint(synthetic_student).state, bits=8)
@@ -130,7 +147,7 @@ def synthetic_student_onnx(synthetic_student) -> Path:
 def synthetic_homework_bin(tmp_path_factory) -> Path:
     import torch
 
-    from edge.config import StudentConfig
+    from edge.core.config import StudentConfig
     from synthetic import trained_like
 
     path = tmp_path_factory.mktemp("synthetic_homework") / "student_custom_small.bin"

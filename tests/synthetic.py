@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from edge.config import StudentConfig
-from edge.models import StudentNet, state_to_numpy
+from edge.core.config import StudentConfig
+from edge.models.student import StudentNet, state_to_numpy
 
 # Photo sizes like Food-11's (mostly 512x384, some portrait, some odd; the rest kept small to stay
 # fast), two of them smaller than the homework's 256 crop (zero-padded by CenterCrop)

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 import edge
-from edge.checkpoints import save_checkpoint
-from edge.config import StudentConfig
-from edge.models import init_checkpoint
+from edge.io.checkpoints import save_checkpoint
+from edge.core.config import StudentConfig
+from edge.io.checkpoints import init_checkpoint
 
 TINY = StudentConfig(widths=(4, 8), pools=(0,), input_size=32)
 

@@ -15,13 +15,14 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
-from edge.attack import Epsilon, PixelModel, fgsm, ifgsm, parse_eps, save_pngs, to_pixels
-from edge.checkpoints import save_checkpoint
+from edge.workflows.attack import Epsilon, PixelModel, fgsm, ifgsm, parse_eps, save_pngs, to_pixels
+from edge.io.checkpoints import save_checkpoint
 from edge.cli import main
-from edge.config import StudentConfig
-from edge.data import Sample
-from edge.defenses import DefenseError, parse_defenses
-from edge.models import build_student, init_checkpoint
+from edge.core.config import StudentConfig
+from edge.data.folders import Sample
+from edge.workflows.defenses import DefenseError, parse_defenses
+from edge.models.student import build_student
+from edge.io.checkpoints import init_checkpoint
 
 TINY = StudentConfig(widths=(6, 8, 8), pools=(0, 1), input_size=16, num_classes=3)
 
@@ -112,8 +113,8 @@ def test_saved_pngs_reload_to_the_same_pixels(tmp_path, batch):
 
 
 def test_onnx_rebuild_in_torch_matches_onnx_runtime(tiny, tmp_path):
-    from edge.onnx_torch import torch_from_onnx
-    from edge.runtime import OnnxClassifier
+    from edge.inference.onnx_torch import torch_from_onnx
+    from edge.inference.runtime import OnnxClassifier
     from edge.export.exporter import export_onnx
     from edge.export.quantize import QuantSpec
 
@@ -182,7 +183,7 @@ def test_cli_report_schema_files_and_output_checks(tiny, tmp_path):
 def _attack_eight_photos(student: Path, photos: Path, labels: Path, out: Path) -> tuple[float, dict]:
     """FGSM 2/255 on the first 8 photos, the saved PNGs scored by the homework's code as edge did:
     edge's attacked accuracy and its report."""
-    from edge.bench.attack_check import reported_accuracy, score_pngs
+    from studies.attack_check import reported_accuracy, score_pngs
 
     result = _run(student, photos, "--labels", labels, "--limit", "8", "--method", "fgsm", "--eps", "2/255",
                   "--defense", "gaussian:1.5", "--save-adversarial", out / "adv", "--json", out / "r.json", "--quiet")
@@ -206,7 +207,7 @@ def test_synthetic_photos_independent_pipeline_agrees(synthetic_homework_bin, sy
     code's own clean predictions: edge must find every one of them correct before the attack."""
     from torchvision import transforms
 
-    from edge.bench.attack_check import homework_model
+    from studies.attack_check import homework_model
 
     model, homework = homework_model(synthetic_homework_bin), transforms.Compose([transforms.CenterCrop(256),
                                                                                   transforms.ToTensor()])
@@ -221,10 +222,11 @@ def test_synthetic_photos_independent_pipeline_agrees(synthetic_homework_bin, sy
 
 def test_group_baseline_checkpoint_and_onnx_are_attackable(tmp_path):
     """The group-conv baseline: its channel shuffles (Reshape/Transpose) rebuild in torch too."""
-    from edge.attack import open_target
-    from edge.config import FOOD11_CLASSES, Preprocess
-    from edge.nets import NetFile, NetSpec, build_net, save_net
-    from edge.checkpoints import load_model
+    from edge.workflows.attack import open_target
+    from edge.core.config import FOOD11_CLASSES, Preprocess
+    from edge.io.netfile import NetFile, save_net
+    from edge.models.registry import NetSpec, build_net
+    from edge.io.checkpoints import load_model
     from edge.export.exporter import export_onnx
     from edge.export.quantize import QuantSpec
 

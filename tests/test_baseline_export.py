@@ -17,14 +17,15 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from edge.baselines import convnet_flops
-from edge.checkpoints import Checkpoint
+from edge.models.baselines import convnet_flops
+from edge.io.checkpoints import Checkpoint
 from edge.cli import main
-from edge.config import ModelCard, Preprocess, StudentConfig, default_classes
-from edge.fold import fold_model, model_layers
-from edge.models import state_to_numpy, StudentNet
-from edge.nets import NetFile, NetSpec, build_net, count_parameters, save_net
-from edge.runtime import OnnxClassifier
+from edge.core.config import ModelCard, Preprocess, StudentConfig, default_classes
+from edge.models.fold import fold_model, model_layers
+from edge.models.student import state_to_numpy, StudentNet
+from edge.io.netfile import NetFile, save_net
+from edge.models.registry import NetSpec, build_net, count_parameters
+from edge.inference.runtime import OnnxClassifier
 from edge.export.exporter import export_onnx, leftover_dequantization, prepare, runtime_ops
 from edge.export.quantize import QuantSpec, encode_model
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge.bench import machine, report
-from edge.backends import parse_list
+from edge.core.backends import parse_list
 from edge.bench.harness import Settings, load_subjects, plan, run_bench
 from edge.bench.rows import spread, summarise_times
 from edge.bench.worker import RowProcess, Target
@@ -131,7 +131,7 @@ def test_a_broken_backend_is_an_error_row_not_a_crash(tmp_path):
 
 
 def test_an_onnx_model_runs_as_it_is_and_torch_says_why_not(tmp_path):
-    from edge.models import init_checkpoint
+    from edge.io.checkpoints import init_checkpoint
     from edge.export.exporter import export_onnx
     from edge.export.quantize import QuantSpec
 
@@ -162,8 +162,8 @@ def test_bad_options_are_usage_errors(args, message, tmp_path, monkeypatch):
 
 def test_ta_student_on_real_photos(ta_student, food11_test, reference_labels, tmp_path):
     """Accuracy and agreement come from `edge predict`'s own path on real photos."""
-    from edge.data import list_samples, read_labels
-    from edge.predict import open_model, predict_samples
+    from edge.data.folders import list_samples, read_labels
+    from edge.inference.predict import open_model, predict_samples
 
     folder = tmp_path / "photos"
     folder.mkdir()

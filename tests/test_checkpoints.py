@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from edge.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, save_homework_pickle
-from edge.config import Preprocess, StudentConfig
-from edge.data import list_samples
-from edge.preprocess import load_image
-from edge.torch_backend import TorchClassifier
+from edge.core.errors import CheckpointError
+from edge.io.checkpoints import load_checkpoint, save_checkpoint, save_homework_pickle
+from edge.core.config import Preprocess, StudentConfig
+from edge.data.folders import list_samples
+from edge.data.preprocess import load_image
+from edge.inference.torch_backend import TorchClassifier
 from homework_reference import decode8, decode16, homework_student
 
 DEEPER = dict(widths=(16, 32, 64, 128, 128, 128, 256, 256, 256), pools=(0, 1, 2, 5))
@@ -124,9 +125,9 @@ GREY = Preprocess(crop=32, mean=(0.0,), std=(1.0,), color="L")
 
 def _write(kind: str, path, model: torch.nn.Module) -> None:
     """``model``'s weights written as one of the model-file kinds edge reads."""
-    from edge.config import ModelCard, default_classes
-    from edge.models import state_to_numpy
-    from edge.nets import NetFile, save_net
+    from edge.core.config import ModelCard, default_classes
+    from edge.models.student import state_to_numpy
+    from edge.io.netfile import NetFile, save_net
 
     state = state_to_numpy(model)
     if kind == "homework state dict":
@@ -140,7 +141,7 @@ def _write(kind: str, path, model: torch.nn.Module) -> None:
 
 
 def _spec(kind: str):
-    from edge.nets import NetSpec
+    from edge.models.registry import NetSpec
 
     arch = kind.removeprefix("edge train ")
     return NetSpec(arch, SMALL, groups=2 if arch == "group" else 1)
@@ -159,9 +160,9 @@ MODEL_KINDS = {  # kind -> (what load_model returns, its source)
 
 @pytest.mark.parametrize("kind", sorted(MODEL_KINDS))
 def test_load_model_reads_every_kind_and_builds_its_weights(tmp_path, kind):
-    from edge.baselines import convnet_flops
-    from edge.checkpoints import ModelFile, load_model
-    from edge.nets import build_net, count_parameters
+    from edge.models.baselines import convnet_flops
+    from edge.io.checkpoints import ModelFile, load_model
+    from edge.models.registry import build_net, count_parameters
 
     torch.manual_seed(0)
     arch = kind.removeprefix("edge train ") if kind.startswith("edge train") else "dw"
@@ -195,8 +196,8 @@ def test_load_model_reads_every_kind_and_builds_its_weights(tmp_path, kind):
 
 
 def test_student_only_reader_names_the_architecture_it_refuses(tmp_path):
-    from edge.checkpoints import load_model
-    from edge.nets import build_net
+    from edge.io.checkpoints import load_model
+    from edge.models.registry import build_net
 
     model = build_net(_spec("edge train mobilenet_v3_small"))
     _write("edge train mobilenet_v3_small", tmp_path / "mnv3.pt", model)
@@ -208,8 +209,9 @@ def test_student_only_reader_names_the_architecture_it_refuses(tmp_path):
 
 
 def test_a_model_file_whose_weights_do_not_fit_its_architecture_is_refused_at_load(tmp_path):
-    from edge.checkpoints import load_model
-    from edge.nets import NetFile, build_net, save_net
+    from edge.io.checkpoints import load_model
+    from edge.io.netfile import NetFile, save_net
+    from edge.models.registry import build_net
 
     spec = _spec("edge train cnn")
     state = build_net(spec).state_dict()
@@ -226,8 +228,8 @@ def test_a_model_file_whose_weights_do_not_fit_its_architecture_is_refused_at_lo
 
 @pytest.mark.parametrize("arch, classes, channels", [("resnet18", 5, 3), ("mobilenet_v3_small", 11, 1)])
 def test_a_plain_torchvision_state_dict_is_recognised_from_its_tensors(tmp_path, arch, classes, channels):
-    from edge.checkpoints import load_model
-    from edge.teacher import torchvision_classifier
+    from edge.io.checkpoints import load_model
+    from edge.models.classifiers import torchvision_classifier
 
     torch.manual_seed(0)
     model = torchvision_classifier(arch, classes, channels).eval()
@@ -242,7 +244,7 @@ def test_a_plain_torchvision_state_dict_is_recognised_from_its_tensors(tmp_path,
 
 
 def test_a_plain_state_dict_of_no_known_classifier_is_refused_in_one_line(tmp_path):
-    from edge.checkpoints import load_model
+    from edge.io.checkpoints import load_model
 
     torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4, 2)).state_dict(),
                tmp_path / "other.bin")

@@ -1,4 +1,4 @@
-"""edge.reconstruct (exact classifier merge, least-squares channel pruning) and `edge compress` end to end
+"""edge.prune.reconstruct (exact classifier merge, least-squares channel pruning) and `edge compress` end to end
 on a tiny seeded StudentNet and synthetic photos: byte target met, report written, resume = same result."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edge.cli import main
-from edge.config import Preprocess, StudentConfig
-from edge.models import build_student
-from edge.reconstruct import (consumer_statistics, merge_classifier, obs_select, prune_reconstruct, prunable_widths,
-                              solve, target_widths)
-from edge.slim import prune
+from edge.core.config import Preprocess, StudentConfig
+from edge.models.student import build_student
+from edge.prune.reconstruct import consumer_statistics, obs_select, prune_reconstruct, prunable_widths, solve, target_widths
+from edge.models.merge import merge_classifier
+from edge.prune.slim import prune
 from synthetic import trained_like
 
 CONFIG = StudentConfig(widths=(8, 16, 48, 48, 48), pools=(0, 1), input_size=16, num_classes=3)
@@ -112,8 +112,8 @@ def _kept_channels(original: dict, pruned: dict, width: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A tiny StudentNet file and 40 synthetic photos it was never trained on."""
-    from edge.config import ModelCard, default_classes
-    from edge.checkpoints import save_checkpoint
+    from edge.core.config import ModelCard, default_classes
+    from edge.io.checkpoints import save_checkpoint
 
     root = tmp_path_factory.mktemp("compress")
     photos = root / "photos"
@@ -153,11 +153,11 @@ def test_compress_meets_the_byte_target_and_reports_the_frontier(workspace):
 
 
 def test_interrupted_compress_resumes_to_the_same_file(workspace, monkeypatch):
-    import edge.train
+    import edge.train.loop
 
     whole = _compress(workspace, workspace / "whole.onnx", workspace / "whole")
     assert whole.exit_code == 0, whole.output
-    real_epoch, calls = edge.train.train_one_epoch, []
+    real_epoch, calls = edge.train.loop.train_one_epoch, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -165,10 +165,10 @@ def test_interrupted_compress_resumes_to_the_same_file(workspace, monkeypatch):
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(edge.train, "train_one_epoch", interrupted)
+    monkeypatch.setattr(edge.train.loop, "train_one_epoch", interrupted)
     stopped = _compress(workspace, workspace / "resumed.onnx", workspace / "resumed")
     assert stopped.exit_code == 130 and not (workspace / "resumed.onnx").exists()
-    monkeypatch.setattr(edge.train, "train_one_epoch", real_epoch)
+    monkeypatch.setattr(edge.train.loop, "train_one_epoch", real_epoch)
     resumed = _compress(workspace, workspace / "resumed.onnx", workspace / "resumed", "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert (workspace / "resumed.onnx").read_bytes() == (workspace / "whole.onnx").read_bytes()

@@ -1,4 +1,4 @@
-"""edge.mixed_precision on a tiny seeded StudentNet: sensitivities measured, the greedy allocation keeps
+"""edge.export.mixed_precision on a tiny seeded StudentNet: sensitivities measured, the greedy allocation keeps
 to its byte budget and buys fidelity, and the exported mixed-precision file stays within it."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge.checkpoints import Checkpoint
-from edge.config import ModelCard, Preprocess, StudentConfig, default_classes
-from edge.mixed_precision import STREAM_BYTES, Upgrade, allocate, kl_from, layer_sensitivity
-from edge.models import build_student
+from edge.io.checkpoints import Checkpoint
+from edge.core.config import ModelCard, Preprocess, StudentConfig, default_classes
+from edge.export.mixed_precision import STREAM_BYTES, Upgrade, allocate, kl_from, layer_sensitivity
+from edge.models.student import build_student
 from synthetic import trained_like
 
 CONFIG = StudentConfig(widths=(8, 16, 48, 48, 48), pools=(0, 1), input_size=16, num_classes=3)
@@ -57,7 +57,7 @@ def test_more_bits_bring_each_layer_closer_to_the_float_model():
 def test_mixed_precision_file_meets_its_byte_budget_and_lowers_the_kl(tmp_path):
     from edge.export.exporter import export_onnx
     from edge.export.quantize import QuantSpec
-    from edge.runtime import OnnxClassifier
+    from edge.inference.runtime import OnnxClassifier
 
     state = trained_like(CONFIG)
     card = ModelCard(CONFIG, Preprocess(crop=16), default_classes(3))

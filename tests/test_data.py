@@ -1,11 +1,11 @@
-"""edge.data: ids parsed robustly from real-world file names, duplicates refused, unusable folders
+"""edge.data.folders: ids parsed robustly from real-world file names, duplicates refused, unusable folders
 and label files explained."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge.data import DatasetError, list_samples, read_labels
+from edge.data.folders import DatasetError, list_samples, read_labels
 
 
 def _touch(folder, *names):

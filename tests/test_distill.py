@@ -1,4 +1,4 @@
-"""edge.distill: the KD loss against a hand computation (value and gradient), label-free
+"""edge.train.distill: the KD loss against a hand computation (value and gradient), label-free
 distillation, and the feature hint's regressor."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge.baselines import ConvNet
-from edge.config import StudentConfig
-from edge.distill import Distillation, FeatureHint, kd_loss
-from edge.models import StudentNet
+from edge.models.baselines import ConvNet
+from edge.core.config import StudentConfig
+from edge.train.distill import Distillation, FeatureHint, kd_loss
+from edge.models.student import StudentNet
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

@@ -8,14 +8,14 @@ import numpy as np
 import onnx
 import pytest
 
-from edge.checkpoints import load_checkpoint
-from edge.config import Preprocess
-from edge.data import list_samples, read_labels
-from edge.fold import model_layers
-from edge.models import init_checkpoint
-from edge.preprocess import load_image
-from edge.runtime import OnnxClassifier
-from edge.torch_backend import TorchClassifier
+from edge.io.checkpoints import load_checkpoint
+from edge.core.config import Preprocess
+from edge.data.folders import list_samples, read_labels
+from edge.models.fold import model_layers
+from edge.io.checkpoints import init_checkpoint
+from edge.data.preprocess import load_image
+from edge.inference.runtime import OnnxClassifier
+from edge.inference.torch_backend import TorchClassifier
 from edge.export.exporter import export_onnx, leftover_dequantization, prepare, runtime_ops
 from edge.export.quantize import QuantSpec
 

@@ -1,11 +1,11 @@
-"""edge.fold.fold_model / model_layers: BatchNorm folding for any traceable classifier (synthetic, runs anywhere)."""
+"""edge.models.fold.fold_model / model_layers: BatchNorm folding for any traceable classifier (synthetic, runs anywhere)."""
 
 import torch
 from torch import nn
 
-from edge.config import StudentConfig
-from edge.fold import fold_model, model_layers
-from edge.models import StudentNet
+from edge.core.config import StudentConfig
+from edge.models.fold import fold_model, model_layers
+from edge.models.student import StudentNet
 
 
 def _randomise_batchnorms(model: nn.Module) -> nn.Module:
@@ -60,11 +60,12 @@ def test_export_merges_a_student_classifier_exactly(tmp_path):
     import numpy as np
     import onnx
 
-    from edge.checkpoints import Checkpoint
-    from edge.config import ModelCard, Preprocess, default_classes
-    from edge.export.exporter import export_onnx, merged_classifier
+    from edge.io.checkpoints import Checkpoint
+    from edge.core.config import ModelCard, Preprocess, default_classes
+    from edge.export.exporter import export_onnx
+    from edge.models.merge import merged_classifier
     from edge.export.quantize import QuantSpec
-    from edge.runtime import OnnxClassifier
+    from edge.inference.runtime import OnnxClassifier
     from synthetic import trained_like
 
     config = StudentConfig(widths=(8, 16, 32, 48), pools=(0, 1), input_size=32, num_classes=11)
@@ -85,7 +86,7 @@ def test_export_merges_a_student_classifier_exactly(tmp_path):
 
 
 def test_export_keeps_a_student_whose_classifier_cannot_merge():
-    from edge.export.exporter import merged_classifier
+    from edge.models.merge import merged_classifier
 
     model = StudentNet(StudentConfig(widths=(4, 8, 8, 16), pools=(0, 1, 2, 3))).eval()  # max-pool before the fc
     assert merged_classifier(model) == (model, {})

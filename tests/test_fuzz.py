@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from edge.checkpoints import load_checkpoint, save_checkpoint, save_homework_pickle
-from edge.config import Preprocess, StudentConfig
-from edge.errors import EdgeError
-from edge.formats import MODEL_FORMATS, sniff
-from edge.models import init_checkpoint
-from edge.nets import load_net
-from edge.preprocess import read_image
+from edge.io.checkpoints import load_checkpoint, save_checkpoint, save_homework_pickle
+from edge.core.config import Preprocess, StudentConfig
+from edge.core.errors import EdgeError
+from edge.core.formats import MODEL_FORMATS, sniff
+from edge.io.checkpoints import init_checkpoint
+from edge.io.checkpoints import load_net
+from edge.data.preprocess import read_image
 
 FUZZ = settings(max_examples=int(os.environ.get("EDGE_FUZZ_EXAMPLES", 50)), deadline=None, database=None,
                 derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -158,7 +158,7 @@ def onnx_bytes(tmp_path_factory) -> bytes:
 
 
 def test_onnx_loader_on_damaged_files(onnx_bytes):
-    from edge.runtime import OnnxClassifier
+    from edge.inference.runtime import OnnxClassifier
 
     @FUZZ
     @given(mutated({"onnx": onnx_bytes}))

@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from edge.checkpoints import CheckpointError, load_model, read_torch, save_checkpoint
-from edge.compress_state import read_state
-from edge.config import ConfigError, ModelCard, Preprocess, StudentConfig, default_classes
-from edge.nets import NetSpec, check_runs
-from edge.options import SearchSettings
+from edge.core.errors import CheckpointError
+from edge.io.checkpoints import load_model, save_checkpoint
+from edge.io.torch_files import read_torch
+from edge.workflows.compress_state import read_state
+from edge.core.config import ConfigError, ModelCard, Preprocess, StudentConfig, default_classes
+from edge.models.registry import NetSpec, check_runs
+from edge.core.options import SearchSettings
 from synthetic import trained_like
 from test_refusals import invoke, refused
 
@@ -47,7 +49,7 @@ BROKEN = {"negative variance": lambda v: -v, "variance of -eps": lambda v: torch
 
 @pytest.fixture(scope="module")
 def torchvision_state() -> dict:
-    from edge.teacher import torchvision_classifier
+    from edge.models.classifiers import torchvision_classifier
 
     torch.manual_seed(0)
     return torchvision_classifier("mobilenet_v3_small", 3).state_dict()
@@ -177,7 +179,7 @@ def test_a_fresh_net_is_checked_to_run_and_fit_before_training():
 
 
 def test_a_state_dict_whose_first_conv_takes_odd_channels_is_refused(tmp_path):
-    from edge.teacher import torchvision_classifier
+    from edge.models.classifiers import torchvision_classifier
 
     torch.save(torchvision_classifier("mobilenet_v3_small", 5, in_channels=5).state_dict(), tmp_path / "m.bin")
     with pytest.raises(CheckpointError, match="first conv takes 5 channels"):
@@ -228,7 +230,7 @@ def test_compress_settings_must_be_finite(option):
 
 def test_export_never_replaces_an_input_image_or_a_file_of_another_format(tmp_path):
     """-o calib/0.jpg replaced a calibration photo with the ONNX file; -o model.pt replaced a checkpoint."""
-    from edge.models import init_checkpoint
+    from edge.io.checkpoints import init_checkpoint
 
     ckpt = init_checkpoint(TINY)
     save_checkpoint(tmp_path / "tiny.pt", ckpt.card, ckpt.state)
@@ -251,7 +253,7 @@ def test_export_never_replaces_an_input_image_or_a_file_of_another_format(tmp_pa
 @pytest.mark.parametrize("name", ["kmeans016", "kmeans\u0661\u0666", "uint\u0668", "uint08"])
 def test_weight_formats_are_read_as_written(name):
     """kmeans016 and Arabic-Indic digits were accepted and written into the metadata as the format name."""
-    from edge.weight_formats import parse_format
+    from edge.core.weight_formats import parse_format
 
     with pytest.raises(ValueError, match="unknown weight format"):
         parse_format(name)
@@ -259,7 +261,7 @@ def test_weight_formats_are_read_as_written(name):
 
 def test_export_options_and_metadata_say_what_happened(tmp_path):
     from edge.api import export_model
-    from edge.models import init_checkpoint
+    from edge.io.checkpoints import init_checkpoint
 
     ckpt = init_checkpoint(TINY)
     save_checkpoint(tmp_path / "tiny.pt", ckpt.card, ckpt.state)
@@ -277,7 +279,7 @@ def test_export_options_and_metadata_say_what_happened(tmp_path):
 def test_studentnet_commands_name_a_torchvision_state_dict(torchvision_state, tmp_path):
     """compress/convert on a plain torchvision state dict said 'no cnn.<i>.0.weight stages: not a StudentNet
     (nor a torchvision classifier edge recognises)' although edge recognises it."""
-    from edge.checkpoints import load_checkpoint
+    from edge.io.checkpoints import load_checkpoint
 
     torch.save(torchvision_state, tmp_path / "mnv3.bin")
     with pytest.raises(CheckpointError, match="a plain mobilenet_v3_small state dict, not a StudentNet"):
@@ -301,11 +303,11 @@ def test_a_near_miss_of_a_torchvision_state_dict_says_what_differs(damage, words
 
 def test_export_without_a_checkpoint_never_replaces_the_shipped_student(tmp_path, monkeypatch):
     """`edge export -o models/food11_student_uint8.onnx` replaced the file it rebuilds the student from."""
-    import edge.shipped
+    import edge.inference.shipped
 
-    shipped, original = tmp_path / "food11_student_uint8.onnx", edge.shipped.SHIPPED_STUDENT.read_bytes()
+    shipped, original = tmp_path / "food11_student_uint8.onnx", edge.inference.shipped.SHIPPED_STUDENT.read_bytes()
     shipped.write_bytes(original)
-    monkeypatch.setattr(edge.shipped, "SHIPPED_STUDENT", shipped)
+    monkeypatch.setattr(edge.inference.shipped, "SHIPPED_STUDENT", shipped)
     refused(invoke("export", "--quant", "fp16", "-o", shipped), "same file")
     assert shipped.read_bytes() == original
 

@@ -20,11 +20,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from edge.checkpoints import CheckpointError, load_checkpoint, read_torch, save_checkpoint
-from edge.config import StudentConfig
-from edge.formats import TORCH_LEGACY_MAGIC, sniff
-from edge.models import init_checkpoint
-from edge.nets import load_net
+from edge.core.errors import CheckpointError
+from edge.io.checkpoints import load_checkpoint, save_checkpoint
+from edge.io.torch_files import read_torch
+from edge.core.config import StudentConfig
+from edge.core.formats import TORCH_LEGACY_MAGIC, sniff
+from edge.io.checkpoints import init_checkpoint
+from edge.io.checkpoints import load_net
 
 REPO = Path(__file__).resolve().parents[1]
 SUFFIXES = (".pkl", ".bin", ".pt")

@@ -25,18 +25,18 @@ from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
 from edge.bench.cli import _read_previous
-from edge.checkpoints import load_checkpoint
+from edge.io.checkpoints import load_checkpoint
 from edge.cli import main
-from edge.config import ConfigError, ModelCard, Preprocess
-from edge.data import read_labels
-from edge.entropy import EntropyError, decode_stream, encode_stream, write_plain
+from edge.core.config import ConfigError, ModelCard, Preprocess
+from edge.data.folders import read_labels
+from edge.codec.entropy import EntropyError, decode_stream, encode_stream, write_plain
 from edge.export.exporter import export_onnx
 from edge.export.quantize import QuantSpec
-from edge.files import InputError
-from edge.metadata import MetadataError, read_metadata, read_net
-from edge.preprocess import ImageError, read_image
-from edge.quant import pack_codes
-from edge.runtime import ModelError, OnnxClassifier
+from edge.core.files import InputError
+from edge.codec.metadata import MetadataError, read_metadata, read_net
+from edge.data.preprocess import ImageError, read_image
+from edge.codec.quant import pack_codes
+from edge.inference.runtime import ModelError, OnnxClassifier
 
 
 def invoke(*args):
@@ -152,8 +152,8 @@ def test_convert_to_onnx_names_a_checkpoint_given_in_place_of_an_onnx_file(synth
 
 @pytest.mark.parametrize("bits", [1, 3, 8])
 def test_every_codec_and_layout_decodes_through_the_bounded_decoders(bits):
-    from edge.entropy import CODECS, LAYOUTS
-    from edge.quant import unpack_codes
+    from edge.codec.entropy import CODECS, LAYOUTS
+    from edge.codec.quant import unpack_codes
 
     packed = pack_codes(np.random.default_rng(bits).integers(0, 2 ** bits, 3000).astype(np.uint8), bits)
     laid_out = {"symbols": unpack_codes(packed, bits, (len(packed) * 8 // bits,)).tobytes(), "packed": packed.tobytes()}
@@ -272,7 +272,7 @@ def test_an_infinite_bias_is_refused_even_where_relu6_would_hide_it(tmp_path):
 
 
 def test_the_scan_reads_every_way_onnx_stores_floats_without_the_onnx_package():
-    from edge.onnx_scan import nonfinite_tensors
+    from edge.codec.onnx_scan import nonfinite_tensors
 
     nan, inf = float("nan"), float("inf")
     graph = helper.make_graph([helper.make_node("Constant", [], ["c"], value=helper.make_tensor(
@@ -366,7 +366,7 @@ def test_predict_and_info_refuse_pools_for_an_onnx_file(synthetic_student_onnx, 
 
 
 def test_a_folder_of_hidden_images_is_not_called_empty(tmp_path):
-    from edge.data import DatasetError, list_samples
+    from edge.data.folders import DatasetError, list_samples
 
     (tmp_path / ".0.jpg").write_bytes(b"\xff\xd8")
     with pytest.raises(DatasetError, match="holds only hidden entries"):

@@ -1,4 +1,4 @@
-"""The output-path guard (`edge.files.check_output`) and every command behind it: an output that is
+"""The output-path guard (`edge.core.files.check_output`) and every command behind it: an output that is
 one of the command's inputs, a folder, a pipe or device, a symbolic link, a model file about to
 become a CSV, a folder that does not exist, an existing run without --resume. Each is refused with
 exit 2 and one line naming the path, before any work, and whatever was there is left as it was.
@@ -17,11 +17,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edge.checkpoints import save_checkpoint
+from edge.io.checkpoints import save_checkpoint
 from edge.cli import main
-from edge.config import StudentConfig
-from edge.files import OutputError, atomic_write, check_output, check_output_dir
-from edge.models import init_checkpoint
+from edge.core.config import StudentConfig
+from edge.core.files import OutputError, atomic_write, check_output, check_output_dir
+from edge.io.checkpoints import init_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

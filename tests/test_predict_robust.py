@@ -139,9 +139,9 @@ def test_same_csv_bytes_across_runs_threads_batches_and_workers(model_and_photos
 
 
 def test_same_labels_with_intra_op_threads(model_and_photos):
-    from edge.data import list_samples
-    from edge.predict import predict_samples
-    from edge.runtime import OnnxClassifier
+    from edge.data.folders import list_samples
+    from edge.inference.predict import predict_samples
+    from edge.inference.runtime import OnnxClassifier
 
     model, photos = model_and_photos
     samples = list_samples(photos[0].parent)[:24]
@@ -394,8 +394,8 @@ def test_labels_outside_the_models_classes_exit_2(synthetic_student_onnx, photos
 
 MEMORY_PROBE = """
 import resource, sys
-from edge.data import list_samples
-from edge.predict import open_model, predict_samples
+from edge.data.folders import list_samples
+from edge.inference.predict import open_model, predict_samples
 
 model, lanes = open_model(sys.argv[1])
 samples = list_samples(sys.argv[2])

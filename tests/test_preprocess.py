@@ -1,4 +1,4 @@
-"""edge.preprocess: pixel-exact homework preprocessing (on synthetic photos everywhere, on the real
+"""edge.data.preprocess: pixel-exact homework preprocessing (on synthetic photos everywhere, on the real
 photos too where ../shared is present), every image mode, the libjpeg-turbo fast path against
 Pillow, truncated and undecodable files, and a fuzz of the loader."""
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from edge import preprocess
-from edge.config import Preprocess
-from edge.preprocess import ImageError, TruncatedImageWarning, center_crop, load_image, read_image, to_array
+from edge.data import preprocess
+from edge.core.config import Preprocess
+from edge.data.preprocess import ImageError, TruncatedImageWarning, center_crop, load_image, read_image, to_array
 
 HOMEWORK = Preprocess()
 

@@ -15,12 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from edge.checkpoints import load_checkpoint
-from edge.config import StudentConfig
-from edge.fold import fold_model, model_layers
-from edge.models import StudentNet, build_student
-from edge.quant import minmax_encode, pack_codes, unpack_codes
-from edge.runtime import OnnxClassifier
+from edge.io.checkpoints import load_checkpoint
+from edge.core.config import StudentConfig
+from edge.models.fold import fold_model, model_layers
+from edge.models.student import StudentNet, build_student
+from edge.codec.quant import minmax_encode, pack_codes, unpack_codes
+from edge.inference.runtime import OnnxClassifier
 from edge.export.calibrate import Passes, calibrate, decoded_model, grouped, input_rows, synthetic_images
 from edge.export.equalize import equalization_pairs, equalize
 from edge.export.exporter import export_onnx, leftover_dequantization, prepare, preprocessed_images
@@ -231,7 +231,7 @@ def test_sub_byte_layout_puts_the_first_code_in_the_lowest_bits():
 
 @pytest.mark.parametrize("bits", [3, 5, 6, 7])
 def test_odd_widths_are_packed_in_the_file_and_decoded_exactly_by_onnx_runtime(bits, tmp_path):
-    from edge.models import init_checkpoint
+    from edge.io.checkpoints import init_checkpoint
 
     ckpt = init_checkpoint(StudentConfig(input_size=32))  # the homework's widths: 256K weights
     spec = QuantSpec(f"uint{bits}", per_channel=True, method="minmax")

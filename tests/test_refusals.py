@@ -19,13 +19,16 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 from PIL import Image
 
-from edge.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from edge.core.errors import CheckpointError
+from edge.io.checkpoints import load_checkpoint, save_checkpoint
 from edge.cli import main
-from edge.config import Preprocess, StudentConfig
-from edge.data import DatasetError, list_samples
-from edge.models import init_checkpoint
-from edge.nets import NetFile, NetSpec, build_net, load_net, save_net
-from edge.preprocess import MAX_FILE_BYTES, ImageError, read_image
+from edge.core.config import Preprocess, StudentConfig
+from edge.data.folders import DatasetError, list_samples
+from edge.io.checkpoints import init_checkpoint
+from edge.io.netfile import NetFile, save_net
+from edge.models.registry import NetSpec, build_net
+from edge.io.checkpoints import load_net
+from edge.data.preprocess import MAX_FILE_BYTES, ImageError, read_image
 
 TINY = StudentConfig(widths=(4, 8), pools=(0,), input_size=32)
 

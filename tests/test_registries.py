@@ -1,5 +1,5 @@
-"""The tables everything reads agree with what uses them: weight formats (edge.weight_formats), backends
-(edge.backends), and the typed options (edge.options) with the CLI's own parameters."""
+"""The tables everything reads agree with what uses them: weight formats (edge.core.weight_formats), backends
+(edge.core.backends), and the typed options (edge.core.options) with the CLI's own parameters."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ import click
 import onnxruntime as ort
 import pytest
 
-from edge import backends
+from edge.core import backends
 from edge.cli import main
-from edge import weight_formats as formats
+from edge.core import weight_formats as formats
 from edge.export.quantize import QuantSpec, candidate_specs
-from edge.options import (CompressOptions, DistillOptions, SearchSettings, SlimOptions, TrainOptions, flat,
-                          from_click)
+from edge.core.options import CompressOptions, DistillOptions, SearchSettings, SlimOptions, TrainOptions, flat, from_click
 
 QUANT_FIELDS = {f.name for f in dataclasses.fields(QuantSpec)}
 
@@ -170,7 +169,7 @@ def test_a_parameter_no_field_takes_is_refused():
 
 
 def test_options_are_frozen_and_keyword_only():
-    from edge.slim import SlimSetup
+    from edge.prune.slim import SlimSetup
 
     options = from_click(TrainOptions, main.commands["train"].make_context("train", ["d", "-o", "r.pt"]).params)
     with pytest.raises(dataclasses.FrozenInstanceError):

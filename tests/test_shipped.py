@@ -1,4 +1,4 @@
-"""edge.shipped: the shipped student rebuilt as a checkpoint computes what its ONNX file computes, and
+"""edge.inference.shipped: the shipped student rebuilt as a checkpoint computes what its ONNX file computes, and
 `edge export` without a model exports it (the README's quick start, on any clone)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import torch
 from click.testing import CliRunner
 
 from edge.cli import main
-from edge.models import build_student
-from edge.runtime import OnnxClassifier
-from edge.shipped import SHIPPED_STUDENT, shipped_student
+from edge.models.student import build_student
+from edge.inference.runtime import OnnxClassifier
+from edge.inference.shipped import SHIPPED_STUDENT, shipped_student
 
 
 def _inputs(size: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""edge.slim: exact channel surgery (on a seeded synthetic StudentNet everywhere, and on the TA's real
+"""edge.prune.slim: exact channel surgery (on a seeded synthetic StudentNet everywhere, and on the TA's real
 student), layers never emptied, smaller files that load on their own, and the Fashion-MNIST pipeline
 teacher -> distil -> slim -> uint8 ONNX."""
 
@@ -13,13 +13,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edge.checkpoints import load_checkpoint
+from edge.io.checkpoints import load_checkpoint
 from edge.cli import main
-from edge.config import Preprocess, StudentConfig
-from edge.models import build_student
-from edge.nets import load_net
-from edge.preprocess import load_image
-from edge.slim import importance, prune, select_channels, zero_pruned_gates
+from edge.core.config import Preprocess, StudentConfig
+from edge.models.student import build_student
+from edge.io.checkpoints import load_net
+from edge.data.preprocess import load_image
+from edge.prune.slim import importance, prune, select_channels, zero_pruned_gates
 from synthetic import trained_like
 
 SYNTHETIC = StudentConfig(widths=(8, 16, 32, 32, 48), pools=(0, 1, 2), input_size=32)

@@ -1,4 +1,4 @@
-"""edge.datasets + edge.train + `edge train`: real images in, exact pixels, seeded batches,
+"""edge.data.datasets + edge.train.loop + `edge train`: real images in, exact pixels, seeded batches,
 resumable runs that end where an uninterrupted run ends, baselines at the student's size."""
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import torch
 from click.testing import CliRunner
 
 from edge.cli import main
-from edge.config import Preprocess, StudentConfig
-from edge.datasets import Augment, augment_batch, batches, decode_image_set, parse_source, read_idx
-from edge.nets import NetFile, NetSpec, load_net
-from edge.train import CrossEntropy, Recipe, Run, fit, init_model
+from edge.core.config import Preprocess, StudentConfig
+from edge.data.datasets import Augment, augment_batch, batches, decode_image_set, parse_source, read_idx
+from edge.io.netfile import NetFile
+from edge.models.registry import NetSpec
+from edge.io.checkpoints import load_net
+from edge.train.loop import CrossEntropy, Recipe, Run, fit, init_model
 
 GREY32 = Preprocess(crop=32, mean=(0.0,), std=(1.0,), color="L")
 TINY = StudentConfig(widths=(8, 16, 16), pools=(0, 1, 2), input_size=32, num_classes=10, in_channels=1)
@@ -46,8 +48,8 @@ def test_fashion_mnist_eval_set_is_the_idx_images_zero_padded(fashion_mnist, fm_
 
 
 def test_food11_eval_pixels_equal_the_deployed_preprocessing(food11_test, tmp_path):
-    from edge.datasets import normalize
-    from edge.preprocess import load_image
+    from edge.data.datasets import normalize
+    from edge.data.preprocess import load_image
 
     spec = Preprocess()
     data = decode_image_set(f"{food11_test}@:6", spec, cache_dir=tmp_path)
@@ -59,7 +61,7 @@ def test_food11_eval_pixels_equal_the_deployed_preprocessing(food11_test, tmp_pa
 
 
 def test_training_canvas_holds_the_photo_and_random_crops_stay_inside_it(food11_test):
-    from edge.preprocess import read_image
+    from edge.data.preprocess import read_image
 
     aug = Augment(256)
     data = decode_image_set(f"{food11_test}@:4", Preprocess(), aug)
@@ -125,8 +127,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(fm_train, fm_val,
 
 
 def test_baselines_match_the_student_parameter_count():
-    from edge.baselines import ConvNet, sized_like
-    from edge.nets import count_parameters
+    from edge.models.baselines import ConvNet, sized_like
+    from edge.models.registry import count_parameters
 
     student = StudentConfig()
     for groups in (1, 4):
@@ -138,9 +140,10 @@ def test_baselines_match_the_student_parameter_count():
 def test_teacher_reads_the_homework_state_dict_and_refuses_downloads(tmp_path, monkeypatch):
     import torchvision
 
-    from edge.checkpoints import CheckpointError
-    from edge.runs import load_teacher
-    from edge.teacher import load_classifier_weights, torchvision_classifier
+    from edge.core.errors import CheckpointError
+    from edge.workflows.runs import load_teacher
+    from edge.io.netfile import load_classifier_weights
+    from edge.models.classifiers import torchvision_classifier
 
     torch.manual_seed(0)
     homework = torchvision.models.resnet18(num_classes=11).eval()
@@ -187,9 +190,9 @@ def test_a_torchvision_arch_trains_at_its_input_size_and_every_command_takes_it(
 
     from PIL import Image
 
-    from edge.checkpoints import load_model
-    from edge.nets import NetFile
-    from edge.preprocess import load_image
+    from edge.io.checkpoints import load_model
+    from edge.io.netfile import NetFile
+    from edge.data.preprocess import load_image
 
     rng = np.random.default_rng(0)
     photos = tmp_path / "photos"
@@ -235,8 +238,8 @@ def test_a_torchvision_arch_trains_at_its_input_size_and_every_command_takes_it(
 def test_precise_bn_makes_running_statistics_the_average_over_its_images():
     """After recalibration a BatchNorm holds the plain average of its batch statistics over the
     first ``precise_bn`` training images, whatever the slow average held before (the weights stay)."""
-    from edge.datasets import ImageSet, batches
-    from edge.train import recalibrate_batchnorm
+    from edge.data.datasets import ImageSet, batches
+    from edge.train.loop import recalibrate_batchnorm
 
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=generator)

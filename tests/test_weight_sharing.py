@@ -14,15 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.cli import main
-from edge.config import StudentConfig
-from edge.entropy import EntropyError, decode_stream, encode_stream, expand, is_entropy_coded
-from edge.fold import FoldedLayer, fold_model, model_layers
-from edge.models import build_student, init_checkpoint
-from edge.quant import CodebookCode, pack_codes
-from edge.runtime import ModelError, OnnxClassifier
+from edge.core.config import StudentConfig
+from edge.codec.entropy import EntropyError, decode_stream, encode_stream, expand, is_entropy_coded
+from edge.models.fold import FoldedLayer, fold_model, model_layers
+from edge.models.student import build_student
+from edge.io.checkpoints import init_checkpoint
+from edge.codec.quant import CodebookCode, pack_codes
+from edge.inference.runtime import ModelError, OnnxClassifier
 from edge.export.calibrate import decoded_model
 from edge.export.exporter import export_onnx, leftover_dequantization, prepare
-from edge.weight_formats import CANDIDATES, parse_format
+from edge.core.weight_formats import CANDIDATES, parse_format
 from edge.export.kmeans import calibrated_codebook, codebook_quantizer, plain_codebook, refit_codebook, weighted_kmeans_1d
 from edge.export.quantize import QuantSpec, candidate_specs, encode_model
 from edge.export.sensitivity import logits
@@ -292,7 +293,7 @@ def test_spec_labels_name_every_option():
 def test_frontier_keeps_the_smallest_file_within_the_drop_per_technique(tmp_path):
     import json
 
-    from edge.bench.frontier import compress_technique, frontier, run_points, technique
+    from studies.frontier import compress_technique, frontier, run_points, technique
 
     assert technique("--quant uint4 --per-channel --entropy") == "uintN per-channel + entropy"
     assert compress_technique({"stage": "mixed", "format": "uint4 per-channel entropy=True cnn.2.3:8"}) \

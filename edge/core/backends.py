@@ -1,0 +1,119 @@
+"""The backends edge runs models on, in one table: `edge predict --provider`, `edge bench --provider`,
+`edge.inference.runtime` (ONNX Runtime providers) and `edge.bench` read it from here.
+
+A backend is a library (``kind``: ``onnxruntime`` runs .onnx files, ``torch`` runs checkpoints) on
+a device. Users name it by its canonical name (``ort-cuda``) or an alias (``cuda``). The plain
+device names ``cpu`` and ``cuda`` follow the model: ONNX Runtime's for an .onnx file (and in
+`edge bench`), torch's for a checkpoint (`resolve` with ``kind``). Nothing here imports
+onnxruntime or torch until availability is asked (`check_available`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge.core.errors import EdgeError
+
+ONNXRUNTIME, TORCH = "onnxruntime", "torch"
+_GPU_HINT = "install onnxruntime-gpu (pip install onnxruntime-gpu, in place of onnxruntime) and make sure a CUDA GPU " \
+            "and its driver are present"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # canonical: what bench rows and reports say
+    kind: str  # ONNXRUNTIME | TORCH
+    device: str  # cpu | cuda
+    description: str
+    provider: str | None = None  # ONNX Runtime's execution provider (kind onnxruntime)
+    aliases: tuple[str, ...] = ()
+    install_hint: str = ""  # what to do when it is not available
+
+    @property
+    def is_onnx(self) -> bool:
+        return self.kind == ONNXRUNTIME
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+BACKENDS = (
+    Backend("ort-cpu", ONNXRUNTIME, "cpu", "ONNX Runtime on the CPU", "CPUExecutionProvider", ("cpu",)),
+    Backend("ort-cuda", ONNXRUNTIME, "cuda", "ONNX Runtime on an NVIDIA GPU", "CUDAExecutionProvider", ("cuda",),
+            _GPU_HINT),
+    Backend("ort-tensorrt", ONNXRUNTIME, "cuda", "ONNX Runtime's TensorRT provider on an NVIDIA GPU",
+            "TensorrtExecutionProvider", ("tensorrt",),
+            "install onnxruntime-gpu with TensorRT libraries on a machine with an NVIDIA GPU"),
+    Backend("torch-cpu", TORCH, "cpu", "torch (eager) on the CPU"),
+    Backend("torch-cuda", TORCH, "cuda", "torch (eager) on an NVIDIA GPU",
+            install_hint="use a CUDA build of torch on a GPU machine"),
+)
+NAMES = tuple(b.name for b in BACKENDS)
+SPELLINGS = tuple(sorted(s for b in BACKENDS for s in b.spellings))
+
+
+class BackendError(EdgeError, ValueError):
+    """A backend name edge does not know, or one that does not run this kind of model file."""
+
+
+class ProviderUnavailable(EdgeError, RuntimeError):
+    """The backend is known but cannot run here (no GPU, no onnxruntime-gpu, ...)."""
+
+
+def resolve(name: str, kind: str | None = None) -> Backend:
+    """A user's spelling (any case) -> its `Backend`. With ``kind``, the device names ``cpu``/``cuda`` mean
+    that library's backend, and a backend of the other library is a `BackendError`."""
+    key = name.strip().lower()
+    if kind is not None:
+        for backend in BACKENDS:
+            if backend.kind == kind and key == backend.device:
+                return backend
+    for backend in BACKENDS:
+        if key in backend.spellings:
+            if kind is not None and backend.kind != kind:
+                runs = ".onnx files" if backend.is_onnx else "checkpoints"
+                raise BackendError(f"{name} is {backend.kind}'s backend, which runs {runs}")
+            return backend
+    raise BackendError(f"unknown backend {name!r}: choose from {', '.join(SPELLINGS)}")
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """``"cpu,torch-cpu"`` -> canonical names, in order, each once (aliases mean ONNX Runtime's)."""
+    names = [resolve(n).name for n in text.split(",") if n.strip()]
+    if not names:
+        raise BackendError(f"no backend named in {text!r}: choose from {', '.join(SPELLINGS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def unavailable(backend: Backend) -> str | None:
+    """Why ``backend`` cannot run on this machine, with what to install; None when it can."""
+    if backend.is_onnx:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if backend.provider not in available:
+            return (f"{backend.name} ({backend.provider}) is not available in this onnxruntime build (it has "
+                    f"{', '.join(available)}): {backend.install_hint}")
+        return None
+    if backend.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+            return f"torch {torch.__version__} ({build}) sees no CUDA GPU: {backend.install_hint}"
+    return None
+
+
+def check_available(backend: Backend) -> Backend:
+    """``backend`` when it runs here; `ProviderUnavailable` saying why and what to install otherwise."""
+    reason = unavailable(backend)
+    if reason:
+        raise ProviderUnavailable(reason)
+    return backend
+
+
+def help_text() -> str:
+    """One line per backend for ``--help``: name, aliases, what it is."""
+    return "; ".join(f"{b.name}{' (' + ', '.join(b.aliases) + ')' if b.aliases else ''}: {b.description}"
+                     for b in BACKENDS)

@@ -1,0 +1,127 @@
+"""Run an ONNX file we exported with ONNX Runtime: providers, threads, metadata. No torch.
+
+`OnnxClassifier` opens the file on an ONNX Runtime backend of `edge.core.backends` (expanding an
+entropy-coded one first, `edge.codec.entropy`), reads its `ModelCard` from the metadata (so it knows its
+own preprocessing and classes) and runs batches of preprocessed images to logits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edge.core.backends import ONNXRUNTIME, Backend, ProviderUnavailable, check_available, resolve
+from edge.codec.entropy import EntropyError, session_source
+from edge.core.errors import EdgeError
+from edge.core.files import InputError
+from edge.codec.metadata import MetadataError, read_metadata, read_net
+from edge.codec.onnx_scan import nonfinite_tensors, nonfinite_tensors_in_file
+
+
+class ModelError(EdgeError, ValueError):
+    """An ONNX file that cannot be used as an edge classifier."""
+
+
+def resolve_provider(name: str) -> Backend:
+    """A user's backend name (``cpu``, ``cuda``, ``ort-cuda``, ``tensorrt``, ...; `edge.core.backends`) -> the ONNX
+    Runtime backend, checked to run here (`ProviderUnavailable`, with what to install, otherwise)."""
+    return check_available(resolve(name, ONNXRUNTIME))
+
+
+def session_options(threads: int | None = None, optimized_path: str | None = None):
+    """Full graph optimisation (constant folding turns stored integer weights back into floats)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    return options
+
+
+class OnnxClassifier:
+    """An exported StudentNet (or any edge ONNX classifier) ready to run."""
+
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: " + ("not a regular file (a folder, device, pipe or socket)"
+                                                 if self.path.exists() else "no such model file"))
+        backend = resolve_provider(provider)
+        wanted = backend.provider
+        try:
+            source = session_source(self.path)
+        except (EntropyError, InputError) as err:  # names the file (and the stream)
+            raise ModelError(str(err)) from None
+        self._check_stored_weights(source)
+        try:
+            self.session = ort.InferenceSession(source, session_options(threads), providers=[wanted])
+        except Exception as err:  # onnxruntime's Fail/InvalidGraph/InvalidProtobuf/... types
+            raise ModelError(f"{self.path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
+        if wanted not in self.session.get_providers():
+            raise ProviderUnavailable(f"{wanted} did not start for {self.path} (session runs on "
+                                      f"{self.session.get_providers()}): {backend.install_hint}")
+        try:
+            props = self.session.get_modelmeta().custom_metadata_map
+            self.card, self.quant = read_metadata(props, str(self.path))
+            self.net = read_net(props, str(self.path))  # None on a StudentNet; a baseline's arch and size
+            self.input_name = self.session.get_inputs()[0].name
+            self._check_io()
+            self._check_finite()
+        except MetadataError as err:
+            raise ModelError(str(err)) from None
+        except (UnicodeDecodeError, IndexError) as err:  # damaged names or a graph without inputs/outputs
+            raise ModelError(f"{self.path}: damaged ONNX model ({type(err).__name__}: {err})") from None
+
+    def _check_io(self) -> None:
+        config, preprocess = self.card.config, self.card.preprocess
+        if preprocess.crop != config.input_size or len(preprocess.color) != config.in_channels:
+            raise ModelError(f"{self.path}: its metadata disagrees with itself: preprocessing makes "
+                             f"{len(preprocess.color)}x{preprocess.crop}x{preprocess.crop} inputs, the network takes "
+                             f"{config.in_channels}x{config.input_size}x{config.input_size}")
+        shape = self.session.get_inputs()[0].shape
+        expected = [config.in_channels, config.input_size, config.input_size]
+        if len(shape) != 4 or list(shape[1:]) != expected:
+            raise ModelError(f"{self.path}: input shape {shape} does not match its metadata (N, {expected})")
+        out = self.session.get_outputs()[0].shape
+        if len(out) != 2 or out[1] != config.num_classes:
+            raise ModelError(f"{self.path}: output shape {out} does not match {config.num_classes} classes")
+
+    def _check_stored_weights(self, source: str | bytes) -> None:
+        """Non-finite weights are an error even where the logits would hide them (a clipped bias)."""
+        try:
+            bad = nonfinite_tensors(source) if isinstance(source, bytes) else nonfinite_tensors_in_file(self.path)
+        except OSError:
+            return  # ONNX Runtime names what is wrong with the file
+        if bad:
+            raise ModelError(f"{self.path}: non-finite weights (NaN or inf) in {', '.join(bad[:3])}"
+                             f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; a damaged model, refused")
+
+    def _check_finite(self) -> None:
+        """Non-finite weights are an error, not a prediction: a blank image through the graph (its
+        constant-folded weights included) must give finite logits."""
+        config = self.card.config
+        blank = np.zeros((1, config.in_channels, config.input_size, config.input_size), np.float32)
+        try:
+            logits = self(blank)
+        except Exception as err:  # onnxruntime's RuntimeException/Fail/...: a graph that cannot run
+            raise ModelError(f"{self.path}: fails on a blank image ({str(err).splitlines()[0]})") from None
+        if not np.isfinite(logits).all():
+            raise ModelError(f"{self.path}: its weights hold NaN or inf (a blank image gives non-finite logits); "
+                             "a damaged model, refused")
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """float32 (N, C, H, W) preprocessed images -> (N, classes) logits."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]

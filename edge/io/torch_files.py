@@ -1,0 +1,134 @@
+"""Reading torch files without running code from them, and the weight checks every model reader runs.
+
+`read_torch` is ``torch.load(weights_only=True)`` behind a decompression-bomb check, with torch's
+refusals turned into one line; `check_weights` refuses non-finite, integer, complex or sparse
+weights and negative BatchNorm variances, naming the tensor.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edge.core.errors import CheckpointError
+
+
+CHECKPOINT_KEY = "edge_checkpoint"
+
+
+NET_KEY = "edge_net"  # edge.models.registry' model files of any architecture
+
+
+MAX_EXPANSION = 4  # a torch zip may declare this many times its size (torch.save compresses nothing)
+
+
+def first_non_finite(state) -> str | None:
+    """The name of the first floating tensor in ``state`` (numpy arrays or torch tensors) holding a
+    NaN or an infinity, else None."""
+    for name, value in state.items():
+        if hasattr(value, "isfinite"):  # a torch tensor (bfloat16 included), without importing torch
+            if value.is_floating_point() and not bool(value.isfinite().all()):
+                return name
+        elif np.asarray(value).dtype.kind in "fc" and not np.isfinite(np.asarray(value)).all():
+            return name
+    return None
+
+
+def check_weights(state, origin) -> None:
+    """The weights sanity check every model reader runs at load, naming the tensor: a NaN or infinite
+    weight makes a model answer one class for everything (or nan); a negative BatchNorm variance
+    folds into sqrt of a negative number; integer, complex or sparse weights are not a float model's
+    (torch would cast or drop part of them without a word)."""
+    for name, value in state.items():
+        problem = _weight_problem(str(name), value)
+        if problem:
+            raise CheckpointError(f"{origin}: tensor {name} {problem}")
+    name = first_non_finite(state)
+    if name is not None:
+        raise CheckpointError(f"non-finite weights in {origin}: tensor {name}")
+
+
+def _weight_problem(name: str, value) -> str | None:
+    if hasattr(value, "layout"):  # a torch tensor, without importing torch
+        if "strided" not in str(value.layout):
+            return f"is a {value.layout} tensor, not dense float weights"
+        is_complex, floating = value.is_complex(), value.is_floating_point()
+    else:
+        kind = np.asarray(value).dtype.kind
+        is_complex, floating = kind == "c", kind == "f"
+    if is_complex:
+        return "holds complex numbers, not float weights"
+    if not floating and not name.endswith("num_batches_tracked"):
+        return f"holds {getattr(value, 'dtype', type(value).__name__)} values, not float weights"
+    if floating and name.endswith("running_var") and bool((value < 0).any()):
+        return "holds a negative BatchNorm variance (folding takes its square root)"
+    return None
+
+
+def model_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is a regular file; a device, pipe or folder would be read forever or not at all."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: cannot read (no such file)")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a weights file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file (a device or pipe): give a weights file")
+    return path
+
+
+def read_torch(path: str | os.PathLike, contents: bytes | None = None):
+    """``torch.load(weights_only=True)`` of ``path`` (or of its ``contents``, already read, e.g. sent
+    by another process): never runs code from the file; a refusal or a damaged file is a
+    `CheckpointError` with one line saying which."""
+    import torch
+
+    path = Path(path) if contents is not None else model_file(path)
+    _check_expansion(path, contents)
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign file
+            warnings.simplefilter("ignore")
+            source = io.BytesIO(contents) if contents is not None else path
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError/RuntimeError/EOFError/... on foreign or damaged files
+        reason = _torch_reason(err)
+        if "unsupported global" in reason.lower():
+            raise CheckpointError(f"{path}: refused: the file holds more than weights and may try to run code "
+                                  f"({reason})") from None
+        raise CheckpointError(f"{path}: not a readable torch file ({reason})") from None
+
+
+def _check_expansion(path: Path, contents: bytes | None) -> None:
+    """A torch zip whose entries expand far beyond the file (``torch.save`` stores them uncompressed) is a
+    decompression bomb: torch would allocate what the zip directory declares. Refused from the directory
+    alone, before anything is inflated."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(contents) if contents is not None else path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except Exception:  # noqa: BLE001 - zipfile raises BadZipFile, NotImplementedError, ... on odd bytes
+        return  # not a zip (the legacy format) or damaged: torch.load says which
+    stored = len(contents) if contents is not None else path.stat().st_size
+    if declared > MAX_EXPANSION * stored + (1 << 20):
+        raise CheckpointError(f"{path}: refused: its {stored:,} bytes declare {declared:,} bytes of tensors (a "
+                              f"decompression bomb; torch.save stores tensors uncompressed)")
+
+
+def _torch_reason(err: Exception) -> str:
+    """torch's own reason in one line, without its advice to load with ``weights_only=False``
+    (never do that with a file you did not make)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line or "unsupported global" in line.lower():
+            reason = line.split("WeightsUnpickler error:")[-1].split(". Please use")[0].strip()
+            return reason or (lines[i + 1] if i + 1 < len(lines) else type(err).__name__)
+    advice = ("weights_only", "Weights only load failed", "trusted source", "Check the documentation")
+    kept = [line for line in lines if not any(a in line for a in advice)]
+    return kept[0] if kept else type(err).__name__

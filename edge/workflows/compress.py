@@ -1,0 +1,556 @@
+"""`edge compress`: the smallest-bytes StudentNet that still answers like the model, from a
+trained model and unlabelled photos.
+
+The search runs over slimming depth x weight format and keeps the best validation agreement with
+the model (with ``labels``: accuracy first; then the smaller KL divergence from the model's answers)
+among the ONNX files that fit ``target_bytes``:
+
+1. quantization only: the model itself in every weight format of `FORMATS` (`edge export` merges a
+   StudentNet's last pointwise conv, global pool and classifier into one conv first: exact, and in
+   every file);
+2. mixed precision: each per-channel uintN file that fits spends the bytes left under the target on
+   more bits for the layers where they buy the most (`edge.export.mixed_precision`);
+3. a slimming path: the keep fractions at which each integer format just fits the target are found
+   by exporting pruned shapes (sizes depend on shape and format only); the path descends to them
+   in cuts of at most ``step``, each round pruning channels with least-squares reconstruction
+   (`edge.prune.reconstruct.prune_reconstruct`) then fine-tuning by function matching
+   (`edge.train.matching.FunctionMatching`, label-free) and keeping its best epoch by validation
+   agreement; every round's model is measured in every format.
+
+Validation images are never trained on: ``val`` images, or every ``VAL_EVERY``-th photo of
+``images`` by id. A ``test`` set is only scored. Everything lands in a work folder (the report
+folder): ``state.json`` after every measured point and round, each round's resumable run file,
+every candidate ONNX file; ``resume`` continues an interrupted search to the same result. The
+time budget stops descending before a round that would overrun it (what was not reached is
+reported). `write_report` makes the JSON, markdown and frontier PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge.core.config import ConfigError
+from edge.core.files import atomic_write
+from edge.io.netfile import NetFile
+from edge.models.registry import NetSpec
+from edge.core.options import CompressOptions, SearchSettings
+
+VAL_EVERY = 5
+STATE = "state.json"
+# The weight formats measured (rows of `edge.core.weight_formats`' table), smallest file first. kmeansK is left
+# out: on the TA student it lost to uint4 per-channel at the same bytes (86.7-91.7% against 96.7%
+# validation agreement, bench/results/compress_ta_student_formats.md) and takes a minute per file;
+# so is uint4 per-channel without --entropy (the same codes in a larger file: `edge convert --to onnx`
+# writes it from the chosen file).
+FORMATS = (("uint4", {"per_channel": True, "entropy": True}), ("uint6", {"per_channel": True, "entropy": True}),
+           ("uint8", {}), ("uint8", {"per_channel": True}), ("fp16", {}), ("fp32", {}))
+MIXED_SHARE = 0.95  # of the bytes left under the target that mixed precision plans to spend
+MIXED_TRIES = 3
+
+
+@dataclass(kw_only=True)
+class Inputs:
+    """The model, its teacher and the photos a search works on."""
+
+    base: NetFile
+    teacher: torch.nn.Module
+    teacher_is_base: bool
+    train: object  # ImageSet of canvases (augmented during fine-tuning)
+    calibration: torch.Tensor  # centre crops of training photos, model input
+    val: object  # ImageSet, centre crops, labelled with the model's answers
+    val_logits: np.ndarray  # the model's logits on the val photos
+    val_truth: np.ndarray | None  # labels of the val photos, when known
+    test: object = None  # ImageSet with true labels, scored only
+    test_reference: np.ndarray | None = None  # the model's answers on the test photos
+
+
+# ---------------------------------------------------------------- measuring one candidate
+
+
+def format_name(spec, layer_bits: dict | None = None) -> str:
+    """``uint4 per-channel``, plus every other setting that differs from `QuantSpec`'s default
+    (so formats added to the candidate table get names of their own) and the layers given other bits."""
+    import dataclasses
+
+    extra = [f"{f.name}={getattr(spec, f.name)}" for f in dataclasses.fields(spec)
+             if f.name not in ("weights", "per_channel") and getattr(spec, f.name) != f.default]
+    extra += [f"{name}:{bits}" for name, bits in sorted((layer_bits or {}).items())]
+    return " ".join([spec.weights + (" per-channel" if spec.per_channel else "")] + extra)
+
+
+def _export(net: NetFile, spec, path: Path, calibration: np.ndarray, layer_bits: dict | None = None) -> int:
+    from edge.io.checkpoints import Checkpoint
+    from edge.prune.slim import numpy_state
+    from edge.export.exporter import export_onnx
+
+    source = f"{len(calibration)} training photos" if spec.calibrated else ""
+    with torch.no_grad():
+        size, _ = export_onnx(Checkpoint(net.card, numpy_state(net), "edge"), path, spec,
+                              calibration if spec.calibrated else None, source, layer_bits)
+    return size
+
+
+def _onnx_logits(path: Path, images: torch.Tensor) -> np.ndarray:
+    from edge.inference.runtime import OnnxClassifier
+
+    model = OnnxClassifier(path)
+    return np.concatenate([model(images[i:i + 32].numpy()) for i in range(0, len(images), 32)])
+
+
+def measure(net: NetFile, spec, path: Path, inputs: Inputs, layer_bits: dict | None = None) -> dict:
+    """Export ``net`` as ``spec`` (``layer_bits``: mixed precision) to ``path``; its bytes, validation
+    agreement and KL divergence from the model (and accuracy), test scores."""
+    from edge.data.datasets import normalize
+    from edge.export.mixed_precision import kl_from
+
+    size = _export(net, spec, path, inputs.calibration[:_gptq_count(inputs)].numpy(), layer_bits)
+    point = {"format": format_name(spec, layer_bits), "onnx": path.name, "bytes": size,
+             "parameters": net.spec.config.num_parameters(), "widths": list(net.spec.config.widths)}
+    logits = _onnx_logits(path, normalize(inputs.val.pixels, inputs.val.preprocess))
+    answers = logits.argmax(1)
+    point["val_agreement"] = float(np.mean(answers == inputs.val.labels.numpy()))
+    point["val_kl"] = kl_from(inputs.val_logits, logits)
+    if inputs.val_truth is not None:
+        point["val_accuracy"] = float(np.mean(answers == inputs.val_truth))
+    if inputs.test is not None:
+        answers = _onnx_logits(path, normalize(inputs.test.pixels, inputs.test.preprocess)).argmax(1)
+        point["test_accuracy"] = float(np.mean(answers == inputs.test.labels.numpy()))
+        point["test_agreement"] = float(np.mean(answers == inputs.test_reference))
+    return point
+
+
+def _gptq_count(inputs: Inputs) -> int:
+    return min(len(inputs.calibration), 64)
+
+
+# ---------------------------------------------------------------- sizes of pruned shapes
+
+
+def shaped(net: NetFile, widths: tuple[int, ...]) -> NetFile:
+    """``net`` cut to ``widths`` by keeping the first channels: right shape, for measuring bytes."""
+    from edge.prune.slim import numpy_state, prune
+
+    config = net.spec.config
+    keep = [np.arange(w) for w in widths[:-1]]
+    return with_weights(net, *prune(config, numpy_state(net), keep))
+
+
+def with_weights(like: NetFile, config, state: dict[str, np.ndarray]) -> NetFile:
+    """A StudentNet file of ``config`` and numpy ``state``, with ``like``'s preprocessing and classes."""
+    return NetFile(NetSpec("dw", config), like.preprocess, like.classes, {k: torch.from_numpy(v) for k, v in state.items()})
+
+
+def fitting_keep(net: NetFile, spec, target: int, min_keep: float, probe: Path,
+                 calibration: np.ndarray) -> float | None:
+    """The largest keep fraction (to 1/256) whose file in ``spec`` fits ``target`` bytes; None below ``min_keep``."""
+    from edge.prune.reconstruct import target_widths
+
+    config = net.spec.config
+
+    def fits(keep: float) -> bool:
+        return _export(shaped(net, target_widths(config, keep)), spec, probe, calibration) <= target
+
+    if not fits(min_keep):
+        return None
+    low, high = min_keep, 1.0
+    if fits(high):
+        return high
+    while high - low > 1 / 256:
+        middle = (low + high) / 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return round(low, 4)
+
+
+def path_of(targets: list[float], step: float) -> list[float]:
+    """Keep fractions from 1 down through every target, no cut larger than ``step``."""
+    path, current = [], 1.0
+    for target in sorted(set(targets), reverse=True):
+        while current - target > step + 1e-9:
+            current = round(current - step, 4)
+            path.append(current)
+        if target < current:
+            current = target
+            path.append(current)
+    return path
+
+
+# ---------------------------------------------------------------- the search
+
+
+class Search:
+    """One resumable search in ``work`` (its state.json records every measured point and round)."""
+
+    def __init__(self, inputs: Inputs, settings: SearchSettings, work: Path, candidates, about: dict,
+                 progress: bool = True, log=lambda line: print(line, file=sys.stderr)):
+        self.inputs, self.settings, self.work, self.candidates = inputs, settings, work, candidates
+        self.progress, self.log = progress, log
+        self.state = {"settings": asdict(settings), "about": about, "points": [], "rounds": [], "seconds": 0.0}
+        self.began = time.time()
+
+    # -- state
+
+    def load(self) -> None:
+        """Continue the search recorded in ``work`` (its settings must be these)."""
+        from edge.workflows.compress_state import read_state
+
+        path = self.work / STATE
+        saved = read_state(path)
+        differ = {k: (saved[k], self.state[k]) for k in ("settings", "about") if saved[k] != self.state[k]}
+        if differ:
+            raise ConfigError(f"{path}: --resume needs the search's own settings; these differ (saved, now): "
+                              + "; ".join(f"{k} {a} != {b}" for k, (a, b) in differ.items()))
+        self.state = saved
+
+    def save(self) -> None:
+        self.state["seconds"] = round(self.state.get("seconds_before", 0.0) + time.time() - self.began, 1)
+        text = json.dumps(self.state, indent=2)
+        atomic_write(self.work / STATE, lambda f: f.write(text), binary=False)
+
+    def point(self, stage: str, keep: float, net: NetFile, spec, extra: dict | None = None,
+              layer_bits: dict | None = None) -> dict:
+        """The measured point (from the record when this search already measured it)."""
+        label = format_name(spec, layer_bits)
+        for p in self.state["points"]:
+            if p["stage"] == stage and p["keep"] == keep and p["format"] == label:
+                return p
+        name = f"{stage}-k{keep:.4f}-{label.replace(' ', '-').replace(':', '')}.onnx"
+        p = {"stage": stage, "keep": keep, **measure(net, spec, self.work / name, self.inputs, layer_bits),
+             **(extra or {})}
+        self.state["points"].append(p)
+        self.save()
+        self.log(_point_line(p, self.settings.target_bytes))
+        return p
+
+    # -- the steps
+
+    def run(self) -> dict:
+        from edge.models.merge import mergeable
+
+        self.state["seconds_before"] = self.state.get("seconds", 0.0)
+        base = self.inputs.base
+        for spec in self._formats("quantization only"):
+            self.point("quantization", 1.0, base, spec)
+        current = self._merged() if mergeable(base.spec.config) else base  # what each file computes
+        self._mixed(current)
+        for keep in self._path(current):
+            current = self._round(current, keep)
+            if current is None:
+                break
+        self.state["done"] = True
+        self.save()
+        return self.state
+
+    def _mixed(self, net: NetFile) -> None:
+        """Mixed-precision points of ``net`` (the model as merged): every fitting per-channel uintN file's
+        spare bytes spent on the layers where they lower the KL from the model most per byte; when
+        the file overshoots (entropy coding makes bytes inexact), the budget shrinks and it is redone."""
+        target = self.settings.target_bytes
+        for spec in self.candidates:
+            base = next((p for p in self.state["points"] if p["stage"] == "quantization"
+                         and p["format"] == format_name(spec)), None)
+            if spec.bits is None or spec.codebook_size or not spec.per_channel or base is None \
+                    or base["bytes"] > target:
+                continue
+            budget = (target - base["bytes"]) * MIXED_SHARE
+            for _ in range(MIXED_TRIES):
+                layer_bits = self._allocation(net, spec, budget)
+                if not layer_bits:
+                    break
+                p = self.point("mixed", 1.0, net, spec, {"round": 0}, layer_bits)
+                if p["bytes"] <= target:
+                    break
+                budget -= 1.5 * (p["bytes"] - target)
+
+    def _allocation(self, net: NetFile, spec, budget: float) -> dict[str, int]:
+        from edge.export.mixed_precision import STREAM_BYTES, WIDER_BITS, Upgrade, allocate, layer_sensitivity
+
+        key = f"{spec.bits} bits, fp16 below {spec.fp16_below}"
+        sensitivity = self.state.setdefault("sensitivity", {})
+        if key not in sensitivity:
+            rows = layer_sensitivity(net.build(), self.inputs.calibration[:_gptq_count(self.inputs)].numpy(),
+                                     (spec.bits, *(b for b in WIDER_BITS if b > spec.bits)), spec.fp16_below,
+                                     self.progress)
+            sensitivity[key] = [vars(r) for r in rows]
+            self.save()
+        return allocate([Upgrade(**r) for r in sensitivity[key]], spec.bits, budget, STREAM_BYTES)
+
+    def _formats(self, label: str):
+        """The candidate formats, with a progress bar (exporting with GPTQ takes seconds each)."""
+        from tqdm import tqdm
+
+        return tqdm(self.candidates, desc=f"export + measure ({label})", unit="file", leave=False,
+                    disable=not self.progress, file=sys.stderr)
+
+    def _merged(self) -> NetFile:
+        from edge.models.merge import merge_classifier
+        from edge.prune.slim import numpy_state
+
+        return with_weights(self.inputs.base, *merge_classifier(self.inputs.base.spec.config, numpy_state(self.inputs.base)))
+
+    def _path(self, start: NetFile) -> list[float]:
+        if "path" not in self.state:
+            targets = {}
+            probe = self.work / "probe.onnx"
+            calibration = self.inputs.calibration[:2].numpy()
+            for spec in self._formats("sizes of slimmed shapes"):
+                if spec.bits is None:  # no slimming path aims at a float format's size
+                    continue
+                keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe, calibration)
+                targets[format_name(spec)] = keep
+            probe.unlink(missing_ok=True)
+            wanted = [k for k in targets.values() if k is not None and k < 1.0]
+            self.state["fitting_keep"] = targets
+            self.state["path"] = path_of(wanted, self.settings.step)
+            self.save()
+            self.log("keep fraction at which each format fits: " + ", ".join(
+                f"{n} {'-' if k is None else f'{k:.3f}'}" for n, k in targets.items())
+                + f"; slimming path {self.state['path']}")
+        return self.state["path"]
+
+    def _round(self, current: NetFile, keep: float) -> NetFile | None:
+        """Prune ``current`` to ``keep``, fine-tune, measure every format; None when out of time."""
+        from edge.io.checkpoints import load_net
+
+        number = len([r for r in self.state["rounds"] if r.get("done")]) + 1
+        recorded = next((r for r in self.state["rounds"] if r["keep"] == keep and r.get("done")), None)
+        trained_now = recorded is None
+        if trained_now:
+            if not self._time_for_round():
+                self.state["stopped"] = f"time budget ({self.settings.budget_minutes:g} min) reached before keep {keep}"
+                self.log(self.state["stopped"])
+                return None
+            recorded = self._train_round(current, keep, number)
+        best = load_net(self.work / recorded["model"])
+        began = time.time()
+        for spec in self._formats(f"keep {keep:.3f}"):
+            self.point("slimming", keep, best, spec, {"round": recorded["round"]})
+        if trained_now:  # the budget judges a round by its training and its exports together
+            recorded["export_seconds"] = round(time.time() - began, 1)
+            self.save()
+        return best
+
+    def _time_for_round(self) -> bool:
+        done = [r["seconds"] + r.get("export_seconds", 0.0) for r in self.state["rounds"] if r.get("done")]
+        estimate = max(done) if done else 0.0
+        elapsed = self.state["seconds_before"] + time.time() - self.began
+        return elapsed + estimate <= 60 * self.settings.budget_minutes
+
+    def _train_round(self, current: NetFile, keep: float, number: int) -> dict:
+        from edge.data.datasets import Augment
+        from edge.train.matching import FunctionMatching
+        from edge.io.checkpoints import load_net
+        from edge.io.netfile import save_net
+        from edge.prune.reconstruct import head_stages, prune_reconstruct, target_widths
+        from edge.prune.slim import numpy_state
+        from edge.train.loop import Recipe, Run, accuracy, fit
+
+        began = time.time()
+        start_file = self.work / f"round{number}.start.pt"
+        base_config = self.inputs.base.spec.config
+        widths = target_widths(base_config, keep)[:-1] + (current.spec.config.widths[-1],)
+        if start_file.exists():  # reconstructed before an interruption: deterministic, reuse it
+            pruned = load_net(start_file)
+        else:
+            self.log(f"round {number}: keep {keep:.3f} -> widths {list(widths)}; least-squares reconstruction")
+            pruned = with_weights(current, *prune_reconstruct(current.spec.config, numpy_state(current), widths,
+                                                              self.inputs.calibration, pull=self.settings.ridge))
+            save_net(start_file, pruned)
+        before = accuracy(pruned.build(), self.inputs.val, torch.device("cpu"))
+        self.log(f"round {number}: validation agreement after reconstruction, before fine-tuning: {before:.2%}")
+        s = self.settings
+        shared_head = head_stages(base_config) if self.inputs.teacher_is_base else 0
+        objective = FunctionMatching(self.inputs.teacher, shared_head, s.temperature)
+        recipe = Recipe(epochs=s.epochs, batch_size=s.batch, lr=s.lr, weight_decay=0.0, seed=s.seed + number)
+        run = Run(pruned, pruned.build(), objective, recipe, self.inputs.train, Augment(pruned.preprocess.crop),
+                  self.work / f"round{number}.pt", self.inputs.val, torch.device("cpu"), 0,
+                  {"keep": keep, "round": number}, self.progress)
+        summary = fit(run, run.out.exists())
+        tuned = summary["best"].get("val_accuracy", -1.0)
+        keep_tuned = tuned > before  # fine-tuning must beat the reconstruction alone on validation
+        record = {"round": number, "keep": keep, "widths": list(widths),
+                  "model": run.best_path.name if keep_tuned else start_file.name,
+                  "val_before_finetune": before, "best_epoch": summary["best"].get("epoch") if keep_tuned else 0,
+                  "val_after_finetune": tuned,
+                  "epoch_seconds": [h["seconds"] for h in summary["history"]],
+                  "seconds": round(time.time() - began, 1), "done": True}
+        self.state["rounds"] = [r for r in self.state["rounds"] if r["keep"] != keep] + [record]
+        self.save()
+        return record
+
+
+def _point_line(p: dict, target: int) -> str:
+    fits = "fits" if p["bytes"] <= target else "too big"
+    acc = f", val accuracy {p['val_accuracy']:.2%}" if "val_accuracy" in p else ""
+    test = f", test accuracy {p['test_accuracy']:.2%}" if "test_accuracy" in p else ""
+    return (f"{p['stage']:<12} keep {p['keep']:.3f} {p['format']:<18} {p['bytes']:>9,} B ({fits}) "
+            f"val agreement {p['val_agreement']:.2%}{acc}{test}")
+
+
+def choose(points: list[dict], target: int) -> dict | None:
+    """The best fitting point: validation accuracy first when known, then agreement, then the smaller KL
+    divergence from the model (it separates files a few validation photos cannot), then fewer bytes."""
+    fitting = [p for p in points if p["bytes"] <= target]
+    if not fitting:
+        return None
+    return max(fitting, key=lambda p: (p.get("val_accuracy", 0.0), p["val_agreement"], -p.get("val_kl", 0.0),
+                                       -p["bytes"]))
+
+
+# ---------------------------------------------------------------- the whole command
+
+
+def subset(data, index: np.ndarray):
+    """The images of ``data`` at ``index`` (same preprocessing; canvases keep their boxes)."""
+    index_t = torch.as_tensor(index, dtype=torch.long)
+    return replace(data, pixels=data.pixels[index_t], labels=data.labels[index_t], ids=[data.ids[i] for i in index],
+                   boxes=None if data.boxes is None else data.boxes[index_t])
+
+
+def split(count: int, every: int = VAL_EVERY) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) positions: every ``every``-th photo by id is held back for validation."""
+    positions = np.arange(count)
+    held = positions % every == every - 1
+    if count < every:
+        raise ConfigError(f"{count} photos are too few to hold back one in {every} for validation: give --val")
+    return positions[~held], positions[held]
+
+
+def check_paths(model: Path, output: Path, work: Path, inputs: list[Path], resume: bool, overwrite: bool) -> None:
+    """Fail before any work when OUTPUT or the work folder cannot be written, or would clobber something
+    (`edge.core.files`' guard)."""
+    from edge.core.files import OutputError, check_output, check_output_dir
+
+    if output.suffix.lower() != ".onnx":
+        raise OutputError(f"{output}: the compressed model is an ONNX file: name it .onnx")
+    inputs = [p for p in [model, *inputs] if p is not None]
+    check_output(output, inputs=[*inputs, work], overwrite=overwrite or resume, writes_model=True,
+                 model_format="onnx", what="compressed model", hint="pass --overwrite to replace it")
+    check_output_dir(work, inputs=[*inputs, output], what="--report folder")
+    if (work / STATE).exists() and not resume:
+        raise OutputError(f"{work}: holds a compress run already: continue it with --resume, or choose another "
+                          f"--report folder")
+
+
+def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path | None = None, val: str | None = None,
+                teacher: Path | None = None, teacher_arch: str = "resnet18", test: str | None = None,
+                test_labels: Path | None = None, cache_dir: Path | None = None,
+                log=lambda line: print(line, file=sys.stderr)) -> Inputs:
+    """Load the model, the teacher and the photos, and split them."""
+    from edge.data.folders import read_labels
+    from edge.data.datasets import Augment, decode_image_set, normalize
+    from edge.io.checkpoints import load_net
+    from edge.train.loop import logits_of
+
+    base = load_net(model)
+    if base.spec.arch != "dw":
+        raise ConfigError(f"{model}: edge compress slims StudentNet channels (arch dw); this is a {base.spec.arch}: "
+                          f"export it with `edge export --quant uint8` (or fp16, uint4) instead")
+    truth = read_labels(labels, len(base.classes)) if labels else None
+    common = {"cache_dir": cache_dir, "class_hint": base.classes}
+    crops = decode_image_set(images, base.preprocess, **common)
+    canvases = decode_image_set(images, base.preprocess, Augment(base.preprocess.crop), **common)
+    if val:
+        train_at, val_set = np.arange(len(crops)), decode_image_set(val, base.preprocess, **common)
+    else:
+        train_at, val_at = split(len(crops))
+        val_set = subset(crops, val_at)
+    model_net = base.build()
+    if teacher:
+        from edge.workflows.runs import load_teacher
+
+        teacher_model = load_teacher(teacher, teacher_arch, base.classes, base.preprocess)
+    else:
+        teacher_model = base.build()
+    reference = logits_of(model_net, val_set, torch.device("cpu"))
+    val_truth = _truth(val_set, truth)
+    test_set, test_reference = None, None
+    if test:
+        test_set = decode_image_set(test, base.preprocess, labels_csv=test_labels or labels, **common)
+        if not test_set.labelled:
+            raise ConfigError(f"--test {test}: every test photo needs a label (give --test-labels CSV covering them)")
+        test_reference = logits_of(model_net, test_set, torch.device("cpu")).argmax(1).numpy()
+    train = subset(canvases, train_at)
+    calibration = normalize(subset(crops, train_at[:4 * settings.calibration]).pixels, base.preprocess)
+    log(f"photos: {len(train)} to train on ({images}), {len(val_set)} held back for validation"
+        + (f" ({val})" if val else f" (every {VAL_EVERY}th by id)") + (f", {len(test_set)} test" if test_set else ""))
+    return Inputs(base=base, teacher=teacher_model, teacher_is_base=teacher is None, train=train,
+                  calibration=calibration, val=replace(val_set, labels=reference.argmax(1)),
+                  val_logits=reference.numpy(), val_truth=val_truth, test=test_set,
+                  test_reference=test_reference)
+
+
+def _truth(data, truth: dict | None) -> np.ndarray | None:
+    if truth is not None and all(i in truth for i in data.ids):
+        return np.array([truth[i] for i in data.ids])
+    return data.labels.numpy() if data.labelled else None
+
+
+def compress(model: Path, images: str, output: Path, settings: SearchSettings, *, labels: Path | None = None,
+             val: str | None = None, teacher: Path | None = None, teacher_arch: str = "resnet18",
+             test: str | None = None, test_labels: Path | None = None, report: Path | None = None,
+             resume: bool = False, overwrite: bool = False,
+             cache_dir: Path | None = None, candidates=None, progress: bool = True, command: str = "",
+             log=lambda line: print(line, file=sys.stderr)) -> dict:
+    """Search, write the best fitting ONNX file to ``output`` and the report; -> the report's record."""
+    from edge.workflows.compress_report import write_report
+    from edge.export.quantize import QuantSpec
+
+    work = report or output.with_name(output.name + ".compress")
+    folders = [Path(spec.rsplit("@", 1)[0]) for spec in (images, val, test) if spec]
+    sources = [teacher, labels, test_labels, cache_dir, *folders]
+    check_paths(model, output, work, sources, resume, overwrite)
+    inputs = open_inputs(model, images, settings, labels, val, teacher, teacher_arch, test, test_labels, cache_dir, log)
+    work.mkdir(parents=True, exist_ok=True)
+    about = {"model": str(model), "images": images, "val": val, "teacher": str(teacher) if teacher else None,
+             "labels": str(labels) if labels else None, "test": test,
+             "test_labels": str(test_labels) if test_labels else None}
+    search = Search(inputs, settings, work, candidates or tuple(QuantSpec(weights, **options) for weights, options in FORMATS), about, progress, log)
+    if resume:
+        search.load()
+    state = search.run()
+    best = choose(state["points"], settings.target_bytes)
+    state["command"] = command or state.get("command", "")
+    state["chosen"] = best
+    if best is not None:
+        data = _candidate_bytes(work / best["onnx"], best["bytes"])
+        atomic_write(output, lambda f: f.write(data))
+        log(f"wrote {output}: {best['stage']} keep {best['keep']:.3f}, {best['format']}, {best['bytes']:,} B, "
+            f"val agreement {best['val_agreement']:.2%}")
+    else:
+        log(f"nothing fits {settings.target_bytes:,} B (the smallest candidate is "
+            f"{min(p['bytes'] for p in state['points']):,} B); nothing written to {output}")
+    search.save()
+    write_report(work, state)
+    return state
+
+
+def _candidate_bytes(path: Path, recorded: int) -> bytes:
+    """The chosen candidate's file as the search measured it: a regular file of the recorded size."""
+    if path.is_symlink() or not path.is_file() or path.stat().st_size != recorded:
+        raise ConfigError(f"{path}: the candidate the record chose is missing or changed since it was measured "
+                          f"({recorded:,} B recorded): run again without --resume")
+    return path.read_bytes()
+
+
+def run_command(options: CompressOptions) -> dict:
+    """`edge compress` with the options the CLI built."""
+    import shlex
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    state = compress(options.model, options.images, options.output, options.search, labels=options.labels,
+                    val=options.val, teacher=options.teacher, teacher_arch=options.teacher_arch, test=options.test,
+                    test_labels=options.test_labels, report=options.report, resume=options.resume,
+                    overwrite=options.overwrite, cache_dir=options.cache_dir, progress=not options.quiet,
+                    command="edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    if state["chosen"] is None:
+        raise ConfigError(f"--target-bytes {options.search.target_bytes:,}: no candidate fits, so "
+                          f"{options.output} was not written (the report lists what was tried)")
+    return state

@@ -1,0 +1,117 @@
+"""The report of an `edge compress` search: report.json, report.md and frontier.png in its folder.
+
+Every measured point is one ONNX file: bytes against validation agreement with the model (and
+test accuracy when a test set was scored), in three series: quantization only (the model as it
+is, mixed precision included), slimming only (float formats of slimmed models) and slimming + quantization (integer
+formats of slimmed models); the byte target is a vertical line and the chosen file is circled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edge.core.weight_formats import parse_format
+from edge.core.files import atomic_write
+
+
+def series(point: dict) -> str:
+    if point["stage"] in ("quantization", "mixed"):
+        return "quantization only"
+    coded = parse_format(point["format"].split()[0])[0].sizes is not None  # uintN / kmeansK (edge.core.weight_formats)
+    return "slimming + quantization" if coded else "slimming only"
+
+
+def write_report(folder: Path, state: dict) -> None:
+    text = json.dumps(state, indent=2)
+    atomic_write(folder / "report.json", lambda f: f.write(text), binary=False)
+    markdown = markdown_report(state)
+    atomic_write(folder / "report.md", lambda f: f.write(markdown), binary=False)
+    plot_frontier(folder / "frontier.png", state)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _kl(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def markdown_report(state: dict) -> str:
+    target = state["settings"]["target_bytes"]
+    has_val_acc = any("val_accuracy" in p for p in state["points"])
+    has_test = any("test_accuracy" in p for p in state["points"])
+    lines = [f"# edge compress: {Path(state['about']['model']).name} to <= {target:,} B", ""]
+    if state.get("command"):
+        lines += ["Command:", "", f"```\n{state['command']}\n```", ""]
+    chosen = state.get("chosen")
+    if chosen:
+        lines += [f"Chosen: {chosen['stage']} keep {chosen['keep']:.3f}, {chosen['format']}, {chosen['bytes']:,} B, "
+                  f"widths {chosen['widths']}, validation agreement with the model {_pct(chosen['val_agreement'])}"
+                  + (f", test accuracy {_pct(chosen.get('test_accuracy'))}" if has_test else "") + ".", ""]
+    else:
+        lines += ["Nothing fits the target: no file was written.", ""]
+    head = ["series", "keep", "format", "bytes", "fits", "parameters", "val agreement", "val KL"]
+    head += ["val accuracy"] if has_val_acc else []
+    head += ["test accuracy", "test agreement"] if has_test else []
+    lines += ["Every file holds the exact classifier merge (`edge export` merges a StudentNet's last pointwise conv, "
+              "global pool and classifier into one conv). Quantization only: the model as it is (stage mixed: with more "
+              "bits for the layers named, `edge.export.mixed_precision`); the slimming series prune the widths after the last "
+              "max-pool to the keep fraction. Val KL: mean KL divergence of the file's answers from the model's on the "
+              "validation photos.", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in sorted(state["points"], key=lambda p: (series(p), -p["keep"], p["bytes"])):
+        row = [series(p), f"{p['keep']:.3f}", p["format"], f"{p['bytes']:,}", "yes" if p["bytes"] <= target else "no",
+               f"{p['parameters']:,}", _pct(p["val_agreement"]), _kl(p.get("val_kl"))]
+        row += [_pct(p.get("val_accuracy"))] if has_val_acc else []
+        row += [_pct(p.get("test_accuracy")), _pct(p.get("test_agreement"))] if has_test else []
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Slimming rounds (least-squares reconstruction, then function-matching KD):", "",
+              "| round | keep | widths | val agreement before fine-tuning | after (best epoch) | kept | seconds per epoch | "
+              "round seconds |", "|---|---|---|---|---|---|---|---|"]
+    for r in state["rounds"]:
+        per_epoch = sum(r["epoch_seconds"]) / max(len(r["epoch_seconds"]), 1)
+        lines.append(f"| {r['round']} | {r['keep']:.3f} | {r['widths']} | {_pct(r['val_before_finetune'])} | "
+                     f"{_pct(r['val_after_finetune'])} | {'fine-tuned' if r['best_epoch'] else 'reconstruction alone'} | "
+                     f"{per_epoch:.0f} | {r['seconds']:.0f} |")
+    fitting = state.get("fitting_keep", {})
+    if fitting:
+        lines += ["", "Keep fraction at which each integer format fits the target: "
+                  + ", ".join(f"{k} {'below the --min-keep' if v is None else f'{v:.3f}'}" for k, v in fitting.items())
+                  + "."]
+    if state.get("stopped"):
+        lines += ["", f"Stopped early: {state['stopped']}."]
+    lines += ["", f"Search wall time: {state['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def plot_frontier(path: Path, state: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_test = any("test_accuracy" in p for p in state["points"])
+    panels = [("val_agreement", "validation agreement with the model (%)")]
+    panels += [("test_accuracy", "test accuracy (%)")] if has_test else []
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
+    target = state["settings"]["target_bytes"]
+    for ax, (key, label) in zip(axes[0], panels):
+        for name, marker in (("quantization only", "s"), ("slimming only", "^"), ("slimming + quantization", "o")):
+            points = sorted((p for p in state["points"] if series(p) == name), key=lambda p: p["bytes"])
+            if points:
+                ax.plot([p["bytes"] / 1000 for p in points], [100 * p[key] for p in points], marker, label=name,
+                        alpha=0.8)
+        chosen = state.get("chosen")
+        if chosen:
+            ax.plot([chosen["bytes"] / 1000], [100 * chosen[key]], "o", markersize=14, fillstyle="none", color="k",
+                    label="chosen")
+        ax.axvline(target / 1000, color="grey", linestyle="--", label=f"target {target:,} B")
+        ax.set(xscale="log", xlabel="ONNX file (KB)", ylabel=label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"edge compress: {Path(state['about']['model']).name}, every point a measured ONNX file")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
