@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from edge.bench import report
+from edge.core import extras
 from edge.core.backends import BackendError, parse_list
 from edge.bench.harness import Settings, command_line, default_quants, parse_quants, run_bench
 from edge.core.files import InputError, check_input, check_output
@@ -63,6 +64,8 @@ def run_command(models: list[Path], *, json_out, markdown_out, plot_out, previou
             raise click.BadParameter("pool positions describe homework checkpoints; an ONNX file's graph fixes its "
                                      "own", param_hint="--pools")
     options["quants"] = options["quants"] or default_quants(models)
+    if plot_out:
+        extras.require("plot", "--plot")  # the runtime-only install has no matplotlib: say so before the run
     outputs = {"JSON": json_out, "markdown report": markdown_out, "plot": plot_out}
     for what, path in outputs.items():
         if path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
 MAX_FREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
-LIBRARIES = ("edge", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "pillow")
+LIBRARIES = ("edge-compress", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "pillow")
 
 
 def _cpuinfo_fields(text: str) -> dict[str, str]:

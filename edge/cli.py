@@ -64,7 +64,24 @@ def _user_errors():
         sys.exit(130)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """edge's commands; one that reaches a module of an extra this install lacks (torch in the runtime-only
+    install, `edge.core.extras`) ends with one line naming the extra to install, exit code 2."""
+
+    def invoke(self, ctx):
+        from edge.core.extras import missing_extra
+
+        try:
+            return super().invoke(ctx)
+        except ImportError as err:
+            missing = missing_extra(err)
+            if missing is None:
+                raise
+            click.echo(f"error: {missing}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge")
 def main():
     """Compress a Food-11 StudentNet and ship it: export to small ONNX files, predict, benchmark."""

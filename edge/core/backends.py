@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge.core import extras
 from edge.core.errors import EdgeError
 
 ONNXRUNTIME, TORCH = "onnxruntime", "torch"
@@ -96,6 +97,8 @@ def unavailable(backend: Backend) -> str | None:
             return (f"{backend.name} ({backend.provider}) is not available in this onnxruntime build (it has "
                     f"{', '.join(available)}): {backend.install_hint}")
         return None
+    if (reason := extras.absent("torch")):
+        return reason
     if backend.device == "cuda":
         import torch
 
