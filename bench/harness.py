@@ -96,10 +96,11 @@ def quant_spec(fmt: str):
 
 
 def parse_quants(text: str) -> tuple[str, ...]:
-    """``"fp32,uint8:minmax"`` -> the --quant entries, each once, each checked to make a `QuantSpec` (ValueError)."""
+    """``"fp32,uint8:minmax"`` -> the --quant entries, each once, each checked against the format table
+    (`edge.core.weight_formats.parse_choice`, no torch: a runtime-only install benches ONNX files; ValueError)."""
     names = tuple(dict.fromkeys(q.strip() for q in text.split(",") if q.strip()))
     for name in names or ("",):
-        quant_spec(name)
+        parse_choice(name)
     return names
 
 
@@ -257,7 +258,8 @@ def run_jobs(jobs: list[Job], settings: Settings, progress: bool) -> None:
                 _predict_all(live, settings, bar)
     finally:
         for job in live:
-            job.process.close()
+            if job.process:  # None when starting it failed
+                job.process.close()
 
 
 def run_bench(models: list[Path], settings: Settings, command: str, progress: bool = True) -> dict:

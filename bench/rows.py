@@ -60,12 +60,13 @@ class Row:
         self.status, self.reason = status, reason
 
     def record(self, status: str, reply) -> None:
-        """Add one repeat's ``measure`` reply (or turn the row into an unavailable/error row)."""
+        """Add one repeat's ``measure`` reply (or turn the row into an unavailable/error row); its batch
+        sizes arrive as JSON keys (strings)."""
         if status != "ok":
             return self.fail(status, str(reply))
-        summary = summarise_times(reply["times"])
+        summary = summarise_times({int(b): t for b, t in reply["times"].items()})
         self.runs.append({"load_ms": reply["load_s"] * 1e3, **summary})
-        self.rss_bytes = self.rss_bytes or reply["rss_bytes"]  # later repeats' peaks include larger batches
+        self.rss_bytes = self.rss_bytes or {int(b): rss for b, rss in reply["rss_bytes"].items()}  # later repeats' peaks include larger batches
         self.providers, self.torch_loaded = reply["providers"], reply["torch_loaded"]
 
     def record_predict(self, status: str, reply) -> None:

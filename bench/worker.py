@@ -1,18 +1,24 @@
 """One benchmark row in a process of its own: open one backend, time it, predict a folder with it.
 
-Every row runs in its own spawned process, so its peak RSS is what a deployment of that backend
-alone holds, the ONNX Runtime rows never import torch, and a backend that crashes takes only its
-own row down. The parent (`edge.bench.harness`) sends ``(command, kwargs)`` over a pipe and gets
-``(status, reply)`` back, status being ``ok``, ``unavailable`` or ``error``.
+Every row runs in its own ``python -m edge.bench.worker`` process, so its peak RSS is what a deployment
+of that backend alone holds, the ONNX Runtime rows never import torch, and a backend that crashes
+takes only its own row down. The worker is a fresh interpreter (never a re-import of the caller's
+``__main__``: a script calling `edge.benchmark` without a main guard runs once). The parent
+(`edge.bench.harness`, through `RowProcess`) talks to it in JSON lines over its stdin and stdout (no
+pickle): first the `Target`, then ``[command, kwargs]``; each answer is ``[status, reply]``, status
+being ``ready``, ``ok``, ``unavailable`` or ``error``. Anything else the worker prints goes to stderr.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import json
+import os
 import resource
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import IO
 
 import numpy as np
 
@@ -30,6 +36,11 @@ class Target:
     path: str  # the .onnx file, or the checkpoint torch loads
     threads: int | None = None
     pools: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_json(cls, fields: dict) -> "Target":
+        pools = fields.get("pools")
+        return cls(**{**fields, "pools": tuple(pools) if pools is not None else None})
 
     @property
     def spec(self) -> Backend:
@@ -126,6 +137,23 @@ class Worker:
         return self.model or open_backend(target), 1
 
 
+COMMANDS = ("measure", "predict")  # the `Worker` methods the parent may call
+
+
+def send(stream: IO[str], message) -> None:
+    """One JSON line (numpy scalars as Python numbers)."""
+    stream.write(json.dumps(message, default=lambda value: value.item()) + "\n")
+    stream.flush()
+
+
+def receive(stream: IO[str]):
+    """The next JSON line; EOFError when the other side has closed the stream."""
+    line = stream.readline()
+    if not line:
+        raise EOFError
+    return json.loads(line)
+
+
 def _preload(target: Target) -> None:
     """Import the backend's library before any timing, so no load time includes an import."""
     if target.is_onnx:
@@ -134,63 +162,100 @@ def _preload(target: Target) -> None:
         import torch  # noqa: F401
 
 
-def serve(conn, target: Target) -> None:
-    """The worker process's loop: say ready, then answer commands until ``stop`` or a closed pipe."""
-    _preload(target)
-    conn.send(("ready", None))
+def _answer(worker: Worker, command: str, kwargs: dict) -> list:
+    if command not in COMMANDS:
+        return ["error", f"unknown worker command {command!r}"]
+    try:
+        return ["ok", getattr(worker, command)(**kwargs)]
+    except ProviderUnavailable as err:
+        return ["unavailable", str(err)]
+    except Exception as err:  # any backend failure becomes this row's error, never the run's
+        return ["error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"]
+
+
+def serve(requests: IO[str], replies: IO[str]) -> None:
+    """The worker's loop: read the target, say ready, then answer commands until ``stop`` or end of input."""
+    target = Target.from_json(receive(requests))
+    try:
+        _preload(target)
+    except ImportError as err:
+        return send(replies, ["unavailable", f"{target.backend}: {err}"])
+    send(replies, ["ready", None])
     worker = Worker(target)
     while True:
         try:
-            command, kwargs = conn.recv()
+            command, kwargs = receive(requests)
         except EOFError:
             return
         if command == "stop":
             return
-        try:
-            conn.send(("ok", getattr(worker, command)(**kwargs)))
-        except ProviderUnavailable as err:
-            conn.send(("unavailable", str(err)))
-        except Exception as err:  # any backend failure becomes this row's error, never the run's
-            conn.send(("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+        send(replies, _answer(worker, command, kwargs))
+
+
+def main() -> None:
+    """``python -m edge.bench.worker``: replies go to the original stdout; everything else printed (by
+    edge or by a library's C code) to stderr, so it can never garble a reply."""
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin, replies)
+
+
+# a fresh interpreter that does not put the working folder first on sys.path (Python 3.11+: -P), so a
+# file there named like a library cannot stand in for it
+WORKER_COMMAND = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "edge.bench.worker"]
 
 
 class RowProcess:
     """The parent's handle on one worker process."""
 
     def __init__(self, target: Target):
-        context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=serve, args=(child, target), daemon=True)
-        self.process.start()
-        child.close()
+        self.process = subprocess.Popen(WORKER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        encoding="utf-8")
+        self._send(asdict(target))
 
     def wait_ready(self) -> tuple[str, object]:
         return self._receive()
 
     def call(self, command: str, **kwargs) -> tuple[str, object]:
+        return self._send([command, kwargs]) or self._receive()
+
+    def _send(self, message) -> tuple[str, str] | None:
+        """Send ``message``; the died row's answer when the worker is gone, else None."""
         try:
-            self.conn.send((command, kwargs))
-        except (BrokenPipeError, ConnectionResetError, EOFError):
+            send(self.process.stdin, message)
+        except (BrokenPipeError, ConnectionResetError, OSError, ValueError):
             return self._died()
-        return self._receive()
+        return None
 
     def _receive(self) -> tuple[str, object]:
         try:
-            return self.conn.recv()
-        except (EOFError, ConnectionResetError):
+            status, reply = receive(self.process.stdout)
+        except EOFError:
             return self._died()
+        except (ValueError, TypeError):
+            return "error", "the worker process sent a reply that is not [status, reply] JSON"
+        return status, reply
 
     def _died(self) -> tuple[str, str]:
-        self.process.join(5)
-        return "error", f"the worker process died (exit code {self.process.exitcode})"
+        try:
+            code = self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            code = None
+        return "error", f"the worker process died (exit code {code})"
 
     def close(self) -> None:
+        self._send(["stop", {}])
         try:
-            self.conn.send(("stop", {}))
-        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
-            pass
-        self.process.join(5)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(5)
-        self.conn.close()
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+if __name__ == "__main__":
+    main()
