@@ -4,8 +4,9 @@ atomic writes, so a failure or Ctrl-C never leaves a half-written or clobbered f
 `check_output` refuses, up front, an output that would destroy something the user has: one of
 the command's own inputs (the same file under any name, or an image inside an input folder), a
 folder, a device, a pipe or socket, a symbolic link (refused rather than written through, so a
-link can never redirect an output onto another file), an existing run unless resuming, or a model
-file about to be replaced by something that is not a model (a CSV, JSON, a report).
+link can never redirect an output onto another file), an existing run unless resuming, a model
+file about to be replaced by something that is not a model (a CSV, JSON, a report), or anything in
+the shipped models folder (`SHIPPED_MODELS`: edge never writes there, whatever the command).
 `check_output_dir` does the same for commands whose output is a folder. `check_input` refuses,
 before opening, an input that is not a regular file or is larger than any file of its kind.
 """
@@ -19,6 +20,9 @@ from typing import IO, Callable, Iterable
 
 from edge.core.errors import EdgeError
 from edge.core.formats import MODEL_FORMATS, sniff_file
+
+
+SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"  # the models edge ships (a clone's models/)
 
 
 class OutputError(EdgeError, ValueError):
@@ -56,6 +60,7 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: b
     """
     path = Path(path)
     _check_not_special(path, what)
+    _check_not_shipped(path, what)
     _check_not_an_input(path, inputs, what)
     if path.exists():
         if not overwrite:
@@ -79,6 +84,7 @@ def check_output_dir(path: str | os.PathLike, *, inputs: Iterable = (), what: st
         raise OutputError(f"{path}: {what} is a symbolic link; give the real folder")
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: {what} exists and is not a folder")
+    _check_not_shipped(path, what)
     _check_not_an_input(path, inputs, what)
     if not path.exists():
         existing = next(p for p in path.absolute().parents if p.exists())
@@ -98,6 +104,23 @@ def _check_not_special(path: Path, what: str) -> None:
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):
         raise OutputError(f"{path}: {what} is not a regular file (a device, pipe or socket); edge writes only "
                           f"regular files")
+
+
+def _check_not_shipped(path: Path, what: str) -> None:
+    """Nothing is written in `SHIPPED_MODELS` or over a file of it: links resolved, and a hard link to a
+    shipped file is that file."""
+    shipped = SHIPPED_MODELS.resolve()
+    inside = path.resolve().is_relative_to(shipped)
+    if inside or (path.is_file() and any(_same_file(path, f) for f in shipped.glob("*"))):
+        raise OutputError(f"{path}: {what} would be written {'in' if inside else 'over a file of'} the models edge "
+                          f"ships ({shipped}); edge never changes them: choose a path outside that folder")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _check_not_an_input(path: Path, inputs: Iterable, what: str) -> None:
@@ -140,10 +163,11 @@ def _format_of(path: Path) -> str:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:
     """Write through ``write(f)`` into a temporary file beside ``path``, then rename it into place.
-    A link, folder or device at ``path`` is refused, and a failed write reported, as `OutputError`
+    A link, folder or device at ``path``, a path in `SHIPPED_MODELS`, and a failed write are `OutputError`
     (any existing file is left as it was)."""
     path = Path(path)
     _check_not_special(path, "output")
+    _check_not_shipped(path, "output")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb" if binary else "w", newline=None if binary else "") as f:

@@ -5,20 +5,25 @@ when no model is given, on any clone, with no dataset and no homework file.
 top-1 agreement with the fp32 `.bin` on the 497 real photos). ONNX Runtime decodes its weights
 (`edge.inference.onnx_torch.decoded_graph`); the folded convs and the classifier, in the order the graph runs
 them, become a StudentNet of the file's own config whose BatchNorms are the identity, so the
-checkpoint computes what the file computes.
+checkpoint computes what the file computes. edge never writes in models/ (`edge.core.files.SHIPPED_MODELS`),
+and the file is checked against the sha256 it shipped with before every rebuild, so a file replaced
+by hand is named as such instead of failing on a shape or exporting some other model.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from edge.io.checkpoints import Checkpoint
 from edge.core.errors import CheckpointError
+from edge.core.files import SHIPPED_MODELS
 from edge.models.fold import BN_EPS
 
-SHIPPED_STUDENT = Path(__file__).resolve().parents[2] / "models" / "food11_student_uint8.onnx"
+SHIPPED_STUDENT = SHIPPED_MODELS / "food11_student_uint8.onnx"
+SHIPPED_SHA256 = "bccd48e8dd3af77256e93846bca74e9d65e2bb91d7ac56e131b2dac4686d02cc"  # its bytes as shipped
 
 
 def _layer_names(depth: int) -> list[str]:
@@ -57,9 +62,22 @@ def student_from_onnx(path: Path) -> Checkpoint:
     return Checkpoint(card, state, f"rebuilt from {path.name}")
 
 
+def check_shipped(path: Path, sha256: str) -> None:
+    """`CheckpointError` unless ``path`` holds the bytes whose sha256 is ``sha256`` (the file as shipped)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: the shipped student is missing (edge installed without its models/ "
+                              "folder): give a CHECKPOINT")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != sha256:
+        raise CheckpointError(f"{path}: not the file edge shipped (sha256 {digest.hexdigest()[:16]}..., shipped "
+                              f"{sha256[:16]}...): it was replaced by hand; restore it (git checkout -- "
+                              f"models/{path.name}) or give a CHECKPOINT")
+
+
 def shipped_student() -> Checkpoint:
-    """The shipped student (`SHIPPED_STUDENT`) as a checkpoint."""
-    if not SHIPPED_STUDENT.is_file():
-        raise CheckpointError(f"{SHIPPED_STUDENT}: the shipped student is missing (edge installed without its "
-                              "models/ folder): give a CHECKPOINT")
+    """The shipped student (`SHIPPED_STUDENT`, checked against `SHIPPED_SHA256`) as a checkpoint."""
+    check_shipped(SHIPPED_STUDENT, SHIPPED_SHA256)
     return student_from_onnx(SHIPPED_STUDENT)
