@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -130,6 +132,17 @@ def test_a_broken_backend_is_an_error_row_not_a_crash(tmp_path):
     assert status == "error" and "not a loadable ONNX model" in reason
 
 
+def test_a_worker_that_dies_loses_only_its_row(tmp_path):
+    process = RowProcess(Target("ort-cpu", "fp32", str(tmp_path / "m.onnx")))
+    try:
+        assert process.wait_ready() == ("ready", None)
+        process.process.kill()
+        status, reason = process.call("measure", inputs="x.npy", batches=[1], min_seconds=0.01, min_calls=1)
+    finally:
+        process.close()
+    assert status == "error" and "the worker process died (exit code -9)" in reason
+
+
 def test_an_onnx_model_runs_as_it_is_and_torch_says_why_not(tmp_path):
     from edge.io.checkpoints import init_checkpoint
     from edge.export.exporter import export_onnx
@@ -183,3 +196,35 @@ def test_ta_student_on_real_photos(ta_student, food11_test, reference_labels, tm
     assert fp32["predict"]["decode_cpu_s"] > 0 and fp32["predict"]["infer_cpu_s"] > 0
     assert fp32["bytes"] < (ta_student.stat().st_size * 1.05)
 
+
+
+API_SCRIPT = '''import edge
+
+model = edge.load_model("tiny.pt")
+result = edge.export_model("tiny.pt", "tiny.onnx", quant="uint4", per_channel=True, method="minmax")
+print("exported", result.bytes)
+answers = edge.predict_images(result.path, "images")
+print("predicted", len(answers))
+doc = edge.benchmark([result.path], providers="cpu", batches=(1,), repeats=1, min_seconds=0.01)
+print("bench", [row["status"] for row in doc["rows"]])
+'''
+
+
+def test_the_readme_api_example_runs_as_a_plain_script(tmp_path):
+    """No main guard: the bench workers are fresh interpreters, never a re-import of the script (issue 25)."""
+    from PIL import Image
+
+    from edge.core.config import StudentConfig
+    from edge.io.checkpoints import init_checkpoint, save_checkpoint
+
+    checkpoint = init_checkpoint(StudentConfig(widths=(4, 8), pools=(0,), input_size=32))
+    save_checkpoint(tmp_path / "tiny.pt", checkpoint.card, checkpoint.state)
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / "images" / f"{i:04d}.png")
+    (tmp_path / "script.py").write_text(API_SCRIPT)
+    done = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert sum(line.startswith("exported") for line in lines) == 1 and lines.count("predicted 3") == 1
+    assert lines[-1] == "bench ['ok']", done.stdout
