@@ -262,9 +262,31 @@ def run_jobs(jobs: list[Job], settings: Settings, progress: bool) -> None:
                 job.process.close()
 
 
-def run_bench(models: list[Path], settings: Settings, command: str, progress: bool = True) -> dict:
-    """Run the whole benchmark and return the results document (rows + machine + settings)."""
-    started, load_at_start = datetime.now(timezone.utc), machine.load()
+def noisy_note(rows: list[Row], threads: int | None) -> str | None:
+    """One line when the repeats of the reference row (else the first row timed) spread beyond
+    `machine.NOISY_SPREAD`: the machine was busy while it ran."""
+    timed = [row for row in rows if row.ok and len(row.runs) > 1]
+    row = next((r for r in timed if (r.backend, r.fmt) == REFERENCE), timed[0] if timed else None)
+    p50 = row.metric("p50_ms") if row else None
+    if not p50 or p50["max"] < machine.NOISY_SPREAD * p50["min"]:
+        return None
+    return (f"note: {row.backend} {row.fmt} p50 latency varied {p50['max'] / p50['min']:.1f}x between repeats "
+            f"({p50['min']:.2f}-{p50['max']:.2f} ms): the machine was busy; {machine.steadier(threads)}")
+
+
+def _say(note: str | None, notes: list[str]) -> None:
+    if note:
+        print(note, file=sys.stderr, flush=True)
+        notes.append(note)
+
+
+def run_bench(models: list[Path], settings: Settings, command: str, progress: bool = True,
+              load_reading=machine.load) -> dict:
+    """Run the whole benchmark and return the results document (rows + machine + settings + notes).
+    ``load_reading`` says how busy the machine is (`machine.load`); a busy machine, or a reference row
+    whose repeats spread widely, is said on stderr (``notes`` in the document)."""
+    started, load_at_start, notes = datetime.now(timezone.utc), load_reading(), []
+    _say(machine.busy_note(load_at_start, machine.cpu_info()["cores"], settings.threads), notes)
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         workdir = Path(tmp)
         subjects = load_subjects(models, settings, workdir)
@@ -275,10 +297,11 @@ def run_bench(models: list[Path], settings: Settings, command: str, progress: bo
         run_jobs(jobs, settings, progress)
     rows = [job.row for job in jobs]
     _compare_to_reference(rows)
+    _say(noisy_note(rows, settings.threads), notes)
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
     return {"command": command, "started": started.isoformat(timespec="seconds"), "seconds": seconds,
             "machine": {**machine.describe(), "load_at_start": load_at_start}, "settings": _settings_json(settings),
-            "models": [_model_json(s) for s in subjects], "rows": [row.to_json() for row in rows]}
+            "models": [_model_json(s) for s in subjects], "rows": [row.to_json() for row in rows], "notes": notes}
 
 
 def _model_json(subject: Subject) -> dict:

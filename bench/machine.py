@@ -101,5 +101,23 @@ def load() -> dict:
             "nice": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None}
 
 
+BUSY_PER_CORE = 0.5  # a 1-minute load average above half the cores: other work shares the CPU
+NOISY_SPREAD = 1.5  # a row's slowest repeat this many times its fastest: the timings are noise-bound
+
+
+def steadier(threads: int | None) -> str:
+    """What to do about noisy timings with these ``threads``."""
+    return "--threads 1 gives steadier numbers" if threads != 1 else "rerun when the machine is idle"
+
+
+def busy_note(state: dict, cores: int, threads: int | None) -> str | None:
+    """One line when ``state`` (`load`) says other work shares the CPU; None when it is quiet enough."""
+    averages = state.get("load_average")
+    if not averages or averages[0] < BUSY_PER_CORE * cores:
+        return None
+    return (f"note: the machine is busy (load average {averages[0]:.1f} over the last minute on {cores} cores): "
+            f"timings on {'all cores' if threads is None else f'{threads} threads'} will be noisy; {steadier(threads)}")
+
+
 def describe() -> dict:
     return {"cpu": cpu_info(), "gpu": gpu_info(), "os": platform.platform(), "versions": versions(), **load()}

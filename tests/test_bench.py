@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from edge.bench import machine, report
 from edge.core.backends import parse_list
-from edge.bench.harness import Settings, load_subjects, plan, run_bench
-from edge.bench.rows import spread, summarise_times
+from edge.bench.harness import Settings, load_subjects, noisy_note, plan, run_bench
+from edge.bench.rows import Row, spread, summarise_times
 from edge.bench.worker import RowProcess, Target
 from edge.cli import main
 
@@ -228,3 +228,28 @@ def test_the_readme_api_example_runs_as_a_plain_script(tmp_path):
     lines = done.stdout.splitlines()
     assert sum(line.startswith("exported") for line in lines) == 1 and lines.count("predicted 3") == 1
     assert lines[-1] == "bench ['ok']", done.stdout
+
+
+def test_a_busy_machine_is_noted_with_the_steadier_setting():
+    busy, quiet = {"load_average": [4.6, 4.0, 3.0]}, {"load_average": [0.3, 0.2, 0.2]}
+    assert "--threads 1" in machine.busy_note(busy, 2, None) and "load average 4.6" in machine.busy_note(busy, 2, None)
+    assert "rerun when the machine is idle" in machine.busy_note(busy, 2, 1)
+    assert machine.busy_note(quiet, 2, None) is None and machine.busy_note({"load_average": None}, 2, None) is None
+
+
+def test_a_reference_row_whose_repeats_spread_is_noted():
+    row = Row("m", "torch-cpu", "fp32", None, 0, 0, runs=[{"p50_ms": 14.7}, {"p50_ms": 82.5}, {"p50_ms": 54.9}])
+    steady = Row("m", "ort-cpu", "fp32", None, 0, 0, runs=[{"p50_ms": 1.0}, {"p50_ms": 1.1}])
+    assert "torch-cpu fp32 p50 latency varied 5.6x" in noisy_note([steady, row], None)
+    assert "--threads 1" in noisy_note([steady, row], None)
+    assert noisy_note([steady], None) is None and noisy_note([], None) is None
+
+
+def test_bench_says_when_the_machine_is_busy(synthetic_student_onnx, tmp_path, capsys):
+    """The load reading is injected; the note is printed before the run and kept in the document."""
+    settings = Settings(providers=("ort-cpu",), batches=(1,), repeats=1, min_seconds=0.01)
+    doc = run_bench([synthetic_student_onnx], settings, "test", progress=False,
+                    load_reading=lambda: {"load_average": [8.0, 8.0, 8.0], "nice": 0})
+    err = capsys.readouterr().err
+    assert "note: the machine is busy (load average 8.0" in err and "--threads 1 gives steadier numbers" in err
+    assert doc["notes"] == [err.strip()] and doc["rows"][0]["status"] == "ok"
