@@ -286,7 +286,6 @@ def run_bench(models: list[Path], settings: Settings, command: str, progress: bo
     ``load_reading`` says how busy the machine is (`machine.load`); a busy machine, or a reference row
     whose repeats spread widely, is said on stderr (``notes`` in the document)."""
     started, load_at_start, notes = datetime.now(timezone.utc), load_reading(), []
-    _say(machine.busy_note(load_at_start, machine.cpu_info()["cores"], settings.threads), notes)
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         workdir = Path(tmp)
         subjects = load_subjects(models, settings, workdir)
@@ -294,6 +293,7 @@ def run_bench(models: list[Path], settings: Settings, command: str, progress: bo
         for subject in subjects:
             if any(job.subject is subject and job.target for job in jobs):
                 prepare_inputs(subject, settings, workdir)
+        _say(machine.busy_note(load_at_start, machine.cpu_info()["cores"], settings.threads), notes)
         run_jobs(jobs, settings, progress)
     rows = [job.row for job in jobs]
     _compare_to_reference(rows)

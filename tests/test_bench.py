@@ -246,7 +246,7 @@ def test_a_reference_row_whose_repeats_spread_is_noted():
 
 
 def test_bench_says_when_the_machine_is_busy(synthetic_student_onnx, tmp_path, capsys):
-    """The load reading is injected; the note is printed before the run and kept in the document."""
+    """The load reading is injected; the note is printed before the timing and kept in the document."""
     settings = Settings(providers=("ort-cpu",), batches=(1,), repeats=1, min_seconds=0.01)
     doc = run_bench([synthetic_student_onnx], settings, "test", progress=False,
                     load_reading=lambda: {"load_average": [8.0, 8.0, 8.0], "nice": 0})
