@@ -1,3 +1,4 @@
 """Layer 0, the core: the one error root, configs and model cards, file guards, file sniffing, the safe
-unpickler, and the data tables (weight formats, backends) and typed command options. Imports nothing
+unpickler, the data tables (weight formats, backends), typed command options, and the install's optional
+extras (torch, plot). Imports nothing
 of edge above it, and neither torch nor onnx."""
