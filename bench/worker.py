@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import IO
 import numpy as np
 
 from edge.core.backends import Backend, ProviderUnavailable, resolve
+from edge.core.extras import missing_extra
 
 CHANNELS_LAST = "+cl"
 
@@ -178,8 +180,8 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
     target = Target.from_json(receive(requests))
     try:
         _preload(target)
-    except ImportError as err:
-        return send(replies, ["unavailable", f"{target.backend}: {err}"])
+    except ImportError as err:  # torch rows of a runtime-only install
+        return send(replies, ["unavailable", str(missing_extra(err, target.backend) or err)])
     send(replies, ["ready", None])
     worker = Worker(target)
     while True:
@@ -194,7 +196,9 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
 
 def main() -> None:
     """``python -m edge.bench.worker``: replies go to the original stdout; everything else printed (by
-    edge or by a library's C code) to stderr, so it can never garble a reply."""
+    edge or by a library's C code) to stderr, so it can never garble a reply. Ctrl-C is the parent's to
+    handle: it stops its workers (and a worker whose parent is gone ends at the end of its input)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     serve(sys.stdin, replies)

@@ -87,3 +87,11 @@ def test_a_command_that_needs_torch_names_the_extra(command, synthetic_student, 
 def test_help_needs_no_torch():
     done = edge_without(NO_ONNX, "--help")
     assert done.returncode == 0 and "predict" in done.stdout
+
+
+def test_a_torch_row_of_a_runtime_only_install_is_unavailable_not_dead():
+    code = ("import io, json\nfrom edge.bench.worker import serve\nreplies = io.StringIO()\n"
+            "serve(io.StringIO(json.dumps({'backend': 'torch-cpu', 'fmt': 'fp32', 'path': 'm.pt'}) + '\\n'), replies)\n"
+            "print(replies.getvalue())")
+    done = python_without(NO_ONNX, code)
+    assert json.loads(done.stdout) == ["unavailable", 'torch-cpu needs the torch extra: pip install "edge-compress[torch]"']
