@@ -95,3 +95,11 @@ def test_a_torch_row_of_a_runtime_only_install_is_unavailable_not_dead():
             "print(replies.getvalue())")
     done = python_without(NO_ONNX, code)
     assert json.loads(done.stdout) == ["unavailable", 'torch-cpu needs the torch extra: pip install "edge-compress[torch]"']
+
+
+def test_only_an_absent_extra_is_named():
+    """Here torch is installed: an import error inside it is a broken install, reported as it is."""
+    from edge.core.extras import missing_extra
+
+    assert missing_extra(ModuleNotFoundError("no torch._x", name="torch._x")) is None
+    assert missing_extra(ModuleNotFoundError("no numpy", name="numpy")) is None

@@ -49,8 +49,8 @@ def require(extra: str, what: str = "this command") -> None:
 
 
 def missing_extra(err: ImportError, what: str = "this command") -> MissingExtra | None:
-    """The `MissingExtra` for a failed import of a module of an extra (torch, matplotlib, ...); None for
-    any other import error (a bug, not an install choice)."""
+    """The `MissingExtra` for a failed import of a module of an extra this install lacks (torch,
+    matplotlib, ...); None for any other import error (a broken install or a bug, not an install choice)."""
     root = (err.name or "").partition(".")[0]
     extra = next((name for name, modules in EXTRAS.items() if root in modules), None)
-    return needs(extra, what) if extra else None
+    return needs(extra, what) if extra and absent(extra) else None

@@ -21,7 +21,6 @@ from typing import IO, Callable, Iterable
 from edge.core.errors import EdgeError
 from edge.core.formats import MODEL_FORMATS, sniff_file
 
-
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"  # the models edge ships (a clone's models/)
 
 
