@@ -1,6 +1,7 @@
-"""Find non-finite weights in an ONNX file's bytes without the onnx package (the runtime path
-imports neither torch nor onnx): a minimal protobuf walk over the graph's initializers and
-constant tensors (``Constant`` nodes, subgraphs included), reading only float tensors' data.
+"""Read an ONNX file's bytes without the onnx package (the runtime path imports neither torch nor
+onnx): a minimal protobuf walk (`fields`, also used by `edge.codec.entropy` to expand entropy-coded
+files), and the non-finite weights it finds over the graph's initializers and constant tensors
+(``Constant`` nodes, subgraphs included), reading only float tensors' data.
 
 A NaN or inf weight does not always show in the logits (ReLU6 clips an infinite bias to 6), so
 the runtime asks this before it runs a file. Bytes it cannot parse are left to ONNX Runtime.
@@ -22,7 +23,7 @@ _TYPE, _NAME, _RAW = 2, 8, 9  # TensorProto.data_type, .name, .raw_data
 _TYPED_FIELDS = {4: 1, 10: 11, 5: None}  # float_data (FLOAT), double_data (DOUBLE), int32_data (FLOAT16/BFLOAT16)
 
 
-class _Unparsable(Exception):
+class Unparsable(Exception):
     """Not protobuf as ONNX writes it: ONNX Runtime will say what is wrong."""
 
 
@@ -43,7 +44,7 @@ def nonfinite_tensors(data: bytes | memoryview) -> list[str]:
         for number, value in _fields(data, 0, len(data)):
             if number == _GRAPH and isinstance(value, tuple):
                 _graph(data, value, found)
-    except (_Unparsable, RecursionError):  # RecursionError: subgraphs nested past Python's limit
+    except (Unparsable, RecursionError):  # RecursionError: subgraphs nested past Python's limit
         return found
     return found
 
@@ -85,7 +86,7 @@ def _values(data: memoryview, number: int, value, dtype: int) -> np.ndarray:
     if number == 5:  # int32_data: fp16/bf16 bit patterns as varints
         if dtype not in (10, _BFLOAT16):
             return np.zeros(0)
-        words = np.array(list(_varints(data, value)) if isinstance(value, tuple) else [value], np.uint32)
+        words = np.array(list(varints(data, value)) if isinstance(value, tuple) else [value], np.uint32)
         bits = words.astype(np.uint16)
     elif number == _RAW or _TYPED_FIELDS[number] == dtype:
         kind = _FLOAT_TYPES[dtype] if number == _RAW else _FLOAT_TYPES[_TYPED_FIELDS[number]]
@@ -101,39 +102,47 @@ def _values(data: memoryview, number: int, value, dtype: int) -> np.ndarray:
 
 
 def _fields(data: memoryview, start: int, end: int):
-    """(field number, value) of each field in ``data[start:end]``: an int for a varint, else the
-    (start, end) span of its bytes (fixed 32/64-bit values as spans too)."""
+    """(field number, value) of each field in ``data[start:end]`` (`fields` without the field's span)."""
+    for number, value, _ in fields(data, start, end):
+        yield number, value
+
+
+def fields(data: memoryview, start: int, end: int):
+    """(field number, value, (first, last) byte of the whole field) of each field in ``data[start:end]``;
+    the value is an int for a varint, else the (start, end) span of its bytes (fixed 32/64-bit values as
+    spans too). `Unparsable` where the bytes are not protobuf."""
     position = start
     while position < end:
-        key, position = _varint(data, position)
+        first = position
+        key, position = varint(data, position)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            value, position = _varint(data, position)
+            value, position = varint(data, position)
         elif wire in (1, 2, 5):
             if wire == 2:
-                size, position = _varint(data, position)
+                size, position = varint(data, position)
             else:
                 size = 8 if wire == 1 else 4
             value, position = (position, position + size), position + size
         else:  # groups (3, 4) are not in ONNX's schema
-            raise _Unparsable
+            raise Unparsable
         if position > end:
-            raise _Unparsable
-        yield number, value
+            raise Unparsable
+        yield number, value, (first, position)
 
 
-def _varints(data: memoryview, span: tuple[int, int]):
+def varints(data: memoryview, span: tuple[int, int]):
     position = span[0]
     while position < span[1]:
-        value, position = _varint(data, position)
+        value, position = varint(data, position)
         yield value
 
 
-def _varint(data: memoryview, position: int) -> tuple[int, int]:
+def varint(data: memoryview, position: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         if position >= len(data) or shift > 63:
-            raise _Unparsable
+            raise Unparsable
         byte = data[position]
         position += 1
         result |= (byte & 0x7F) << shift

@@ -1,7 +1,7 @@
 """The optional parts of the install and the one line that names a missing one.
 
 ``pip install edge-compress`` is the runtime an edge device needs: `edge predict`, `edge info` and
-`edge bench` on ONNX files (ONNX Runtime, numpy, Pillow; no torch). The ``torch`` extra adds what
+`edge bench` on ONNX files (ONNX Runtime, numpy, Pillow; neither torch nor onnx). The ``torch`` extra adds what
 export, train, distill, slim, compress, attack and every checkpoint need; the ``plot`` extra (in
 ``torch`` too) adds matplotlib for the PNGs. Nothing here imports torch or matplotlib.
 """
@@ -14,7 +14,7 @@ import sys
 from edge.core.errors import EdgeError
 
 DISTRIBUTION = "edge-compress"
-EXTRAS = {"torch": ("torch", "torchvision"), "plot": ("matplotlib",)}
+EXTRAS = {"torch": ("torch", "torchvision", "onnx"), "plot": ("matplotlib",)}
 
 
 class MissingExtra(EdgeError, ImportError):
