@@ -35,7 +35,7 @@ if command -v edge >/dev/null 2>&1; then
   edge=(edge)
 elif [ -x "$here/.venv/bin/edge" ]; then
   edge=("$here/.venv/bin/edge")
-elif PYTHONPATH="$here" python3 -c "import click, numpy, onnx, onnxruntime, PIL, simplejpeg, tqdm" >/dev/null 2>&1; then
+elif PYTHONPATH="$here" python3 -c "import click, numpy, onnxruntime, PIL, simplejpeg, tqdm" >/dev/null 2>&1; then
   edge=(env PYTHONPATH="$here" python3 -m edge)
 else
   echo "hw7_test.sh: edge is not installed: run 'python3 -m venv .venv && .venv/bin/pip install -e .' in $here," \
