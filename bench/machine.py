@@ -116,7 +116,11 @@ def busy_note(state: dict, cores: int, threads: int | None) -> str | None:
     if not averages or averages[0] < BUSY_PER_CORE * cores:
         return None
     return (f"note: the machine is busy (load average {averages[0]:.1f} over the last minute on {cores} cores): "
-            f"timings on {'all cores' if threads is None else f'{threads} threads'} will be noisy; {steadier(threads)}")
+            f"timings on {_threads(threads)} will be noisy; {steadier(threads)}")
+
+
+def _threads(threads: int | None) -> str:
+    return "all cores" if threads is None else f"{threads} thread{'s' * (threads > 1)}"
 
 
 def describe() -> dict:
