@@ -1,7 +1,8 @@
 """The README and docs/ quote only what the committed results files say.
 
 Every section (the text under one heading) that quotes a measurement names its results files in a
-line ``Source: bench/results/NAME.md, bench/results/NAME.json``; each number in the section must
+line ``Source: bench/results/NAME.md, bench/results/NAME.json`` (or its enclosing section does:
+``## `` covers its ``### ``, a ``# `` title nothing); each number in the section must
 occur in one of them, up to the rounding it is quoted with (``198,743`` == ``198743``;
 ``98.79%`` == ``98.79`` or ``0.9879...``; ``1.2 KB`` == ``1.2 KB`` or ``1,234``). Exempt, visibly: command lines
 (code spans and ``bash``/``python`` blocks, whose numbers are option values), words that hold a
@@ -56,12 +57,21 @@ class Quote:
 
 @dataclass
 class Section:
-    """The lines under one heading: where they start, the results files named, the checked text."""
+    """The lines under one heading: where they start, the results files named (here or in an
+    enclosing section: a ``## `` section's sources cover its ``### `` subsections), the checked text."""
     doc: str
     line: int
     heading: str
     sources: list[str]
     text: list[str]
+    parent: Section | None = None
+
+    @property
+    def level(self) -> int:
+        return len(self.heading) - len(self.heading.lstrip("#")) if self.heading.startswith("#") else 0
+
+    def all_sources(self) -> list[str]:
+        return self.sources + (self.parent.all_sources() if self.parent else [])
 
 
 def sections(doc: str, text: str) -> list[Section]:
@@ -77,7 +87,10 @@ def sections(doc: str, text: str) -> list[Section]:
             if fence == "text":
                 found[-1].text.append(line)
         elif HEADING.match(line):
-            found.append(Section(doc, number, line.strip(), [], [line]))
+            section = Section(doc, number, line.strip(), [], [line])
+            parent = next((s for s in reversed(found) if s.level < section.level), None)
+            section.parent = parent if parent and parent.level >= 2 else None  # a title covers nothing
+            found.append(section)
         elif line.lstrip("*_ ").startswith("Source:"):
             found[-1].sources += SOURCE.findall(line)
         else:
@@ -132,8 +145,8 @@ def problems(doc: str, text: str, root: Path = REPO) -> list[str]:
     """Each quoted number its section's results files do not hold, and each source that is missing."""
     found, cache = [], {}
     for section in sections(doc, text):
-        files = []
-        for source in section.sources:
+        files, sources = [], section.all_sources()
+        for source in sources:
             if source not in cache:
                 path = root / source
                 cache[source] = Numbers(path.read_text()) if path.is_file() else None
@@ -143,7 +156,7 @@ def problems(doc: str, text: str, root: Path = REPO) -> list[str]:
                 files.append(cache[source])
         for quote in quotes("\n".join(section.text)):  # whole, so a code span may wrap
             if not any(numbers.holds(quote) for numbers in files):
-                where = ", ".join(section.sources) or "no Source: line"
+                where = ", ".join(sources) or "no Source: line"
                 found.append(f"{doc}:{section.line} {section.heading}: {quote.text!r} not in {where}")
     return found
 
