@@ -2,10 +2,10 @@
 in the README's output blocks (and of the quick start's byte count, which `tests/test_export.py`
 checks against a fresh export).
 
-`--only NAME` re-runs some (train before distill before slim: they use each other's files) and keeps
-the others from the existing JSON. Each command runs verbatim in a scratch folder laid out like a clone: ``models/`` and ``hw7_test.sh``
+Each command runs verbatim in a scratch folder laid out like a clone: ``models/`` and ``hw7_test.sh``
 of this repository, and the data beside it as ``../shared``. Progress bars are dropped from the
-recorded output. Writes ``bench/results/readme_examples.json`` (machine, versions, load, and per
+recorded output. ``--only NAME`` re-runs some and keeps the others from the existing JSON (train,
+distill and slim use each other's files: re-run them together). Writes ``bench/results/readme_examples.json`` (machine, versions, load, and per
 example its command, exit code, seconds and output) and ``.md`` (the same, readable).
 
 Usage: python -m studies.readme_examples [--shared DIR] [--only NAME ...] [--json OUT] [--markdown OUT]
@@ -40,7 +40,7 @@ EXAMPLES = (
     ("train", f"edge train {FASHION} --epochs 1 -o teacher.pt"),
     ("distill", f"edge distill {FASHION} --teacher teacher.best.pt --epochs 1 -o student.pt"),
     ("slim", f"edge slim student.best.pt {FASHION} --rate 0.25 --rounds 1 --finetune-epochs 1 -o slim/"),
-    ("attack", "edge attack models/food11_student_compressed.onnx ../shared/food11/testing "
+    ("attack", "edge attack models/food11_student_uint8.onnx ../shared/food11/testing "
                "--labels ../shared/food11/reference_labels.csv --limit 32 --eps 2/255 --method fgsm "
                "--defense gaussian:1.5 --quiet"),
     ("sensitivity", "edge sensitivity ../shared/hw7/student_custom_small.bin --images ../shared/food11/testing "
