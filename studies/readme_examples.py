@@ -115,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from edge.bench.machine import describe
 
-    kept = {e["name"]: e for e in json.loads(args.json.read_text())["examples"]} if args.only else {}
+    previous = json.loads(args.json.read_text()) if args.only else {"command": "", "examples": []}
+    kept = {e["name"]: e for e in previous["examples"]}
+    command = "python -m studies.readme_examples" + "".join(f" --only {n}" for n in args.only or ())
     clone = scratch_clone(args.shared)
-    doc = {"command": "python -m studies.readme_examples" + "".join(f" --only {n}" for n in args.only or ()),
+    doc = {"command": f"{previous['command']}, then {command}" if args.only else command,
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": describe(),
            "quick_start_bytes": None, "examples": []}
     for name, command in EXAMPLES:  # written after each, so an interrupted run keeps what it finished
