@@ -4,6 +4,9 @@ files, and no dequantization left at run time. (Synthetic models on any clone: t
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -12,13 +15,14 @@ from edge.io.checkpoints import load_checkpoint
 from edge.core.config import Preprocess
 from edge.data.folders import list_samples, read_labels
 from edge.models.fold import model_layers
-from edge.io.checkpoints import init_checkpoint
 from edge.data.preprocess import load_image
 from edge.inference.runtime import OnnxClassifier
+from edge.inference.shipped import shipped_student
 from edge.inference.torch_backend import TorchClassifier
 from edge.export.exporter import export_onnx, leftover_dequantization, prepare, runtime_ops
 from edge.export.quantize import QuantSpec
 
+README_EXAMPLES = Path(__file__).resolve().parents[1] / "bench" / "results" / "readme_examples.json"
 HOMEWORK_8BIT_PICKLE_BYTES = 268_471
 HAND_BUILT_BYTES = {"fp32": 1_021_787, "fp16": 513_301, "uint8": 264_572}  # the hand graph builder's files (287cad8)
 
@@ -105,9 +109,11 @@ def test_plain_minmax_is_the_homework_rounding(ta_student, tmp_path):
 
 
 def test_default_model_exports_without_any_data(tmp_path):
-    ckpt = init_checkpoint()
+    """The quick start's export (the shipped student, uint8, data-free) writes the bytes the README quotes."""
+    ckpt = shipped_student()
     size, quant = export_onnx(ckpt, tmp_path / "default.onnx", QuantSpec("uint8"))
     assert quant["calibration"].endswith("(data-free)")
+    assert size == json.loads(README_EXAMPLES.read_text())["quick_start_bytes"], "re-run python -m studies.readme_examples"
     x = np.random.default_rng(0).random((4, 3, 256, 256), dtype=np.float32)
     ours, theirs = OnnxClassifier(tmp_path / "default.onnx")(x), TorchClassifier(ckpt)(x)
     assert np.abs(ours - theirs).max() < 0.05 * np.abs(theirs).max()
