@@ -95,6 +95,7 @@ def _gradients_on_two_ranks(rank: int, port: int, sync_bn: bool, batch, out: Pat
     F.cross_entropy(trained(images), labels).backward()
     if rank == 0:
         torch.save({n: p.grad for n, p in model.named_parameters()}, out)
+    del trained  # DDP holds the process group: let it go before the group is left
     distributed.stop()
 
 
