@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.core.backends import Backend, ProviderUnavailable, resolve
-
-CHANNELS_LAST = "+cl"
+from edge.inference.openers import CHANNELS_LAST, BackendHandler, backend_handler  # noqa: F401 (harness reads it)
 
 
 @dataclass(frozen=True)
@@ -39,18 +38,16 @@ class Target:
     def is_onnx(self) -> bool:
         return self.spec.is_onnx
 
+    @property
+    def handler(self) -> BackendHandler:
+        """What opens the file on this row's backend (`edge.inference.openers`)."""
+        return backend_handler(self.spec.kind)
+
 
 def open_backend(target: Target):
-    """The classifier for ``target``: `OnnxClassifier` (no torch) or `TorchClassifier`."""
-    if target.is_onnx:
-        from edge.inference.runtime import OnnxClassifier
-
-        return OnnxClassifier(target.path, target.backend, target.threads)
-    from edge.io.checkpoints import load_model
-    from edge.inference.torch_backend import TorchClassifier
-
-    return TorchClassifier(load_model(target.path, pools=target.pools), target.spec.device, target.threads,
-                           half=target.fmt.startswith("fp16"), channels_last=target.fmt.endswith(CHANNELS_LAST))
+    """The classifier for ``target``, opened by its backend kind's handler: `OnnxClassifier` (no torch) or
+    `TorchClassifier` (fp16, channels_last as the row's format says)."""
+    return target.handler.open(target.path, target.spec, target.threads, target.pools, target.fmt)
 
 
 def time_calls(model, x: np.ndarray, min_calls: int, min_seconds: float) -> list[float]:
@@ -119,24 +116,16 @@ class Worker:
         """(model, lanes) as `edge predict` opens this row's file; the torch variants it has no option
         for (fp16, channels_last) run as this row's own classifier, one call at a time."""
         target = self.target
-        if target.is_onnx or target.fmt == "fp32":
+        if not target.handler.options(target.fmt):
             from edge.inference.predict import open_model
 
             return open_model(target.path, target.backend, target.threads, None if target.is_onnx else target.pools)
         return self.model or open_backend(target), 1
 
 
-def _preload(target: Target) -> None:
-    """Import the backend's library before any timing, so no load time includes an import."""
-    if target.is_onnx:
-        import onnxruntime  # noqa: F401
-    else:
-        import torch  # noqa: F401
-
-
 def serve(conn, target: Target) -> None:
     """The worker process's loop: say ready, then answer commands until ``stop`` or a closed pipe."""
-    _preload(target)
+    target.handler.preload()  # before any timing, so no load time includes an import
     conn.send(("ready", None))
     worker = Worker(target)
     while True:
