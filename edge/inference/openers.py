@@ -62,6 +62,7 @@ def backend_handler(kind: str) -> BackendHandler:
 
 
 def kinds() -> tuple[str, ...]:
+    """The backend kinds registered, in registration order."""
     return tuple(_HANDLERS)
 
 
