@@ -229,6 +229,22 @@ def test_every_backend_opens_its_model_files_through_its_handler(backend, synthe
     np.testing.assert_allclose(model(x), reference, rtol=1e-4, atol=1e-4)
 
 
+def test_predict_opens_each_file_on_its_own_kind_and_names_the_other(synthetic_student, synthetic_student_onnx):
+    from edge.inference.runtime import ModelError, OnnxClassifier
+    from edge.inference.torch_backend import TorchClassifier
+
+    onnx_model, lanes = open_model(synthetic_student_onnx, "cpu", threads=3)
+    assert isinstance(onnx_model, OnnxClassifier) and lanes == 3
+    torch_model, lanes = open_model(synthetic_student, "cpu", threads=1)
+    assert isinstance(torch_model, TorchClassifier) and lanes == 1 and torch_model.provider == "torch-cpu"
+    with pytest.raises(backends.BackendError, match="is a checkpoint, run by torch: use --provider cpu or cuda, or "
+                                                    "`edge export` it first"):
+        open_model(synthetic_student, "ort-cpu")
+    with pytest.raises(backends.BackendError, match="is an ONNX file, run by ONNX Runtime: use --provider cpu or cuda$"):
+        open_model(synthetic_student_onnx, "torch-cpu")
+    with pytest.raises(ModelError, match="fixes its max-pools"):
+        open_model(synthetic_student_onnx, pools=(0, 1))
+
 def test_a_bench_rows_format_asks_torch_for_half_and_channels_last_and_onnx_runtime_for_nothing():
     torch_handler, onnx_handler = backend_handler(backends.TORCH), backend_handler(backends.ONNXRUNTIME)
     assert torch_handler.options("fp32") == {}
