@@ -87,12 +87,8 @@ class QuantSpec:
                         + ([f"low-rank {self.low_rank:g}"] if self.low_rank is not None else []))
 
     def describe(self) -> dict:
-        info = {"weights": self.weights, "per_channel": self.per_channel}
-        if self.low_rank is not None:
-            info.update(low_rank=f"pointwise convs and classifier as U·V keeping {self.low_rank:g} of the energy "
-                                 "(folded at load)")
-        info.update(self.handler.describe(self))
-        return info
+        """The file's ``edge.quant`` metadata: the format and what its handler says about the encoding."""
+        return {"weights": self.weights, "per_channel": self.per_channel, **self.handler.describe(self)}
 
 
 def candidate_specs() -> tuple[QuantSpec, ...]:

@@ -11,6 +11,12 @@ from edge.export.formats.registry import FormatHandler, float_encodings, registe
 class _FloatFormat(FormatHandler):
     dtype = np.float32  # how the file stores weights
 
+    def describe(self, spec):
+        if spec.low_rank is None:
+            return {}
+        return {"low_rank": f"pointwise convs and classifier as U·V keeping {spec.low_rank:g} of the energy "
+                            "(folded at load)"}
+
     def encodings(self, layers, spec, layer_bits):
         if spec.low_rank is not None:
             from edge.export.lowrank import low_rank_encodings
