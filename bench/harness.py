@@ -22,7 +22,8 @@ import numpy as np
 from edge.bench import machine
 from edge.bench.rows import REFERENCE, Row
 from edge.core.backends import NAMES, resolve, unavailable
-from edge.bench.worker import CHANNELS_LAST, RowProcess, Target
+from edge.bench.worker import RowProcess, Target
+from edge.inference.openers import CHANNELS_LAST
 from edge.core.weight_formats import BENCH_FORMATS, data_free, parse_choice
 from edge.codec.metadata import model_size
 

@@ -25,8 +25,7 @@ import numpy as np
 
 from edge.core.backends import Backend, ProviderUnavailable, resolve
 from edge.core.extras import missing_extra
-
-CHANNELS_LAST = "+cl"
+from edge.inference.openers import BackendHandler, backend_handler
 
 
 @dataclass(frozen=True)
@@ -52,18 +51,16 @@ class Target:
     def is_onnx(self) -> bool:
         return self.spec.is_onnx
 
+    @property
+    def handler(self) -> BackendHandler:
+        """What opens the file on this row's backend (`edge.inference.openers`)."""
+        return backend_handler(self.spec.kind)
+
 
 def open_backend(target: Target):
-    """The classifier for ``target``: `OnnxClassifier` (no torch) or `TorchClassifier`."""
-    if target.is_onnx:
-        from edge.inference.runtime import OnnxClassifier
-
-        return OnnxClassifier(target.path, target.backend, target.threads)
-    from edge.io.checkpoints import load_model
-    from edge.inference.torch_backend import TorchClassifier
-
-    return TorchClassifier(load_model(target.path, pools=target.pools), target.spec.device, target.threads,
-                           half=target.fmt.startswith("fp16"), channels_last=target.fmt.endswith(CHANNELS_LAST))
+    """The classifier for ``target``, opened by its backend kind's handler: `OnnxClassifier` (no torch) or
+    `TorchClassifier` (fp16, channels_last as the row's format says)."""
+    return target.handler.open(target.path, target.spec, target.threads, target.pools, target.fmt)
 
 
 def time_calls(model, x: np.ndarray, min_calls: int, min_seconds: float) -> list[float]:
@@ -132,7 +129,7 @@ class Worker:
         """(model, lanes) as `edge predict` opens this row's file; the torch variants it has no option
         for (fp16, channels_last) run as this row's own classifier, one call at a time."""
         target = self.target
-        if target.is_onnx or target.fmt == "fp32":
+        if not target.handler.options(target.fmt):
             from edge.inference.predict import open_model
 
             return open_model(target.path, target.backend, target.threads, None if target.is_onnx else target.pools)
@@ -156,12 +153,6 @@ def receive(stream: IO[str]):
     return json.loads(line)
 
 
-def _preload(target: Target) -> None:
-    """Import the backend's library before any timing, so no load time includes an import."""
-    if target.is_onnx:
-        import onnxruntime  # noqa: F401
-    else:
-        import torch  # noqa: F401
 
 
 def _answer(worker: Worker, command: str, kwargs: dict) -> list:
@@ -179,7 +170,7 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
     """The worker's loop: read the target, say ready, then answer commands until ``stop`` or end of input."""
     target = Target.from_json(receive(requests))
     try:
-        _preload(target)
+        target.handler.preload()
     except ImportError as err:  # torch rows of a runtime-only install
         return send(replies, ["unavailable", str(missing_extra(err, target.backend) or err)])
     send(replies, ["ready", None])

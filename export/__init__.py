@@ -1,1 +1,2 @@
-"""torch/numpy StudentNet weights -> self-describing ONNX files (fp32, fp16, uint8 with min-max)."""
+"""torch/numpy StudentNet weights -> self-describing ONNX files in every weight format of
+`edge.core.weight_formats` (`edge.export.exporter`; each format family implemented in `edge.export.formats`)."""

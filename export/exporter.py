@@ -26,11 +26,9 @@ from edge.data.folders import DatasetError
 from edge.models.merge import merged_classifier
 from edge.models.fold import fold_model
 from edge.export.calibrate import CALIBRATION_IMAGES, synthetic_images
-from edge.export.onnx_graph import (INPUT_NAME, OPSET, OUTPUT_NAME, GraphError, apply_weight_formats, compact,
-                                    write_checked)
+from edge.export.onnx_graph import INPUT_NAME, OPSET, OUTPUT_NAME, GraphError, compact, write_checked
 from edge.codec.metadata import write_metadata
 from edge.export.quantize import QuantSpec, encode_model
-from edge.codec.quant import FloatWeight
 
 
 @dataclass(frozen=True)
@@ -66,24 +64,15 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
     if layer_bits:
         quant["layer_bits"] = dict(layer_bits)
     net = _net_entry(model_file)
-    if spec.weights == "int8":
-        from edge.export.int8 import quantize_qdq
-
-        model = compact(quantize_qdq(_float_graph(folded, card), calibration, spec.per_channel))
-    else:
-        layers, encodings = encode_model(folded, spec, calibration, layer_bits,
-                                         input_shape=(card.config.in_channels, card.config.input_size, card.config.input_size))
-        if spec.bits and spec.calibrated:  # say how many layers --fp16-below kept as floats (all, on a tiny model)
-            kept = sum(isinstance(e, FloatWeight) for e in encodings.values())
-            quant["fp16_layers"] = f"{kept} of {len(encodings)} (fewer than {spec.fp16_below:,} weights)"
-        with torch.no_grad():
-            for layer in layers:  # the float weights the file holds (after equalization, bias correction)
-                module = folded.get_submodule(layer.name)
-                module.weight.copy_(torch.from_numpy(layer.weight))
-                module.bias.copy_(torch.from_numpy(layer.bias))
-        model = _float_graph(folded, card)
-        apply_weight_formats(model, layers, encodings, np.float32 if spec.weights == "fp32" else np.float16)
-        compact(model)
+    layers, encodings = encode_model(folded, spec, calibration, layer_bits,
+                                     input_shape=(card.config.in_channels, card.config.input_size, card.config.input_size))
+    quant.update(spec.handler.encoded_entries(spec, encodings))
+    with torch.no_grad():
+        for layer in layers:  # the float weights the file holds (after equalization, bias correction)
+            module = folded.get_submodule(layer.name)
+            module.weight.copy_(torch.from_numpy(layer.weight))
+            module.bias.copy_(torch.from_numpy(layer.bias))
+    model = spec.handler.apply(_float_graph(folded, card), layers, encodings, spec, calibration)
     write_metadata(model, card, quant, net)
     return write_checked(model, path, spec.entropy), quant
 

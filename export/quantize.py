@@ -1,7 +1,8 @@
 """Decide how each weight tensor of a folded torch classifier is stored, and compute its codes.
 
 ``QuantSpec`` is what the user asks for (``--quant``, ``--per-channel``, ``--method``);
-`encode_model` turns the layers of `edge.models.fold.fold_model`'s result into per-tensor encodings:
+`encode_model` turns the layers of `edge.models.fold.fold_model`'s result into per-tensor encodings, through
+the handler of the spec's format family (`edge.export.formats`, ``spec.handler``):
 
 - ``fp32`` / ``fp16``: float tensors (``--low-rank``: SVD factors, `edge.export.lowrank`).
 - ``uintN`` / ``kmeansK --method minmax``: the homework's min-max rounding / plain k-means, every weight, no data.
@@ -15,13 +16,12 @@ Biases are stored fp16 for integer formats (they are a few KB and fp16 keeps the
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from edge.export.formats import FormatHandler, format_handler
 from edge.models.fold import FoldedLayer
-from edge.codec.quant import FloatWeight, minmax_encode
 from edge.core.weight_formats import CANDIDATES, DEFAULT_METHOD, FP16_BELOW, METHODS, WeightFormat, parse_format
 
 
@@ -62,7 +62,7 @@ class QuantSpec:
     @property
     def codebook_size(self) -> int | None:
         fmt, size = parse_format(self.weights)
-        return size if fmt.family == "kmeans" else None
+        return size if fmt.codebook else None
 
     @property
     def range_dtype(self):
@@ -70,8 +70,13 @@ class QuantSpec:
         return np.float16 if self.per_channel else None
 
     @property
+    def handler(self) -> FormatHandler:
+        """The implementation of this format's family (`edge.export.formats`)."""
+        return format_handler(self.format.family)
+
+    @property
     def calibrated(self) -> bool:
-        return self.weights == "int8" or (self.bits is not None and self.method == "gptq")
+        return self.handler.calibrates(self)
 
     @property
     def label(self) -> str:
@@ -82,78 +87,13 @@ class QuantSpec:
                         + ([f"low-rank {self.low_rank:g}"] if self.low_rank is not None else []))
 
     def describe(self) -> dict:
-        info = {"weights": self.weights, "per_channel": self.per_channel}
-        if self.low_rank is not None:
-            info.update(low_rank=f"pointwise convs and classifier as U·V keeping {self.low_rank:g} of the energy "
-                                 "(folded at load)")
-        if self.weights == "int8":
-            info.update(activations="uint8", format="QDQ via onnxruntime.quantization (int8 compute)")
-        if self.bits:
-            info.update(method=self.method, dequantize="at load (constant-folded)", bias="fp16", code_bits=self.bits)
-            if self.codebook_size:
-                info.update(codebook=f"{self.codebook_size} fp16 values per tensor"
-                                     + (", scaled per output channel (fp16)" if self.per_channel else ""))
-            if self.calibrated:
-                info.update(fp16_below=self.fp16_below, equalization="cross-layer, searched", bias_correction=True)
-            if self.train_epochs:
-                info.update(trained=f"{self.train_epochs} epochs of KD on augmented calibration images "
-                                    "(edge.export.finetune)")
-            if self.entropy:
-                info.update(entropy="edge.entropy: open with edge or `edge convert --to onnx`")
-        return info
+        """The file's ``edge.quant`` metadata: the format and what its handler says about the encoding."""
+        return {"weights": self.weights, "per_channel": self.per_channel, **self.handler.describe(self)}
 
 
 def candidate_specs() -> tuple[QuantSpec, ...]:
     """`edge.core.weight_formats.CANDIDATES` as specs, smallest file first."""
     return tuple(QuantSpec(weights, **options) for weights, options in CANDIDATES)
-
-
-def _float_encodings(layers: list[FoldedLayer], dtype) -> dict[str, FloatWeight]:
-    return {layer.name: FloatWeight(layer.weight.astype(dtype)) for layer in layers}
-
-
-def _scaled(layer: FoldedLayer, spec: QuantSpec) -> bool:
-    """--per-channel kmeansK: whether the layer's channels get their own scale (2 bytes each), which
-    pays where a channel has more weights than the codebook has values (not a depthwise 3x3's 9)."""
-    return spec.per_channel and layer.weight[0].size > spec.codebook_size
-
-
-def _calibrated_encoder(spec: QuantSpec, layer_bits: dict[str, int]):
-    """``encode(layer, hessian) -> encoding``: fp16 below ``spec.fp16_below`` weights, else GPTQ on the
-    min-max grid (uintN, ``layer_bits`` per layer) or the Hessian-weighted codebook (kmeansK)."""
-    from edge.export.calibrate import grid_quantizer, grouped, gptq_codes
-    from edge.export.kmeans import calibrated_codebook
-
-    def encode(layer: FoldedLayer, hessian):
-        if layer.weight.size < spec.fp16_below:
-            return FloatWeight(layer.weight.astype(np.float16))
-        if spec.codebook_size:
-            return calibrated_codebook(layer, hessian, spec.codebook_size, _scaled(layer, spec))
-        bits = layer_bits.get(layer.name, spec.bits)
-        grid = minmax_encode(layer.weight, bits, spec.per_channel, range_dtype=spec.range_dtype)
-        per_row = (layer.weight.shape[0],) + (1,) * (layer.weight.ndim - 1)
-        lo = grouped(layer, np.broadcast_to(grid.offset, per_row))
-        step = grouped(layer, np.broadcast_to(np.where(grid.step > 0, grid.step, 1.0), per_row))
-        codes = gptq_codes(grouped(layer, layer.weight), hessian, grid_quantizer(lo, step, grid.levels))
-        return dataclasses.replace(grid, q=codes.reshape(layer.weight.shape).numpy().astype(np.uint8))
-
-    return encode
-
-
-def _data_free_encodings(layers: list[FoldedLayer], spec: QuantSpec, layer_bits: dict[str, int]) -> dict:
-    if spec.bits is None:
-        dtype = np.float16 if spec.weights == "fp16" else np.float32
-        if spec.low_rank is not None:
-            from edge.export.lowrank import low_rank_encodings
-
-            return low_rank_encodings(layers, spec.low_rank, dtype)
-        return _float_encodings(layers, dtype)
-    if spec.codebook_size:
-        from edge.export.kmeans import plain_codebook
-
-        return {l.name: plain_codebook(l.weight, spec.codebook_size, _scaled(l, spec)) for l in layers}
-    return {l.name: minmax_encode(l.weight, layer_bits.get(l.name, spec.bits), spec.per_channel,
-                                  range_dtype=spec.range_dtype) for l in layers}
 
 
 def encode_model(folded, spec: QuantSpec, calibration: np.ndarray | None = None,
@@ -173,9 +113,10 @@ def encode_model(folded, spec: QuantSpec, calibration: np.ndarray | None = None,
     from edge.models.fold import model_layers
 
     layer_bits = layer_bits or {}
-    if not spec.calibrated or spec.weights == "int8":
+    encoder = spec.handler.encoder(spec, layer_bits)
+    if encoder is None:
         layers = model_layers(folded)
-        return layers, _data_free_encodings(layers, spec, layer_bits)
+        return layers, spec.handler.encodings(layers, spec, layer_bits)
     from edge.export.calibrate import CALIBRATION_IMAGES, calibrate, synthetic_images
     from edge.export.equalize import equalize
 
@@ -187,7 +128,7 @@ def encode_model(folded, spec: QuantSpec, calibration: np.ndarray | None = None,
     model = copy.deepcopy(folded)
     equalize(model, calibration, spec.bits, spec.per_channel, spec.fp16_below)
     teacher = copy.deepcopy(model) if spec.train_epochs else None
-    encodings = calibrate(model, calibration, _calibrated_encoder(spec, layer_bits), progress)
+    encodings = calibrate(model, calibration, encoder, progress)
     if teacher is not None:
         from edge.export.finetune import train_quantized
 

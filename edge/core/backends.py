@@ -1,16 +1,18 @@
 """The backends edge runs models on, in one table: `edge predict --provider`, `edge bench --provider`,
 `edge.inference.runtime` (ONNX Runtime providers) and `edge.bench` read it from here.
 
-A backend is a library (``kind``: ``onnxruntime`` runs .onnx files, ``torch`` runs checkpoints) on
-a device. Users name it by its canonical name (``ort-cuda``) or an alias (``cuda``). The plain
-device names ``cpu`` and ``cuda`` follow the model: ONNX Runtime's for an .onnx file (and in
-`edge bench`), torch's for a checkpoint (`resolve` with ``kind``). Nothing here imports
-onnxruntime or torch until availability is asked (`check_available`).
+A backend is a library (``kind``: ``onnxruntime`` runs .onnx files, ``torch`` runs checkpoints; a row of
+`LIBRARIES` each, whose handler in `edge.inference.openers` opens models) on a device. Users name it by
+its canonical name (``ort-cuda``) or an alias (``cuda``). The plain device names ``cpu`` and ``cuda``
+follow the model: ONNX Runtime's for an .onnx file (and in `edge bench`), torch's for a checkpoint
+(`resolve` with ``kind``). Nothing here imports onnxruntime or torch until availability is asked
+(`check_available`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from edge.core import extras
 from edge.core.errors import EdgeError
@@ -35,6 +37,11 @@ class Backend:
         return self.kind == ONNXRUNTIME
 
     @property
+    def library(self) -> "Library":
+        """Its kind's row of `LIBRARIES`."""
+        return LIBRARIES[self.kind]
+
+    @property
     def spellings(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
 
@@ -52,6 +59,46 @@ BACKENDS = (
 )
 NAMES = tuple(b.name for b in BACKENDS)
 SPELLINGS = tuple(sorted(s for b in BACKENDS for s in b.spellings))
+
+
+def _onnxruntime_missing(backend: Backend) -> str | None:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if backend.provider not in available:
+        return (f"{backend.name} ({backend.provider}) is not available in this onnxruntime build (it has "
+                f"{', '.join(available)}): {backend.install_hint}")
+    return None
+
+
+def _torch_missing(backend: Backend) -> str | None:
+    if (reason := extras.absent("torch")):
+        return reason
+    if backend.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+            return f"torch {torch.__version__} ({build}) sees no CUDA GPU: {backend.install_hint}"
+    return None
+
+
+@dataclass(frozen=True)
+class Library:
+    """A backend kind: the library behind its backends and the model files it runs (opened by the kind's
+    handler, `edge.inference.openers`)."""
+
+    kind: str
+    runs: str  # the model files it runs
+    a_file: str  # what one of them is, for messages
+    advice: str  # what else a user can do with such a file
+    missing: Callable[[Backend], str | None]  # why a backend of it cannot run here (imports the library)
+
+
+LIBRARIES = {
+    ONNXRUNTIME: Library(ONNXRUNTIME, ".onnx files", "an ONNX file, run by ONNX Runtime", "", _onnxruntime_missing),
+    TORCH: Library(TORCH, "checkpoints", "a checkpoint, run by torch", ", or `edge export` it first", _torch_missing),
+}
 
 
 class BackendError(EdgeError, ValueError):
@@ -73,8 +120,7 @@ def resolve(name: str, kind: str | None = None) -> Backend:
     for backend in BACKENDS:
         if key in backend.spellings:
             if kind is not None and backend.kind != kind:
-                runs = ".onnx files" if backend.is_onnx else "checkpoints"
-                raise BackendError(f"{name} is {backend.kind}'s backend, which runs {runs}")
+                raise BackendError(f"{name} is {backend.kind}'s backend, which runs {backend.library.runs}")
             return backend
     raise BackendError(f"unknown backend {name!r}: choose from {', '.join(SPELLINGS)}")
 
@@ -89,23 +135,7 @@ def parse_list(text: str) -> tuple[str, ...]:
 
 def unavailable(backend: Backend) -> str | None:
     """Why ``backend`` cannot run on this machine, with what to install; None when it can."""
-    if backend.is_onnx:
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        if backend.provider not in available:
-            return (f"{backend.name} ({backend.provider}) is not available in this onnxruntime build (it has "
-                    f"{', '.join(available)}): {backend.install_hint}")
-        return None
-    if (reason := extras.absent("torch")):
-        return reason
-    if backend.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
-            return f"torch {torch.__version__} ({build}) sees no CUDA GPU: {backend.install_hint}"
-    return None
+    return backend.library.missing(backend)
 
 
 def check_available(backend: Backend) -> Backend:

@@ -4,7 +4,8 @@ the CLI's ``--quant``/``--method`` choices and help, `edge bench`'s formats, the
 candidates (`edge.export.select`) and `edge compress` read it from here.
 
 A format is named ``fp32``, ``fp16``, ``int8``, ``uintN`` (N = 1..8) or ``kmeansK`` (K = 2..256);
-`edge.export.quantize.QuantSpec` holds one with its options. Every option a format lists in
+`edge.export.quantize.QuantSpec` holds one with its options; a row's ``family`` names its implementation
+(`edge.export.formats`, one handler per family). Every option a format lists in
 ``options`` is a `QuantSpec` field; ``methods`` are the calibrations that apply to it
 (`METHODS`). `edge bench` and `edge slim` name a format with its method as ``FORMAT[:METHOD]``
 (``uint8:minmax``, `parse_choice`).
@@ -23,10 +24,11 @@ class WeightFormat:
     sizes: range | None = None  # the N of uintN / K of kmeansK
     options: tuple[str, ...] = ()  # QuantSpec fields that apply
     methods: tuple[str, ...] = ()  # calibrations that apply, the default first
+    codebook: bool = False  # the size counts codebook values (kmeansK), not bits (uintN)
 
     def bits(self, size: int) -> int:
         """Bits per stored code."""
-        return size if self.family == "uint" else max(1, (size - 1).bit_length())
+        return max(1, (size - 1).bit_length()) if self.codebook else size
 
 
 METHODS = {  # the calibrations of integer formats, the default first
@@ -47,7 +49,7 @@ FORMATS = (
                  tuple(METHODS)),
     WeightFormat("kmeans", "kmeansK", "weight sharing: ceil(log2 K)-bit indices (K = 2..256, densely packed) into an "
                  "fp16 codebook per tensor (per channel: times an fp16 scale per output channel), decoded at load",
-                 range(2, 257), CODED_OPTIONS, tuple(METHODS)),
+                 range(2, 257), CODED_OPTIONS, tuple(METHODS), codebook=True),
     WeightFormat("int8", "int8", "ONNX Runtime's calibrated QDQ (int8 weights and activations, int8 kernels)",
                  options=("per_channel",)),
 )

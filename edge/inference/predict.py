@@ -11,7 +11,6 @@ the CSV does not depend on thread counts, and only the batches in flight are hel
 from __future__ import annotations
 
 import csv
-import os
 import sys
 import threading
 import time
@@ -22,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.core.backends import ONNXRUNTIME, TORCH, BackendError, ProviderUnavailable, resolve, unavailable
+from edge.core.backends import LIBRARIES, ONNXRUNTIME, TORCH, BackendError, ProviderUnavailable, resolve, unavailable
 from edge.core.config import Preprocess
 from edge.data.folders import Sample
 from edge.core.errors import EdgeError
 from edge.core.files import atomic_write
 from edge.data.preprocess import ImageError, read_image, to_array
+from edge.inference.openers import backend_handler, cpu_cores
 
 
 @dataclass
@@ -61,34 +61,27 @@ class NonFiniteOutput(EdgeError):
     """The model answered NaN or inf: a damaged model, not an answer."""
 
 
-def cpu_cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def open_model(path: str | Path, provider: str = "cpu", threads: int | None = None,
                pools: tuple[int, ...] | None = None):
-    """-> (classifier, lanes): an ONNX file (by name or content) -> `OnnxClassifier` (no torch);
-    any model file edge reads (`edge.io.checkpoints.load_model`) -> `TorchClassifier`. ``lanes`` is how many model calls may run at once: on ONNX
-    Runtime's CPU provider, ``threads`` (default: all cores) single-threaded calls; otherwise 1."""
+    """-> (classifier, lanes): an ONNX file (by name or content) runs on ONNX Runtime (`OnnxClassifier`, no
+    torch), any other model file edge reads (`edge.io.checkpoints.load_model`) on torch (`TorchClassifier`),
+    each opened by its backend kind's handler (`edge.inference.openers`). ``lanes`` is how many model calls
+    may run at once: on ONNX Runtime's CPU provider, ``threads`` (default: all cores) single-threaded calls;
+    otherwise 1."""
     from edge.core.formats import is_onnx
 
     path = Path(path)
-    if is_onnx(path):
-        from edge.inference.runtime import ModelError, OnnxClassifier
+    onnx_file = is_onnx(path)
+    if onnx_file and pools is not None:
+        from edge.inference.runtime import ModelError
 
-        if pools is not None:
-            raise ModelError(f"{path}: an ONNX file, whose graph fixes its max-pools: --pools describes a homework "
-                             "checkpoint's")
-
-        if _backend(path, provider, ONNXRUNTIME).device == "cpu":
-            return OnnxClassifier(path, provider, threads=1), threads or cpu_cores()
-        return OnnxClassifier(path, provider, threads), 1
-    from edge.io.checkpoints import load_model
-    from edge.inference.torch_backend import TorchClassifier
-
-    backend = _backend(path, provider, TORCH)
-    return TorchClassifier(load_model(path, pools=pools), backend.device, threads), 1
+        raise ModelError(f"{path}: an ONNX file, whose graph fixes its max-pools: --pools describes a homework "
+                         "checkpoint's")
+    kind = ONNXRUNTIME if onnx_file else TORCH
+    backend = _backend(path, provider, kind)
+    handler = backend_handler(kind)
+    call_threads, lanes = handler.lanes(backend, threads)
+    return handler.open(path, backend, call_threads, pools), lanes
 
 
 def _backend(path: Path, provider: str, kind: str):
@@ -96,9 +89,9 @@ def _backend(path: Path, provider: str, kind: str):
     try:
         backend = resolve(provider, kind)
     except BackendError as err:
-        what = "a checkpoint, run by torch" if kind == TORCH else "an ONNX file, run by ONNX Runtime"
-        raise BackendError(f"--provider {err}; {path} is {what}: use --provider cpu or cuda"
-                           + (", or `edge export` it first" if kind == TORCH else "")) from None
+        library = LIBRARIES[kind]
+        raise BackendError(f"--provider {err}; {path} is {library.a_file}: use --provider cpu or cuda"
+                           + library.advice) from None
     reason = unavailable(backend)
     if reason:
         raise ProviderUnavailable(f"--provider {provider} (for {path}): {reason}; or use --provider cpu")

@@ -1,0 +1,108 @@
+"""The backend registry: each backend kind of `edge.core.backends` (``onnxruntime``, ``torch``) -> the
+`BackendHandler` that opens a model file on one of its backends, for `edge predict` and the API
+(`edge.inference.predict.open_model`) and for `edge bench`'s rows (`edge.bench.worker.open_backend`).
+
+A handler class registers itself with ``@register_backend(kind)``. Registering imports nothing heavy:
+each handler imports its library only when it opens a model, so ONNX Runtime's never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+from edge.core.backends import ONNXRUNTIME, TORCH, Backend
+
+CHANNELS_LAST = "+cl"  # a torch bench row's format suffix: run in channels_last memory format
+
+
+class BackendHandler:
+    """How the backends of one kind open a model file."""
+
+    kind = ""  # set by `register_backend`
+
+    def preload(self) -> None:
+        """Import the library, so that no timed load includes its import."""
+        raise NotImplementedError
+
+    def open(self, path: str | os.PathLike, backend: Backend, threads: int | None = None,
+             pools: tuple[int, ...] | None = None, variant: str = ""):
+        """The classifier (``model(images) -> logits``, ``.card``) for ``path`` on ``backend``. ``variant``: a
+        bench row's format (`options`); ``pools``: a homework checkpoint's max-pools."""
+        raise NotImplementedError
+
+    def options(self, variant: str) -> dict:
+        """What a bench row's format asks of this library beyond the file (none: the file says it all)."""
+        return {}
+
+    def lanes(self, backend: Backend, threads: int | None) -> tuple[int | None, int]:
+        """-> (threads of each model call, how many calls may run at once) for `edge predict`."""
+        return threads, 1
+
+
+_HANDLERS: dict[str, BackendHandler] = {}
+
+
+def register_backend(kind: str):
+    """Register the decorated `BackendHandler` subclass (one instance) as backend ``kind``'s implementation."""
+    def register(cls: type[BackendHandler]) -> type[BackendHandler]:
+        assert kind not in _HANDLERS, f"backend kind {kind!r} registered twice"
+        handler = cls()
+        handler.kind = kind
+        _HANDLERS[kind] = handler
+        return cls
+    return register
+
+
+def backend_handler(kind: str) -> BackendHandler:
+    """The handler of a backend kind (``Backend.kind``)."""
+    try:
+        return _HANDLERS[kind]
+    except KeyError:
+        raise KeyError(f"backend kind {kind!r} has no handler: register one in edge.inference.openers") from None
+
+
+def kinds() -> tuple[str, ...]:
+    """The backend kinds registered, in registration order."""
+    return tuple(_HANDLERS)
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@register_backend(ONNXRUNTIME)
+class OnnxRuntimeHandler(BackendHandler):
+    """`edge.inference.runtime.OnnxClassifier` (no torch). The graph fixes the pools; ``pools`` is ignored."""
+
+    def preload(self) -> None:
+        import onnxruntime  # noqa: F401
+
+    def open(self, path, backend, threads=None, pools=None, variant=""):
+        from edge.inference.runtime import OnnxClassifier
+
+        return OnnxClassifier(path, backend.name, threads)
+
+    def lanes(self, backend, threads):
+        """On the CPU, ``threads`` (default: all cores) single-threaded calls at once: no core waits for another
+        inside an operator; on a GPU one call at a time."""
+        return (1, threads or cpu_cores()) if backend.device == "cpu" else (threads, 1)
+
+
+@register_backend(TORCH)
+class TorchHandler(BackendHandler):
+    """`edge.inference.torch_backend.TorchClassifier` of any model file `edge.io.checkpoints.load_model` reads."""
+
+    def preload(self) -> None:
+        import torch  # noqa: F401
+
+    def options(self, variant: str) -> dict:
+        """``fp16`` -> half precision, ``+cl`` -> channels_last (``fp32``: neither)."""
+        options = {"half": variant.startswith("fp16"), "channels_last": variant.endswith(CHANNELS_LAST)}
+        return {name: value for name, value in options.items() if value}
+
+    def open(self, path, backend, threads=None, pools=None, variant=""):
+        from edge.inference.torch_backend import TorchClassifier
+        from edge.io.checkpoints import load_model
+
+        return TorchClassifier(load_model(path, pools=pools), backend.device, threads, **self.options(variant))
