@@ -93,11 +93,13 @@ class Library:
     a_file: str  # what one of them is, for messages
     advice: str  # what else a user can do with such a file
     missing: Callable[[Backend], str | None]  # why a backend of it cannot run here (imports the library)
+    extra: str | None = None  # the install extra that brings the library (None: the base install has it)
 
 
 LIBRARIES = {
     ONNXRUNTIME: Library(ONNXRUNTIME, ".onnx files", "an ONNX file, run by ONNX Runtime", "", _onnxruntime_missing),
-    TORCH: Library(TORCH, "checkpoints", "a checkpoint, run by torch", ", or `edge export` it first", _torch_missing),
+    TORCH: Library(TORCH, "checkpoints", "a checkpoint, run by torch", ", or `edge export` it first", _torch_missing,
+                   "torch"),
 }
 
 

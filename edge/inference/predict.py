@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.core import extras
 from edge.core.backends import LIBRARIES, ONNXRUNTIME, TORCH, BackendError, ProviderUnavailable, resolve, unavailable
 from edge.core.config import Preprocess
 from edge.data.folders import Sample
@@ -92,6 +93,8 @@ def _backend(path: Path, provider: str, kind: str):
         library = LIBRARIES[kind]
         raise BackendError(f"--provider {err}; {path} is {library.a_file}: use --provider cpu or cuda"
                            + library.advice) from None
+    if LIBRARIES[kind].extra:
+        extras.require(LIBRARIES[kind].extra)
     reason = unavailable(backend)
     if reason:
         raise ProviderUnavailable(f"--provider {provider} (for {path}): {reason}; or use --provider cpu")
