@@ -17,14 +17,13 @@ import tracemalloc
 import zlib
 from pathlib import Path
 
-import click
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from edge.bench.cli import _read_previous
+from edge.bench.command import _read_previous
 from edge.io.checkpoints import load_checkpoint
 from edge.cli import main
 from edge.core.config import ConfigError, ModelCard, Preprocess
@@ -328,7 +327,7 @@ def fifo(tmp_path):
 @pytest.mark.parametrize("reader,error", [
     (lambda path: read_labels(path), InputError),
     (lambda path: read_image(path, Preprocess()), ImageError),
-    (lambda path: _read_previous(path), click.BadParameter),
+    (lambda path: _read_previous(path), ConfigError),
     (lambda path: OnnxClassifier(path), ModelError),
 ], ids=["labels", "image", "bench --compare", "onnx model"])
 def test_every_runtime_input_reader_refuses_a_pipe_without_opening_it(fifo, reader, error):

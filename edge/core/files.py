@@ -61,8 +61,6 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: b
     _check_not_special(path, what)
     _check_not_an_input(path, inputs, what)
     if path.exists():
-        if not overwrite:
-            raise OutputError(f"{path}: {what} exists and edge does not replace it: {hint}")
         if not writes_model and _is_model_file(path):
             raise OutputError(f"{path}: {what} would replace a model file; edge never overwrites a model with "
                               f"a {what}: choose another name")
@@ -70,6 +68,8 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: b
             raise OutputError(f"{path}: {what} would replace a file that is not {model_format.upper()} (its bytes "
                               f"read {_format_of(path)}); edge replaces only a file of the same format: choose "
                               f"another name")
+        if not overwrite:
+            raise OutputError(f"{path}: {what} exists and edge does not replace it: {hint}")
     _check_folder(path, what)
     return path
 
