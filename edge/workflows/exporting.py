@@ -98,8 +98,8 @@ def _export_lines(document: dict) -> tuple[str, ...]:
     return (f"model: {document['model']}",
             f"wrote {document['output']}: {document['bytes']:,} bytes",
             f"weights: {head}" + "".join(f"\n  {line}" for line in details),
-            f"parity vs torch fp32 on {parity['source']}: max |logit diff| {parity['max_abs_diff']:.4g}, "
-            f"top-1 agreement {parity['agreement']:.2%}",
+            f"parity: top-1 agreement {parity['agreement']:.2%} with torch fp32, max |logit diff| "
+            f"{parity['max_abs_diff']:.4g}, on {parity['source']}",
             f"runtime graph: {document['runtime_graph']}")
 
 
