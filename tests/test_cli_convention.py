@@ -125,3 +125,14 @@ def test_info_is_an_aligned_listing_by_default(exported):
     assert lines[0].startswith("file:") and any(line.startswith("parameters:") for line in lines)
     assert len({line.index(":") + len(line[line.index(":") + 1:]) - len(line[line.index(":") + 1:].lstrip())
                 for line in lines}) == 1  # every value starts in the same column
+
+
+def test_json_alone_prints_where_json_path_writes(synthetic_student, synthetic_photos, tmp_path):
+    """sensitivity (like bench and attack) keeps --json PATH; --json alone prints the document instead."""
+    args = ["sensitivity", synthetic_student, "--images", synthetic_photos, "--limit", "2", "--bits", "4"]
+    printed = _invoke(*args, "--json")
+    assert printed.exit_code == 0, printed.output
+    layers = json.loads(printed.stdout)["layers"]
+    assert layers and {"name", "weights", "agreement"} <= set(layers[0])
+    assert _invoke(*args, "--json", tmp_path / "rows.json").exit_code == 0
+    assert json.loads((tmp_path / "rows.json").read_text()) == layers

@@ -110,7 +110,8 @@ def _export_within_drop(options: ExportOptions, model, calibration, offset: int)
     pictures, label_array, count = _validation_set(options, model, offset)
     chosen, trials = select_format(model, options.output, pictures, label_array, options.max_drop, *calibration)
     width = max(len(trial.name) for trial in trials)
-    lines = [f"{'format':<{width}} {'bytes':>10} {'agreement':>10} {'accuracy':>9}  within {options.max_drop} pt "
+    lines = [f"model: {_model_line(options, model)}",
+             f"{'format':<{width}} {'bytes':>10} {'agreement':>10} {'accuracy':>9}  within {options.max_drop} pt "
              f"on {count} images"]
     for trial in trials:
         accuracy = f"{trial.accuracy:.2f}%" if trial.accuracy is not None else "-"

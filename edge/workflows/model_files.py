@@ -45,12 +45,13 @@ def _summary(options: InfoOptions, card, parameters: int, flops: float, extra: d
 
 
 def info_lines(summary: dict) -> tuple[str, ...]:
-    """``key: value`` lines, keys aligned; a nested dict shows as ``k=v`` pairs, a list comma-joined."""
-    def text(value) -> str:
+    """``key: value`` lines, keys aligned; a list is comma-joined, a nested dict ``k=v`` pairs (its lists in [])."""
+    def text(value, nested: bool = False) -> str:
         if isinstance(value, dict):
-            return ", ".join(f"{k}={text(v)}" for k, v in value.items())
+            return ", ".join(f"{k}={text(v, True)}" for k, v in value.items())
         if isinstance(value, (list, tuple)):
-            return ", ".join(map(str, value))
+            joined = ", ".join(map(str, value))
+            return f"[{joined}]" if nested else joined
         return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
     width = max(map(len, summary))
