@@ -88,21 +88,29 @@ def _command_line() -> str:
     return "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def parse_options(options_class, params: dict):
+    """-> (the command's options object, whether --json asked for the document on stdout): click's parameters
+    less the presentation ones (--json; --quiet where nothing of the command shows progress)."""
+    from edge.core.options import from_click, option_names
+
+    params = dict(params)
+    as_json = params.pop("json", False) or params.get("json_out") == STDOUT
+    if params.get("json_out") == STDOUT:
+        params["json_out"] = None
+    if "quiet" not in option_names(options_class):
+        params.pop("quiet", None)
+    return from_click(options_class, params), as_json
+
+
 def _execute(command, options_class, params: dict, *args) -> None:
     """``params`` -> ``options_class`` -> ``command(options, *args)``; print its report (or, with --json, its
     JSON document alone on stdout: anything else the command prints goes to stderr); exit with its code."""
     import json
 
-    from edge.core.options import from_click, option_names
     from edge.core.reports import Report
 
-    as_json = params.pop("json", False) or params.get("json_out") == STDOUT
-    if params.get("json_out") == STDOUT:
-        params["json_out"] = None
-    if "quiet" not in option_names(options_class):
-        params.pop("quiet", None)  # nothing of this command's shows progress
     with _user_errors():
-        options = from_click(options_class, params)
+        options, as_json = parse_options(options_class, params)
         with redirect_stdout(sys.stderr) if as_json else nullcontext():
             result = command(options, *args)
     report = result if isinstance(result, Report) else Report((), result)
