@@ -24,6 +24,8 @@ import click
 from edge import __version__
 from edge.core import backends
 from edge.core import weight_formats as formats
+from edge.core.options import (THREADS_MAX, AttackOptions, BenchOptions, ExportOptions, PredictOptions,
+                               SensitivityOptions)
 
 
 def _int_list(value: str | None, option: str = "--pools", distinct: bool = True) -> tuple[int, ...] | None:
@@ -61,9 +63,29 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+class Checked(click.ParamType):
+    """A number option checked by its options class's `edge.core.options.Rule`: the one validation the
+    Python API applies too (a bad value is click's usage error, exit 2)."""
+
+    def __init__(self, options_class, field: str):
+        self.field, self.rule = field, options_class.RULES[field]
+        self.name = "integer" if self.rule.kind == "int" else "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            try:
+                value = int(value) if self.rule.kind == "int" else float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a valid {self.name}", param, ctx)
+        try:
+            return self.rule.check(self.field, value)
+        except (TypeError, ValueError) as err:
+            self.fail(str(err), param, ctx)
+
+
 # --threads/--workers: torch starts two OS threads per --threads at its first call, so a typo like
 # 100000 would start 200,000; no machine edge runs on has this many cores
-THREADS = click.IntRange(1, 256)
+THREADS = click.IntRange(1, THREADS_MAX)
 STDOUT = Path("-")  # `--json` alone (bench, attack, sensitivity): the document goes to stdout
 
 
@@ -178,23 +200,23 @@ def main():
 @click.option("--entropy", is_flag=True,
               help="Entropy-code the integer codes (smaller file; only edge opens it: `edge convert --to onnx` "
                    "writes the plain ONNX file).")
-@click.option("--train-epochs", default=0, show_default=True, type=click.IntRange(0),
+@click.option("--train-epochs", default=0, show_default=True, type=Checked(ExportOptions, "train_epochs"),
               help="uintN/kmeansK: trained quantization, epochs of KD on augmented --calib images (codebooks "
                    "and scales, or the codes on the fixed grid; and the biases).")
-@click.option("--fp16-below", default=formats.FP16_BELOW, show_default=True, type=click.IntRange(0), metavar="N",
+@click.option("--fp16-below", default=formats.FP16_BELOW, show_default=True, type=Checked(ExportOptions, "fp16_below"), metavar="N",
               help="uintN/kmeansK --method gptq: layers with fewer than N weights stay fp16 (the sensitive small ones).")
-@click.option("--low-rank", type=FiniteRange(0, 1, min_open=True), metavar="ENERGY",
+@click.option("--low-rank", type=Checked(ExportOptions, "low_rank"), metavar="ENERGY",
               help="fp32/fp16: store pointwise convs and the classifier as SVD factors U·V keeping ENERGY (e.g. "
                    "0.99) of the squared singular values, where that saves bytes (folded back at load).")
 @click.option("--calib", "calibration_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of unlabelled images to calibrate gptq on (default: synthetic images, data-free).")
-@click.option("--calib-images", "calibration_images", default=64, show_default=True, type=click.IntRange(1),
+@click.option("--calib-images", "calibration_images", default=64, show_default=True, type=Checked(ExportOptions, "calibration_images"),
               help="How many --calib images to use (the first ones in id order).")
 @_pools_option("Stages followed by a max-pool (default: the homework's 0,1,2,3).")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of real images for the parity check (default: random input). When it is the "
                    "--calib folder, the images after the calibration ones are used.")
-@click.option("--max-drop", type=FiniteRange(0, 100), metavar="POINTS",
+@click.option("--max-drop", type=Checked(ExportOptions, "max_drop"), metavar="POINTS",
               help="Pick the smallest weight format whose top-1 agreement with fp32 (and accuracy, with "
                    "--labels) on --images stays within POINTS; prints what it tried. Overrides --quant.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --images.")
@@ -219,10 +241,10 @@ def export(**params):
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--images", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of real images to measure on.")
-@click.option("--limit", default=128, show_default=True, type=click.IntRange(1), help="Images used (first by id).")
-@click.option("--bits", default=8, show_default=True, type=click.IntRange(1, 8), help="Bit width of the rounding.")
+@click.option("--limit", default=128, show_default=True, type=Checked(SensitivityOptions, "limit"), help="Images used (first by id).")
+@click.option("--bits", default=8, show_default=True, type=Checked(SensitivityOptions, "bits"), help="Bit width of the rounding.")
 @click.option("--per-channel", is_flag=True, help="Per-output-channel min-max (or codebook) instead of per tensor.")
-@click.option("--kmeans", type=click.IntRange(2, 256), metavar="K",
+@click.option("--kmeans", type=Checked(SensitivityOptions, "kmeans"), metavar="K",
               help="Weight sharing instead of min-max: K shared values (plain k-means) per tensor or channel.")
 @_pools_option()
 @_json_path("the rows")
@@ -246,12 +268,12 @@ def sensitivity(**params):
 @click.option("--provider", default="cpu", show_default=True, type=click.Choice(backends.SPELLINGS),
               help="cpu/cuda: ONNX Runtime's CPU/CUDA provider for .onnx files (torch's device for checkpoints). "
                    "All: " + backends.help_text() + ".")
-@click.option("--batch", default=4, show_default=True, type=click.IntRange(1),
+@click.option("--batch", default=4, show_default=True, type=Checked(PredictOptions, "batch"),
               help="Images per model call (small batches stay in cache; the CSV is the same for any).")
-@click.option("--workers", type=THREADS,
+@click.option("--workers", type=Checked(PredictOptions, "workers"),
               help="Threads that decode images, each a batch at a time before running the model on it "
                    "(default: all cores).")
-@click.option("--threads", type=THREADS,
+@click.option("--threads", type=Checked(PredictOptions, "threads"),
               help="Inference threads (default: all cores). ONNX on CPU: this many single-threaded "
                    "model calls at once.")
 @_pools_option()
@@ -314,12 +336,12 @@ def convert(**params):
 @click.option("--batch", "batches", default="1,32", show_default=True, metavar="B,..",
               callback=lambda ctx, param, value: _int_list(value, "--batch", distinct=False),
               help="Batch sizes: latency at the smallest, throughput at each.")
-@click.option("--threads", type=THREADS,
+@click.option("--threads", type=Checked(BenchOptions, "threads"),
               help="Inference threads per backend (default: the library's, all cores). On a machine shared "
                    "with other work, 1 is far steadier.")
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
+@click.option("--repeats", default=3, show_default=True, type=Checked(BenchOptions, "repeats"),
               help="Rounds over all rows (interleaved); cells show median (min-max) over them.")
-@click.option("--min-time", default=0.5, show_default=True, type=FiniteRange(0.01),
+@click.option("--min-time", default=0.5, show_default=True, type=Checked(BenchOptions, "min_time"),
               help="Seconds of timed calls per batch size per repeat (after warm-up).")
 @_pools_option("Pool positions for homework checkpoints (default 0,1,2,3).")
 @_json_path("the results")
@@ -355,7 +377,7 @@ def bench(**params):
               help="L-inf budgets on 0..1 pixels, fractions or decimals, each >= 1/255.")
 @click.option("--method", "methods", default="fgsm,ifgsm", show_default=True, metavar="fgsm,ifgsm",
               help="fgsm: one signed-gradient step; ifgsm: --steps projected steps of 2.5*eps/steps.")
-@click.option("--steps", default=10, show_default=True, type=click.IntRange(1), help="ifgsm iterations.")
+@click.option("--steps", default=10, show_default=True, type=Checked(AttackOptions, "steps"), help="ifgsm iterations.")
 @click.option("--defense", "defenses", default="gaussian:1.5,median:3,jpeg:75,bits:4", show_default=True,
               metavar="NAME:VALUE,..", help="Input defenses scored on clean and attacked images: gaussian:SIGMA, "
                                            "median:K, jpeg:QUALITY, bits:N; '' for none.")
@@ -369,9 +391,9 @@ def bench(**params):
               help="Write the markdown table.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write accuracy-vs-eps curves here and the original/attacked/defended grid to OUT-examples.png.")
-@click.option("--limit", type=click.IntRange(1), help="Only the first N images (id order).")
-@click.option("--batch", default=8, show_default=True, type=click.IntRange(1), help="Images per gradient step.")
-@click.option("--threads", default=1, show_default=True, type=THREADS, help="torch CPU threads.")
+@click.option("--limit", type=Checked(AttackOptions, "limit"), help="Only the first N images (id order).")
+@click.option("--batch", default=8, show_default=True, type=Checked(AttackOptions, "batch"), help="Images per gradient step.")
+@click.option("--threads", default=1, show_default=True, type=Checked(AttackOptions, "threads"), help="torch CPU threads.")
 @_pools_option("Pool positions for homework checkpoints (default 0,1,2,3).")
 @click.option("--overwrite", is_flag=True,
               help="Replace existing report files / write into a non-empty --save-adversarial folder (refused "

@@ -9,6 +9,7 @@ import ast
 import json
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -136,3 +137,26 @@ def test_json_alone_prints_where_json_path_writes(synthetic_student, synthetic_p
     assert layers and {"name", "weights", "agreement"} <= set(layers[0])
     assert _invoke(*args, "--json", tmp_path / "rows.json").exit_code == 0
     assert json.loads((tmp_path / "rows.json").read_text()) == layers
+
+
+@pytest.mark.parametrize("name", ["export", "predict", "sensitivity", "bench", "attack"])
+def test_cli_numbers_are_checked_by_the_rules_the_api_applies(name):
+    """One validation: each number option of these commands is checked by its options class's `Rule` (what
+    `edge.export_model`, `predict_images` and `benchmark` build), not by a second copy of the range in click."""
+    from edge.cli import Checked
+
+    command = main.commands[name]
+    numbers = [p for p in command.params if isinstance(p.type, (click.types.IntParamType, click.types.FloatParamType))]
+    assert not numbers, [p.name for p in numbers]
+    checked = [p for p in command.params if isinstance(p.type, Checked)]
+    assert checked and all(p.type.rule.check(p.type.field, p.default) == p.default for p in checked
+                           if isinstance(p.default, (int, float)))
+
+
+def test_a_cli_number_and_an_api_argument_get_the_same_message(tmp_path):
+    import edge
+
+    cli = _invoke("predict", tmp_path / "m.onnx", tmp_path, "-o", tmp_path / "p.csv", "--batch", "0")
+    with pytest.raises(edge.EdgeError) as api:
+        edge.predict_images(tmp_path / "m.onnx", tmp_path, batch=0)
+    assert cli.exit_code == 2 and str(api.value) in cli.output
