@@ -44,5 +44,5 @@ else
 fi
 echo "model: $model ($size bytes)" >&2
 start=$SECONDS
-"${edge[@]}" predict "$model" "$1/testing" -o "$2"
+"${edge[@]}" predict "$model" "$1/testing" -o "$2" --overwrite
 echo "done in $((SECONDS - start)) s (homework limit: 600 s)" >&2

@@ -1,9 +1,12 @@
 """edge's Python API: load a model, export it, predict a folder, benchmark; re-exported by `edge`.
 
-Each function does what an `edge` command does (`export_model`: `edge export`, `predict_images`:
-`edge predict`, `benchmark`: `edge bench`), without click: the same checks (outputs before any
-work; bad input raises an `edge.core.errors.EdgeError` subclass naming it) and the same tables (weight
-formats: `edge.core.weight_formats`; backends: `edge.core.backends`). Everything heavy is imported inside the
+Each function builds the options object of an `edge` command (`edge.core.options`) and calls the
+same function the command calls (`export_model`: `edge export`, `predict_images`: `edge predict`,
+`benchmark`: `edge bench`), so the rules are the CLI's: every argument is checked when the options
+are built (a wrong type raises `TypeError` naming the parameter, a bad value an
+`edge.core.errors.EdgeError` subclass naming it), outputs before any work (an existing output is
+refused unless ``overwrite=True``), and the same tables (weight formats: `edge.core.weight_formats`;
+backends: `edge.core.backends`). Everything heavy is imported inside the
 functions, so ``import edge`` stays cheap and predicting with an ONNX file never imports torch.
 (They cannot be called ``export``/``predict``/``bench``: ``edge.export``, ``edge.inference.predict`` and
 ``edge.bench`` are modules, and importing one rebinds that name on the package.)
@@ -51,17 +54,22 @@ def load_model(path: PathLike, pools: tuple[int, ...] | None = None, input_size:
         (a ``torch.nn.Module`` in eval mode with its float weights).
 
     Raises:
-        edge.core.errors.CheckpointError: the file is missing, damaged, hostile or not a model edge reads.
+        TypeError: an argument of the wrong type (named).
+        edge.core.errors.EdgeError: a bad value (named); `edge.core.errors.CheckpointError`: the file is missing,
+            damaged, hostile or not a model edge reads.
     """
+    from edge.core.options import POOLS, Rule
     from edge.io.checkpoints import load_model as load
 
-    return load(path, pools=pools, input_size=input_size)
+    return load(Rule("Path").check("path", path), pools=POOLS.check("pools", pools),
+                input_size=Rule("int", 4, optional=True).check("input_size", input_size))
 
 
 def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *,
-                 calibration_dir: PathLike | None = None, calibration_images: int = 64,
+                 calibration_dir: PathLike | None = None, calibration_images: int = 64, overwrite: bool = False,
                  **format_options) -> ExportResult:
-    """Export a model file to a self-describing ONNX file, as `edge export` does.
+    """Export a model file to a self-describing ONNX file, as `edge export` does (the same function:
+    `edge.workflows.exporting.export_command`, parity check included).
 
     Args:
         model_path: any model file `load_model` reads.
@@ -69,44 +77,52 @@ def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *
         quant: a weight format of `edge.core.weight_formats.FORMATS`: ``fp32``, ``fp16``, ``uintN``, ``kmeansK``, ``int8``.
         calibration_dir: unlabelled images that calibrate ``--method gptq`` and ``int8`` (default: synthetic ones).
         calibration_images: how many of them (the first in id order).
+        overwrite: replace an existing ``output`` (an ONNX file); without it an existing output is refused.
         **format_options: `edge.export.quantize.QuantSpec` fields the format lists (``per_channel``, ``method``,
-            ``entropy``, ``train_epochs``, ``fp16_below``, ``low_rank``).
+            ``entropy``, ``train_epochs``, ``fp16_below``, ``low_rank``), and ``pools``.
 
     Returns:
         `ExportResult`: the path, its size in bytes and the weight format's description.
 
     Raises:
-        ValueError: an unknown format, an option the format does not take, or calibration images for a
-            format that uses none.
-        edge.core.errors.EdgeError: an unreadable model file or image folder, or an output that cannot be written.
+        TypeError: an argument of the wrong type (named).
+        edge.core.errors.EdgeError: a bad value (named; e.g. an unknown format, an option the format does not
+            take, calibration images for a format that uses none, a negative epoch count), an unreadable model
+            file or image folder, or an output that cannot be written. It is also a ValueError.
     """
-    from edge.io.checkpoints import load_model as load
-    from edge.export.exporter import export_onnx, preprocessed_images
-    from edge.export.quantize import QuantSpec
-    from edge.core.files import check_output
+    from edge.core.options import ExportOptions
+    from edge.workflows.exporting import export_command
 
-    spec = QuantSpec(quant, **format_options)
-    if calibration_dir and not spec.calibrated:
-        raise ValueError(f"calibration_dir calibrates gptq and int8; {spec.label} (method {spec.method}) uses none")
-    check_output(output, inputs=(model_path, calibration_dir), writes_model=True, model_format="onnx",
-                 what="ONNX file")
-    model = load(model_path)
-    calibration = preprocessed_images(model, calibration_dir, calibration_images) \
-        if calibration_dir and spec.calibrated else (None, "")
-    size, weights = export_onnx(model, output, spec, *calibration)
+    options = ExportOptions(checkpoint=_model_path(model_path), output=output, quant=quant,
+                            calibration_dir=calibration_dir, calibration_images=calibration_images,
+                            overwrite=overwrite, **format_options)
+    report = export_command(options)
+    if report.value is None:  # --max-drop (max_drop=...): no format stays within the drop
+        from edge.core.config import ConfigError
+
+        raise ConfigError(report.lines[-1].removeprefix("error: "))
+    size, weights = report.value
     return ExportResult(Path(output), size, weights)
 
 
+def _model_path(path):
+    """A model file argument: None would silently export the shipped student, so it is refused here."""
+    if path is None:
+        raise TypeError("model_path must be a path (str or os.PathLike), got None")
+    return path
+
+
 def predict_images(model: PathLike, images_dir: PathLike, *, provider: str = "cpu", batch: int = 4,
-            threads: int | None = None, skip_bad: bool = False, progress: bool = False) -> list[Prediction]:
-    """Predict every image in a folder, as `edge predict` does (without writing the CSV).
+                   threads: int | None = None, skip_bad: bool = False, progress: bool = False) -> list[Prediction]:
+    """Predict every image in a folder, as `edge predict` does (the same function,
+    `edge.workflows.predicting.predict_command`, without writing the CSV).
 
     Args:
         model: an ONNX file edge exported (ONNX Runtime, no torch imported) or any model file `load_model` reads.
         images_dir: a Food-11 split folder (``testing/NNNN.jpg``, ``training/<class>_<n>.jpg``) or class subfolders.
         provider: a backend of `edge.core.backends` (``cpu``, ``cuda``, ``ort-cuda``, ``torch-cpu``, ...).
-        batch: images per model call.
-        threads: inference threads (default: all cores).
+        batch: images per model call (an integer >= 1).
+        threads: inference threads (default: all cores; else 1..256).
         skip_bad: skip images that cannot be decoded instead of failing.
         progress: show a progress bar.
 
@@ -114,49 +130,58 @@ def predict_images(model: PathLike, images_dir: PathLike, *, provider: str = "cp
         One `Prediction` per image, in id order.
 
     Raises:
-        edge.core.errors.EdgeError: an unreadable model or folder, undecodable images (without ``skip_bad``),
-            or a provider that cannot run here or does not run this kind of file.
+        TypeError: an argument of the wrong type (named).
+        edge.core.errors.EdgeError: a bad value (named), an unreadable model or folder, undecodable images
+            (without ``skip_bad``), or a provider that cannot run here or does not run this kind of file.
     """
-    from edge.data.folders import list_samples
-    from edge.inference.predict import open_model, predict_samples
+    from edge.core.options import PredictOptions
+    from edge.workflows.predicting import predict_command
 
-    classifier, lanes = open_model(model, provider, threads)
-    samples = list_samples(images_dir, classifier.card.classes, strict_classes=True)
-    result = predict_samples(classifier, samples, batch, skip_bad=skip_bad, progress=progress, lanes=lanes)
+    options = PredictOptions(model=model, data_dir=images_dir, provider=provider, batch=batch, threads=threads,
+                             skip_bad=skip_bad, quiet=not _flag("progress", progress))
+    classifier, result = predict_command(options).value
     names = classifier.card.classes
     return [Prediction(s.id, int(label), names[label]) for s, label in zip(result.samples, result.labels)]
 
 
-def benchmark(models: list[PathLike] = (), *, providers: str = "ort-cpu", quants: str | None = None,
-          batches: tuple[int, ...] = (1, 32), data: PathLike | None = None, labels: PathLike | None = None,
-          threads: int | None = None, repeats: int = 3, min_seconds: float = 0.5, progress: bool = False) -> dict:
-    """Benchmark models on backends x weight formats, as `edge bench` does (each row in its own process).
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def benchmark(models: PathLike | list[PathLike] = (), *, providers: str = "ort-cpu", quants: str | None = None,
+              batches: tuple[int, ...] = (1, 32), data: PathLike | None = None, labels: PathLike | None = None,
+              threads: int | None = None, repeats: int = 3, min_seconds: float = 0.5,
+              progress: bool = False) -> dict:
+    """Benchmark models on backends x weight formats, as `edge bench` does (the same function,
+    `edge.bench.command.bench_command`; each row in its own process).
 
     Args:
-        models: model files (exported to each of ``quants`` on the fly) or ``.onnx`` files; none: a freshly
-            initialised homework StudentNet.
+        models: one model file (a path) or a list of them (exported to each of ``quants`` on the fly) or
+            ``.onnx`` files; none: a freshly initialised homework StudentNet.
         providers: comma-separated backends of `edge.core.backends` (``cpu`` = ``ort-cpu``, ``torch-cpu``, ...).
         quants: comma-separated ``FORMAT[:METHOD]`` (`edge.core.weight_formats.parse_choice`); default
             `edge.core.weight_formats.BENCH_FORMATS` (data-free without models).
-        batches: batch sizes: latency at the smallest, throughput at each.
+        batches: batch sizes (at least one, each >= 1): latency at the smallest, throughput at each.
         data, labels: an image folder (and its Id,label CSV) for accuracy and end-to-end images/s.
         threads: inference threads per backend.
         repeats: rounds over all rows, interleaved.
-        min_seconds: timed seconds per batch size per repeat.
+        min_seconds: timed seconds per batch size per repeat (at least 0.01).
         progress: show progress bars.
 
     Returns:
         The results document (``rows``, ``machine``, ``settings``, ``models``) that ``edge bench --json`` writes.
 
     Raises:
-        ValueError: an unknown backend or weight format (`edge.core.backends.BackendError` is one).
-        edge.core.errors.EdgeError: a model file edge cannot use.
+        TypeError: an argument of the wrong type (named).
+        edge.core.errors.EdgeError: a bad value (named: an unknown backend or weight format, no batch size, ...;
+            also a ValueError), or a model file edge cannot use.
     """
-    from edge.core.backends import parse_list
-    from edge.bench.harness import Settings, default_quants, parse_quants, run_bench
+    from edge.bench.command import bench_command
+    from edge.core.options import BenchOptions
 
-    paths = [Path(m) for m in models]
-    settings = Settings(providers=parse_list(providers), quants=parse_quants(quants or default_quants(paths)),
-                        batches=tuple(sorted(set(batches))), threads=threads, repeats=repeats, min_seconds=min_seconds,
-                        data=Path(data) if data else None, labels=Path(labels) if labels else None)
-    return run_bench(paths, settings, "edge.benchmark(...)", progress=progress)
+    options = BenchOptions(models=models, providers=providers, quants=quants, batches=batches, threads=threads,
+                           repeats=repeats, min_time=min_seconds, data=data, labels=labels,
+                           quiet=not _flag("progress", progress))
+    return bench_command(options).document

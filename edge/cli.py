@@ -1,4 +1,11 @@
-"""The `edge` command line: export, predict, info, convert, train, distill, slim, compress (and bench from the bench package).
+"""The `edge` command line: parse each command's options into its typed options object
+(`edge.core.options`) and call the one function that does the command (the same one the Python API
+`edge.api` calls); print what it reports. No command body lives here.
+
+One convention for every command: ``-o/--output`` names what it writes; an existing output is refused
+(exit 2) unless ``--overwrite`` is given (runs that can continue take ``--resume``); ``-q/--quiet``
+shows no progress bars, only errors and the result; ``--json`` prints the result as one JSON document
+on stdout (bench, attack and sensitivity: ``--json PATH`` writes it, ``--json`` alone prints it).
 
 Heavy modules (torch, onnx, export, bench) are imported inside the commands that need them,
 so `edge predict` on an ONNX file never imports torch.
@@ -7,8 +14,9 @@ so `edge predict` on an ONNX file never imports torch.
 from __future__ import annotations
 
 import math
+import shlex
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 
 import click
@@ -16,6 +24,8 @@ import click
 from edge import __version__
 from edge.core import backends
 from edge.core import weight_formats as formats
+from edge.core.options import (THREADS_MAX, AttackOptions, BenchOptions, ExportOptions, PredictOptions,
+                               SensitivityOptions)
 
 
 def _int_list(value: str | None, option: str = "--pools", distinct: bool = True) -> tuple[int, ...] | None:
@@ -32,6 +42,17 @@ def _int_list(value: str | None, option: str = "--pools", distinct: bool = True)
     return numbers
 
 
+def _rates(value: str) -> tuple[float, ...]:
+    """``--rate``: one or more fractions strictly between 0 and 1."""
+    try:
+        rates = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        rates = ()
+    if not rates or not all(0 < r < 1 for r in rates):
+        raise click.BadParameter(f"expected comma-separated fractions between 0 and 1, got {value!r}")
+    return rates
+
+
 class FiniteRange(click.FloatRange):
     """`click.FloatRange` that also refuses nan and inf (``float()`` accepts both)."""
 
@@ -42,9 +63,30 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+class Checked(click.ParamType):
+    """A number option checked by its options class's `edge.core.options.Rule`: the one validation the
+    Python API applies too (a bad value is click's usage error, exit 2)."""
+
+    def __init__(self, options_class, field: str):
+        self.field, self.rule = field, options_class.RULES[field]
+        self.name = "integer" if self.rule.kind == "int" else "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            try:
+                value = int(value) if self.rule.kind == "int" else float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a valid {self.name}", param, ctx)
+        try:
+            return self.rule.check(self.field, value)
+        except (TypeError, ValueError) as err:
+            self.fail(str(err), param, ctx)
+
+
 # --threads/--workers: torch starts two OS threads per --threads at its first call, so a typo like
 # 100000 would start 200,000; no machine edge runs on has this many cores
-THREADS = click.IntRange(1, 256)
+THREADS = click.IntRange(1, THREADS_MAX)
+STDOUT = Path("-")  # `--json` alone (bench, attack, sensitivity): the document goes to stdout
 
 
 @contextmanager
@@ -62,6 +104,76 @@ def _user_errors():
         click.echo("interrupted: no file was left half-written (train, distill, slim and compress continue with "
                    "--resume)", err=True)
         sys.exit(130)
+
+
+def _command_line() -> str:
+    return "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def parse_options(options_class, params: dict):
+    """-> (the command's options object, whether --json asked for the document on stdout): click's parameters
+    less the presentation ones (--json; --quiet where nothing of the command shows progress)."""
+    from edge.core.options import from_click, option_names
+
+    params = dict(params)
+    as_json = params.pop("json", False) or params.get("json_out") == STDOUT
+    if params.get("json_out") == STDOUT:
+        params["json_out"] = None
+    if "quiet" not in option_names(options_class):
+        params.pop("quiet", None)
+    return from_click(options_class, params), as_json
+
+
+def _execute(command, options_class, params: dict, *args) -> None:
+    """``params`` -> ``options_class`` -> ``command(options, *args)``; print its report (or, with --json, its
+    JSON document alone on stdout: anything else the command prints goes to stderr); exit with its code."""
+    import json
+
+    from edge.core.reports import Report
+
+    with _user_errors():
+        options, as_json = parse_options(options_class, params)
+        with redirect_stdout(sys.stderr) if as_json else nullcontext():
+            result = command(options, *args)
+    report = result if isinstance(result, Report) else Report((), result)
+    if as_json:
+        click.echo(json.dumps(report.document, indent=2, default=str))
+    else:
+        for line in report.lines:
+            click.echo(line, err=report.stderr)
+    sys.exit(report.exit_code)
+
+
+def _output(help_text: str, required: bool = True, file_okay: bool = True):
+    """-o/--output, with the one rule for an existing output said in its help."""
+    return click.option("-o", "--output", required=required, type=click.Path(path_type=Path, dir_okay=not file_okay,
+                                                                                  file_okay=file_okay),
+                        help=help_text + " An existing one is refused unless --overwrite is given.")
+
+
+OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace existing outputs (refused without it).")
+QUIET = click.option("-q", "--quiet", is_flag=True, help="No progress bars: only errors and the result.")
+JSON = click.option("--json", is_flag=True, help="Print the result as one JSON document on stdout.")
+
+
+def _json_path(what: str):
+    """--json PATH (the existing convention of bench, attack, sensitivity) or --json alone: stdout."""
+    return click.option("--json", "json_out", is_flag=False, flag_value=str(STDOUT), metavar="[PATH]",
+                        type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+                        help=f"Write {what} as JSON to PATH; --json alone prints it on stdout instead of the table.")
+
+
+def _with(options):
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+def _pools_option(help_text: str = "Pool positions for a homework checkpoint (default 0,1,2,3)."):
+    return click.option("--pools", callback=lambda ctx, param, value: _int_list(value), metavar="I,J,..",
+                        help=help_text)
 
 
 class _Commands(click.Group):
@@ -84,13 +196,17 @@ class _Commands(click.Group):
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge")
 def main():
-    """Compress a Food-11 StudentNet and ship it: export to small ONNX files, predict, benchmark."""
+    """Compress a Food-11 StudentNet and ship it: export to small ONNX files, predict, benchmark.
+
+    Every command: -o/--output names what it writes; an existing output is refused unless --overwrite
+    is given (train, distill, slim and compress continue a run with --resume); -q/--quiet hides
+    progress bars; --json prints the result as JSON.
+    """
 
 
 @main.command()
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The .onnx file to write.")
+@_output("The .onnx file to write.", file_okay=True)
 @click.option("--quant", default="fp32", show_default=True, metavar=formats.syntax(),
               help="How weights are stored (codes are decoded when the model is loaded: inference stays fp32): "
                    + formats.help_text() + ".")
@@ -101,243 +217,109 @@ def main():
 @click.option("--entropy", is_flag=True,
               help="Entropy-code the integer codes (smaller file; only edge opens it: `edge convert --to onnx` "
                    "writes the plain ONNX file).")
-@click.option("--train-epochs", default=0, show_default=True, type=click.IntRange(0),
+@click.option("--train-epochs", default=0, show_default=True, type=Checked(ExportOptions, "train_epochs"),
               help="uintN/kmeansK: trained quantization, epochs of KD on augmented --calib images (codebooks "
                    "and scales, or the codes on the fixed grid; and the biases).")
-@click.option("--fp16-below", default=formats.FP16_BELOW, show_default=True, type=click.IntRange(0), metavar="N",
+@click.option("--fp16-below", default=formats.FP16_BELOW, show_default=True, type=Checked(ExportOptions, "fp16_below"), metavar="N",
               help="uintN/kmeansK --method gptq: layers with fewer than N weights stay fp16 (the sensitive small ones).")
-@click.option("--low-rank", type=FiniteRange(0, 1, min_open=True), metavar="ENERGY",
+@click.option("--low-rank", type=Checked(ExportOptions, "low_rank"), metavar="ENERGY",
               help="fp32/fp16: store pointwise convs and the classifier as SVD factors U·V keeping ENERGY (e.g. "
                    "0.99) of the squared singular values, where that saves bytes (folded back at load).")
-@click.option("--calib", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--calib", "calibration_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of unlabelled images to calibrate gptq on (default: synthetic images, data-free).")
-@click.option("--calib-images", default=64, show_default=True, type=click.IntRange(1),
+@click.option("--calib-images", "calibration_images", default=64, show_default=True, type=Checked(ExportOptions, "calibration_images"),
               help="How many --calib images to use (the first ones in id order).")
-@click.option("--pools", metavar="I,J,..", help="Stages followed by a max-pool (default: the homework's 0,1,2,3).")
+@_pools_option("Stages followed by a max-pool (default: the homework's 0,1,2,3).")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of real images for the parity check (default: random input). When it is the "
                    "--calib folder, the images after the calibration ones are used.")
-@click.option("--max-drop", type=FiniteRange(0, 100), metavar="POINTS",
+@click.option("--max-drop", type=Checked(ExportOptions, "max_drop"), metavar="POINTS",
               help="Pick the smallest weight format whose top-1 agreement with fp32 (and accuracy, with "
                    "--labels) on --images stays within POINTS; prints what it tried. Overrides --quant.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --images.")
-def export(checkpoint, output, quant, per_channel, method, entropy, train_epochs, fp16_below, low_rank, calib, calib_images, pools,
-           images, max_drop, labels):
+@_with([OVERWRITE, QUIET, JSON])
+def export(**params):
     """Export CHECKPOINT to ONNX: a StudentNet (ours, a homework .bin, 8-bit or 16-bit pickle) or any
     model file of `edge train` (the cnn / group baselines, torchvision classifiers).
 
     Without CHECKPOINT, exports the shipped student (the homework TA's StudentNet, rebuilt from
-    models/food11_student_uint8.onnx), so the command works on a fresh clone. BatchNorm is folded, torch.onnx.export writes the graph
-    and the weight format is applied to its Conv / Gemm weights; the model's config,
-    preprocessing, classes and weight format go into the file's metadata.
+    models/food11_student_uint8.onnx), so the command works on a fresh clone. BatchNorm is folded, torch.onnx.export
+    writes the graph and the weight format is applied to its Conv / Gemm weights; the model's config,
+    preprocessing, classes and weight format go into the file's metadata. Prints the file's size, its
+    weights, the parity check against torch and the graph ONNX Runtime runs.
     """
-    from edge.io.checkpoints import load_model
-    from edge.core.files import check_output
-    from edge.inference.shipped import SHIPPED_STUDENT, shipped_student
-    from edge.export.exporter import export_onnx, leftover_dequantization, preprocessed_images, parity_check, runtime_ops, sample_inputs
-    from edge.export.quantize import QuantSpec
+    from edge.core.options import ExportOptions
+    from edge.workflows.exporting import export_command
 
-    with _user_errors():
-        check_output(output, inputs=(checkpoint or SHIPPED_STUDENT, calib, images, labels), writes_model=True,
-                     model_format="onnx", what="ONNX file")
-        try:
-            spec = QuantSpec(quant, per_channel, method, fp16_below, entropy, train_epochs, low_rank)
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--quant") from None
-        _check_export_options(spec, calib, images, labels, max_drop)
-        ckpt = load_model(checkpoint, pools=_int_list(pools)) if checkpoint else shipped_student()
-        click.echo(f"model: {checkpoint or 'the shipped student, ' + ckpt.source} "
-                   f"({ckpt.describe()}, {ckpt.parameters:,} parameters)")
-        calibrates = spec.calibrated or max_drop is not None  # --max-drop tries calibrated candidates
-        calibration = preprocessed_images(ckpt, calib, calib_images) if calib and calibrates else (None, "")
-        same = images and calib and images.resolve() == calib.resolve()
-        if max_drop is not None:
-            return _export_within_drop(ckpt, output, max_drop, calibration, images, labels,
-                                       calib_images if same else 0)
-        size, described = export_onnx(ckpt, output, spec, *calibration)
-        leftover = leftover_dequantization(output)
-        parity_input = preprocessed_images(ckpt, images, 64, offset=calib_images) if same else sample_inputs(ckpt, images)
-        parity = parity_check(ckpt, output, *parity_input)
-        click.echo(f"wrote {output}: {size:,} bytes; " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in described.items()))
-        click.echo(f"parity vs torch fp32 on {parity.source}: max |logit diff| {parity.max_abs_diff:.4g}, "
-                   f"top-1 agreement {parity.agreement:.2%}")
-        if spec.weights == "int8":
-            click.echo(f"runtime graph: int8 QDQ kept for int8 kernels ({runtime_ops(output)['DequantizeLinear']} "
-                       "DequantizeLinear)")
-        else:
-            click.echo("runtime graph: " + ("no dequantization left after load" if not leftover
-                                             else f"decode ops left at run time: {leftover}"))
-
-
-FORMAT_OPTIONS = ("quant", "per_channel", "method", "entropy", "train_epochs", "fp16_below", "low_rank")
-
-
-def _check_export_options(spec, calib, images, labels, max_drop) -> None:
-    """Options that would do nothing in this mode are mistakes, said at once (exit 2)."""
-    ctx = click.get_current_context()
-    given = [name for name in FORMAT_OPTIONS if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
-    if max_drop is not None and given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise click.UsageError(f"--max-drop chooses the weight format from its candidates; {flags} would be ignored")
-    if spec.per_channel and "per_channel" not in spec.format.options:
-        raise click.UsageError(f"--per-channel sets integer ranges; --quant {spec.weights} has none")
-    if calib and not spec.calibrated and max_drop is None:
-        raise click.UsageError(f"--calib calibrates gptq and int8; --quant {spec.weights} --method {spec.method} "
-                               "uses no calibration")
-    if labels and not images:
-        raise click.UsageError("--labels label the --images folder; give --images DIR too")
-    if "fp16_below" in given and not (spec.bits and spec.calibrated):
-        raise click.UsageError("--fp16-below keeps small layers fp16 in uintN/kmeansK --method gptq; --quant "
-                               f"{spec.weights}{f' --method {spec.method}' if spec.bits else ''} stores every layer alike")
-
-
-def _export_within_drop(ckpt, output, max_drop, calibration, images, labels, offset):
-    """--max-drop: try formats from the smallest file up, write the first within the drop."""
-    import numpy as np
-
-    from edge.data.folders import list_samples, read_labels
-    from edge.export.exporter import preprocessed_images
-    from edge.export.select import select_format
-
-    if not images:
-        raise click.UsageError("--max-drop needs --images DIR (validation images to measure the drop on)")
-    samples = list_samples(images, ckpt.card.classes, strict_classes=True)[offset:]
-    pictures, _ = preprocessed_images(ckpt, images, len(samples), offset)
-    truth = read_labels(labels) if labels else {s.id: s.label for s in samples if s.label is not None}
-    known = truth and all(s.id in truth for s in samples)
-    label_array = np.array([truth[s.id] for s in samples]) if known else None
-    chosen, trials = select_format(ckpt, output, pictures, label_array, max_drop, *calibration)
-    width = max(len(trial.name) for trial in trials)
-    click.echo(f"{'format':<{width}} {'bytes':>10} {'agreement':>10} {'accuracy':>9}  within {max_drop} pt "
-               f"on {len(samples)} images")
-    for trial in trials:
-        accuracy = f"{trial.accuracy:.2f}%" if trial.accuracy is not None else "-"
-        click.echo(f"{trial.name:<{width}} {trial.bytes:>10,} {trial.agreement:>9.2f}% {accuracy:>9}  "
-                   f"{'yes' if trial.passed else 'no'}")
-    if chosen is None:
-        raise click.ClickException(f"no format stays within {max_drop} points; nothing written")
-    click.echo(f"wrote {output}: {chosen.name}, {chosen.bytes:,} bytes")
+    _execute(export_command, ExportOptions, params)
 
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--images", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of real images to measure on.")
-@click.option("--limit", default=128, show_default=True, type=click.IntRange(1), help="Images used (first by id).")
-@click.option("--bits", default=8, show_default=True, type=click.IntRange(1, 8), help="Bit width of the rounding.")
+@click.option("--limit", default=128, show_default=True, type=Checked(SensitivityOptions, "limit"), help="Images used (first by id).")
+@click.option("--bits", default=8, show_default=True, type=Checked(SensitivityOptions, "bits"), help="Bit width of the rounding.")
 @click.option("--per-channel", is_flag=True, help="Per-output-channel min-max (or codebook) instead of per tensor.")
-@click.option("--kmeans", type=click.IntRange(2, 256), metavar="K",
+@click.option("--kmeans", type=Checked(SensitivityOptions, "kmeans"), metavar="K",
               help="Weight sharing instead of min-max: K shared values (plain k-means) per tensor or channel.")
-@click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the rows as JSON.")
-def sensitivity(checkpoint, images, limit, bits, per_channel, kmeans, pools, json_out):
+@_pools_option()
+@_json_path("the rows")
+@_with([OVERWRITE, QUIET])
+def sensitivity(**params):
     """Per-layer sensitivity: quantize each layer alone (min-max, --bits) and measure how many
-    answers change on real images; the most sensitive layers come first."""
-    import dataclasses
-    import json
+    answers change on real images; the most sensitive layers come first. Writes only with --json PATH
+    (an existing file is refused unless --overwrite is given)."""
+    from edge.core.options import SensitivityOptions
+    from edge.workflows.exporting import sensitivity_command
 
-    from edge.io.checkpoints import load_model
-    from edge.core.files import atomic_write, check_output
-    from edge.export.exporter import preprocessed_images
-    from edge.export.sensitivity import layer_sensitivity
-
-    with _user_errors():
-        if json_out:
-            check_output(json_out, inputs=(checkpoint, images), what="JSON")
-        ckpt = load_model(checkpoint, pools=_int_list(pools))
-        pictures, source = preprocessed_images(ckpt, images, limit)
-        rows = layer_sensitivity(ckpt.build(), pictures, bits, per_channel, kmeans)
-        click.echo(f"{f'kmeans{kmeans}' if kmeans else f'uint{bits}'}{' per-channel' if per_channel else ''}, "
-                   f"one layer at a time, on {source}")
-        click.echo(f"{'layer':<10} {'weights':>8} {'agreement':>10} {'max |dlogit|':>13}")
-        for row in rows:
-            click.echo(f"{row.name:<10} {row.weights:>8,} {row.agreement:>9.2%} {row.max_logit_change:>13.3f}")
-        if json_out:
-            text = json.dumps([dataclasses.asdict(r) for r in rows], indent=2)
-            atomic_write(json_out, lambda f: f.write(text), binary=False)
+    _execute(sensitivity_command, SensitivityOptions, params)
 
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The Kaggle CSV to write (Id,label).")
+@_output("The Kaggle CSV to write (Id,label).")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
               help="Id,label CSV of the true labels: prints accuracy.")
 @click.option("--provider", default="cpu", show_default=True, type=click.Choice(backends.SPELLINGS),
               help="cpu/cuda: ONNX Runtime's CPU/CUDA provider for .onnx files (torch's device for checkpoints). "
                    "All: " + backends.help_text() + ".")
-@click.option("--batch", default=4, show_default=True, type=click.IntRange(1),
+@click.option("--batch", default=4, show_default=True, type=Checked(PredictOptions, "batch"),
               help="Images per model call (small batches stay in cache; the CSV is the same for any).")
-@click.option("--workers", type=THREADS,
+@click.option("--workers", type=Checked(PredictOptions, "workers"),
               help="Threads that decode images, each a batch at a time before running the model on it "
                    "(default: all cores).")
-@click.option("--threads", type=THREADS,
+@click.option("--threads", type=Checked(PredictOptions, "threads"),
               help="Inference threads (default: all cores). ONNX on CPU: this many single-threaded "
                    "model calls at once.")
-@click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint (default 0,1,2,3).")
+@_pools_option()
 @click.option("--skip-bad", is_flag=True, help="Skip images that cannot be decoded (listed) instead of failing.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def predict(model, data_dir, output, labels, provider, batch, workers, threads, pools, skip_bad, quiet):
+@_with([OVERWRITE, QUIET, JSON])
+def predict(**params):
     """Predict every image in DATA_DIR with MODEL and write the Kaggle CSV.
 
     MODEL: an ONNX file we exported (runs on ONNX Runtime, no torch needed) or any checkpoint
     edge reads. DATA_DIR: a Food-11 split folder (testing/NNNN.jpg, training/<class>_<n>.jpg)
-    or a folder of class subfolders.
+    or a folder of class subfolders. The summary goes to stderr (--json: its JSON to stdout).
     """
-    from edge.data.folders import list_samples, read_labels
-    from edge.core.files import check_output
-    from edge.inference.predict import open_model, predict_samples, write_csv
+    from edge.core.options import PredictOptions
+    from edge.workflows.predicting import predict_command
 
-    with _user_errors():
-        check_output(output, inputs=(model, labels, data_dir), what="prediction CSV")
-        classifier, lanes = open_model(model, provider, threads, _int_list(pools))
-        samples = list_samples(data_dir, classifier.card.classes, strict_classes=True)
-        truth = read_labels(labels, len(classifier.card.classes)) if labels else None
-        result = predict_samples(classifier, samples, batch, workers, skip_bad, progress=not quiet, lanes=lanes)
-        write_csv(output, result)
-        click.echo(f"wrote {output}: {len(result.samples)} predictions ({classifier.provider}) in {result.wall_s:.1f} s; "
-                   f"CPU: decoding {result.decode_cpu_s:.1f} s, inference {result.infer_cpu_s:.1f} s", err=True)
-        for problem in result.skipped:
-            click.echo(f"skipped: {problem}", err=True)
-        scored = result.accuracy(truth)
-        if scored:
-            name = f"agreement with {labels.name}" if labels else "accuracy"
-            click.echo(f"{name}: {scored[0]:.2%} of {scored[1]} images", err=True)
-        elif labels:
-            click.echo(f"warning: no image id of {data_dir} is in {labels}: no accuracy", err=True)
+    _execute(predict_command, PredictOptions, params)
 
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint.")
-def info(model, pools):
-    """Show what MODEL is: StudentNet config, preprocessing, classes, weight format, size."""
-    import json
+@_pools_option()
+@_with([QUIET, JSON])
+def info(**params):
+    """Show what MODEL is: StudentNet config, preprocessing, classes, weight format, size (an aligned
+    key: value listing; --json for the JSON document)."""
+    from edge.core.options import InfoOptions
+    from edge.workflows.model_files import info_command
 
-    from edge.core.formats import is_onnx
-    from edge.codec.metadata import model_size
-
-    with _user_errors():
-        if is_onnx(model):
-            from edge.inference.runtime import OnnxClassifier
-
-            if pools:
-                raise click.BadParameter(f"{model} is an ONNX file, whose graph fixes its pools", param_hint="--pools")
-            loaded = OnnxClassifier(model)
-            card, net, extra = loaded.card, loaded.net, {"weights": loaded.quant}
-            parameters, flops = model_size(card, net)
-            if net:
-                extra["architecture"] = {"arch": net["arch"], "groups": net["groups"]}
-        else:
-            from edge.io.checkpoints import load_model
-
-            ckpt = load_model(model, pools=_int_list(pools))
-            card, parameters, flops = ckpt.card, ckpt.parameters, ckpt.flops
-            extra = {"format": ckpt.source, "model": ckpt.describe()}
-        summary = {"file": str(model), "bytes": model.stat().st_size, "parameters": parameters,
-                   "mflops": round(flops / 1e6, 1), **card.to_dict(), **extra}
-        click.echo(json.dumps(summary, indent=2))
+    _execute(info_command, InfoOptions, params)
 
 
 @main.command()
@@ -345,25 +327,15 @@ def info(model, pools):
 @click.option("--to", "target", required=True, type=click.Choice(["edge", "homework8", "homework16", "onnx"]),
               help="edge: our torch checkpoint (config inside); homework8/16: the homework's pickles; onnx: the "
                    "plain ONNX file (any ONNX Runtime opens it) of an entropy-coded edge .onnx (--entropy).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint.")
-def convert(checkpoint, target, output, pools):
+@_output("The converted file to write.")
+@_pools_option()
+@_with([OVERWRITE, QUIET, JSON])
+def convert(**params):
     """Rewrite CHECKPOINT in another weights format (homework pickles read by the homework's decoder)."""
-    from edge.io.checkpoints import load_checkpoint, save_checkpoint, save_homework_pickle
-    from edge.core.files import check_output
+    from edge.core.options import ConvertOptions
+    from edge.workflows.model_files import convert_command
 
-    with _user_errors():
-        check_output(output, inputs=(checkpoint,), writes_model=True, what="converted model")
-        if target == "onnx":
-            from edge.codec.entropy import write_plain
-
-            return click.echo(f"wrote {output}: {write_plain(checkpoint, output):,} bytes (plain ONNX)")
-        ckpt = load_checkpoint(checkpoint, pools=_int_list(pools))
-        if target == "edge":
-            save_checkpoint(output, ckpt.card, ckpt.state)
-        else:
-            save_homework_pickle(output, ckpt.state, bits=8 if target == "homework8" else 16)
-        click.echo(f"wrote {output}: {output.stat().st_size:,} bytes ({target})")
+    _execute(convert_command, ConvertOptions, params)
 
 
 @main.command()
@@ -379,40 +351,37 @@ def convert(checkpoint, target, output, pools):
                    f"{','.join(map(formats.data_free, formats.BENCH_FORMATS))}, as an initialised model has nothing "
                    "to calibrate]. torch-cuda also runs fp16.")
 @click.option("--batch", "batches", default="1,32", show_default=True, metavar="B,..",
+              callback=lambda ctx, param, value: _int_list(value, "--batch", distinct=False),
               help="Batch sizes: latency at the smallest, throughput at each.")
-@click.option("--threads", type=THREADS,
+@click.option("--threads", type=Checked(BenchOptions, "threads"),
               help="Inference threads per backend (default: the library's, all cores). On a machine shared "
                    "with other work, 1 is far steadier.")
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
+@click.option("--repeats", default=3, show_default=True, type=Checked(BenchOptions, "repeats"),
               help="Rounds over all rows (interleaved); cells show median (min-max) over them.")
-@click.option("--min-time", default=0.5, show_default=True, type=FiniteRange(0.01),
+@click.option("--min-time", default=0.5, show_default=True, type=Checked(BenchOptions, "min_time"),
               help="Seconds of timed calls per batch size per repeat (after warm-up).")
-@click.option("--pools", metavar="I,J,..", help="Pool positions for homework checkpoints (default 0,1,2,3).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results JSON.")
+@_pools_option("Pool positions for homework checkpoints (default 0,1,2,3).")
+@_json_path("the results")
 @click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the markdown report.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a PNG: size vs accuracy, latency per backend.")
 @click.option("--compare", "previous", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="An earlier --json: say whether both runs' medians lie within each other's spread.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench(models, data, labels, providers, quants, batches, threads, repeats, min_time, pools, json_out,
-          markdown_out, plot_out, previous, quiet):
+@_with([OVERWRITE, QUIET])
+def bench(**params):
     """Benchmark MODELs on every backend x weight format: size, accuracy, load time, latency,
     throughput, peak RSS, GFLOP/s vs the CPU's rough peak.
 
     MODEL: a checkpoint (exported to each --quant format on the fly) or an .onnx file. Without
     MODEL: a freshly initialised homework StudentNet on synthetic input (sizes and speed only).
-    Each row runs in its own process; backends that cannot run here get a row saying why.
+    Each row runs in its own process; backends that cannot run here get a row saying why (exit 1
+    when a row failed). Existing --json/--markdown/--plot files are refused unless --overwrite.
     """
-    from edge.bench.cli import run_command
+    from edge.bench.command import bench_command
+    from edge.core.options import BenchOptions
 
-    with _user_errors():
-        sys.exit(run_command(list(models), data=data, labels=labels, providers=providers, quants=quants,
-                             batches=_int_list(batches, "--batch", distinct=False), threads=threads, repeats=repeats,
-                             min_time=min_time,
-                             pools=_int_list(pools), json_out=json_out, markdown_out=markdown_out,
-                             plot_out=plot_out, previous=previous, quiet=quiet))
+    _execute(bench_command, BenchOptions, params, _command_line())
 
 
 @main.command()
@@ -425,7 +394,7 @@ def bench(models, data, labels, providers, quants, batches, threads, repeats, mi
               help="L-inf budgets on 0..1 pixels, fractions or decimals, each >= 1/255.")
 @click.option("--method", "methods", default="fgsm,ifgsm", show_default=True, metavar="fgsm,ifgsm",
               help="fgsm: one signed-gradient step; ifgsm: --steps projected steps of 2.5*eps/steps.")
-@click.option("--steps", default=10, show_default=True, type=click.IntRange(1), help="ifgsm iterations.")
+@click.option("--steps", default=10, show_default=True, type=Checked(AttackOptions, "steps"), help="ifgsm iterations.")
 @click.option("--defense", "defenses", default="gaussian:1.5,median:3,jpeg:75,bits:4", show_default=True,
               metavar="NAME:VALUE,..", help="Input defenses scored on clean and attacked images: gaussian:SIGMA, "
                                            "median:K, jpeg:QUALITY, bits:N; '' for none.")
@@ -434,19 +403,20 @@ def bench(models, data, labels, providers, quants, batches, threads, repeats, mi
 @click.option("--save-adversarial", "save_dir", type=click.Path(path_type=Path),
               help="Folder for the attacked images as lossless PNGs named by image (METHOD-epsK/0007.png; "
                    "under the crafting model's file name when several models craft).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report JSON.")
+@_json_path("the report")
 @click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the markdown table.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write accuracy-vs-eps curves here and the original/attacked/defended grid to OUT-examples.png.")
-@click.option("--limit", type=click.IntRange(1), help="Only the first N images (id order).")
-@click.option("--batch", default=8, show_default=True, type=click.IntRange(1), help="Images per gradient step.")
-@click.option("--threads", default=1, show_default=True, type=THREADS, help="torch CPU threads.")
-@click.option("--pools", metavar="I,J,..", help="Pool positions for homework checkpoints (default 0,1,2,3).")
-@click.option("--overwrite", is_flag=True, help="Replace existing report files / write into a non-empty folder.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def attack(models, data_dir, labels, eps, methods, steps, defenses, source, save_dir, json_out, markdown_out,
-           plot_out, limit, batch, threads, pools, overwrite, quiet):
+@click.option("--limit", type=Checked(AttackOptions, "limit"), help="Only the first N images (id order).")
+@click.option("--batch", default=8, show_default=True, type=Checked(AttackOptions, "batch"), help="Images per gradient step.")
+@click.option("--threads", default=1, show_default=True, type=Checked(AttackOptions, "threads"), help="torch CPU threads.")
+@_pools_option("Pool positions for homework checkpoints (default 0,1,2,3).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing report files / write into a non-empty --save-adversarial folder (refused "
+                   "without it).")
+@_with([QUIET])
+def attack(**params):
     """Attack MODEL(s) with FGSM / iterative FGSM on DATA_DIR's images and score input defenses.
 
     MODEL: a checkpoint (attacked and scored in torch) or an ONNX file we exported (attacked
@@ -454,30 +424,10 @@ def attack(models, data_dir, labels, eps, methods, steps, defenses, source, save
     attacked in the model's input space (its centre crop), rounded to 8-bit pixels, L-inf <= eps.
     Prints accuracy, attack success rate, L-inf and each defense's accuracy per model x method x eps.
     """
-    import shlex
-
-    import torch
-
+    from edge.core.options import AttackOptions
     from edge.workflows.attack_report import attack_command
 
-    torch.set_num_threads(threads)
-    with _user_errors():
-        attack_command(list(models), data_dir, labels=labels, eps=eps, methods=methods, steps=steps,
-                       defenses=defenses, source=source, save_dir=save_dir, json_out=json_out,
-                       markdown_out=markdown_out, plot_out=plot_out, limit=limit, batch=batch,
-                       pools=_int_list(pools), overwrite=overwrite, progress=not quiet,
-                       command="edge attack " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
-
-
-def _rates(value: str) -> tuple[float, ...]:
-    """``--rate``: one or more fractions strictly between 0 and 1."""
-    try:
-        rates = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        rates = ()
-    if not rates or not all(0 < r < 1 for r in rates):
-        raise click.BadParameter(f"expected comma-separated fractions between 0 and 1, got {value!r}")
-    return rates
+    _execute(attack_command, AttackOptions, params, _command_line())
 
 
 _TRAINING_OPTIONS = [
@@ -510,7 +460,8 @@ _TRAINING_OPTIONS = [
                  help="Threads decoding images once into the uint8 cache."),
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
                  help="Keep decoded images here; later runs on the same files skip decoding."),
-    click.option("--quiet", is_flag=True, help="No progress bars (epoch lines and the summary remain)."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress bars (epoch lines and the summary remain)."),
+    JSON,
     click.option("--sync-bn", is_flag=True,
                  help="Under torchrun: BatchNorm statistics over the global batch (all processes), not each "
                       "process's share."),
@@ -538,20 +489,13 @@ _FRESH_MODEL_OPTIONS = [
     click.option("--sparsity", default=0.0, show_default=True, type=FiniteRange(0),
                  help="L1 on BatchNorm gammas (network slimming, e.g. 1e-4), so `edge slim` finds channels to cut."),
     click.option("--resume", is_flag=True, help="Continue OUTPUT's run (same options) to the same result."),
+    click.option("--overwrite", is_flag=True, help="Start the run over in an existing OUTPUT (refused without it "
+                                                  "or --resume)."),
     click.option("--stop-after", type=click.IntRange(1), metavar="EPOCH",
                  help="Stop after this epoch (the schedule still spans --epochs); continue later with --resume."),
     click.option("--metrics", type=click.Path(dir_okay=False, path_type=Path), help="Write the run's summary JSON."),
-    click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                 help="The run's file (last epoch, resumable); the best epoch goes to NAME.best.pt."),
+    _output("The run's file (last epoch, resumable); the best epoch goes to NAME.best.pt."),
 ]
-
-
-def _with(options):
-    def apply(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-    return apply
 
 
 @main.command()
@@ -571,11 +515,10 @@ def train(**params):
     fashion-mnist:train; add @START:STOP for a slice in id order. Writes OUTPUT after every
     epoch (resume with --resume) and the best epoch by --val accuracy to OUTPUT's .best.pt.
     """
-    from edge.core.options import TrainOptions, from_click
+    from edge.core.options import TrainOptions
     from edge.workflows.runs import train_command
 
-    with _user_errors():
-        train_command(from_click(TrainOptions, params))
+    _execute(train_command, TrainOptions, params)
 
 
 @main.command()
@@ -599,11 +542,10 @@ def distill(**params):
     loss = alpha*T^2*KL(softmax(t/T) || softmax(s/T)) + (1-alpha)*CE, AdamW. Unlabelled DATA
     (e.g. Food-11 testing/) trains label-free with alpha 1.
     """
-    from edge.core.options import DistillOptions, from_click
+    from edge.core.options import DistillOptions
     from edge.workflows.runs import distill_command
 
-    with _user_errors():
-        distill_command(from_click(DistillOptions, params))
+    _execute(distill_command, DistillOptions, params)
 
 
 @main.command()
@@ -627,11 +569,12 @@ def distill(**params):
 @click.option("--method", default=formats.DEFAULT_METHOD, show_default=True,
               type=click.Choice(list(formats.METHODS)),
               help="Rounding of integer formats, as in `edge export` (gptq calibrates on 64 --val images).")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for curve.json, curve.png and every round's model and ONNX file.")
+@_output("Folder for curve.json, curve.png and every round's model and ONNX file.", file_okay=False)
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted slimming in OUTPUT (same options): recorded rounds are kept, the "
                    "round in progress continues from its last epoch, to the same result.")
+@click.option("--overwrite", is_flag=True,
+              help="Start over in an OUTPUT folder that holds a slimming run (refused without it or --resume).")
 @click.option("--stop-after", type=click.IntRange(1), metavar="EPOCHS",
               help="Stop once this many fine-tuning epochs have run in all (over rates and rounds, in order); "
                    "continue later with --resume.")
@@ -645,11 +588,10 @@ def slim(**params):
     by --val, exports it and records parameters, ONNX bytes and accuracy in OUTPUT/curve.json after
     every round. An interrupted run (Ctrl-C, a crash, --stop-after) continues with --resume.
     """
-    from edge.core.options import SlimOptions, from_click
+    from edge.core.options import SlimOptions
     from edge.workflows.runs import slim_command
 
-    with _user_errors():
-        slim_command(from_click(SlimOptions, params))
+    _execute(slim_command, SlimOptions, params)
 
 
 @main.command()
@@ -658,8 +600,7 @@ def slim(**params):
               help="Unlabelled photos to calibrate, reconstruct and fine-tune on (every 5th by id is held back "
                    "for validation unless --val is given).")
 @click.option("--target-bytes", required=True, type=click.IntRange(1), help="The ONNX file must fit this many bytes.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The .onnx file to write: the best fitting candidate.")
+@_output("The .onnx file to write: the best fitting candidate.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
               help="Id,label CSV: validation accuracy ranks candidates first (agreement with MODEL otherwise), "
                    "and labels --test.")
@@ -675,7 +616,7 @@ def slim(**params):
               help="Folder for report.json/.md, frontier.png, state.json and every candidate "
                    "[default: OUTPUT.compress].")
 @click.option("--resume", is_flag=True, help="Continue the interrupted search in the report folder (same options).")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (refused without it).")
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(1),
               help="Function-matching fine-tuning epochs per slimming round.")
 @click.option("--step", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -694,7 +635,7 @@ def slim(**params):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", type=THREADS, help="torch CPU threads (default: all cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep decoded photos here.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_with([QUIET, JSON])
 def compress(**params):
     """Compress MODEL (a StudentNet) into an ONNX file of at most --target-bytes, label-free.
 
@@ -705,11 +646,10 @@ def compress(**params):
     photos); keeps the best validation agreement with MODEL whose file fits. Writes the report
     (JSON, markdown, frontier PNG). Interrupted? Run again with --resume.
     """
+    from edge.core.options import CompressOptions
     from edge.workflows.compress import run_command
-    from edge.core.options import CompressOptions, from_click
 
-    with _user_errors():
-        run_command(from_click(CompressOptions, params))
+    _execute(run_command, CompressOptions, params)
 
 
 if __name__ == "__main__":

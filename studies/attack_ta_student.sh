@@ -23,13 +23,13 @@ run attack "$TA" "$OUT/ta_uint8.onnx" "$OUT/ta_uint4.onnx" "$SHARED/food11/testi
     --labels "$SHARED/food11/reference_labels.csv" --method fgsm --eps 1/255,2/255,8/255 \
     --defense gaussian:1.5,median:3,jpeg:75,bits:4 --source "$TA" --save-adversarial "$OUT/adversarial" \
     --json "$RESULTS/attack_ta_student.json" --markdown "$RESULTS/attack_ta_student.md" \
-    --plot "$RESULTS/attack_ta_student.png"
+    --plot "$RESULTS/attack_ta_student.png" --overwrite
 # iterative FGSM (5 steps) costs 15 gradient passes per model and image: the first 48 photos only
 run attack "$TA" "$OUT/ta_uint8.onnx" "$OUT/ta_uint4.onnx" "$SHARED/food11/testing" \
     --labels "$SHARED/food11/reference_labels.csv" --method ifgsm --steps 5 --eps 1/255,2/255,8/255 --limit 48 \
     --defense gaussian:1.5,median:3,jpeg:75,bits:4 --source "$TA" \
     --json "$RESULTS/attack_ta_student_ifgsm.json" --markdown "$RESULTS/attack_ta_student_ifgsm.md" \
-    --plot "$RESULTS/attack_ta_student_ifgsm.png"
+    --plot "$RESULTS/attack_ta_student_ifgsm.png" --overwrite
 cd "$REPO" && "${PYTHON:-python3}" -m studies.attack_check "$OUT/adversarial/student_custom_small.bin/fgsm-eps2" "$TA" \
     "$SHARED/food11/testing" "$SHARED/food11/reference_labels.csv" --report "$RESULTS/attack_ta_student.json" \
     --model student_custom_small.bin --method fgsm --eps 2/255 \

@@ -10,7 +10,7 @@ RESULT="$(dirname "$0")/results/max_drop_ta_student.md"
 mkdir -p "$OUT"
 PHOTOS="$SHARED/food11/testing"
 COMMAND=(edge export "$SHARED/hw7/student_custom_small.bin" --max-drop 3 --calib "$PHOTOS" --calib-images 250
-         --images "$PHOTOS" --labels "$SHARED/food11/reference_labels.csv" -o "$OUT/chosen.onnx")
+         --images "$PHOTOS" --labels "$SHARED/food11/reference_labels.csv" -o "$OUT/chosen.onnx" --overwrite)
 START=$(date +%s)
 OMP_NUM_THREADS=1 "${COMMAND[@]}" 2>/dev/null | tee "$OUT/log.txt"
 {

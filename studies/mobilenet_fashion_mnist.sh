@@ -20,8 +20,8 @@ run train fashion-mnist:train@:12000 --val fashion-mnist:train@58000: --test fas
 BEST="$OUT/mnv3_fmnist.best.pt"
 
 # 2. Export the best epoch: fp32 and uint8 (min-max per channel, decoded at load).
-run export "$BEST" -o "$OUT/mnv3_fp32.onnx" --quant fp32
-run export "$BEST" -o "$OUT/mnv3_uint8.onnx" --quant uint8 --per-channel --method minmax
+run export "$BEST" -o "$OUT/mnv3_fp32.onnx" --quant fp32 --overwrite
+run export "$BEST" -o "$OUT/mnv3_uint8.onnx" --quant uint8 --per-channel --method minmax --overwrite
 
 # 3. 1,000 test images as PNGs in class-index folders 0..9 (predict and bench read image folders).
 IMAGES="$OUT/test_images"
@@ -44,11 +44,11 @@ EOF
 fi
 
 # 4. Predict with each file (ONNX Runtime; the .pt on torch) and bench them.
-run predict "$OUT/mnv3_fp32.onnx" "$IMAGES" -o "$OUT/pred_fp32.csv"
-run predict "$OUT/mnv3_uint8.onnx" "$IMAGES" -o "$OUT/pred_uint8.csv"
-run predict "$BEST" "$IMAGES" -o "$OUT/pred_torch.csv"
+run predict "$OUT/mnv3_fp32.onnx" "$IMAGES" -o "$OUT/pred_fp32.csv" --overwrite
+run predict "$OUT/mnv3_uint8.onnx" "$IMAGES" -o "$OUT/pred_uint8.csv" --overwrite
+run predict "$BEST" "$IMAGES" -o "$OUT/pred_torch.csv" --overwrite
 run bench "$BEST" --data "$IMAGES" --quant fp32,uint8:minmax --provider ort-cpu,torch-cpu --threads 1 \
-    --json "$OUT/bench.json" --markdown "$OUT/bench.md"
+    --json "$OUT/bench.json" --markdown "$OUT/bench.md" --overwrite
 
 # 5. The bar: uint8 <= 30% of the fp32 file's bytes, the same operators in ONNX Runtime's
 #    optimized graph, the same answers on >= 95% of the images.

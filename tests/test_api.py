@@ -3,6 +3,7 @@ tiny seeded StudentNet and generated images; `import edge` stays free of torch."
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -87,3 +88,87 @@ def test_bench_measures_an_onnx_file_and_says_why_a_backend_cannot_run(tiny):
     assert rows["torch-cpu"]["status"] == "unavailable"
     with pytest.raises(ValueError, match="unknown backend"):
         edge.benchmark([path], providers="gpu")
+
+
+# ---------------------------------------------------------------- the CLI's rules, applied to every argument
+
+@pytest.mark.parametrize("kwargs,error,words", [
+    ({"batch": -1}, edge.EdgeError, "batch (--batch) must be >= 1"),
+    ({"batch": 0}, edge.EdgeError, "batch (--batch) must be >= 1"),
+    ({"batch": "4"}, TypeError, "batch (--batch) must be an integer"),
+    ({"batch": True}, TypeError, "batch (--batch) must be an integer"),
+    ({"threads": -1}, edge.EdgeError, "threads (--threads) must be >= 1"),
+    ({"threads": 100_000}, edge.EdgeError, "threads (--threads) must be <= 256"),
+    ({"provider": None}, TypeError, "provider (--provider) is required"),
+    ({"provider": 1}, TypeError, "provider (--provider) must be a string"),
+    ({"provider": "gpu"}, edge.EdgeError, "unknown backend 'gpu'"),
+    ({"skip_bad": "no"}, TypeError, "skip_bad (--skip-bad) must be True or False"),
+    ({"progress": "yes"}, TypeError, "progress must be True or False"),
+])
+def test_predict_images_validates_every_argument(tiny, kwargs, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        edge.predict_images(tiny / "tiny.pt", tiny / "images", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,error,words", [
+    ({"entropy": "no"}, TypeError, "entropy (--entropy) must be True or False"),
+    ({"per_channel": "false"}, TypeError, "per_channel (--per-channel) must be True or False"),
+    ({"fp16_below": -5}, edge.EdgeError, "fp16_below (--fp16-below) must be >= 0"),
+    ({"train_epochs": -1}, edge.EdgeError, "train_epochs (--train-epochs) must be >= 0"),
+    ({"quant": None}, TypeError, "quant (--quant) is required"),
+    ({"quant": 8}, TypeError, "quant (--quant) must be a string"),
+    ({"calibration_images": "8"}, TypeError, "calibration_images (--calib-images) must be an integer"),
+    ({"calibration_images": 0}, edge.EdgeError, "calibration_images (--calib-images) must be >= 1"),
+    ({"low_rank": float("nan")}, edge.EdgeError, "low_rank (--low-rank) must be a finite number"),
+    ({"low_rank": 1.5}, edge.EdgeError, "low_rank (--low-rank) must be <= 1"),
+    ({"method": "best"}, edge.EdgeError, "method (--method): 'best' is not one of gptq, minmax"),
+    ({"pools": "0,1"}, TypeError, "pools (--pools) must be a tuple of integers"),
+    ({"overwrite": 1}, TypeError, "overwrite (--overwrite) must be True or False"),
+    ({"colour": True}, TypeError, "colour"),
+])
+def test_export_model_validates_every_argument(tiny, kwargs, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        edge.export_model(tiny / "tiny.pt", tiny / "never.onnx", **{"quant": "uint8", **kwargs})
+    assert not (tiny / "never.onnx").exists()
+
+
+def test_export_model_refuses_a_missing_model_path_and_an_existing_output(tiny):
+    with pytest.raises(TypeError, match="model_path"):  # None would export the shipped student instead
+        edge.export_model(None, tiny / "never.onnx")
+    first = edge.export_model(tiny / "tiny.pt", tiny / "twice.onnx", quant="fp16")
+    with pytest.raises(edge.EdgeError, match="pass --overwrite"):
+        edge.export_model(tiny / "tiny.pt", tiny / "twice.onnx", quant="fp32")
+    assert (tiny / "twice.onnx").stat().st_size == first.bytes
+    again = edge.export_model(tiny / "tiny.pt", tiny / "twice.onnx", quant="fp32", overwrite=True)
+    assert again.bytes == (tiny / "twice.onnx").stat().st_size != first.bytes
+
+
+@pytest.mark.parametrize("kwargs,error,words", [
+    ({"batches": ()}, edge.EdgeError, "batches (--batch) must name at least one integer"),
+    ({"batches": (0,)}, edge.EdgeError, "batches (--batch) must be >= 1"),
+    ({"batches": 32}, TypeError, "batches (--batch) must be a tuple of integers"),
+    ({"threads": -1}, edge.EdgeError, "threads (--threads) must be >= 1"),
+    ({"repeats": "3"}, TypeError, "repeats (--repeats) must be an integer"),
+    ({"min_seconds": 0}, edge.EdgeError, "min_time (--min-time) must be >= 0.01"),
+    ({"providers": None}, TypeError, "providers (--provider) is required"),
+    ({"providers": "gpu"}, edge.EdgeError, "unknown backend 'gpu'"),
+    ({"quants": "uint9"}, edge.EdgeError, "--quant"),
+    ({"models": 3}, TypeError, "models (--models) must be a path or a list of paths"),
+])
+def test_benchmark_validates_every_argument(kwargs, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        edge.benchmark(**kwargs)
+
+
+def test_benchmark_takes_one_path_string_as_one_model(tmp_path):
+    with pytest.raises(edge.EdgeError, match=re.escape(str(tmp_path / "m.onnx"))):  # not iterated: "m: cannot read"
+        edge.benchmark(str(tmp_path / "m.onnx"))
+
+
+def test_load_model_validates_its_arguments(tiny):
+    with pytest.raises(TypeError, match=re.escape("pools (--pools) must be a tuple of integers")):
+        edge.load_model(tiny / "tiny.pt", pools="0")
+    with pytest.raises(edge.EdgeError, match=re.escape("input_size (--input-size) must be >= 4")):
+        edge.load_model(tiny / "tiny.pt", input_size=2)
+    with pytest.raises(TypeError, match="path"):
+        edge.load_model(None)

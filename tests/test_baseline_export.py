@@ -216,7 +216,7 @@ def test_group_baseline_cli_export_predict_info(tmp_path):
                                   "--images", str(photos), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "group widths [8, 16, 16], groups 4" in result.output and "no dequantization left after load" in result.output
-    info = json.loads(runner.invoke(main, ["info", str(out)]).output)
+    info = json.loads(runner.invoke(main, ["info", "--json", str(out)]).output)
     assert info["parameters"] == count_parameters(net.build()) and info["architecture"]["arch"] == "group"
     csv = tmp_path / "predictions.csv"
     predicted = runner.invoke(main, ["predict", str(out), str(photos), "-o", str(csv), "--quiet"])

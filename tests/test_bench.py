@@ -163,7 +163,7 @@ def test_an_onnx_model_runs_as_it_is_and_torch_says_why_not(tmp_path):
     (["--quant", "fp32:minmax"], "fp32 has no method"),
     (["--quant", "int4"], "unknown weight format"),
     (["--labels", "x.csv"], "--labels needs --data"),
-    (["--batch", "0"], "positive batch sizes"),
+    (["--batch", "0"], "(--batch) must be >= 1"),
     (["--compare", "x.json"], "not an `edge bench --json` file"),
 ])
 def test_bad_options_are_usage_errors(args, message, tmp_path, monkeypatch):

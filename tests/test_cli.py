@@ -31,7 +31,7 @@ def test_export_default_model_uint8(tmp_path):
     code, out = _run("export", "--quant", "uint8", "-o", tmp_path / "student.onnx")
     assert code == 0, out
     assert "no dequantization left after load" in out and "top-1 agreement" in out
-    info = json.loads(_run("info", tmp_path / "student.onnx")[1])
+    info = json.loads(_run("info", "--json", tmp_path / "student.onnx")[1])
     assert info["weights"]["weights"] == "uint8" and info["config"]["widths"][0] == 16
 
 

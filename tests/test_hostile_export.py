@@ -245,7 +245,9 @@ def test_export_never_replaces_an_input_image_or_a_file_of_another_format(tmp_pa
     refused(invoke("export", tmp_path / "tiny.pt", "-o", tmp_path / "other.pt"), "not ONNX", "torch-zip")
     assert all(p.read_bytes() == data for p, data in before.items())
     assert invoke("export", tmp_path / "tiny.pt", "-o", tmp_path / "m.onnx").exit_code == 0
-    assert invoke("export", tmp_path / "tiny.pt", "--quant", "fp16", "-o", tmp_path / "m.onnx").exit_code == 0
+    refused(invoke("export", tmp_path / "tiny.pt", "--quant", "fp16", "-o", tmp_path / "m.onnx"), "--overwrite")
+    assert invoke("export", tmp_path / "tiny.pt", "--quant", "fp16", "-o", tmp_path / "m.onnx",
+                  "--overwrite").exit_code == 0
 
 
 # ---------------------------------------------------------------- options and what the file says

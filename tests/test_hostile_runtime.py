@@ -17,14 +17,13 @@ import tracemalloc
 import zlib
 from pathlib import Path
 
-import click
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from edge.bench.cli import _read_previous
+from edge.bench.command import _read_previous
 from edge.io.checkpoints import load_checkpoint
 from edge.cli import main
 from edge.core.config import ConfigError, ModelCard, Preprocess
@@ -328,7 +327,7 @@ def fifo(tmp_path):
 @pytest.mark.parametrize("reader,error", [
     (lambda path: read_labels(path), InputError),
     (lambda path: read_image(path, Preprocess()), ImageError),
-    (lambda path: _read_previous(path), click.BadParameter),
+    (lambda path: _read_previous(path), ConfigError),
     (lambda path: OnnxClassifier(path), ModelError),
 ], ids=["labels", "image", "bench --compare", "onnx model"])
 def test_every_runtime_input_reader_refuses_a_pipe_without_opening_it(fifo, reader, error):
@@ -382,4 +381,5 @@ def test_a_folder_of_hidden_images_is_not_called_empty(tmp_path):
                          ids=["predict threads", "workers", "bench", "train", "distill", "compress", "attack"])
 def test_thread_counts_that_would_start_hundreds_of_thousands_of_threads_are_refused(command):
     result = invoke(*command, "100000")
-    assert result.exit_code == 2 and "100000 is not in the range 1<=x<=256" in result.stderr
+    assert result.exit_code == 2 and ("--threads" in result.stderr or "--workers" in result.stderr)
+    assert re.search(r"100000 is not in the range 1<=x<=256|must be <= 256, got 100000", result.stderr)

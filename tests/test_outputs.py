@@ -161,7 +161,7 @@ def test_skip_bad_with_every_image_bad_keeps_the_previous_csv(setup, tmp_path):
     previous = tmp_path / "pred.csv"
     previous.write_text("Id,label\n1,3\n")
     result = CliRunner().invoke(main, ["predict", str(setup["onnx"]), str(tmp_path / "bad"), "-o", str(previous),
-                                       "--skip-bad", "--quiet"])
+                                       "--skip-bad", "--quiet", "--overwrite"])
     assert result.exit_code == 2 and "nothing was written" in result.stderr, result.output
     assert previous.read_text() == "Id,label\n1,3\n"
 

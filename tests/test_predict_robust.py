@@ -200,7 +200,7 @@ BAD = ("9001.jpg", "9002.jpg", "9003.jpg", "9004.png")
 def test_bad_images_fail_the_run_naming_each_and_keep_the_old_csv(synthetic_student_onnx, bad_folder, tmp_path):
     out = tmp_path / "pred.csv"
     out.write_text("Id,label\nprevious,1\n")
-    result = predict(synthetic_student_onnx, bad_folder, "-o", out)
+    result = predict(synthetic_student_onnx, bad_folder, "-o", out, "--overwrite")
     assert result.exit_code == 2
     assert all(name in result.stderr for name in BAD) and "--skip-bad" in result.stderr
     assert out.read_text() == "Id,label\nprevious,1\n" and not leftovers(tmp_path)
@@ -278,7 +278,7 @@ def test_a_write_that_fails_midway_leaves_the_old_csv_and_no_partial_file(synthe
     folder = link_photos(photos[:30], tmp_path / "testing")
     out = tmp_path / "pred.csv"
     out.write_text("Id,label\nprevious,1\n")
-    done = subprocess.run(_cli(synthetic_student_onnx, folder, "-o", out, "--quiet"), capture_output=True, text=True,
+    done = subprocess.run(_cli(synthetic_student_onnx, folder, "-o", out, "--quiet", "--overwrite"), capture_output=True, text=True,
                           cwd=REPO, timeout=120, preexec_fn=_limit_file_size)
     assert done.returncode == 2 and "pred.csv: cannot write (File too large)" in done.stderr, done.stderr
     assert out.read_text() == "Id,label\nprevious,1\n" and not leftovers(tmp_path)
@@ -294,7 +294,7 @@ def test_ctrl_c_mid_run_leaves_the_old_csv_and_no_partial_file(full_size_model_a
     out = tmp_path / "pred.csv"
     out.write_text("Id,label\nprevious,1\n")
     # a shell's background job starts with SIGINT ignored, which Python would keep: restore the default
-    child = subprocess.Popen(_cli(model, folder, "-o", out), stderr=subprocess.PIPE, cwd=REPO,
+    child = subprocess.Popen(_cli(model, folder, "-o", out, "--overwrite"), stderr=subprocess.PIPE, cwd=REPO,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     progress = b""
     while not re.search(rb"\| *[1-9]\d*/%d" % count, progress):  # some batches are done

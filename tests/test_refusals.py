@@ -164,7 +164,7 @@ def test_an_onnx_file_under_another_name_is_recognised(tiny, tmp_path):
     renamed = tmp_path / "model.bin"
     renamed.write_bytes(tiny["onnx"].read_bytes())
     assert invoke("predict", renamed, tiny["images"], "-o", tmp_path / "p.csv", "--quiet").exit_code == 0
-    assert json.loads(invoke("info", renamed).stdout)["weights"]["weights"] == "fp32"
+    assert json.loads(invoke("info", "--json", renamed).stdout)["weights"]["weights"] == "fp32"
     refused(invoke("convert", renamed, "--to", "edge", "-o", tmp_path / "c.pt"), "ONNX model", str(renamed))
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from edge.core import backends
-from edge.cli import main
+from edge.cli import main, parse_options
 from edge.core import weight_formats as formats
 from edge.export.calibrate import synthetic_images
 from edge.export.exporter import export_onnx
@@ -25,7 +25,9 @@ from edge.export.quantize import QuantSpec, candidate_specs
 from edge.inference.openers import CHANNELS_LAST, backend_handler, kinds
 from edge.inference.predict import open_model
 from edge.io.checkpoints import load_model
-from edge.core.options import CompressOptions, DistillOptions, SearchSettings, SlimOptions, TrainOptions, flat, from_click
+from edge.core.options import (AttackOptions, BenchOptions, CompressOptions, ConvertOptions, DistillOptions, ExportOptions,
+                                PredictOptions, SearchSettings, SensitivityOptions, SlimOptions, TrainOptions, flat,
+                                from_click, option_names)
 
 QUANT_FIELDS = {f.name for f in dataclasses.fields(QuantSpec)}
 
@@ -263,6 +265,12 @@ COMMANDS = {
     "distill": (DistillOptions, ["data", "--teacher", "t.pt", "-o", "run.pt"]),
     "slim": (SlimOptions, ["s.pt", "data", "-o", "out"]),
     "compress": (CompressOptions, ["m.pt", "--images", "photos", "--target-bytes", "1000", "-o", "m.onnx"]),
+    "export": (ExportOptions, ["-o", "m.onnx"]),
+    "predict": (PredictOptions, ["m.onnx", "photos", "-o", "p.csv"]),
+    "convert": (ConvertOptions, ["m.pt", "--to", "edge", "-o", "c.pt"]),
+    "bench": (BenchOptions, ["m.pt", "--json", "b.json"]),
+    "attack": (AttackOptions, ["m.pt", "photos", "--json", "a.json"]),
+    "sensitivity": (SensitivityOptions, ["m.pt", "--images", "photos", "--json", "s.json"]),
 }
 
 
@@ -281,14 +289,18 @@ def _defaults(cls) -> dict:
 def test_the_options_classes_take_exactly_the_cli_parameters_with_its_defaults(command):
     cls, args = COMMANDS[command]
     ctx = main.commands[command].make_context(command, list(args))
-    options = from_click(cls, ctx.params)
+    options, as_json = parse_options(cls, ctx.params)
+    params = {k: v for k, v in ctx.params.items() if k in option_names(cls)}
+    assert not as_json and set(ctx.params) - set(params) <= {"json", "quiet"}
     values = flat(options)
-    assert set(ctx.params) <= set(values)
-    assert all(values[name] == value for name, value in ctx.params.items())
-    assert Path(values["output"]).name == Path(args[-1]).name
+    assert set(params) <= set(values)
+    assert all(values[name] == value for name, value in params.items())
+    written = values.get("output") or values["json_out"]
+    assert Path(written).name == Path(args[-1]).name
     defaults = _defaults(cls)  # what a Python caller gets is what the CLI's user gets
-    shared = [name for name in defaults if name in ctx.params]
-    assert {k: ctx.params[k] for k in shared} == {k: defaults[k] for k in shared}
+    shared = [name for name in defaults if name in params
+              and ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT]
+    assert {k: params[k] for k in shared} == {k: defaults[k] for k in shared}
 
 
 def test_a_parameter_no_field_takes_is_refused():
@@ -300,7 +312,7 @@ def test_a_parameter_no_field_takes_is_refused():
 def test_options_are_frozen_and_keyword_only():
     from edge.prune.slim import SlimSetup
 
-    options = from_click(TrainOptions, main.commands["train"].make_context("train", ["d", "-o", "r.pt"]).params)
+    options, _ = parse_options(TrainOptions, main.commands["train"].make_context("train", ["d", "-o", "r.pt"]).params)
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.arch = "cnn"
     for cls in (TrainOptions, SearchSettings, SlimSetup):

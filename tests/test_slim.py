@@ -118,7 +118,7 @@ def test_fashion_mnist_teacher_distil_slim_uint8(fashion_mnist, tmp_path):
         assert point["test_accuracy"] > 0.3
     assert (tmp_path / "slim" / "curve.png").stat().st_size > 10_000
     # the slimmed checkpoint stands on its own: a fresh process reads it from the file alone
-    info = subprocess.run([sys.executable, "-m", "edge", "info", after["file"]], capture_output=True, text=True,
+    info = subprocess.run([sys.executable, "-m", "edge", "info", "--json", after["file"]], capture_output=True, text=True,
                           check=True)
     assert json.loads(info.stdout)["config"]["widths"] == [4, 8, 16, 32]
     assert load_net(after["file"]).spec.config.num_parameters() == after["parameters"]

@@ -220,7 +220,7 @@ def test_a_torchvision_arch_trains_at_its_input_size_and_every_command_takes_it(
     with torch.no_grad():
         assert [int(r["label"]) for r in rows] == model.build()(inputs).argmax(1).tolist()
 
-    info = CliRunner().invoke(main, ["info", str(out)])
+    info = CliRunner().invoke(main, ["info", "--json", str(out)])
     assert info.exit_code == 0 and '"model": "mobilenet_v3_small' in info.output, info.output
     assert f'"parameters": {model.parameters}' in info.output
 

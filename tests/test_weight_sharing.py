@@ -161,7 +161,7 @@ def test_cli_entropy_export_info_and_convert_to_plain_onnx(tmp_path):
     result = runner.invoke(main, ["export", "-o", str(coded), "--quant", "kmeans16", "--method", "minmax", "--entropy"])
     assert result.exit_code == 0, result.output
     assert "no dequantization left after load" in result.output
-    info = runner.invoke(main, ["info", str(coded)])
+    info = runner.invoke(main, ["info", "--json", str(coded)])
     assert info.exit_code == 0 and '"weights": "kmeans16"' in info.output and "entropy" in info.output
     result = runner.invoke(main, ["convert", str(coded), "--to", "onnx", "-o", str(plain)])
     assert result.exit_code == 0, result.output

@@ -44,14 +44,17 @@ def check_input(path: str | os.PathLike, what: str, limit: int) -> int:
     return info.st_size
 
 
+OVERWRITE_HINT = "pass --overwrite to replace it, or choose another path"  # every command's one rule
+
+
 def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: bool = True,
                  writes_model: bool = False, model_format: str | None = None, what: str = "output",
-                 hint: str = "choose another name") -> Path:
+                 hint: str = OVERWRITE_HINT) -> Path:
     """Fail before any work when writing ``path`` could destroy something; return it as a Path.
 
     ``inputs``: the command's input files and folders and its other outputs: none may be ``path``, and
     no existing file inside an input folder may be either (it is one of the inputs).
-    ``overwrite=False``: an existing file is refused (a run's file without --resume).
+    ``overwrite=False``: an existing file is refused (without --overwrite, or a run's file without --resume).
     ``writes_model=False``: an existing model file (ONNX, torch, binary pickle) is refused.
     ``model_format``: the format of the model written (`edge.core.formats`: ``onnx``); an existing file of any
     other format is refused (a checkpoint or a text file is never replaced by an ONNX file).
@@ -62,8 +65,6 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: b
     _check_not_shipped(path, what)
     _check_not_an_input(path, inputs, what)
     if path.exists():
-        if not overwrite:
-            raise OutputError(f"{path}: {what} exists and edge does not replace it: {hint}")
         if not writes_model and _is_model_file(path):
             raise OutputError(f"{path}: {what} would replace a model file; edge never overwrites a model with "
                               f"a {what}: choose another name")
@@ -71,6 +72,8 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable = (), overwrite: b
             raise OutputError(f"{path}: {what} would replace a file that is not {model_format.upper()} (its bytes "
                               f"read {_format_of(path)}); edge replaces only a file of the same format: choose "
                               f"another name")
+        if not overwrite:
+            raise OutputError(f"{path}: {what} exists and edge does not replace it: {hint}")
     _check_folder(path, what)
     return path
 

@@ -200,7 +200,7 @@ def slim_curve(base: NetFile, rate: float, rounds: int, setup: SlimSetup, base_p
     stop once this curve has run that many fine-tuning epochs in all, counted from round 1 (the
     round's run file then holds the last epoch). ``record`` gets the points each time one is
     added. Fewer than ``rounds + 1`` points come back when it stopped early."""
-    from edge.train.distributed import load_shared
+    from edge.train.shared import load_shared
     from edge.train.loop import teacher_labelled
 
     folder = setup.out_dir / f"rate{rate:g}"
@@ -230,7 +230,7 @@ def _slim_round(current: NetFile, rate: float, r: int, setup: SlimSetup, folder:
     """Round ``r``: prune ``current``, fine-tune (continuing its run file with ``setup.resume``),
     measure the best epoch. -> (that model, its point), or (``current``, None) when stopped early."""
     from edge.train.distill import Distillation
-    from edge.train.distributed import load_shared
+    from edge.train.shared import load_shared
     from edge.train.loop import Run, fit, init_model
 
     val_kind, val = val_set

@@ -16,7 +16,7 @@ What a distributed command does with the `Group` it gets back:
 - counts such as correct / total are summed over ranks (`Group.total`), so a validation
   accuracy is over the whole validation set;
 - only rank 0 writes files and prints (`say`; progress bars are off elsewhere), and files rank 0
-  wrote reach the other ranks by broadcast (`Group.file_bytes`, `load_shared`): machines need not
+  wrote reach the other ranks by broadcast (`Group.file_bytes`, `edge.train.shared.load_shared`): machines need not
   share a disk;
 - a step that may fail on one rank alone (opening data, checking the output) runs inside
   `together`: every rank learns that one failed and stops with a clear message instead of
@@ -217,20 +217,6 @@ def _failed_ranks(g: Group, failed: bool) -> list[int]:
     flags[g.rank] = int(failed)
     torch.distributed.all_reduce(flags)
     return [r for r, f in enumerate(flags.tolist()) if f]
-
-
-def load_shared(path: str | os.PathLike):
-    """`edge.io.checkpoints.load_net` of a file rank 0 wrote (or reads), on every rank."""
-    from edge.core.errors import CheckpointError
-    from edge.io.checkpoints import load_net
-
-    g = group()
-    if not g.active:
-        return load_net(path)
-    data = g.file_bytes(path)
-    if data is None:
-        raise CheckpointError(f"{path}: no such file (on rank 0)")
-    return load_net(path, data)
 
 
 # ---------------------------------------------------------------- synchronised BatchNorm

@@ -18,8 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.workflows.attack import Counts, Epsilon, Run, Target
+from edge.core.config import ConfigError
 from edge.core.files import OutputError, atomic_write, check_output, check_output_dir
+from edge.core.options import AttackOptions
+from edge.core.reports import Report
+from edge.workflows.attack import Counts, Epsilon, Run, Target
 
 CURVE_STYLES = {"white-box": "-", "transfer": "--"}
 
@@ -229,7 +232,7 @@ def check_outputs(files: list[Path | None], save_dir: Path | None, inputs: list[
     files = [path for path in files if path]
     for path in files:
         check_output(path, inputs=[*inputs, *(other for other in files if other is not path)], overwrite=overwrite,
-                     what="report file", hint="pass --overwrite to replace it")
+                     what="report file")
     if save_dir is None:
         return
     resolved = [p.resolve() for p in inputs if p.is_dir()]
@@ -261,40 +264,51 @@ def write_outputs(run: Run, doc: dict, json_out: Path | None, markdown_out: Path
 # --- the command ---
 
 
-def attack_command(models: list[Path], data_dir: Path, *, labels: Path | None, eps: str, methods: str, steps: int,
-                   defenses: str | None, source: Path | None, save_dir: Path | None, json_out: Path | None,
-                   markdown_out: Path | None, plot_out: Path | None, limit: int | None, batch: int,
-                   pools: tuple[int, ...] | None, overwrite: bool, command: str, progress: bool = True) -> dict:
-    """`edge attack` once click has parsed it: check everything, run, print the summary, write the outputs."""
+def attack_command(options: AttackOptions, command: str = "edge.workflows.attack_report.attack_command(...)") -> Report:
+    """`edge attack`: check every option and output, run, and report (the summary table, the files written)."""
     import time
 
     import torch
 
     from edge.bench.machine import describe
-    from edge.workflows.attack import Settings, open_target, parse_eps, parse_methods, resolve_labels, run_attack
-    from edge.data.folders import list_samples, read_labels
-    from edge.workflows.defenses import parse_defenses
+    from edge.workflows.attack import run_attack
 
-    settings = Settings(parse_methods(methods), parse_eps(eps), steps, parse_defenses(defenses), batch, save_dir)
-    files = [json_out, markdown_out, plot_out, examples_path(plot_out) if plot_out else None]
-    check_outputs(files, save_dir, [*models, data_dir, *filter(None, [labels, source])], overwrite)
-    targets = [_open_target(m, pools, transfer_only_ok=source is not None) for m in models]
-    source_model = open_target(source, pools) if source else None
-    samples = list_samples(data_dir, targets[0].card.classes)[:limit]
-    truth = read_labels(labels, len(targets[0].card.classes)) if labels else None
-    label_list, label_note = resolve_labels(samples, truth)
+    torch.set_num_threads(options.threads)
+    data_dir, labels = options.data_dir, options.labels
+    settings, targets, source_model, samples, (label_list, label_note) = _prepare(options)
     started = time.perf_counter()
-    run = run_attack(targets, source_model, samples, label_list, settings, progress)
+    run = run_attack(targets, source_model, samples, label_list, settings, not options.quiet)
     meta = {"command": command, "data": str(data_dir), "labels": label_note + (f" ({labels})" if labels else ""),
             "images": len(samples), "machine": describe(), "torch_threads": torch.get_num_threads(),
             "wall_s": round(time.perf_counter() - started, 1)}
     doc = build_doc(run, meta)
-    print(terminal(doc))
-    for path in write_outputs(run, doc, json_out, markdown_out, plot_out):
-        print(f"wrote {path}")
-    for name, folder in run.saved.items():
-        print(f"adversarial PNGs ({name}): {folder}")
-    return doc
+    lines = [terminal(doc)]
+    lines += [f"wrote {path}" for path in write_outputs(run, doc, options.json_out, options.markdown_out,
+                                                         options.plot_out)]
+    lines += [f"adversarial PNGs ({name}): {folder}" for name, folder in run.saved.items()]
+    return Report(tuple(lines), doc)
+
+
+def _prepare(options: AttackOptions):
+    """(settings, targets, source model, samples, (labels, note)): every check before the attack runs."""
+    from edge.data.folders import list_samples, read_labels
+    from edge.workflows.attack import Settings, open_target, parse_eps, parse_methods, resolve_labels
+    from edge.workflows.defenses import parse_defenses
+
+    models, labels, source = list(options.models), options.labels, options.source
+    if not models:
+        raise ConfigError("models: give one or more model files to attack")
+    settings = Settings(parse_methods(options.methods), parse_eps(options.eps), options.steps,
+                        parse_defenses(options.defenses), options.batch, options.save_dir)
+    plot = options.plot_out
+    files = [options.json_out, options.markdown_out, plot, examples_path(plot) if plot else None]
+    check_outputs(files, options.save_dir, [*models, options.data_dir, *filter(None, [labels, source])],
+                  options.overwrite)
+    targets = [_open_target(m, options.pools, transfer_only_ok=source is not None) for m in models]
+    source_model = open_target(source, options.pools) if source else None
+    samples = list_samples(options.data_dir, targets[0].card.classes)[:options.limit]
+    truth = read_labels(labels, len(targets[0].card.classes)) if labels else None
+    return settings, targets, source_model, samples, resolve_labels(samples, truth)
 
 
 def _open_target(path: Path, pools, transfer_only_ok: bool):

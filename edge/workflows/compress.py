@@ -431,7 +431,7 @@ def check_paths(model: Path, output: Path, work: Path, inputs: list[Path], resum
         raise OutputError(f"{output}: the compressed model is an ONNX file: name it .onnx")
     inputs = [p for p in [model, *inputs] if p is not None]
     check_output(output, inputs=[*inputs, work], overwrite=overwrite or resume, writes_model=True,
-                 model_format="onnx", what="compressed model", hint="pass --overwrite to replace it")
+                 model_format="onnx", what="compressed model")
     check_output_dir(work, inputs=[*inputs, output], what="--report folder")
     if (work / STATE).exists() and not resume:
         raise OutputError(f"{work}: holds a compress run already: continue it with --resume, or choose another "

@@ -21,7 +21,8 @@ import torch
 from edge.core.errors import CheckpointError
 from edge.core.config import ConfigError, Preprocess, StudentConfig
 from edge.data.datasets import Augment, ImageSet, decode_image_set
-from edge.train.distributed import group, load_shared, say, together
+from edge.train.distributed import group, say, together
+from edge.train.shared import load_shared
 from edge.core.files import atomic_write, check_output, check_output_dir
 from edge.models.registry import STUDENT_ARCHS, NetSpec, check_runs, count_parameters
 from edge.io.netfile import NetFile, check_compatible
@@ -61,15 +62,22 @@ def check_run_outputs(options: TrainOptions | DistillOptions) -> None:
     --metrics and --cache-dir; none may be an input."""
     run, inputs = options.run, _input_paths(options)
     out = Path(run.output)
-    hint = "continue its run with --resume (same options), or choose another -o"
-    check_output(out, inputs=inputs, overwrite=run.resume, writes_model=True, what="run file", hint=hint)
+    _check_resume_or_overwrite(run.resume, run.overwrite)
+    hint = "continue its run with --resume (same options), pass --overwrite to start it over, or choose another -o"
+    replace = run.resume or run.overwrite
+    check_output(out, inputs=inputs, overwrite=replace, writes_model=True, what="run file", hint=hint)
     if run.resume and not out.exists():
         raise ConfigError(f"{out}: nothing to resume (no such file): run without --resume first")
     best = best_path(out)
-    check_output(best, inputs=inputs, overwrite=run.resume, writes_model=True, what="best-epoch file", hint=hint)
+    check_output(best, inputs=inputs, overwrite=replace, writes_model=True, what="best-epoch file", hint=hint)
     if run.metrics:
-        check_output(run.metrics, inputs=[*inputs, out, best], what="--metrics JSON")
+        check_output(run.metrics, inputs=[*inputs, out, best], overwrite=replace, what="--metrics JSON")
     _check_cache_dir(options.sources, inputs)
+
+
+def _check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the output, --overwrite starts it over: give one of them")
 
 
 def _check_cache_dir(sources: DataOptions, inputs: list[Path]) -> None:
@@ -374,12 +382,14 @@ def _check_slim_output(options: SlimOptions) -> None:
     --resume: one holding the run's curve.json); never an input or a folder holding one."""
     out, inputs = Path(options.output), _input_paths(options)
     check_output_dir(out, inputs=inputs, what="slimming output folder")
+    _check_resume_or_overwrite(options.resume, options.overwrite)
     record = out / "curve.json"
     if options.resume and not record.exists():
         raise ConfigError(f"{record}: nothing to resume (no such file): run without --resume first")
-    if not options.resume and (record.exists() or any(p.is_file() for p in out.glob("rate*/*"))):
+    held = record.exists() or any(p.is_file() for p in out.glob("rate*/*"))
+    if held and not (options.resume or options.overwrite):
         raise ConfigError(f"{out}: holds a slimming run (curve.json or rate*/ files): continue it with --resume "
-                          f"(same options), or choose a new folder")
+                          f"(same options), pass --overwrite to start it over, or choose a new folder")
     for path in inputs:
         if path.resolve().is_relative_to(out.resolve()) and path.is_file():
             raise ConfigError(f"{path}: an input inside the output folder {out} could be overwritten by a round's "
