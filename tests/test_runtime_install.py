@@ -41,7 +41,7 @@ def test_predict_and_info_on_an_onnx_file_need_neither_torch_nor_onnx(synthetic_
     assert done.returncode == 0, done.stderr
     rows = list(csv.reader((tmp_path / "p.csv").open()))
     assert rows[0] == ["Id", "label"] and len(rows) == 1 + len(list(synthetic_photos.glob("*.jpg")))
-    done = edge_without(NO_TORCH, "info", synthetic_student_onnx)
+    done = edge_without(NO_TORCH, "info", synthetic_student_onnx, "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["parameters"] > 0
 
@@ -50,7 +50,7 @@ def test_the_entropy_coded_homework_model_runs_without_torch_or_onnx(synthetic_p
     done = edge_without(NO_TORCH, "predict", COMPRESSED, synthetic_photos, "-o", tmp_path / "p.csv", "--quiet")
     assert done.returncode == 0, done.stderr
     assert len((tmp_path / "p.csv").read_text().splitlines()) > 1
-    done = edge_without(NO_TORCH, "info", COMPRESSED)
+    done = edge_without(NO_TORCH, "info", COMPRESSED, "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["weights"]["entropy"], done.stderr
 
 
