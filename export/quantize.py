@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.export.formats import FormatHandler, format_handler
+from edge.export.formats.registry import FormatHandler, format_handler  # the package registers every handler
 from edge.models.fold import FoldedLayer
 from edge.core.weight_formats import CANDIDATES, DEFAULT_METHOD, FP16_BELOW, METHODS, WeightFormat, parse_format
 

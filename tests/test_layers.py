@@ -128,3 +128,21 @@ def test_the_checker_sees_an_upward_import():
     assert layer("edge.core.files") < layer("edge.cli")
     assert "edge.core.errors" in GRAPH["edge.io.checkpoints"]
     assert any(layer(m) < layer("edge.cli") for m in GRAPH["edge.cli"])
+
+
+MAX_LEVELS = 12  # the longest downward chain of imports: a deeper one is a sign a module is in the wrong layer
+
+
+def _levels(module: str, seen: dict[str, int]) -> int:
+    if module not in seen:
+        seen[module] = 1 + max((_levels(m, seen) for m in GRAPH[module]), default=0)
+    return seen[module]
+
+
+def test_the_longest_import_chain_is_at_most_max_levels():
+    seen: dict[str, int] = {}
+    deepest = max(MODULES, key=lambda m: _levels(m, seen))
+    chain = [deepest]
+    while GRAPH[chain[-1]]:
+        chain.append(max(GRAPH[chain[-1]], key=lambda m: seen[m]))
+    assert len(chain) == seen[deepest] <= MAX_LEVELS, " -> ".join(chain)

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from edge.core.config import ConfigError, StudentConfig
-from edge.models.registry import register_arch
 
 
 class ChannelShuffle(nn.Module):
@@ -86,8 +85,3 @@ def sized_like(student: StudentConfig, groups: int = 1) -> StudentConfig:
     factors = [f / 1000 for f in range(50, 3001)]
     best = min(factors, key=lambda f: abs(convnet_parameters(scaled(f), groups) - target))
     return scaled(best)
-
-
-@register_arch("cnn", "group")
-def _build(spec) -> ConvNet:
-    return ConvNet(spec.config, spec.groups)

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from edge.core.errors import CheckpointError
-from edge.models.registry import TORCHVISION, register_arch
 
 
 def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -28,11 +27,6 @@ def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3) ->
     if in_channels != 3:
         _set_input_channels(model, in_channels)
     return model
-
-
-@register_arch(TORCHVISION)
-def _build(spec) -> nn.Module:
-    return torchvision_classifier(spec.arch, spec.config.num_classes, spec.config.in_channels)
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -103,5 +97,3 @@ def _set_input_channels(model: nn.Module, channels: int) -> None:
                     conv.groups if conv.groups == 1 else channels, conv.bias is not None)
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     setattr(parent, name.rpartition(".")[2], new)
-
-

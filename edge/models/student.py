@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from edge.core.config import StudentConfig
-from edge.models.registry import register_arch
 
 
 def _stage(config: StudentConfig, stage: int, in_channels: int) -> nn.Sequential:
@@ -41,11 +40,6 @@ class StudentNet(nn.Module):
         return self.fc(self.cnn(x).flatten(1))
 
 
-@register_arch("dw")
-def _build(spec) -> StudentNet:
-    return StudentNet(spec.config)
-
-
 def build_student(config: StudentConfig, state: dict[str, np.ndarray] | None = None) -> StudentNet:
     """A StudentNet in eval mode, with ``state`` (numpy, homework names) loaded if given."""
     model = StudentNet(config)
@@ -60,5 +54,3 @@ def build_student(config: StudentConfig, state: dict[str, np.ndarray] | None = N
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-
-
