@@ -78,8 +78,8 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
         try:
             return self.allowed[(module, name)]
         except KeyError:
-            raise UnsafePickleError(f"refused to load {module}.{name}: a weights pickle holds only numpy arrays "
-                                    "and numbers, and this one names other code (it may try to run it)") from None
+            raise UnsafePickleError(f"refused to load {module}.{name}: it is no part of numpy arrays or numbers, "
+                                    "so this file may try to run code") from None
 
     def _new_array(self, shape, dtype=float):
         """``numpy.ndarray(shape, dtype)``, allocated only when the pickle could hold its bytes."""

@@ -89,7 +89,7 @@ def read_torch(path: str | os.PathLike, contents: bytes | None = None):
     import torch
 
     path = Path(path) if contents is not None else model_file(path)
-    _check_expansion(path, contents)
+    _check_archive(path, contents)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign file
             warnings.simplefilter("ignore")
@@ -103,21 +103,27 @@ def read_torch(path: str | os.PathLike, contents: bytes | None = None):
         raise CheckpointError(f"{path}: not a readable torch file ({reason})") from None
 
 
-def _check_expansion(path: Path, contents: bytes | None) -> None:
+def _check_archive(path: Path, contents: bytes | None) -> None:
     """A torch zip whose entries expand far beyond the file (``torch.save`` stores them uncompressed) is a
     decompression bomb: torch would allocate what the zip directory declares. Refused from the directory
-    alone, before anything is inflated."""
+    alone, before anything is inflated. Then every entry's CRC is checked (torch.load does not check
+    them: a flipped byte would load as a changed weight)."""
     import zipfile
 
     try:
         with zipfile.ZipFile(io.BytesIO(contents) if contents is not None else path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
+            stored = len(contents) if contents is not None else path.stat().st_size
+            if declared > MAX_EXPANSION * stored + (1 << 20):
+                raise CheckpointError(f"{path}: refused: its {stored:,} bytes declare {declared:,} bytes of tensors (a "
+                                      f"decompression bomb; torch.save stores tensors uncompressed)")
+            damaged = archive.testzip()
+    except CheckpointError:
+        raise
     except Exception:  # noqa: BLE001 - zipfile raises BadZipFile, NotImplementedError, ... on odd bytes
         return  # not a zip (the legacy format) or damaged: torch.load says which
-    stored = len(contents) if contents is not None else path.stat().st_size
-    if declared > MAX_EXPANSION * stored + (1 << 20):
-        raise CheckpointError(f"{path}: refused: its {stored:,} bytes declare {declared:,} bytes of tensors (a "
-                              f"decompression bomb; torch.save stores tensors uncompressed)")
+    if damaged is not None:
+        raise CheckpointError(f"{path}: damaged torch file: entry {damaged} fails its CRC check (a changed byte)")
 
 
 def _torch_reason(err: Exception) -> str:
