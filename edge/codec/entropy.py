@@ -38,6 +38,7 @@ import numpy as np
 
 from edge.core.errors import EdgeError
 from edge.core.files import InputError, check_input
+from edge.codec.metadata import MetadataError, check_seal, seal
 from edge.codec.quant import code_stream_bits, pack_codes, unpack_codes
 
 if TYPE_CHECKING:
@@ -244,7 +245,7 @@ def _plain_bytes(path: Path, model: "onnx.ModelProto") -> bytes:
     from google.protobuf.message import EncodeError
 
     try:
-        return (expand(model) if is_entropy_coded(model) else model).SerializeToString()
+        return seal((expand(model) if is_entropy_coded(model) else model).SerializeToString())
     except EntropyError as err:
         raise EntropyError(f"{path}: {err}") from None
     except (EncodeError, ValueError) as err:
@@ -294,8 +295,9 @@ def _load(path: Path) -> "onnx.ModelProto":
         raise EntropyError(f"{path}: {HOW_TO_OPEN}; reading it needs the onnx package (pip install onnx)") from None
     try:
         check_input(path, "ONNX file", MAX_ONNX_BYTES)
+        check_seal(path)
         model = onnx.load(str(path), load_external_data=False)
-    except InputError:  # names the file already
+    except (InputError, MetadataError):  # names the file already
         raise
     except (DecodeError, OSError, ValueError) as err:
         raise EntropyError(f"{path}: not an ONNX file ({_what_it_is(path) or getattr(err, 'strerror', None) or err})") \
