@@ -41,6 +41,7 @@ from edge.core.files import atomic_write
 from edge.io.netfile import NetFile
 from edge.models.registry import NetSpec
 from edge.core.options import CompressOptions, SearchSettings
+from edge.workflows.compress_state import chosen_bytes, file_sha256, read_state
 
 VAL_EVERY = 5
 STATE = "state.json"
@@ -196,16 +197,8 @@ class Search:
 
     # -- state
 
-    def load(self) -> None:
-        """Continue the search recorded in ``work`` (its settings must be these)."""
-        from edge.workflows.compress_state import read_state
-
-        path = self.work / STATE
-        saved = read_state(path)
-        differ = {k: (saved[k], self.state[k]) for k in ("settings", "about") if saved[k] != self.state[k]}
-        if differ:
-            raise ConfigError(f"{path}: --resume needs the search's own settings; these differ (saved, now): "
-                              + "; ".join(f"{k} {a} != {b}" for k, (a, b) in differ.items()))
+    def load(self, saved: dict) -> None:
+        """Continue the search recorded in ``saved`` (`resumable`: read and checked already)."""
         self.state = saved
 
     def save(self) -> None:
@@ -223,6 +216,7 @@ class Search:
         name = f"{stage}-k{keep:.4f}-{label.replace(' ', '-').replace(':', '')}.onnx"
         p = {"stage": stage, "keep": keep, **measure(net, spec, self.work / name, self.inputs, layer_bits),
              **(extra or {})}
+        p["sha256"] = file_sha256(self.work / name)  # what --resume identifies the candidate by
         self.state["points"].append(p)
         self.save()
         self.log(_point_line(p, self.settings.target_bytes))
@@ -506,20 +500,21 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
     folders = [Path(spec.rsplit("@", 1)[0]) for spec in (images, val, test) if spec]
     sources = [teacher, labels, test_labels, cache_dir, *folders]
     check_paths(model, output, work, sources, resume, overwrite)
-    inputs = open_inputs(model, images, settings, labels, val, teacher, teacher_arch, test, test_labels, cache_dir, log)
-    work.mkdir(parents=True, exist_ok=True)
     about = {"model": str(model), "images": images, "val": val, "teacher": str(teacher) if teacher else None,
              "labels": str(labels) if labels else None, "test": test,
              "test_labels": str(test_labels) if test_labels else None}
+    saved = resumable(work / STATE, settings, about) if resume else None  # checked before anything is written
+    inputs = open_inputs(model, images, settings, labels, val, teacher, teacher_arch, test, test_labels, cache_dir, log)
+    work.mkdir(parents=True, exist_ok=True)
     search = Search(inputs, settings, work, candidates or tuple(QuantSpec(weights, **options) for weights, options in FORMATS), about, progress, log)
-    if resume:
-        search.load()
+    if saved:
+        search.load(saved)
     state = search.run()
     best = choose(state["points"], settings.target_bytes)
     state["command"] = command or state.get("command", "")
     state["chosen"] = best
     if best is not None:
-        data = _candidate_bytes(work / best["onnx"], best["bytes"])
+        data = chosen_bytes(work, best)
         atomic_write(output, lambda f: f.write(data))
         log(f"wrote {output}: {best['stage']} keep {best['keep']:.3f}, {best['format']}, {best['bytes']:,} B, "
             f"val agreement {best['val_agreement']:.2%}")
@@ -531,12 +526,16 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
     return state
 
 
-def _candidate_bytes(path: Path, recorded: int) -> bytes:
-    """The chosen candidate's file as the search measured it: a regular file of the recorded size."""
-    if path.is_symlink() or not path.is_file() or path.stat().st_size != recorded:
-        raise ConfigError(f"{path}: the candidate the record chose is missing or changed since it was measured "
-                          f"({recorded:,} B recorded): run again without --resume")
-    return path.read_bytes()
+def resumable(path: Path, settings: SearchSettings, about: dict) -> dict:
+    """The record at ``path`` (`read_state`: every field and candidate checked), made by a search with these
+    settings and inputs."""
+    saved = read_state(path)
+    now = {"settings": asdict(settings), "about": about}
+    differ = {k: (saved[k], now[k]) for k in now if saved[k] != now[k]}
+    if differ:
+        raise ConfigError(f"{path}: --resume needs the search's own settings; these differ (saved, now): "
+                          + "; ".join(f"{k} {a} != {b}" for k, (a, b) in differ.items()))
+    return saved
 
 
 def run_command(options: CompressOptions) -> dict:
