@@ -110,3 +110,12 @@ def test_files_without_a_checksum_still_load(written, tmp_path):
     onnx.save(model, tmp_path / "unsealed.onnx")
     with pytest.raises(ModelError, match=r"unsealed.onnx: damaged: its 'edge.crc32' checksum entry is missing"):
         OnnxClassifier(tmp_path / "unsealed.onnx")
+
+
+@pytest.mark.parametrize("options", [["--quant", "uint1", "--method", "minmax"], ["--quant", "fp32", "--low-rank", "0.5"]])
+def test_an_export_whose_parity_collapses_is_refused_not_written(options, tmp_path):
+    """Both exited 0 after printing 0.00% top-1 agreement, leaving the useless file."""
+    result = CliRunner().invoke(main, ["export", *options, "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "m.onnx: removed: its top-1 agreement with torch fp32 is 0.00%" in result.output
+    assert "below 50%" in result.output and not (tmp_path / "m.onnx").exists()
