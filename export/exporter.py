@@ -44,7 +44,8 @@ class Parity:
 
 
 def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibration: np.ndarray | None = None,
-                calibration_source: str = "", layer_bits: dict[str, int] | None = None) -> tuple[int, dict]:
+                calibration_source: str = "", layer_bits: dict[str, int] | None = None,
+                progress: bool = True) -> tuple[int, dict]:
     """Fold, encode, export, apply the weight formats, fully check and atomically write the ONNX file.
 
     ``model_file``: anything with ``.card`` (`edge.core.config.ModelCard`) and ``.build()`` (the torch
@@ -72,7 +73,8 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
         model = compact(quantize_qdq(_float_graph(folded, card), calibration, spec.per_channel))
     else:
         layers, encodings = encode_model(folded, spec, calibration, layer_bits,
-                                         input_shape=(card.config.in_channels, card.config.input_size, card.config.input_size))
+                                         input_shape=(card.config.in_channels, card.config.input_size, card.config.input_size),
+                                         progress=progress)
         if spec.bits and spec.calibrated:  # say how many layers --fp16-below kept as floats (all, on a tiny model)
             kept = sum(isinstance(e, FloatWeight) for e in encodings.values())
             quant["fp16_layers"] = f"{kept} of {len(encodings)} (fewer than {spec.fp16_below:,} weights)"

@@ -46,6 +46,7 @@ def searched(tmp_path_factory) -> Path:
     SOURCE[:] = [root]
     done = _compress(root / "work", root / "first.onnx")
     assert done.exit_code == 0, done.output
+    assert "\r" not in done.output and "it/s" not in done.output, done.output  # --quiet: no progress bars
     return root
 
 

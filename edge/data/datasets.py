@@ -168,7 +168,7 @@ def _prepare(pixels: np.ndarray, spec: Preprocess, augment: Augment | None):
     return _canvas(pixels, augment.canvas)
 
 
-def _decode_files(samples, spec: Preprocess, augment: Augment | None, workers: int):
+def _decode_files(samples, spec: Preprocess, augment: Augment | None, workers: int, progress: bool = True):
     from tqdm import tqdm
 
     from edge.data.preprocess import read_image
@@ -177,7 +177,8 @@ def _decode_files(samples, spec: Preprocess, augment: Augment | None, workers: i
         return _prepare(read_image(sample.path, spec)[0], spec, augment)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        return list(tqdm(pool.map(work, samples), total=len(samples), desc="decode", unit="img", leave=False))
+        return list(tqdm(pool.map(work, samples), total=len(samples), desc="decode", unit="img", leave=False,
+                         disable=not progress))
 
 
 def _decode_arrays(images: np.ndarray, spec: Preprocess, augment: Augment | None):
@@ -200,7 +201,7 @@ def _stack(prepared, labels, ids, classes, spec, augment) -> ImageSet:
 
 def decode_image_set(source: str, spec: Preprocess, augment: Augment | None = None, *, workers: int = 4,
                      cache_dir: str | os.PathLike | None = None, labels_csv: str | os.PathLike | None = None,
-                     class_hint: tuple[str, ...] = ()) -> ImageSet:
+                     class_hint: tuple[str, ...] = (), progress: bool = True) -> ImageSet:
     """Decode a data source (``FOLDER[@START:STOP]``, ``fashion-mnist:SPLIT``) into a uint8 `ImageSet` for
     ``spec`` (an evaluation set), or for training with ``augment``; cached in ``cache_dir`` when given."""
     name, part = parse_source(source)
@@ -226,7 +227,7 @@ def decode_image_set(source: str, spec: Preprocess, augment: Augment | None = No
         return ImageSet(cached["pixels"], torch.as_tensor(labels, dtype=torch.int64), ids, classes, spec,
                         cached["boxes"] if augment else None)
     prepared = _decode_arrays(images, spec, augment) if samples is None else _decode_files(samples, spec, augment,
-                                                                                            workers)
+                                                                                            workers, progress)
     data = _stack(prepared, labels, ids, classes, spec, augment)
     _write_cache(cache_dir, name, key, data)
     return data

@@ -70,6 +70,7 @@ class Inputs:
     val_truth: np.ndarray | None  # labels of the val photos, when known
     test: object = None  # ImageSet with true labels, scored only
     test_reference: np.ndarray | None = None  # the model's answers on the test photos
+    progress: bool = True  # progress bars (of decoding, calibrating, ...)
 
 
 # ---------------------------------------------------------------- measuring one candidate
@@ -86,7 +87,8 @@ def format_name(spec, layer_bits: dict | None = None) -> str:
     return " ".join([spec.weights + (" per-channel" if spec.per_channel else "")] + extra)
 
 
-def _export(net: NetFile, spec, path: Path, calibration: np.ndarray, layer_bits: dict | None = None) -> int:
+def _export(net: NetFile, spec, path: Path, calibration: np.ndarray, layer_bits: dict | None = None,
+            progress: bool = True) -> int:
     from edge.io.checkpoints import Checkpoint
     from edge.prune.slim import numpy_state
     from edge.export.exporter import export_onnx
@@ -94,7 +96,7 @@ def _export(net: NetFile, spec, path: Path, calibration: np.ndarray, layer_bits:
     source = f"{len(calibration)} training photos" if spec.calibrated else ""
     with torch.no_grad():
         size, _ = export_onnx(Checkpoint(net.card, numpy_state(net), "edge"), path, spec,
-                              calibration if spec.calibrated else None, source, layer_bits)
+                              calibration if spec.calibrated else None, source, layer_bits, progress=progress)
     return size
 
 
@@ -111,7 +113,7 @@ def measure(net: NetFile, spec, path: Path, inputs: Inputs, layer_bits: dict | N
     from edge.data.datasets import normalize
     from edge.export.mixed_precision import kl_from
 
-    size = _export(net, spec, path, inputs.calibration[:_gptq_count(inputs)].numpy(), layer_bits)
+    size = _export(net, spec, path, inputs.calibration[:_gptq_count(inputs)].numpy(), layer_bits, inputs.progress)
     point = {"format": format_name(spec, layer_bits), "onnx": path.name, "bytes": size,
              "parameters": net.spec.config.num_parameters(), "widths": list(net.spec.config.widths)}
     logits = _onnx_logits(path, normalize(inputs.val.pixels, inputs.val.preprocess))
@@ -149,14 +151,14 @@ def with_weights(like: NetFile, config, state: dict[str, np.ndarray]) -> NetFile
 
 
 def fitting_keep(net: NetFile, spec, target: int, min_keep: float, probe: Path,
-                 calibration: np.ndarray) -> float | None:
+                 calibration: np.ndarray, progress: bool = True) -> float | None:
     """The largest keep fraction (to 1/256) whose file in ``spec`` fits ``target`` bytes; None below ``min_keep``."""
     from edge.prune.reconstruct import target_widths
 
     config = net.spec.config
 
     def fits(keep: float) -> bool:
-        return _export(shaped(net, target_widths(config, keep)), spec, probe, calibration) <= target
+        return _export(shaped(net, target_widths(config, keep)), spec, probe, calibration, progress=progress) <= target
 
     if not fits(min_keep):
         return None
@@ -296,7 +298,8 @@ class Search:
             for spec in self._formats("sizes of slimmed shapes"):
                 if spec.bits is None:  # no slimming path aims at a float format's size
                     continue
-                keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe, calibration)
+                keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe, calibration,
+                                    self.progress)
                 targets[format_name(spec)] = keep
             probe.unlink(missing_ok=True)
             wanted = [k for k in targets.values() if k is not None and k < 1.0]
@@ -435,7 +438,7 @@ def check_paths(model: Path, output: Path, work: Path, inputs: list[Path], resum
 def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path | None = None, val: str | None = None,
                 teacher: Path | None = None, teacher_arch: str = "resnet18", test: str | None = None,
                 test_labels: Path | None = None, cache_dir: Path | None = None,
-                log=lambda line: print(line, file=sys.stderr)) -> Inputs:
+                log=lambda line: print(line, file=sys.stderr), progress: bool = True) -> Inputs:
     """Load the model, the teacher and the photos, and split them."""
     from edge.data.folders import read_labels
     from edge.data.datasets import Augment, decode_image_set, normalize
@@ -447,7 +450,7 @@ def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path
         raise ConfigError(f"{model}: edge compress slims StudentNet channels (arch dw); this is a {base.spec.arch}: "
                           f"export it with `edge export --quant uint8` (or fp16, uint4) instead")
     truth = read_labels(labels, len(base.classes)) if labels else None
-    common = {"cache_dir": cache_dir, "class_hint": base.classes}
+    common = {"cache_dir": cache_dir, "class_hint": base.classes, "progress": progress}
     crops = decode_image_set(images, base.preprocess, **common)
     canvases = decode_image_set(images, base.preprocess, Augment(base.preprocess.crop), **common)
     if val:
@@ -477,7 +480,7 @@ def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path
     return Inputs(base=base, teacher=teacher_model, teacher_is_base=teacher is None, train=train,
                   calibration=calibration, val=replace(val_set, labels=reference.argmax(1)),
                   val_logits=reference.numpy(), val_truth=val_truth, test=test_set,
-                  test_reference=test_reference)
+                  test_reference=test_reference, progress=progress)
 
 
 def _truth(data, truth: dict | None) -> np.ndarray | None:
@@ -504,7 +507,8 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
              "labels": str(labels) if labels else None, "test": test,
              "test_labels": str(test_labels) if test_labels else None}
     saved = resumable(work / STATE, settings, about) if resume else None  # checked before anything is written
-    inputs = open_inputs(model, images, settings, labels, val, teacher, teacher_arch, test, test_labels, cache_dir, log)
+    inputs = open_inputs(model, images, settings, labels, val, teacher, teacher_arch, test, test_labels, cache_dir, log,
+                         progress)
     work.mkdir(parents=True, exist_ok=True)
     search = Search(inputs, settings, work, candidates or tuple(QuantSpec(weights, **options) for weights, options in FORMATS), about, progress, log)
     if saved:
