@@ -78,6 +78,9 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
         try:
             return self.allowed[(module, name)]
         except KeyError:
+            if module.split(".")[0] == "numpy":  # numpy's own objects run no code, but hold no weights either
+                raise UnsafePickleError(f"refused to load {module}.{name}: edge reads numpy arrays, dtypes and "
+                                        "numbers, not other numpy objects") from None
             raise UnsafePickleError(f"refused to load {module}.{name}: it is no part of numpy arrays or numbers, "
                                     "so this file may try to run code") from None
 

@@ -82,6 +82,14 @@ def model_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def onnx_not_weights(path: Path) -> str:
+    """What to say of an ONNX file given where a weights file belongs (named ``*.onnx`` or not)."""
+    runs = "`edge predict`, `info`, `bench` and `convert --to onnx` read ONNX files"
+    if path.suffix.lower() == ".onnx":
+        return f"an ONNX model, not a weights file (a torch checkpoint, state dict or pickle), which is what this reads; {runs}"
+    return f"this is an ONNX model (by its contents), not a weights file: name it *.onnx, as {runs}"
+
+
 def read_torch(path: str | os.PathLike, contents: bytes | None = None):
     """``torch.load(weights_only=True)`` of ``path`` (or of its ``contents``, already read, e.g. sent
     by another process): never runs code from the file; a refusal or a damaged file is a
@@ -89,6 +97,8 @@ def read_torch(path: str | os.PathLike, contents: bytes | None = None):
     import torch
 
     path = Path(path) if contents is not None else model_file(path)
+    if _is_onnx(path, contents):
+        raise CheckpointError(f"{path}: {onnx_not_weights(path)}")  # torch.load says "Unsupported operand 8"
     _check_archive(path, contents)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign file
@@ -101,6 +111,15 @@ def read_torch(path: str | os.PathLike, contents: bytes | None = None):
             raise CheckpointError(f"{path}: refused: the file holds more than weights and may try to run code "
                                   f"({reason})") from None
         raise CheckpointError(f"{path}: not a readable torch file ({reason})") from None
+
+
+def _is_onnx(path: Path, contents: bytes | None) -> bool:
+    from edge.core.formats import sniff, sniff_file
+
+    try:
+        return (sniff(contents[:64]) if contents is not None else sniff_file(path)) == "onnx"
+    except OSError:
+        return False  # torch.load names what is wrong with the file
 
 
 def _check_archive(path: Path, contents: bytes | None) -> None:
