@@ -104,3 +104,14 @@ def test_a_renamed_stage_is_named(tmp_path):
                tmp_path / "renamed.pt")
     with pytest.raises(CheckpointError, match=r"stages skip cnn.1 \(cnn.<i>.0.weight found for i in \[0, 2\]\)"):
         load_checkpoint(tmp_path / "renamed.pt")
+
+
+@pytest.mark.parametrize("arch", ["googlenet", "inception_v3"])
+def test_architectures_with_auxiliary_heads_train_on_their_main_logits(arch):
+    """googlenet's training forward returned GoogLeNetOutputs: cross_entropy raised a TypeError."""
+    from edge.models.classifiers import torchvision_classifier
+
+    model = torchvision_classifier(arch, 3).train()
+    logits = model(torch.rand(2, 3, 80, 80))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)
+    assert any(name.startswith(("aux1", "AuxLogits")) for name in model.state_dict())  # the same weights as saved

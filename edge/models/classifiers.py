@@ -25,6 +25,8 @@ def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3) ->
         raise CheckpointError(f"unknown architecture {name!r}: use dw, cnn, group or a torchvision classifier "
                               f"({examples}, ...)")
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if getattr(model, "aux_logits", False):  # googlenet, inception_v3: in training they return a tuple with the
+        model.aux_logits = False             # auxiliary heads' logits; edge trains the main head (aux kept: same weights)
     if in_channels != 3:
         _set_input_channels(model, in_channels)
     return model
