@@ -98,3 +98,21 @@ def test_no_small_file_makes_a_command_use_1_gb(tmp_path, name, data, command):
     code, peak, output = peak_kb(sys.executable, "-m", "edge", *args)
     assert code == 2 and peak < MEMORY_LIMIT_KB, (peak, output)
     assert "Traceback" not in output and str(path) in output
+
+
+def test_a_gzipped_idx_bomb_is_refused_before_it_is_inflated(tmp_path):
+    import gzip
+
+    from edge.data.datasets import read_idx
+    from edge.data.folders import DatasetError
+
+    header = b"\0\0\x08\x01" + (40 << 20).to_bytes(4, "big")
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(header + bytes(40 << 20), 9))  # 40 KB -> 40 MB
+    with pytest.raises(DatasetError, match="bomb.gz: refused: its gzip stream expands beyond 32 times"):
+        read_idx(tmp_path / "bomb.gz")
+    labels = np.arange(200, dtype=np.uint8) % 10
+    (tmp_path / "labels.gz").write_bytes(gzip.compress(b"\0\0\x08\x01" + (200).to_bytes(4, "big") + labels.tobytes()))
+    assert np.array_equal(read_idx(tmp_path / "labels.gz"), labels)
+    (tmp_path / "cut.gz").write_bytes((tmp_path / "labels.gz").read_bytes()[:-12])
+    with pytest.raises(DatasetError, match="cut.gz: cannot read IDX file"):
+        read_idx(tmp_path / "cut.gz")
