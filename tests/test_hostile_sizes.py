@@ -88,7 +88,7 @@ def test_protocol_helpers_admit_only_what_numpy_pickles_use():
 
 
 @pytest.mark.parametrize("name, data", [("hugearr.pkl", pickle.dumps({"w": _Declares((1 << 30,))}, protocol=2)),
-                                        ("memo.pkl", _memo_bomb(1 << 28))])
+                                        ("memo.pkl", _memo_bomb(1 << 28))], ids=["hugearr", "memo"])
 @pytest.mark.parametrize("command", ["info", "teacher"])
 def test_no_small_file_makes_a_command_use_1_gb(tmp_path, name, data, command):
     path = tmp_path / name
