@@ -42,7 +42,8 @@ class Parity:
 
 
 def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibration: np.ndarray | None = None,
-                calibration_source: str = "", layer_bits: dict[str, int] | None = None) -> tuple[int, dict]:
+                calibration_source: str = "", layer_bits: dict[str, int] | None = None,
+                progress: bool = True) -> tuple[int, dict]:
     """Fold, encode, export, apply the weight formats, fully check and atomically write the ONNX file.
 
     ``model_file``: anything with ``.card`` (`edge.core.config.ModelCard`) and ``.build()`` (the torch
@@ -65,7 +66,8 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
         quant["layer_bits"] = dict(layer_bits)
     net = _net_entry(model_file)
     layers, encodings = encode_model(folded, spec, calibration, layer_bits,
-                                     input_shape=(card.config.in_channels, card.config.input_size, card.config.input_size))
+                                     input_shape=(card.config.in_channels, card.config.input_size, card.config.input_size),
+                                     progress=progress)
     quant.update(spec.handler.encoded_entries(spec, encodings))
     with torch.no_grad():
         for layer in layers:  # the float weights the file holds (after equalization, bias correction)
@@ -162,8 +164,13 @@ def sample_inputs(model_file, image_dir, limit: int = 64, seed: int = 0):
     return rng.random(shape, dtype=np.float32), "8 random images (pass --images DIR for real ones)"
 
 
-def parity_check(model_file, onnx_path: str | os.PathLike, images: np.ndarray, source: str) -> Parity:
-    """Compare ONNX Runtime on ``onnx_path`` with the model file's (unfolded) torch module on ``images``."""
+COLLAPSED = 0.5  # top-1 agreement with torch fp32 below this: the weight format destroyed the model
+
+
+def parity_check(model_file, onnx_path: str | os.PathLike, images: np.ndarray, source: str,
+                 minimum: float = COLLAPSED) -> Parity:
+    """Compare ONNX Runtime on ``onnx_path`` with the model file's (unfolded) torch module on ``images``; a
+    file agreeing on fewer than ``minimum`` of them is removed and refused (`GraphError`), never kept silently."""
     import torch
 
     from edge.inference.runtime import OnnxClassifier
@@ -172,4 +179,9 @@ def parity_check(model_file, onnx_path: str | os.PathLike, images: np.ndarray, s
     with torch.inference_mode():
         a = np.concatenate([ours(images[i:i + 16]) for i in range(0, len(images), 16)])
         b = np.concatenate([reference(torch.from_numpy(images[i:i + 16])).numpy() for i in range(0, len(images), 16)])
-    return Parity(float(np.abs(a - b).max()), float(np.mean(a.argmax(1) == b.argmax(1))), len(images), source)
+    parity = Parity(float(np.abs(a - b).max()), float(np.mean(a.argmax(1) == b.argmax(1))), len(images), source)
+    if parity.agreement < minimum:
+        os.unlink(onnx_path)
+        raise GraphError(f"{onnx_path}: removed: its top-1 agreement with torch fp32 is {parity.agreement:.2%} on "
+                         f"{source} (below {minimum:.0%}): this weight format destroys the model; choose more bits")
+    return parity

@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge.core.errors import CheckpointError
 from edge.codec.entropy import entropy_code
+from edge.codec.metadata import seal
 from edge.core.errors import EdgeError
 from edge.core.files import atomic_write
 from edge.models.fold import FoldedLayer
@@ -282,6 +283,6 @@ def write_checked(model: onnx.ModelProto, path, entropy: bool = False) -> int:
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise CheckpointError(f"{path}: not written: stored weight {_checkpoint_name(tensor.name)} would be "
                                   f"non-finite ({values.dtype}; weights beyond its range?): choose a wider --quant")
-    data = (entropy_code(model) if entropy else model).SerializeToString()
+    data = seal((entropy_code(model) if entropy else model).SerializeToString())  # edge.crc32 of the whole file
     atomic_write(path, lambda f: f.write(data))
     return len(data)

@@ -191,7 +191,7 @@ def test_a_state_dict_whose_first_conv_takes_odd_channels_is_refused(tmp_path):
 def _record(**point) -> dict:
     settings = SearchSettings(target_bytes=3000)
     good = {"stage": "quantization", "keep": 1.0, "format": "fp16", "onnx": "q.onnx", "bytes": 10,
-            "val_agreement": 1.0}
+            "parameters": 5, "widths": [4], "val_agreement": 1.0, "sha256": "0" * 64}
     return {"settings": settings.__dict__, "about": {}, "points": [{**good, **point}], "rounds": [], "seconds": 1.0}
 
 
@@ -202,7 +202,8 @@ def _record(**point) -> dict:
     (json.dumps(_record(keep=float("nan"))), "NaN"),
     (json.dumps(_record())[:100], "not a resumable"),
     ("[1, 2]", "JSON list"),
-    (json.dumps({**_record(), "rounds": [{"x": 1}]}), "rounds[0].round"),  # KeyError
+    (json.dumps({**_record(), "rounds": [{"x": 1}]}), "rounds[0].x: not a field edge writes"),  # KeyError
+    (json.dumps({**_record(), "rounds": [{"round": 1}]}), "rounds[0].keep is missing"),
 ])
 def test_a_damaged_compress_record_is_refused_not_followed(text, words, tmp_path):
     (tmp_path / "state.json").write_text(text)
@@ -215,8 +216,9 @@ def test_a_compress_record_that_is_not_a_file_is_refused_without_reading(tmp_pat
     os.mkfifo(tmp_path / "state.json")  # was read forever
     with pytest.raises(ConfigError, match="not a regular file"):
         read_state(tmp_path / "state.json")
-    (tmp_path / "ok.json").write_text(json.dumps(_record()))
-    assert read_state(tmp_path / "ok.json")["points"][0]["onnx"] == "q.onnx"
+    (tmp_path / "ok.json").write_text(json.dumps(_record()))  # well-formed, but its candidate is not there
+    with pytest.raises(ConfigError, match=r"points\[0\].onnx: q.onnx is missing"):
+        read_state(tmp_path / "ok.json")
 
 
 @pytest.mark.parametrize("option", ["lr", "temperature", "ridge", "budget_minutes"])

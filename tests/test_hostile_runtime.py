@@ -36,6 +36,7 @@ from edge.codec.metadata import MetadataError, read_metadata, read_net
 from edge.data.preprocess import ImageError, read_image
 from edge.codec.quant import pack_codes
 from edge.inference.runtime import ModelError, OnnxClassifier
+from synthetic import save_sealed
 
 
 def invoke(*args):
@@ -116,7 +117,7 @@ def test_lying_entropy_streams_are_refused_by_the_runtime_and_by_convert(coded, 
     model = onnx.load(coded)
     mutate(model)
     path = tmp_path / "damaged.onnx"
-    onnx.save(model, path)
+    save_sealed(model, path)
     with pytest.raises(ModelError, match=words):
         OnnxClassifier(path)
     with pytest.raises(EntropyError, match=words):
@@ -130,7 +131,7 @@ def test_an_8_bit_stream_must_hold_what_its_split_reads(synthetic_student, tmp_p
     model = onnx.load(path)
     assert _attribute(_stream_node(model), "bits").i == 8
     _shorter_stream(model)
-    onnx.save(model, path)
+    save_sealed(model, path)
     with pytest.raises(ModelError, match=r"codes8: its node declares \d+ bytes but the graph reads \d+"):
         OnnxClassifier(path)
 
@@ -138,7 +139,7 @@ def test_an_8_bit_stream_must_hold_what_its_split_reads(synthetic_student, tmp_p
 def test_convert_refuses_a_damaged_stream_with_one_line_and_writes_nothing(coded, tmp_path):
     model = onnx.load(coded)
     _retype_bits(model)
-    onnx.save(model, tmp_path / "d.onnx")
+    save_sealed(model, tmp_path / "d.onnx")
     refused(invoke("convert", tmp_path / "d.onnx", "--to", "onnx", "-o", tmp_path / "p.onnx"), "d.onnx", "bits")
     assert not (tmp_path / "p.onnx").exists()
 
@@ -227,7 +228,7 @@ def test_non_finite_normalisation_in_json_is_refused_and_a_whole_float_is_read_a
 
 @pytest.mark.parametrize("props,words", [
     ({"edge.quant": "[1]"}, "'edge.quant' metadata (a JSON object expected, not list)"),
-    ({"edge.format": "99"}, "this edge reads layout 1"),
+    ({"edge.format": "99"}, "this edge reads layouts 1, 2"),
     ({"edge.net": "[1]"}, "'edge.net' metadata (a JSON object expected"),
     ({"edge.net": '{"arch": "cnn", "groups": 1, "parameters": 5}'}, "it needs arch, groups, parameters and flops"),
 ])
@@ -244,7 +245,7 @@ def test_a_card_with_zero_std_is_refused_before_predicting(coded, synthetic_phot
     card = json.loads(entry.value)
     card["preprocess"]["std"] = [0.0, 1.0, 1.0]
     entry.value = json.dumps(card)
-    onnx.save(model, tmp_path / "zero_std.onnx")
+    save_sealed(model, tmp_path / "zero_std.onnx")
     for command in (("info",), ("predict", synthetic_photos, "-o", tmp_path / "p.csv", "--quiet")):
         refused(invoke(command[0], tmp_path / "zero_std.onnx", *command[1:]), "zero_std.onnx", "std must be in")
     assert not (tmp_path / "p.csv").exists()
@@ -256,7 +257,7 @@ def test_nan_weights_are_refused_when_the_file_is_opened_not_only_when_it_answer
     array = numpy_helper.to_array(tensor).copy()
     array.flat[1] = np.nan
     tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
-    onnx.save(model, tmp_path / "nan.onnx")
+    save_sealed(model, tmp_path / "nan.onnx")
     refused(invoke("info", tmp_path / "nan.onnx"), "nan.onnx", "NaN or inf")
 
 
@@ -266,7 +267,7 @@ def test_an_infinite_bias_is_refused_even_where_relu6_would_hide_it(tmp_path):
     array = numpy_helper.to_array(bias).copy()
     array.flat[1] = np.inf
     bias.CopyFrom(numpy_helper.from_array(array, bias.name))
-    onnx.save(model, tmp_path / "inf_bias.onnx")
+    save_sealed(model, tmp_path / "inf_bias.onnx")
     refused(invoke("info", tmp_path / "inf_bias.onnx"), "inf_bias.onnx", "non-finite weights (NaN or inf) in cnn.0.0.bias.float16")
 
 

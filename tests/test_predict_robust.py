@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edge.cli import main
+from synthetic import save_sealed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -311,7 +312,7 @@ def _edited(synthetic_student_onnx: Path, tmp_path: Path, edit) -> Path:
     model = onnx.load(synthetic_student_onnx)
     edit(model)
     path = tmp_path / "edited.onnx"
-    onnx.save(model, path)
+    save_sealed(model, path)
     return path
 
 

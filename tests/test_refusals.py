@@ -29,6 +29,7 @@ from edge.io.netfile import NetFile, save_net
 from edge.models.registry import NetSpec, build_net
 from edge.io.checkpoints import load_net
 from edge.data.preprocess import MAX_FILE_BYTES, ImageError, read_image
+from synthetic import save_sealed
 
 TINY = StudentConfig(widths=(4, 8), pools=(0,), input_size=32)
 
@@ -104,7 +105,7 @@ def test_an_onnx_file_with_nan_weights_does_not_answer_class_0(tiny, tmp_path):
     array = numpy_helper.to_array(weight).copy()
     array[:] = np.nan
     weight.CopyFrom(numpy_helper.from_array(array, weight.name))
-    onnx.save(model, tmp_path / "nan.onnx")
+    save_sealed(model, tmp_path / "nan.onnx")
     result = invoke("predict", tmp_path / "nan.onnx", tiny["images"], "-o", tmp_path / "p.csv", "--quiet")
     refused(result, "non-finite", "nan.onnx")
     assert not (tmp_path / "p.csv").exists()
@@ -188,7 +189,7 @@ def test_onnx_metadata_that_disagrees_with_its_graph_is_refused(tiny, tmp_path):
     card = json.loads(prop.value)
     card["preprocess"]["crop"] = 24
     prop.value = json.dumps(card)
-    onnx.save(model, tmp_path / "bad.onnx")
+    save_sealed(model, tmp_path / "bad.onnx")
     result = invoke("predict", tmp_path / "bad.onnx", tiny["images"], "-o", tmp_path / "p.csv", "--quiet")
     refused(result, "bad.onnx", "metadata")
 

@@ -27,7 +27,7 @@ from edge.core.weight_formats import CANDIDATES, parse_format
 from edge.export.kmeans import calibrated_codebook, codebook_quantizer, plain_codebook, refit_codebook, weighted_kmeans_1d
 from edge.export.quantize import QuantSpec, candidate_specs, encode_model
 from edge.export.sensitivity import logits
-from synthetic import trained_like
+from synthetic import save_sealed, trained_like
 
 SMALL = StudentConfig(input_size=32)  # the homework's widths (256K weights) on 32x32 inputs
 
@@ -181,7 +181,7 @@ def test_corrupt_entropy_file_is_a_clear_model_error(small, tmp_path):
     model = onnx.load(path)
     data = next(a for a in model.graph.node[0].attribute if a.name == "data")
     data.s = data.s[: len(data.s) // 2]
-    onnx.save(model, path)
+    save_sealed(model, path)
     with pytest.raises(ModelError, match="corrupt"):
         OnnxClassifier(path)
 

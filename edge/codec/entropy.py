@@ -40,6 +40,7 @@ import numpy as np
 from edge.core.errors import EdgeError
 from edge.core.files import InputError, check_input
 from edge.codec.onnx_scan import Unparsable, fields, varints
+from edge.codec.metadata import MetadataError, check_seal, seal
 from edge.codec.quant import code_stream_bits, pack_codes, unpack_codes
 
 if TYPE_CHECKING:
@@ -387,7 +388,8 @@ def write_plain(source, output) -> int:
 def _plain_bytes(path: Path, data: bytes) -> bytes | None:
     """`expand_bytes` of the file ``path`` read as ``data``, naming the file in every error."""
     try:
-        return expand_bytes(data)
+        plain = expand_bytes(data)
+        return None if plain is None else seal(plain)
     except EntropyError as err:
         raise EntropyError(f"{path}: {err}") from None
     except Unparsable:
@@ -434,8 +436,9 @@ def _read(path: Path) -> bytes:
     """The bytes of the ONNX file at ``path`` (checked as an input first)."""
     try:
         check_input(path, "ONNX file", MAX_ONNX_BYTES)
+        check_seal(path)
         return path.read_bytes()
-    except InputError:  # names the file already
+    except (InputError, MetadataError):  # names the file already
         raise
     except OSError as err:
         raise EntropyError(f"{path}: not an ONNX file ({err.strerror or err})") from None

@@ -5,17 +5,34 @@
 ``edge.net``: only on architectures other than StudentNet (the ``cnn`` / ``group`` baselines,
 torchvision classifiers), their `edge.models.registry.NetSpec` (arch, the config giving their widths or input,
 groups) plus ``parameters`` and ``flops`` as JSON, since the card's StudentNet formulas do not count them.
+
+``edge.crc32`` (layout 2): the CRC-32 of the whole file as written with this value at ``00000000``, so
+every byte but the checksum's own is covered (the weights, the entropy-coded streams, the graph, the
+metadata) and any 1-32 bit error is caught. `seal` sets it on the serialized file; `check_seal` verifies
+it from the file's bytes alone (no onnx, no torch: the runtime path). A layout-2 file whose checksum
+entry is missing or damaged is refused too (`read_metadata`); layout-1 files (older ones, the shipped
+models) carry none and still load.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
+import os
+import re
+import zlib
 
 from edge.core.config import ModelCard
 from edge.core.errors import EdgeError
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # layout 1 (card, quant, net) plus the CHECKSUM_KEY entry
+READABLE_FORMATS = ("1", FORMAT_VERSION)
 CARD_KEY, QUANT_KEY, FORMAT_KEY, NET_KEY = "edge.card", "edge.quant", "edge.format", "edge.net"
+CHECKSUM_KEY = "edge.crc32"
+_UNSET = "00000000"
+# the checksum entry as protobuf serializes it (a StringStringEntryProto: key, field 1; value, field 2)
+_ENTRY = b"\x0a" + bytes([len(CHECKSUM_KEY)]) + CHECKSUM_KEY.encode() + b"\x12" + bytes([len(_UNSET)])
+_SEAL = re.compile(re.escape(_ENTRY) + b"(.{8})", re.DOTALL)
 
 
 class MetadataError(EdgeError, ValueError):
@@ -24,7 +41,8 @@ class MetadataError(EdgeError, ValueError):
 
 def write_metadata(model, card: ModelCard, quant: dict, net: dict | None = None) -> None:
     """Set our keys on an ``onnx.ModelProto`` (replacing old values); ``net``: ``edge.net``, if any."""
-    entries = {CARD_KEY: card.to_json(), QUANT_KEY: json.dumps(quant, sort_keys=True), FORMAT_KEY: FORMAT_VERSION}
+    entries = {CARD_KEY: card.to_json(), QUANT_KEY: json.dumps(quant, sort_keys=True), FORMAT_KEY: FORMAT_VERSION,
+               CHECKSUM_KEY: _UNSET}  # `seal` sets it once the file is serialized
     if net is not None:
         entries[NET_KEY] = json.dumps(net, sort_keys=True)
     kept = [p for p in model.metadata_props if p.key not in entries]
@@ -35,14 +53,50 @@ def write_metadata(model, card: ModelCard, quant: dict, net: dict | None = None)
         entry.key, entry.value = key, value
 
 
-def read_metadata(props: dict[str, str], origin: str) -> tuple[ModelCard, dict]:
-    """Parse our keys from a ``{key: value}`` map (ONNX Runtime's ``custom_metadata_map``)."""
+def seal(data: bytes) -> bytes:
+    """The serialized ONNX file ``data`` with its `CHECKSUM_KEY` entry set to the CRC-32 of the file
+    as it is with the entry at ``00000000`` (unchanged when it holds no such entry)."""
+    found = list(_SEAL.finditer(data))
+    if len(found) != 1:
+        return data
+    start, end = found[0].span(1)
+    blank = data[:start] + _UNSET.encode() + data[end:]
+    return data[:start] + f"{zlib.crc32(blank):08x}".encode() + data[end:]
+
+
+def check_seal(path: str | os.PathLike) -> bool:
+    """Whether the ONNX file at ``path`` carries our checksum (True: it matched; `MetadataError` naming
+    the file when it does not). Reads the file's bytes only: no onnx, no torch."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            found = [m.span(1) for m in _SEAL.finditer(view)]
+            if not found:
+                return False
+            if len(found) > 1:
+                raise MetadataError(f"{path}: damaged: it holds {len(found)} {CHECKSUM_KEY!r} entries")
+            (start, end), size = found[0], len(view)
+            crc = zlib.crc32(view[:start])
+            crc = zlib.crc32(view[end:], zlib.crc32(_UNSET.encode(), crc))
+            recorded = bytes(view[start:end])
+    if recorded != f"{crc:08x}".encode():
+        raise MetadataError(f"{path}: damaged: its bytes do not match their {CHECKSUM_KEY} checksum (changed since "
+                            f"edge wrote it, {size:,} B); refused")
+    return True
+
+
+def read_metadata(props: dict[str, str], origin: str, sealed: bool = True) -> tuple[ModelCard, dict]:
+    """Parse our keys from a ``{key: value}`` map (ONNX Runtime's ``custom_metadata_map``); ``sealed``:
+    whether `check_seal` found (and verified) the file's checksum, which layout 2 requires."""
     if CARD_KEY not in props:
         raise MetadataError(f"{origin}: no {CARD_KEY!r} metadata: not exported by edge, so its preprocessing "
                             "and classes are unknown (re-export it with `edge export`)")
-    if props.get(FORMAT_KEY, FORMAT_VERSION) != FORMAT_VERSION:
-        raise MetadataError(f"{origin}: {FORMAT_KEY!r} is {props[FORMAT_KEY][:20]!r}: this edge reads layout "
-                            f"{FORMAT_VERSION} (a file from another edge version, or damaged)")
+    if props.get(FORMAT_KEY, "1") not in READABLE_FORMATS:
+        raise MetadataError(f"{origin}: {FORMAT_KEY!r} is {props[FORMAT_KEY][:20]!r}: this edge reads layouts "
+                            f"{', '.join(READABLE_FORMATS)} (a file from another edge version, or damaged)")
+    if props.get(FORMAT_KEY) == FORMAT_VERSION and not sealed:
+        raise MetadataError(f"{origin}: damaged: its {CHECKSUM_KEY!r} checksum entry is missing or changed; refused")
     try:
         card = ModelCard.from_json(props[CARD_KEY])
     except (ValueError, KeyError, TypeError) as err:

@@ -17,12 +17,12 @@ after a resume.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
 import os
 import re
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,13 +90,20 @@ def parse_source(text: str) -> tuple[str, slice]:
     return match.group(1), slice(to_int(match.group(2)), to_int(match.group(3)))
 
 
+IDX_EXPANSION = 32  # a gzipped IDX file may expand this many times its size (Fashion-MNIST's: under 8)
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzipped or not): the format of MNIST and Fashion-MNIST."""
+    """An IDX file (gzipped or not): the format of MNIST and Fashion-MNIST. A gzip stream expanding beyond
+    `IDX_EXPANSION` times the file (a decompression bomb) is refused before it is all inflated."""
     try:
         raw = path.read_bytes()
-        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        data = _gunzip(raw, IDX_EXPANSION * len(raw) + (1 << 20)) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, zlib.error) as err:
         raise DatasetError(f"{path}: cannot read IDX file ({err})") from None
+    if data is None:
+        raise DatasetError(f"{path}: refused: its gzip stream expands beyond {IDX_EXPANSION} times the file "
+                           "(a decompression bomb)")
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
         raise DatasetError(f"{path}: not an IDX file of unsigned bytes")
     dims = data[3]
@@ -105,6 +112,17 @@ def read_idx(path: Path) -> np.ndarray:
     if body.size != math.prod(shape):
         raise DatasetError(f"{path}: holds {body.size} bytes for shape {shape}")
     return body.reshape(shape)
+
+
+def _gunzip(raw: bytes, limit: int) -> bytes | None:
+    """The gzip stream ``raw`` inflated, or None when it holds more than ``limit`` bytes."""
+    inflater = zlib.decompressobj(wbits=31)
+    data = inflater.decompress(raw, limit + 1)
+    if len(data) > limit:
+        return None
+    if not inflater.eof:
+        raise EOFError("the gzip stream is truncated")
+    return data
 
 
 def _fashion_mnist(split: str, root: Path = FASHION_MNIST_DIR):
@@ -168,7 +186,7 @@ def _prepare(pixels: np.ndarray, spec: Preprocess, augment: Augment | None):
     return _canvas(pixels, augment.canvas)
 
 
-def _decode_files(samples, spec: Preprocess, augment: Augment | None, workers: int):
+def _decode_files(samples, spec: Preprocess, augment: Augment | None, workers: int, progress: bool = True):
     from tqdm import tqdm
 
     from edge.data.preprocess import read_image
@@ -177,7 +195,8 @@ def _decode_files(samples, spec: Preprocess, augment: Augment | None, workers: i
         return _prepare(read_image(sample.path, spec)[0], spec, augment)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        return list(tqdm(pool.map(work, samples), total=len(samples), desc="decode", unit="img", leave=False))
+        return list(tqdm(pool.map(work, samples), total=len(samples), desc="decode", unit="img", leave=False,
+                         disable=not progress))
 
 
 def _decode_arrays(images: np.ndarray, spec: Preprocess, augment: Augment | None):
@@ -200,7 +219,7 @@ def _stack(prepared, labels, ids, classes, spec, augment) -> ImageSet:
 
 def decode_image_set(source: str, spec: Preprocess, augment: Augment | None = None, *, workers: int = 4,
                      cache_dir: str | os.PathLike | None = None, labels_csv: str | os.PathLike | None = None,
-                     class_hint: tuple[str, ...] = ()) -> ImageSet:
+                     class_hint: tuple[str, ...] = (), progress: bool = True) -> ImageSet:
     """Decode a data source (``FOLDER[@START:STOP]``, ``fashion-mnist:SPLIT``) into a uint8 `ImageSet` for
     ``spec`` (an evaluation set), or for training with ``augment``; cached in ``cache_dir`` when given."""
     name, part = parse_source(source)
@@ -226,7 +245,7 @@ def decode_image_set(source: str, spec: Preprocess, augment: Augment | None = No
         return ImageSet(cached["pixels"], torch.as_tensor(labels, dtype=torch.int64), ids, classes, spec,
                         cached["boxes"] if augment else None)
     prepared = _decode_arrays(images, spec, augment) if samples is None else _decode_files(samples, spec, augment,
-                                                                                            workers)
+                                                                                            workers, progress)
     data = _stack(prepared, labels, ids, classes, spec, augment)
     _write_cache(cache_dir, name, key, data)
     return data

@@ -16,7 +16,7 @@ from edge.core.backends import ONNXRUNTIME, Backend, ProviderUnavailable, check_
 from edge.codec.entropy import EntropyError, session_source
 from edge.core.errors import EdgeError
 from edge.core.files import InputError
-from edge.codec.metadata import MetadataError, read_metadata, read_net
+from edge.codec.metadata import MetadataError, check_seal, read_metadata, read_net
 from edge.codec.onnx_scan import nonfinite_tensors, nonfinite_tensors_in_file
 
 
@@ -58,9 +58,12 @@ class OnnxClassifier:
         backend = resolve_provider(provider)
         wanted = backend.provider
         try:
+            sealed = check_seal(self.path)  # before anything else reads it: a damaged file goes no further
             source = session_source(self.path)
-        except (EntropyError, InputError) as err:  # names the file (and the stream)
+        except (EntropyError, InputError, MetadataError) as err:  # names the file (and the stream)
             raise ModelError(str(err)) from None
+        except OSError:
+            sealed, source = False, str(self.path)  # ONNX Runtime names what is wrong with the file
         self._check_stored_weights(source)
         try:
             self.session = ort.InferenceSession(source, session_options(threads), providers=[wanted])
@@ -71,7 +74,7 @@ class OnnxClassifier:
                                       f"{self.session.get_providers()}): {backend.install_hint}")
         try:
             props = self.session.get_modelmeta().custom_metadata_map
-            self.card, self.quant = read_metadata(props, str(self.path))
+            self.card, self.quant = read_metadata(props, str(self.path), sealed)
             self.net = read_net(props, str(self.path))  # None on a StudentNet; a baseline's arch and size
             self.input_name = self.session.get_inputs()[0].name
             self._check_io()

@@ -38,7 +38,7 @@ from edge.core.errors import CheckpointError
 from edge.core.files import atomic_write
 from edge.core.formats import sniff, sniff_file
 from edge.core.safe_pickle import UnsafePickleError, safe_loads
-from edge.io.torch_files import CHECKPOINT_KEY, NET_KEY, check_weights, model_file, read_torch
+from edge.io.torch_files import CHECKPOINT_KEY, NET_KEY, check_weights, model_file, onnx_not_weights, read_torch
 
 MAX_PICKLE_BYTES = 1 << 30  # a weights pickle is read whole; torch files are read by torch
 
@@ -182,8 +182,7 @@ def _read_weights_object(path: str | os.PathLike) -> tuple[Path, object, str | N
         raise CheckpointError(f"{path}: file is empty")
     kind = sniff(data)
     if kind == "onnx":
-        raise CheckpointError(f"{path}: this is an ONNX model (by its contents), not a weights file: name it "
-                              f"*.onnx to run it with `edge predict` / `edge info`; export reads checkpoints")
+        raise CheckpointError(f"{path}: {onnx_not_weights(path)}")
     if kind == "unknown":
         raise CheckpointError(f"{path}: not a weights file edge reads (a torch checkpoint or state dict, or the "
                               f"homework's 8-/16-bit pickle): its first bytes match none of them")
@@ -286,6 +285,33 @@ def _from_edge_dict(path: Path, obj: dict, pools, input_size) -> Checkpoint:
     return Checkpoint(card, state, "edge")
 
 
+def _not_stages(state: dict, stages: list[int]) -> str:
+    """Why ``state`` (with StudentNet ``stages`` found) is no StudentNet, naming what it nearly is."""
+    if stages:
+        gap = min(set(range(max(stages) + 1)) - set(stages))
+        return (f"its StudentNet stages skip cnn.{gap} (cnn.<i>.0.weight found for i in {stages}): a stage is "
+                "missing or renamed")
+    prefix = _shared_prefix(state)
+    if prefix:
+        from edge.models.classifiers import near_miss, recognise_classifier
+
+        inner = {k[len(prefix):]: v for k, v in state.items()}
+        found = recognise_classifier(inner)
+        nearly = ("StudentNet" if any(STAGE_KEY.match(k) for k in inner) else found[0] if found else near_miss(inner))
+        if nearly:
+            return (f"the tensors of a {nearly}, each named under {prefix!r} (as DataParallel's 'module.' when saved "
+                    f"from a wrapped model): save the unwrapped model's state_dict, or strip the prefix")
+    return ("no consecutive cnn.<i>.0.weight stages found: not a StudentNet (nor a torchvision classifier edge "
+            "recognises from its tensors)")
+
+
+def _shared_prefix(state: dict) -> str | None:
+    """The first name part every tensor name shares (``module.``), if any."""
+    names = [k for k in state if isinstance(k, str)]
+    prefix = names[0].split(".", 1)[0] + "." if names and "." in names[0] else None
+    return prefix if prefix and len(names) == len(state) and all(k.startswith(prefix) for k in names) else None
+
+
 def _shape(state: dict, key: str, origin: str) -> tuple[int, ...]:
     if key not in state:
         raise CheckpointError(f"{origin}: missing {key!r}: not a StudentNet state dict")
@@ -296,8 +322,7 @@ def infer_config(state: dict[str, np.ndarray], pools=None, input_size=None, orig
     """Read widths, depth, classes and input channels from tensor shapes, and check every tensor."""
     stages = sorted({int(m.group(1)) for k in state if (m := STAGE_KEY.match(k))})
     if not stages or stages != list(range(len(stages))):
-        raise CheckpointError(f"{origin}: no consecutive cnn.<i>.0.weight stages found: not a StudentNet "
-                              f"(nor a torchvision classifier edge recognises from its tensors)")
+        raise CheckpointError(f"{origin}: {_not_stages(state, stages)}")
     first = _shape(state, "cnn.0.0.weight", origin)
     if len(first) != 4 or first[2:] != (3, 3):
         raise CheckpointError(f"{origin}: cnn.0.0.weight has shape {first}, expected (C, in, 3, 3)")

@@ -82,6 +82,14 @@ def model_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def onnx_not_weights(path: Path) -> str:
+    """What to say of an ONNX file given where a weights file belongs (named ``*.onnx`` or not)."""
+    runs = "`edge predict`, `info`, `bench` and `convert --to onnx` read ONNX files"
+    if path.suffix.lower() == ".onnx":
+        return f"an ONNX model, not a weights file (a torch checkpoint, state dict or pickle), which is what this reads; {runs}"
+    return f"this is an ONNX model (by its contents), not a weights file: name it *.onnx, as {runs}"
+
+
 def read_torch(path: str | os.PathLike, contents: bytes | None = None):
     """``torch.load(weights_only=True)`` of ``path`` (or of its ``contents``, already read, e.g. sent
     by another process): never runs code from the file; a refusal or a damaged file is a
@@ -89,7 +97,9 @@ def read_torch(path: str | os.PathLike, contents: bytes | None = None):
     import torch
 
     path = Path(path) if contents is not None else model_file(path)
-    _check_expansion(path, contents)
+    if _is_onnx(path, contents):
+        raise CheckpointError(f"{path}: {onnx_not_weights(path)}")  # torch.load says "Unsupported operand 8"
+    _check_archive(path, contents)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign file
             warnings.simplefilter("ignore")
@@ -103,21 +113,36 @@ def read_torch(path: str | os.PathLike, contents: bytes | None = None):
         raise CheckpointError(f"{path}: not a readable torch file ({reason})") from None
 
 
-def _check_expansion(path: Path, contents: bytes | None) -> None:
+def _is_onnx(path: Path, contents: bytes | None) -> bool:
+    from edge.core.formats import sniff, sniff_file
+
+    try:
+        return (sniff(contents[:64]) if contents is not None else sniff_file(path)) == "onnx"
+    except OSError:
+        return False  # torch.load names what is wrong with the file
+
+
+def _check_archive(path: Path, contents: bytes | None) -> None:
     """A torch zip whose entries expand far beyond the file (``torch.save`` stores them uncompressed) is a
     decompression bomb: torch would allocate what the zip directory declares. Refused from the directory
-    alone, before anything is inflated."""
+    alone, before anything is inflated. Then every entry's CRC is checked (torch.load does not check
+    them: a flipped byte would load as a changed weight)."""
     import zipfile
 
     try:
         with zipfile.ZipFile(io.BytesIO(contents) if contents is not None else path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
+            stored = len(contents) if contents is not None else path.stat().st_size
+            if declared > MAX_EXPANSION * stored + (1 << 20):
+                raise CheckpointError(f"{path}: refused: its {stored:,} bytes declare {declared:,} bytes of tensors (a "
+                                      f"decompression bomb; torch.save stores tensors uncompressed)")
+            damaged = archive.testzip()
+    except CheckpointError:
+        raise
     except Exception:  # noqa: BLE001 - zipfile raises BadZipFile, NotImplementedError, ... on odd bytes
         return  # not a zip (the legacy format) or damaged: torch.load says which
-    stored = len(contents) if contents is not None else path.stat().st_size
-    if declared > MAX_EXPANSION * stored + (1 << 20):
-        raise CheckpointError(f"{path}: refused: its {stored:,} bytes declare {declared:,} bytes of tensors (a "
-                              f"decompression bomb; torch.save stores tensors uncompressed)")
+    if damaged is not None:
+        raise CheckpointError(f"{path}: damaged torch file: entry {damaged} fails its CRC check (a changed byte)")
 
 
 def _torch_reason(err: Exception) -> str:

@@ -24,6 +24,8 @@ def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3) ->
         raise CheckpointError(f"unknown architecture {name!r}: use dw, cnn, group or a torchvision classifier "
                               f"({examples}, ...)")
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if getattr(model, "aux_logits", False):  # googlenet, inception_v3: in training they return a tuple with the
+        model.aux_logits = False             # auxiliary heads' logits; edge trains the main head (aux kept: same weights)
     if in_channels != 3:
         _set_input_channels(model, in_channels)
     return model
@@ -85,10 +87,17 @@ def near_miss(state: dict) -> str | None:
     first = next(k for k, shape in probe.items() if len(shape) == 4)
     shown = {k: "(" + ", ".join("classes" if d == _PROBE_CLASSES else str(d) for d in shape) + ")"
              for k, shape in probe.items()}
-    wrong = [f"{k} {tuple(state[k].shape)} != {shown[k]}" for k in probe if k in keys and k != first and (
-             len(state[k].shape) != len(probe[k]) or _PROBE_CLASSES not in probe[k] and tuple(state[k].shape) != probe[k])]
-    return (f"{name} except: missing {sorted(set(probe) - keys)[:3]}, unexpected {sorted(keys - set(probe))[:3]}, "
-            f"misshapen {wrong[:3]}")
+    wrong = [f"{k} {tuple(state[k].shape)} != {shown[k]}" for k in probe
+             if k in keys and k != first and not _fits(tuple(state[k].shape), probe[k])]
+    differences = [f"{what} {names[:3]}" for what, names in (("missing", sorted(set(probe) - keys)),
+                                                            ("unexpected", sorted(keys - set(probe))),
+                                                            ("misshapen", wrong)) if names]
+    return f"{name} except: " + (", ".join(differences) or "shapes that disagree with one another (class counts)")
+
+
+def _fits(shape: tuple, probe: tuple) -> bool:
+    """A tensor's shape against a probe's, its class count free."""
+    return len(shape) == len(probe) and all(p == _PROBE_CLASSES or s == p for s, p in zip(shape, probe))
 
 
 def _set_input_channels(model: nn.Module, channels: int) -> None:

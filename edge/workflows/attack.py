@@ -72,8 +72,10 @@ def parse_eps(text: str) -> tuple[Epsilon, ...]:
             value = float(Fraction(part))
         except (ValueError, ZeroDivisionError):
             raise AttackError(f"--eps: {part!r} is not a number or fraction (e.g. 2/255)") from None
-        if not 1 / 255 - 1e-9 <= value <= 1:
-            raise AttackError(f"--eps: {part} is outside [1/255, 1]: 8-bit images cannot move by less than 1/255")
+        if value < 1 / 255 - 1e-9:
+            raise AttackError(f"--eps: {part} is below 1/255: 8-bit images cannot move by less than 1/255")
+        if value > 1:
+            raise AttackError(f"--eps: {part} is above 1: pixels lie in [0, 1], so no budget exceeds 1 (= 255/255)")
         budgets.append(Epsilon(part, value))
     if not budgets:
         raise AttackError("--eps: give one or more budgets, e.g. 1/255,2/255,8/255")

@@ -41,6 +41,7 @@ from edge.core.files import atomic_write
 from edge.io.netfile import NetFile
 from edge.models.registry import NetSpec
 from edge.core.options import CompressOptions, SearchSettings
+from edge.workflows.compress_state import chosen_bytes, file_sha256, read_state
 
 VAL_EVERY = 5
 STATE = "state.json"
@@ -69,6 +70,7 @@ class Inputs:
     val_truth: np.ndarray | None  # labels of the val photos, when known
     test: object = None  # ImageSet with true labels, scored only
     test_reference: np.ndarray | None = None  # the model's answers on the test photos
+    progress: bool = True  # progress bars (of decoding, calibrating, ...)
 
 
 # ---------------------------------------------------------------- measuring one candidate
@@ -85,7 +87,8 @@ def format_name(spec, layer_bits: dict | None = None) -> str:
     return " ".join([spec.weights + (" per-channel" if spec.per_channel else "")] + extra)
 
 
-def _export(net: NetFile, spec, path: Path, calibration: np.ndarray, layer_bits: dict | None = None) -> int:
+def _export(net: NetFile, spec, path: Path, calibration: np.ndarray, layer_bits: dict | None = None,
+            progress: bool = True) -> int:
     from edge.io.checkpoints import Checkpoint
     from edge.prune.slim import numpy_state
     from edge.export.exporter import export_onnx
@@ -93,7 +96,7 @@ def _export(net: NetFile, spec, path: Path, calibration: np.ndarray, layer_bits:
     source = f"{len(calibration)} training photos" if spec.calibrated else ""
     with torch.no_grad():
         size, _ = export_onnx(Checkpoint(net.card, numpy_state(net), "edge"), path, spec,
-                              calibration if spec.calibrated else None, source, layer_bits)
+                              calibration if spec.calibrated else None, source, layer_bits, progress=progress)
     return size
 
 
@@ -110,7 +113,7 @@ def measure(net: NetFile, spec, path: Path, inputs: Inputs, layer_bits: dict | N
     from edge.data.datasets import normalize
     from edge.export.mixed_precision import kl_from
 
-    size = _export(net, spec, path, inputs.calibration[:_gptq_count(inputs)].numpy(), layer_bits)
+    size = _export(net, spec, path, inputs.calibration[:_gptq_count(inputs)].numpy(), layer_bits, inputs.progress)
     point = {"format": format_name(spec, layer_bits), "onnx": path.name, "bytes": size,
              "parameters": net.spec.config.num_parameters(), "widths": list(net.spec.config.widths)}
     logits = _onnx_logits(path, normalize(inputs.val.pixels, inputs.val.preprocess))
@@ -148,14 +151,14 @@ def with_weights(like: NetFile, config, state: dict[str, np.ndarray]) -> NetFile
 
 
 def fitting_keep(net: NetFile, spec, target: int, min_keep: float, probe: Path,
-                 calibration: np.ndarray) -> float | None:
+                 calibration: np.ndarray, progress: bool = True) -> float | None:
     """The largest keep fraction (to 1/256) whose file in ``spec`` fits ``target`` bytes; None below ``min_keep``."""
     from edge.prune.reconstruct import target_widths
 
     config = net.spec.config
 
     def fits(keep: float) -> bool:
-        return _export(shaped(net, target_widths(config, keep)), spec, probe, calibration) <= target
+        return _export(shaped(net, target_widths(config, keep)), spec, probe, calibration, progress=progress) <= target
 
     if not fits(min_keep):
         return None
@@ -196,16 +199,8 @@ class Search:
 
     # -- state
 
-    def load(self) -> None:
-        """Continue the search recorded in ``work`` (its settings must be these)."""
-        from edge.workflows.compress_state import read_state
-
-        path = self.work / STATE
-        saved = read_state(path)
-        differ = {k: (saved[k], self.state[k]) for k in ("settings", "about") if saved[k] != self.state[k]}
-        if differ:
-            raise ConfigError(f"{path}: --resume needs the search's own settings; these differ (saved, now): "
-                              + "; ".join(f"{k} {a} != {b}" for k, (a, b) in differ.items()))
+    def load(self, saved: dict) -> None:
+        """Continue the search recorded in ``saved`` (`resumable`: read and checked already)."""
         self.state = saved
 
     def save(self) -> None:
@@ -223,6 +218,7 @@ class Search:
         name = f"{stage}-k{keep:.4f}-{label.replace(' ', '-').replace(':', '')}.onnx"
         p = {"stage": stage, "keep": keep, **measure(net, spec, self.work / name, self.inputs, layer_bits),
              **(extra or {})}
+        p["sha256"] = file_sha256(self.work / name)  # what --resume identifies the candidate by
         self.state["points"].append(p)
         self.save()
         self.log(_point_line(p, self.settings.target_bytes))
@@ -302,7 +298,8 @@ class Search:
             for spec in self._formats("sizes of slimmed shapes"):
                 if spec.bits is None:  # no slimming path aims at a float format's size
                     continue
-                keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe, calibration)
+                keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe, calibration,
+                                    self.progress)
                 targets[format_name(spec)] = keep
             probe.unlink(missing_ok=True)
             wanted = [k for k in targets.values() if k is not None and k < 1.0]
@@ -441,7 +438,7 @@ def check_paths(model: Path, output: Path, work: Path, inputs: list[Path], resum
 def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path | None = None, val: str | None = None,
                 teacher: Path | None = None, teacher_arch: str = "resnet18", test: str | None = None,
                 test_labels: Path | None = None, cache_dir: Path | None = None,
-                log=lambda line: print(line, file=sys.stderr)) -> Inputs:
+                log=lambda line: print(line, file=sys.stderr), progress: bool = True) -> Inputs:
     """Load the model, the teacher and the photos, and split them."""
     from edge.data.folders import read_labels
     from edge.data.datasets import Augment, decode_image_set, normalize
@@ -453,7 +450,7 @@ def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path
         raise ConfigError(f"{model}: edge compress slims StudentNet channels (arch dw); this is a {base.spec.arch}: "
                           f"export it with `edge export --quant uint8` (or fp16, uint4) instead")
     truth = read_labels(labels, len(base.classes)) if labels else None
-    common = {"cache_dir": cache_dir, "class_hint": base.classes}
+    common = {"cache_dir": cache_dir, "class_hint": base.classes, "progress": progress}
     crops = decode_image_set(images, base.preprocess, **common)
     canvases = decode_image_set(images, base.preprocess, Augment(base.preprocess.crop), **common)
     if val:
@@ -483,7 +480,7 @@ def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path
     return Inputs(base=base, teacher=teacher_model, teacher_is_base=teacher is None, train=train,
                   calibration=calibration, val=replace(val_set, labels=reference.argmax(1)),
                   val_logits=reference.numpy(), val_truth=val_truth, test=test_set,
-                  test_reference=test_reference)
+                  test_reference=test_reference, progress=progress)
 
 
 def _truth(data, truth: dict | None) -> np.ndarray | None:
@@ -506,20 +503,22 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
     folders = [Path(spec.rsplit("@", 1)[0]) for spec in (images, val, test) if spec]
     sources = [teacher, labels, test_labels, cache_dir, *folders]
     check_paths(model, output, work, sources, resume, overwrite)
-    inputs = open_inputs(model, images, settings, labels, val, teacher, teacher_arch, test, test_labels, cache_dir, log)
-    work.mkdir(parents=True, exist_ok=True)
     about = {"model": str(model), "images": images, "val": val, "teacher": str(teacher) if teacher else None,
              "labels": str(labels) if labels else None, "test": test,
              "test_labels": str(test_labels) if test_labels else None}
+    saved = resumable(work / STATE, settings, about) if resume else None  # checked before anything is written
+    inputs = open_inputs(model, images, settings, labels, val, teacher, teacher_arch, test, test_labels, cache_dir, log,
+                         progress)
+    work.mkdir(parents=True, exist_ok=True)
     search = Search(inputs, settings, work, candidates or tuple(QuantSpec(weights, **options) for weights, options in FORMATS), about, progress, log)
-    if resume:
-        search.load()
+    if saved:
+        search.load(saved)
     state = search.run()
     best = choose(state["points"], settings.target_bytes)
     state["command"] = command or state.get("command", "")
     state["chosen"] = best
     if best is not None:
-        data = _candidate_bytes(work / best["onnx"], best["bytes"])
+        data = chosen_bytes(work, best)
         atomic_write(output, lambda f: f.write(data))
         log(f"wrote {output}: {best['stage']} keep {best['keep']:.3f}, {best['format']}, {best['bytes']:,} B, "
             f"val agreement {best['val_agreement']:.2%}")
@@ -531,12 +530,16 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
     return state
 
 
-def _candidate_bytes(path: Path, recorded: int) -> bytes:
-    """The chosen candidate's file as the search measured it: a regular file of the recorded size."""
-    if path.is_symlink() or not path.is_file() or path.stat().st_size != recorded:
-        raise ConfigError(f"{path}: the candidate the record chose is missing or changed since it was measured "
-                          f"({recorded:,} B recorded): run again without --resume")
-    return path.read_bytes()
+def resumable(path: Path, settings: SearchSettings, about: dict) -> dict:
+    """The record at ``path`` (`read_state`: every field and candidate checked), made by a search with these
+    settings and inputs."""
+    saved = read_state(path)
+    now = {"settings": asdict(settings), "about": about}
+    differ = {k: (saved[k], now[k]) for k in now if saved[k] != now[k]}
+    if differ:
+        raise ConfigError(f"{path}: --resume needs the search's own settings; these differ (saved, now): "
+                          + "; ".join(f"{k} {a} != {b}" for k, (a, b) in differ.items()))
+    return saved
 
 
 def run_command(options: CompressOptions) -> dict:

@@ -1,35 +1,148 @@
-"""Reading back an `edge compress` record (``state.json``) for ``--resume``: every field checked.
+"""Reading back an `edge compress` record (``state.json``) for ``--resume``: evidence, not instructions.
 
 The record names the files a search made (each point's ONNX file, each round's model file) and the
-numbers it chooses by, and ``--resume`` trusts it: a damaged or edited record must be refused with
-one line, never followed (a file name that climbs out of the work folder, a device, a point whose
-bytes are text). `read_state` owns that: a regular file of bounded size, JSON, the fields the search
-reads with their types, file names that are plain names inside the work folder.
+numbers it chooses by, and ``--resume`` continues from it: a damaged or edited record must be refused
+with one line naming state.json and the field, before anything is written, never followed. `read_state`
+owns that: a regular file of bounded size and nesting, JSON, every field the search and the report read
+typed and range-checked (a keep fraction lies in (0, 1]), no field the search does not write, file names
+that are plain names inside the work folder; and every candidate ONNX file identified by the SHA-256 the
+search recorded when it wrote it, a single link, carrying a valid edge checksum (`edge.codec.metadata`).
+`chosen_bytes` checks the chosen file once more, and that it opens as the weight format it claims,
+before compress copies it to its output.
+
+Points recorded before candidates carried a hash (older records) are measured again, not trusted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import string
 from pathlib import Path
 
+from edge.codec.metadata import MetadataError, check_seal
 from edge.core.config import ConfigError
+from edge.core.weight_formats import parse_format
 
 MAX_STATE_BYTES = 16 << 20  # a search records a few hundred points at most: well under 1 MB
-
-# field -> kind, for the entries the search and the report read (optional ones are checked when present)
-_POINT = {"stage": str, "keep": float, "format": str, "onnx": "file", "bytes": int, "val_agreement": float}
-_POINT_OPTIONAL = {"val_accuracy": float, "val_kl": float, "test_accuracy": float, "round": int}
-_ROUND = {"round": int, "keep": float, "model": "file", "seconds": float, "epoch_seconds": list}
-_ROUND_OPTIONAL = {"export_seconds": float, "done": bool}
+MAX_DEPTH = 6  # a record nests 5 deep (sensitivity -> format -> rows -> row -> field)
+MAX_ITEMS = 10_000  # entries in any one list of the record
+STAGES = ("quantization", "mixed", "slimming")
 
 
-_KIND_NAMES = {"file": "a file name in the work folder", str: "text", float: "a finite number",
-               int: "a whole number >= 0", list: "a list", bool: "true or false"}
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plain_name(value) -> bool:  # no folder part, no '..', no hidden or empty name
+    return isinstance(value, str) and value == Path(value).name and not value.startswith(".") and value != ""
+
+
+def _format(value) -> bool:
+    try:
+        return isinstance(value, str) and bool(parse_format(value.split()[0]))
+    except (ValueError, IndexError):
+        return False
+
+
+def _list_of(test, low: int = 0):
+    return lambda value: isinstance(value, list) and low <= len(value) <= MAX_ITEMS and all(map(test, value))
+
+
+# kind -> (test, what the refusal says it expects)
+KINDS = {
+    "file": (_plain_name, "a file name in the work folder"),
+    "onnx": (lambda v: _plain_name(v) and v.endswith(".onnx"), "an .onnx file name in the work folder"),
+    "text": (lambda v: isinstance(v, str), "text"),
+    "seconds": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+    "kl": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+    "fraction": (lambda v: _number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
+    "score": (lambda v: _number(v) and -1 <= v <= 1, "a fraction in [0, 1] (or -1: none measured)"),
+    "keep": (lambda v: _number(v) and 0 < v <= 1, "a keep fraction in (0, 1]"),
+    "count": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+    "ordinal": (lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
+    "bits": (lambda v: _whole(v) and 1 <= v <= 16, "a bit width in 1..16"),
+    "widths": (_list_of(lambda w: _whole(w) and w >= 1, low=1), "a list of channel widths >= 1"),
+    "seconds list": (_list_of(lambda s: _number(s) and s >= 0), "a list of finite numbers >= 0"),
+    "stage": (lambda v: v in STAGES, f"one of {', '.join(STAGES)}"),
+    "format": (_format, "a weight format name (uint4 per-channel, fp16, ...)"),
+    "sha256": (lambda v: isinstance(v, str) and len(v) == 64 and set(v) <= set(string.hexdigits.lower()),
+               "a SHA-256 in hex"),
+    "flag": (lambda v: isinstance(v, bool), "true or false"),
+    "object": (lambda v: isinstance(v, dict), "a JSON object"),
+    "list": (lambda v: isinstance(v, list) and len(v) <= MAX_ITEMS, "a JSON list"),
+    "chosen": (lambda v: v is None or isinstance(v, dict), "a point or null"),
+    "keeps": (_list_of(lambda k: KINDS["keep"][0](k)), "a list of keep fractions in (0, 1]"),
+    "fitting": (lambda v: isinstance(v, dict) and all(k is None or KINDS["keep"][0](k) for k in v.values()),
+                "an object of format -> keep fraction in (0, 1] or null"),
+    "sensitivity": (lambda v: isinstance(v, dict) and all(KINDS["list"][0](rows) for rows in v.values()),
+                    "an object of format -> list of layer rows"),
+}
+
+# record part -> (required fields, optional fields), each field -> kind
+RECORD = ({"settings": "object", "about": "object", "points": "list", "rounds": "list", "seconds": "seconds"},
+          {"seconds_before": "seconds", "done": "flag", "stopped": "text", "command": "text", "chosen": "chosen",
+           "path": "keeps", "fitting_keep": "fitting", "sensitivity": "sensitivity"})
+POINT = ({"stage": "stage", "keep": "keep", "format": "format", "onnx": "onnx", "bytes": "count",
+          "parameters": "count", "widths": "widths", "val_agreement": "fraction", "sha256": "sha256"},
+         {"val_kl": "kl", "val_accuracy": "fraction", "test_accuracy": "fraction", "test_agreement": "fraction",
+          "round": "count"})
+ROUND = ({"round": "ordinal", "keep": "keep", "model": "file", "seconds": "seconds", "epoch_seconds": "seconds list",
+          "widths": "widths", "val_before_finetune": "fraction", "val_after_finetune": "score", "best_epoch": "count"},
+         {"export_seconds": "seconds", "done": "flag"})
+SENSITIVITY_ROW = ({"name": "text", "weights": "count", "bits": "bits", "kl": "kl"}, {})
 
 
 def read_state(path: Path) -> dict:
-    """The record at ``path``, checked (`ConfigError` naming the file and the field otherwise)."""
+    """The record at ``path`` (``state.json`` in the search's work folder), checked with the candidate files
+    it names (`ConfigError` naming the file and the field otherwise). Nothing is written."""
+    saved = _parse(path)
+    problem = _problem(saved) or _files_problem(saved, path.parent)
+    if problem:
+        raise ConfigError(f"{path}: not a resumable compress record ({problem}): run again without --resume")
+    return saved
+
+
+def chosen_bytes(work: Path, point: dict) -> bytes:
+    """The chosen candidate's file as the search wrote it, checked again just before it is copied: its
+    recorded hash and size, and it opens as an edge classifier stored as the weight format it claims."""
+    from edge.inference.runtime import ModelError, OnnxClassifier
+
+    path = work / point["onnx"]
+    problem = _candidate_problem(path, point)
+    data = b"" if problem else path.read_bytes()
+    if not problem and hashlib.sha256(data).hexdigest() != point["sha256"]:
+        problem = "changed since it was measured"
+    if not problem:
+        try:
+            stored = OnnxClassifier(path).quant
+        except (ModelError, OSError) as err:
+            problem = f"not an edge ONNX file ({err})"
+        else:
+            claimed = point["format"].split()
+            if stored.get("weights") != claimed[0] or bool(stored.get("per_channel")) != ("per-channel" in claimed):
+                problem = f"holds {stored.get('weights')} weights, not the {point['format']} it was recorded as"
+    if problem:
+        raise ConfigError(f"{work / 'state.json'}: the chosen candidate {path.name} (chosen.onnx) is {problem}: "
+                          f"run again without --resume; nothing written")
+    return data
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 (hex) a point records of its candidate file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _parse(path: Path):
     if not path.is_file():
         raise ConfigError(f"{path}: nothing to resume (no such file, or not a regular file): run without "
                           f"--resume first")
@@ -37,11 +150,15 @@ def read_state(path: Path) -> dict:
         raise ConfigError(f"{path}: refused: over {MAX_STATE_BYTES:,} bytes, not a compress record")
     try:
         saved = json.loads(path.read_bytes(), parse_constant=_no_constant)
+    except RecursionError:
+        raise ConfigError(f"{path}: not a resumable compress record (nested deeper than {MAX_DEPTH} levels)") \
+            from None
     except (ValueError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not a resumable compress record ({err})") from None
-    problem = _problem(saved)
-    if problem:
-        raise ConfigError(f"{path}: not a resumable compress record ({problem})")
+    if _depth(saved) > MAX_DEPTH:
+        raise ConfigError(f"{path}: not a resumable compress record (nested deeper than {MAX_DEPTH} levels)")
+    if isinstance(saved, dict) and isinstance(saved.get("points"), list):  # older records: no hashes, measured again
+        saved["points"] = [p for p in saved["points"] if not (isinstance(p, dict) and "sha256" not in p)]
     return saved
 
 
@@ -49,31 +166,78 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number a record holds")
 
 
+def _depth(value) -> int:
+    """How deep ``value`` nests (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _problem(saved) -> str | None:
     if not isinstance(saved, dict):
         return f"a JSON {type(saved).__name__}, not an object"
-    for key, kind in (("settings", dict), ("about", dict), ("points", list), ("rounds", list)):
-        if not isinstance(saved.get(key), kind):
-            return f"{key!r} is not a JSON {'object' if kind is dict else 'list'}"
-    if not _fits(saved.get("seconds", 0.0), float) or not _fits(saved.get("path", []), list):
-        return "'seconds' or 'path' has the wrong type"
-    if not all(_fits(keep, float) for keep in saved.get("path", [])):
-        return "'path' holds something other than keep fractions"
-    for key, required, optional in (("points", _POINT, _POINT_OPTIONAL), ("rounds", _ROUND, _ROUND_OPTIONAL)):
-        for i, entry in enumerate(saved[key]):
-            if not isinstance(entry, dict):
-                return f"{key}[{i}] is not an object"
-            for field, kind in {**required, **{k: v for k, v in optional.items() if k in entry}}.items():
-                if not _fits(entry.get(field), kind):
-                    return f"{key}[{i}].{field} is {entry.get(field)!r}: expected {_KIND_NAMES[kind]}"
+    problem = _fields_problem(saved, RECORD, "")
+    if problem:
+        return problem
+    parts = [(entry, POINT, f"points[{i}].") for i, entry in enumerate(saved["points"])]
+    parts += [(entry, ROUND, f"rounds[{i}].") for i, entry in enumerate(saved["rounds"])]
+    parts += [(row, SENSITIVITY_ROW, f"sensitivity[{label!r}][{i}].")
+              for label, rows in saved.get("sensitivity", {}).items() for i, row in enumerate(rows)]
+    return next(filter(None, (_fields_problem(*part) for part in parts)), None)
+
+
+def _fields_problem(entry, part: tuple[dict, dict], prefix: str) -> str | None:
+    required, optional = part
+    if not isinstance(entry, dict):
+        return f"{prefix.rstrip('.') or 'the record'} is {_shown(entry)}: expected a JSON object"
+    unknown = sorted(set(entry) - set(required) - set(optional))
+    if unknown:
+        return f"{prefix}{unknown[0]}: not a field edge writes"
+    for field, kind in {**required, **{k: v for k, v in optional.items() if k in entry}}.items():
+        test, expected = KINDS[kind]
+        if field not in entry:
+            return f"{prefix}{field} is missing"
+        if not test(entry[field]):
+            return f"{prefix}{field} is {_shown(entry[field])}: expected {expected}"
     return None
 
 
-def _fits(value, kind) -> bool:
-    if kind == "file":  # a plain name: no folder part, no '..', no hidden or empty name
-        return isinstance(value, str) and value == Path(value).name and not value.startswith(".") and value != ""
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    return isinstance(value, kind)
+def _shown(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _files_problem(saved: dict, work: Path) -> str | None:
+    """Every candidate a point names: the file the search wrote (its recorded hash); every done round's model
+    file: a regular file."""
+    for i, point in enumerate(saved["points"]):
+        path = work / point["onnx"]
+        problem = _candidate_problem(path, point) or (file_sha256(path) != point["sha256"]
+                                                      and "changed since it was measured (its SHA-256 differs)")
+        if not problem:
+            try:
+                problem = not check_seal(path) and "not an ONNX file edge wrote (no edge.crc32 checksum)"
+            except MetadataError as err:
+                problem = str(err).split(": ", 1)[-1]
+        if problem:
+            return f"points[{i}].onnx: {point['onnx']} is {problem}"
+    for i, entry in enumerate(saved["rounds"]):
+        path = work / entry["model"]
+        if entry.get("done") and (path.is_symlink() or not path.is_file()):
+            return f"rounds[{i}].model: {entry['model']} is missing, or not a regular file"
+    return None
+
+
+def _candidate_problem(path: Path, point: dict) -> str | None:
+    if path.is_symlink() or not path.is_file():
+        return "missing, or not a regular file"
+    status = path.stat()
+    if status.st_nlink != 1:
+        return "a hard link (the search writes files of its own)"
+    if status.st_size != point["bytes"]:
+        return f"{status.st_size:,} B, not the {point['bytes']:,} B recorded"
+    return None

@@ -116,6 +116,12 @@ def parse_defense(text: str) -> Defense:
 
 
 def parse_defenses(text: str | None) -> tuple[Defense, ...]:
-    """``gaussian:1.5,median:3`` -> the defenses in order, duplicates dropped; "" or None -> none."""
-    parsed = [parse_defense(part) for part in (text or "").split(",") if part.strip()]
+    """``gaussian:1.5,median:3`` -> the defenses in order, duplicates dropped; "" or None -> none (the way to
+    ask for none). Commas naming no defense (``,,``) are refused: a slip, not a way to say none."""
+    if not text:
+        return ()
+    parsed = [parse_defense(part) for part in text.split(",") if part.strip()]
+    if not parsed:
+        raise DefenseError(f"--defense {text!r} names no defense: give one or more, e.g. "
+                           + ", ".join(v.example for v in DEFENSES.values()) + " (or '' for none)")
     return tuple(dict.fromkeys(parsed))

@@ -1,0 +1,121 @@
+"""Damage is noticed: a torch zip whose entry fails its CRC, and every single-bit flip in an ONNX file
+edge wrote (plain uint8, entropy-coded uint4), is refused at load in one line; files without a
+checksum (older files, the shipped models) still load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edge.cli import main
+from edge.codec.entropy import write_plain
+from edge.codec.metadata import CHECKSUM_KEY, check_seal
+from edge.core.config import StudentConfig
+from edge.core.errors import CheckpointError, EdgeError
+from edge.export.exporter import export_onnx
+from edge.export.quantize import QuantSpec
+from edge.inference.runtime import ModelError, OnnxClassifier
+from edge.io.checkpoints import init_checkpoint
+from edge.io.torch_files import read_torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_torch_zip_with_a_flipped_weight_byte_is_refused(tmp_path):
+    path = tmp_path / "state.pt"
+    torch.save({"fc.weight": torch.arange(100, dtype=torch.float32)}, path)
+    data = bytearray(path.read_bytes())
+    data[data.index(np.float32(50).tobytes()) + 3] ^= 1
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    assert read_torch(path)["fc.weight"][50] == 50
+    with pytest.raises(CheckpointError, match=r"flipped.pt: damaged torch file: entry .*data/0 fails its CRC"):
+        read_torch(tmp_path / "flipped.pt")
+    with pytest.raises(CheckpointError, match="CRC"):
+        read_torch(tmp_path / "flipped.pt", bytes(data))
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> dict[str, Path]:
+    """Small files edge wrote: plain uint8 and entropy-coded per-channel uint4 (a code stream to damage)."""
+    folder = tmp_path_factory.mktemp("written")
+    tiny = init_checkpoint(StudentConfig(widths=(8, 16), pools=(0,), input_size=16, num_classes=3))
+    files = {}
+    for name, spec in {"uint8": QuantSpec("uint8"),
+                       "uint4-entropy": QuantSpec("uint4", per_channel=True, method="minmax", entropy=True)}.items():
+        files[name] = folder / f"{name}.onnx"
+        export_onnx(tiny, files[name], spec)
+    return files
+
+
+def _positions(size: int, entry: int) -> list[int]:
+    """A sample of byte offsets across a file of ``size`` bytes, every byte of the checksum entry at ``entry``
+    (its key, lengths and value) among them."""
+    return sorted({*range(0, size, max(1, size // 48)), *range(entry - 4, min(size, entry + 20)), size - 1})
+
+
+@pytest.mark.parametrize("name", ["uint8", "uint4-entropy"])
+def test_every_single_bit_flip_is_refused_at_load(written, name, tmp_path):
+    data = written[name].read_bytes()
+    OnnxClassifier(written[name])  # the intact file loads
+    entry = data.index(CHECKSUM_KEY.encode())
+    flipped = tmp_path / "flipped.onnx"
+    accepted = []
+    for offset in _positions(len(data), entry):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[offset] ^= 1 << bit
+            flipped.write_bytes(bytes(damaged))
+            try:
+                OnnxClassifier(flipped)
+            except EdgeError as err:
+                assert "flipped.onnx" in str(err) and "\n" not in str(err), str(err)
+            else:
+                accepted.append((offset, bit))
+    assert not accepted
+
+
+def test_the_commands_refuse_a_flipped_file_in_one_line(written, tmp_path):
+    data = bytearray(written["uint4-entropy"].read_bytes())
+    data[len(data) // 3] ^= 0x10
+    (tmp_path / "flipped.onnx").write_bytes(bytes(data))
+    for command in (["info"], ["convert", "--to", "onnx", "-o", tmp_path / "plain.onnx"]):
+        result = CliRunner().invoke(main, [command[0], str(tmp_path / "flipped.onnx"), *map(str, command[1:])])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "flipped.onnx: damaged: its bytes do not match their edge.crc32 checksum" in result.output
+    assert not (tmp_path / "plain.onnx").exists()
+
+
+def test_a_converted_file_carries_its_own_checksum(written, tmp_path):
+    assert write_plain(written["uint4-entropy"], tmp_path / "plain.onnx") > 0
+    assert check_seal(tmp_path / "plain.onnx") and OnnxClassifier(tmp_path / "plain.onnx").card.config.num_classes == 3
+
+
+def test_files_without_a_checksum_still_load(written, tmp_path):
+    """Layout 1 (older files, the shipped models) carries no checksum; only layout 2 requires it."""
+    for shipped in sorted((REPO / "models").glob("*.onnx")):
+        assert not check_seal(shipped) and OnnxClassifier(shipped).card
+    model = onnx.load(written["uint8"])
+    kept = [p for p in model.metadata_props if p.key != CHECKSUM_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    next(p for p in model.metadata_props if p.key == "edge.format").value = "1"
+    onnx.save(model, tmp_path / "old.onnx")
+    assert OnnxClassifier(tmp_path / "old.onnx").card
+    next(p for p in model.metadata_props if p.key == "edge.format").value = "2"
+    onnx.save(model, tmp_path / "unsealed.onnx")
+    with pytest.raises(ModelError, match=r"unsealed.onnx: damaged: its 'edge.crc32' checksum entry is missing"):
+        OnnxClassifier(tmp_path / "unsealed.onnx")
+
+
+@pytest.mark.parametrize("options", [["--quant", "uint1", "--method", "minmax"], ["--quant", "fp32", "--low-rank", "0.5"]])
+def test_an_export_whose_parity_collapses_is_refused_not_written(options, tmp_path):
+    """Both exited 0 after printing 0.00% top-1 agreement, leaving the useless file."""
+    result = CliRunner().invoke(main, ["export", *options, "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "m.onnx: removed: its top-1 agreement with torch fp32 is 0.00%" in result.output
+    assert "below 50%" in result.output and not (tmp_path / "m.onnx").exists()
