@@ -31,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge.core.errors import CheckpointError
 from edge.codec.entropy import entropy_code
-from edge.codec.metadata import seal
+from edge.codec.checksum import seal
 from edge.core.errors import EdgeError
 from edge.core.files import atomic_write
 from edge.models.fold import FoldedLayer

@@ -77,6 +77,6 @@ def trained_like(config: StudentConfig, seed: int = 0) -> dict[str, np.ndarray]:
 def save_sealed(model, path) -> None:
     """``onnx.save`` of an edited edge ONNX file with its ``edge.crc32`` checksum recomputed, as a hostile
     user could: the file reaches the checks behind the checksum (a checksum catches damage, not intent)."""
-    from edge.codec.metadata import seal
+    from edge.codec.checksum import seal
 
     Path(path).write_bytes(seal(model.SerializeToString()))

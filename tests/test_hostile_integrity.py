@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from edge.cli import main
 from edge.codec.entropy import write_plain
-from edge.codec.metadata import CHECKSUM_KEY, check_seal
+from edge.codec.checksum import CHECKSUM_KEY, check_seal
 from edge.core.config import StudentConfig
 from edge.core.errors import CheckpointError, EdgeError
 from edge.export.exporter import export_onnx

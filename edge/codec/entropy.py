@@ -40,7 +40,8 @@ import numpy as np
 from edge.core.errors import EdgeError
 from edge.core.files import InputError, check_input
 from edge.codec.onnx_scan import Unparsable, fields, varints
-from edge.codec.metadata import MetadataError, check_seal, seal
+from edge.codec.checksum import check_seal, seal
+from edge.core.errors import MetadataError
 from edge.codec.quant import code_stream_bits, pack_codes, unpack_codes
 
 if TYPE_CHECKING:

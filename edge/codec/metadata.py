@@ -17,32 +17,20 @@ models) carry none and still load.
 from __future__ import annotations
 
 import json
-import mmap
-import os
-import re
-import zlib
 
 from edge.core.config import ModelCard
-from edge.core.errors import EdgeError
+from edge.codec.checksum import CHECKSUM_KEY, UNSET
+from edge.core.errors import MetadataError
 
 FORMAT_VERSION = "2"  # layout 1 (card, quant, net) plus the CHECKSUM_KEY entry
 READABLE_FORMATS = ("1", FORMAT_VERSION)
 CARD_KEY, QUANT_KEY, FORMAT_KEY, NET_KEY = "edge.card", "edge.quant", "edge.format", "edge.net"
-CHECKSUM_KEY = "edge.crc32"
-_UNSET = "00000000"
-# the checksum entry as protobuf serializes it (a StringStringEntryProto: key, field 1; value, field 2)
-_ENTRY = b"\x0a" + bytes([len(CHECKSUM_KEY)]) + CHECKSUM_KEY.encode() + b"\x12" + bytes([len(_UNSET)])
-_SEAL = re.compile(re.escape(_ENTRY) + b"(.{8})", re.DOTALL)
-
-
-class MetadataError(EdgeError, ValueError):
-    """An ONNX file without (or with damaged) edge metadata."""
 
 
 def write_metadata(model, card: ModelCard, quant: dict, net: dict | None = None) -> None:
     """Set our keys on an ``onnx.ModelProto`` (replacing old values); ``net``: ``edge.net``, if any."""
     entries = {CARD_KEY: card.to_json(), QUANT_KEY: json.dumps(quant, sort_keys=True), FORMAT_KEY: FORMAT_VERSION,
-               CHECKSUM_KEY: _UNSET}  # `seal` sets it once the file is serialized
+               CHECKSUM_KEY: UNSET}  # `seal` sets it once the file is serialized
     if net is not None:
         entries[NET_KEY] = json.dumps(net, sort_keys=True)
     kept = [p for p in model.metadata_props if p.key not in entries]
@@ -51,39 +39,6 @@ def write_metadata(model, card: ModelCard, quant: dict, net: dict | None = None)
     for key, value in entries.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-
-
-def seal(data: bytes) -> bytes:
-    """The serialized ONNX file ``data`` with its `CHECKSUM_KEY` entry set to the CRC-32 of the file
-    as it is with the entry at ``00000000`` (unchanged when it holds no such entry)."""
-    found = list(_SEAL.finditer(data))
-    if len(found) != 1:
-        return data
-    start, end = found[0].span(1)
-    blank = data[:start] + _UNSET.encode() + data[end:]
-    return data[:start] + f"{zlib.crc32(blank):08x}".encode() + data[end:]
-
-
-def check_seal(path: str | os.PathLike) -> bool:
-    """Whether the ONNX file at ``path`` carries our checksum (True: it matched; `MetadataError` naming
-    the file when it does not). Reads the file's bytes only: no onnx, no torch."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return False
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            found = [m.span(1) for m in _SEAL.finditer(view)]
-            if not found:
-                return False
-            if len(found) > 1:
-                raise MetadataError(f"{path}: damaged: it holds {len(found)} {CHECKSUM_KEY!r} entries")
-            (start, end), size = found[0], len(view)
-            crc = zlib.crc32(view[:start])
-            crc = zlib.crc32(view[end:], zlib.crc32(_UNSET.encode(), crc))
-            recorded = bytes(view[start:end])
-    if recorded != f"{crc:08x}".encode():
-        raise MetadataError(f"{path}: damaged: its bytes do not match their {CHECKSUM_KEY} checksum (changed since "
-                            f"edge wrote it, {size:,} B); refused")
-    return True
 
 
 def read_metadata(props: dict[str, str], origin: str, sealed: bool = True) -> tuple[ModelCard, dict]:

@@ -15,3 +15,7 @@ class EdgeError(Exception):
 
 class CheckpointError(EdgeError, ValueError):
     """A weights file that cannot be read as a StudentNet, with the reason."""
+
+
+class MetadataError(EdgeError, ValueError):
+    """An ONNX file without (or with damaged) edge metadata."""

@@ -16,7 +16,8 @@ from edge.core.backends import ONNXRUNTIME, Backend, ProviderUnavailable, check_
 from edge.codec.entropy import EntropyError, session_source
 from edge.core.errors import EdgeError
 from edge.core.files import InputError
-from edge.codec.metadata import MetadataError, check_seal, read_metadata, read_net
+from edge.codec.checksum import check_seal
+from edge.codec.metadata import MetadataError, read_metadata, read_net
 from edge.codec.onnx_scan import nonfinite_tensors, nonfinite_tensors_in_file
 
 

@@ -21,7 +21,8 @@ import math
 import string
 from pathlib import Path
 
-from edge.codec.metadata import MetadataError, check_seal
+from edge.codec.checksum import check_seal
+from edge.codec.metadata import MetadataError
 from edge.core.config import ConfigError
 from edge.core.weight_formats import parse_format
 

@@ -1,0 +1,59 @@
+"""The checksum every ONNX file edge writes carries (``edge.crc32``): a CRC-32 of the whole file with its own
+entry blanked, so any single-bit flip is refused when the file is opened. Works on bytes alone: no onnx,
+no torch.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import zlib
+
+from edge.core.errors import MetadataError
+
+
+CHECKSUM_KEY = "edge.crc32"
+
+
+UNSET = "00000000"
+
+
+# the checksum entry as protobuf serializes it (a StringStringEntryProto: key, field 1; value, field 2)
+_ENTRY = b"\x0a" + bytes([len(CHECKSUM_KEY)]) + CHECKSUM_KEY.encode() + b"\x12" + bytes([len(UNSET)])
+
+
+_SEAL = re.compile(re.escape(_ENTRY) + b"(.{8})", re.DOTALL)
+
+
+def seal(data: bytes) -> bytes:
+    """The serialized ONNX file ``data`` with its `CHECKSUM_KEY` entry set to the CRC-32 of the file
+    as it is with the entry at ``00000000`` (unchanged when it holds no such entry)."""
+    found = list(_SEAL.finditer(data))
+    if len(found) != 1:
+        return data
+    start, end = found[0].span(1)
+    blank = data[:start] + UNSET.encode() + data[end:]
+    return data[:start] + f"{zlib.crc32(blank):08x}".encode() + data[end:]
+
+
+def check_seal(path: str | os.PathLike) -> bool:
+    """Whether the ONNX file at ``path`` carries our checksum (True: it matched; `MetadataError` naming
+    the file when it does not). Reads the file's bytes only: no onnx, no torch."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            found = [m.span(1) for m in _SEAL.finditer(view)]
+            if not found:
+                return False
+            if len(found) > 1:
+                raise MetadataError(f"{path}: damaged: it holds {len(found)} {CHECKSUM_KEY!r} entries")
+            (start, end), size = found[0], len(view)
+            crc = zlib.crc32(view[:start])
+            crc = zlib.crc32(view[end:], zlib.crc32(UNSET.encode(), crc))
+            recorded = bytes(view[start:end])
+    if recorded != f"{crc:08x}".encode():
+        raise MetadataError(f"{path}: damaged: its bytes do not match their {CHECKSUM_KEY} checksum (changed since "
+                            f"edge wrote it, {size:,} B); refused")
+    return True
