@@ -20,8 +20,8 @@ from edge.core import weight_formats as formats
 
 def _int_list(value: str | None, option: str = "--pools", distinct: bool = True) -> tuple[int, ...] | None:
     """``"0,1,2"`` -> (0, 1, 2); at least one integer, with ``distinct`` none twice (else a usage error)."""
-    if value is None:
-        return None
+    if value is None or (option == "--pools" and value.strip() == "auto"):  # auto: edge.inference.pools
+        return None if value is None else "auto"
     try:
         numbers = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
@@ -258,7 +258,8 @@ def sensitivity(checkpoint, images, limit, bits, per_channel, kmeans, pools, jso
 @click.option("--threads", type=THREADS,
               help="Inference threads (default: all cores). ONNX on CPU: this many single-threaded "
                    "model calls at once.")
-@click.option("--pools", metavar="I,J,..", help="Pool positions for a homework checkpoint (default 0,1,2,3).")
+@click.option("--pools", metavar="I,J,..|auto", help="Pool positions for a homework checkpoint (default 0,1,2,3, "
+              "checked against its BatchNorm statistics; auto: the placement they fit best).")
 @click.option("--skip-bad", is_flag=True, help="Skip images that cannot be decoded (listed) instead of failing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(model, data_dir, output, labels, provider, batch, workers, threads, pools, skip_bad, quiet):
@@ -274,7 +275,7 @@ def predict(model, data_dir, output, labels, provider, batch, workers, threads, 
 
     with _user_errors():
         check_output(output, inputs=(model, labels, data_dir), what="prediction CSV")
-        classifier, lanes = open_model(model, provider, threads, _int_list(pools))
+        classifier, lanes = open_model(model, provider, threads, _int_list(pools), data_dir)
         samples = list_samples(data_dir, classifier.card.classes, strict_classes=True)
         truth = read_labels(labels, len(classifier.card.classes)) if labels else None
         result = predict_samples(classifier, samples, batch, workers, skip_bad, progress=not quiet, lanes=lanes)

@@ -67,10 +67,12 @@ def cpu_cores() -> int:
 
 
 def open_model(path: str | Path, provider: str = "cpu", threads: int | None = None,
-               pools: tuple[int, ...] | None = None):
+               pools: tuple[int, ...] | str | None = None, images_from: str | Path | None = None):
     """-> (classifier, lanes): an ONNX file (by name or content) -> `OnnxClassifier` (no torch);
     any model file edge reads (`edge.io.checkpoints.load_model`) -> `TorchClassifier`. ``lanes`` is how many model calls may run at once: on ONNX
-    Runtime's CPU provider, ``threads`` (default: all cores) single-threaded calls; otherwise 1."""
+    Runtime's CPU provider, ``threads`` (default: all cores) single-threaded calls; otherwise 1.
+    A StudentNet whose pools were assumed is checked on the first photos of ``images_from`` (the
+    folder to predict), and ``pools="auto"`` takes the best-matching placement (`edge.inference.pools`)."""
     from edge.core.formats import is_onnx
 
     path = Path(path)
@@ -85,10 +87,12 @@ def open_model(path: str | Path, provider: str = "cpu", threads: int | None = No
             return OnnxClassifier(path, provider, threads=1), threads or cpu_cores()
         return OnnxClassifier(path, provider, threads), 1
     from edge.io.checkpoints import load_model
+    from edge.inference.pools import resolve_pools
     from edge.inference.torch_backend import TorchClassifier
 
     backend = _backend(path, provider, TORCH)
-    return TorchClassifier(load_model(path, pools=pools), backend.device, threads), 1
+    checkpoint = resolve_pools(load_model(path, pools=None if pools == "auto" else pools), pools, images_from)
+    return TorchClassifier(checkpoint, backend.device, threads), 1
 
 
 def _backend(path: Path, provider: str, kind: str):
