@@ -484,8 +484,7 @@ _TRAINING_OPTIONS = [
                  help="Seeds initialisation, batch order and augmentation (an epoch is a function of it)."),
     click.option("--precise-bn", type=click.IntRange(0), metavar="IMAGES",
                  help="Re-estimate BatchNorm statistics on this many training images after each epoch (precise BN; "
-                      "0 = off) [default: 1024 for torchvision archs, whose slow BatchNorm averages lag a short run; "
-                      "0 for dw/cnn/group, the homework's recipe]."),
+                      "0 = off, the homework's recipe) [default: 1024: slow BatchNorm averages lag a short run]."),
     click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N."),
     click.option("--threads", type=THREADS, help="torch CPU threads (default: all cores)."),
     click.option("--workers", default=0, show_default=True, type=click.IntRange(0),

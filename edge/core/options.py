@@ -50,7 +50,7 @@ class LoopOptions:
     weight_decay: float = 0.01
     schedule: str = "cosine"
     seed: int = 0
-    precise_bn: int | None = None  # None: `edge.train.loop.default_precise_bn` of the architecture
+    precise_bn: int | None = None  # None: `edge.train.loop.default_precise_bn`
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads
     workers: int = 0  # DataLoader processes
