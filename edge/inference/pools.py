@@ -148,30 +148,34 @@ def pools_text(pools: tuple[int, ...]) -> str:
     return ",".join(map(str, pools))
 
 
-def resolve_pools(checkpoint, pools, images_from: str | Path | None,
+def resolve_pools(path: str | Path, model, pools, images_from: str | Path | None,
                   log=lambda line: print(line, file=sys.stderr)):
-    """``checkpoint`` with its pools checked when they were assumed (not given, not in the file) and
-    photos are at hand: a warning naming the better placement when the stored statistics clearly
-    disagree; with ``pools == "auto"``, the best-matching placement itself."""
-    if not isinstance(checkpoint, Checkpoint) or not (checkpoint.pools_assumed or pools == "auto"):
-        return checkpoint
-    path, auto = checkpoint.origin, pools == "auto"
-    images = photos_of(images_from, checkpoint.card.preprocess) if images_from else None
+    """``model`` (read from ``path``) with its pools checked when they were assumed (not given, not in the
+    file) and photos are at hand: a warning naming the better placement when the stored statistics
+    clearly disagree; with ``pools == "auto"``, the best-matching placement itself."""
+    auto = pools == "auto"
+    if not isinstance(model, Checkpoint):
+        if auto:
+            raise CheckpointError(f"{path}: --pools describes StudentNets; this file records its own shape")
+        return model
+    if not (model.pools_assumed or auto):
+        return model
+    images = photos_of(images_from, model.card.preprocess) if images_from else None
     if images is None or not len(images):
         if auto:
             raise CheckpointError(f"{path}: --pools auto compares BatchNorm statistics on photos the model will "
                                   f"see: give images (or --pools I,J,..)")
-        log(f"{path}: pools {pools_text(checkpoint.card.config.pools)} assumed (not in the file; --pools sets them)")
-        return checkpoint
-    check = check_pools(checkpoint, images)
+        log(f"{path}: pools {pools_text(model.card.config.pools)} assumed (not in the file; --pools sets them)")
+        return model
+    check = check_pools(model, images)
     if auto:
         log(f"{path}: --pools auto: {pools_text(check.best)} (BatchNorm statistics mismatch {check.best_mismatch:.2f}; "
             f"the homework's {pools_text(check.assumed)}: {check.assumed_mismatch:.2f})")
-        return checkpoint.with_pools(check.best, assumed=False)
+        return model.with_pools(check.best, assumed=False)
     if check.disagrees:
         log(f"warning: {path}: pools {pools_text(check.assumed)} assumed (not in the file), but its BatchNorm "
             f"statistics fit --pools {pools_text(check.best)} far better (mismatch {check.best_mismatch:.2f} against "
             f"{check.assumed_mismatch:.2f} on {len(images)} photos): pass --pools {pools_text(check.best)}")
     else:
         log(f"{path}: pools {pools_text(check.assumed)} assumed (not in the file); its BatchNorm statistics agree")
-    return checkpoint
+    return model

@@ -91,8 +91,8 @@ def open_model(path: str | Path, provider: str = "cpu", threads: int | None = No
     from edge.inference.torch_backend import TorchClassifier
 
     backend = _backend(path, provider, TORCH)
-    checkpoint = resolve_pools(load_model(path, pools=None if pools == "auto" else pools), pools, images_from)
-    return TorchClassifier(checkpoint, backend.device, threads), 1
+    model = resolve_pools(path, load_model(path, pools=None if pools == "auto" else pools), pools, images_from)
+    return TorchClassifier(model, backend.device, threads), 1
 
 
 def _backend(path: Path, provider: str, kind: str):

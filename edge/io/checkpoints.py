@@ -88,7 +88,6 @@ class Checkpoint:
     state: dict[str, np.ndarray]
     source: str  # edge | state-dict | homework-8bit | homework-16bit
     pools_assumed: bool = False  # the homework's pool positions, neither given nor in the file
-    origin: str = ""  # the file it was read from
 
     @property
     def parameters(self) -> int:
@@ -227,7 +226,7 @@ def _student_from(path: Path, obj, source: str | None, pools, input_size) -> Che
     state, source = _to_numpy_state(path, obj, source)
     config = infer_config(state, pools=pools, input_size=input_size, origin=str(path))
     return Checkpoint(ModelCard(config, Preprocess(crop=config.input_size), default_classes(config.num_classes)),
-                      state, source, pools_assumed=pools is None, origin=str(path))
+                      state, source, pools_assumed=pools is None)
 
 
 def _pickle_load(path: Path, data: bytes):
@@ -301,7 +300,7 @@ def _from_edge_dict(path: Path, obj: dict, pools, input_size) -> Checkpoint:
                               f"{preprocess.crop}px inputs, its network takes {config.in_channels}x"
                               f"{config.input_size}px)")
     infer_config(state, pools=card.config.pools, input_size=card.config.input_size, origin=str(path))
-    return Checkpoint(card, state, "edge", origin=str(path))
+    return Checkpoint(card, state, "edge")
 
 
 def _shape(state: dict, key: str, origin: str) -> tuple[int, ...]:
