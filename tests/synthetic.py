@@ -89,7 +89,10 @@ def text_outside_figure(fig) -> list[str]:
     texts = [t for t in fig.texts if t.get_text()]
     problems = []
     for ax in fig.axes:
-        texts += [t for t in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label) if t.get_text()]
+        texts += [t for t in (ax.title, ax._left_title, ax._right_title) if t.get_text()]
+        if not ax.axison:  # axis("off"): no labels or ticks are drawn
+            continue
+        texts += [t for t in (ax.xaxis.label, ax.yaxis.label) if t.get_text()]
         for axis in (ax.xaxis, ax.yaxis):
             ticks = shown_tick_labels(axis)
             texts += ticks
