@@ -262,6 +262,8 @@ def test_candidate_names_keep_each_layers_bits_and_mixed_rows_have_their_own_ser
     state = {"settings": {"target_bytes": 20}, "about": {"model": "m.pt"}, "points": [point], "rounds": [],
              "seconds": 1.0}
     assert "| mixed precision | 1.000 |" in markdown_report(state)
+    state.update(fitting_keep={"uint4": 0.8, "uint8": None, "fp16 x": None}, unprobed=["uint8"])
+    assert "uint4 0.800, uint8 not found within the time budget, fp16 x below the --min-keep" in markdown_report(state)
 
 
 def test_the_frontier_figure_keeps_its_title_and_plain_kb_ticks_inside():

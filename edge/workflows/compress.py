@@ -143,7 +143,8 @@ def measure(net: NetFile, spec, path: Path, inputs: Inputs, layer_bits: dict | N
     from edge.models.merge import file_config
 
     point = {"format": format_name(spec, layer_bits), "onnx": path.name, "bytes": size,
-             "parameters": file_config(net.spec.config).num_parameters(), "widths": list(net.spec.config.widths)}
+             "parameters": file_config(net.spec.config).num_parameters(),
+             "widths": list(file_config(net.spec.config).widths)}
     logits = _onnx_logits(path, normalize(inputs.val.pixels, inputs.val.preprocess))
     answers = logits.argmax(1)
     point["val_agreement"] = float(np.mean(answers == inputs.val.labels.numpy()))
@@ -204,8 +205,8 @@ def with_weights(like: NetFile, config, state: dict[str, np.ndarray]) -> NetFile
 
 def fitting_keep(net: NetFile, spec, target: int, min_keep: float, probe: Path,
                  calibration: np.ndarray, budget: Budget | None = None) -> float | None:
-    """The largest keep fraction (to 1/256) whose file in ``spec`` fits ``target`` bytes; None below ``min_keep``
-    (or when ``budget`` runs out before the probes that would find it)."""
+    """The largest keep fraction (to 1/256) whose file in ``spec`` fits ``target`` bytes; None below ``min_keep``.
+    `TimeoutError` when ``budget`` runs out before the probes that would find it."""
     from edge.prune.reconstruct import target_widths
 
     config = net.spec.config
@@ -222,17 +223,14 @@ def fitting_keep(net: NetFile, spec, target: int, min_keep: float, probe: Path,
             budget.record("probe", began)
         return size <= target
 
-    try:
-        if not fits(min_keep):
-            return None
-        low, high = min_keep, 1.0
-        if fits(high):
-            return high
-        while high - low > 1 / 256:
-            middle = (low + high) / 2
-            low, high = (middle, high) if fits(middle) else (low, middle)
-    except TimeoutError:
+    if not fits(min_keep):
         return None
+    low, high = min_keep, 1.0
+    if fits(high):
+        return high
+    while high - low > 1 / 256:
+        middle = (low + high) / 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
     return round(low, 4)
 
 
@@ -317,9 +315,9 @@ class Search:
         return True
 
     def _stop(self, reason: str) -> None:
-        if not self.state.get("stopped"):
-            self.state["stopped"] = reason
-            self.log(reason)
+        """Say why a step was not started (the report keeps the first reason)."""
+        self.state.setdefault("stopped", reason)
+        self.log(reason)
 
     # -- the steps
 
@@ -329,6 +327,7 @@ class Search:
         self.state["seconds_before"] = self.state.get("seconds", 0.0)
         self.budget.spent_before = self.state["seconds_before"]
         self.state["skipped"] = []  # rebuilt as every point is visited again (a resumed record's is not trusted)
+        self.state.pop("stopped", None)  # this run's budget decides
         base = self.inputs.base
         for spec in self._formats("quantization only"):
             self.point("quantization", 1.0, base, spec)
@@ -355,16 +354,14 @@ class Search:
                 continue
             budget = (target - base["bytes"]) * MIXED_SHARE
             for _ in range(MIXED_TRIES):
-                if not self.budget.affords(self.budget.estimate("mixed", 2 * self.budget.estimate("measure"))):
-                    self._stop(f"time budget ({self.settings.budget_minutes:g} min) reached before mixed precision")
+                try:
+                    layer_bits = self._allocation(net, spec, budget)
+                except TimeoutError:
+                    self._stop(f"time budget ({self.settings.budget_minutes:g} min) reached during mixed precision's "
+                               f"layer sensitivity")
                     return
-                began = time.time()
-                layer_bits = self._allocation(net, spec, budget)
-                self.budget.record("mixed", began)
-                if not layer_bits:
-                    break
-                p = self.point("mixed", 1.0, net, spec, {"round": 0}, layer_bits)
-                if p["bytes"] <= target:
+                p = self.point("mixed", 1.0, net, spec, {"round": 0}, layer_bits) if layer_bits else None
+                if p is None or p["bytes"] <= target:
                     break
                 budget -= 1.5 * (p["bytes"] - target)
 
@@ -376,7 +373,7 @@ class Search:
         if key not in sensitivity:
             rows = layer_sensitivity(net.build(), self.inputs.calibration[:_gptq_count(self.inputs)].numpy(),
                                      (spec.bits, *(b for b in WIDER_BITS if b > spec.bits)), spec.fp16_below,
-                                     self.progress)
+                                     self.progress, lambda: self.budget.affords(self.budget.estimate("measure")))
             sensitivity[key] = [vars(r) for r in rows]
             self.save()
         return allocate([Upgrade(**r) for r in sensitivity[key]], spec.bits, budget, STREAM_BYTES)
@@ -402,8 +399,14 @@ class Search:
             for spec in self._formats("sizes of slimmed shapes"):
                 if spec.bits is None:  # no slimming path aims at a float format's size
                     continue
-                keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe, calibration,
-                                    self.budget)
+                try:
+                    keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe,
+                                        calibration, self.budget)
+                except TimeoutError:
+                    keep = None
+                    self.state.setdefault("unprobed", []).append(format_name(spec))
+                    self._stop(f"time budget ({self.settings.budget_minutes:g} min) reached before the keep at which "
+                               f"{format_name(spec)} fits was found")
                 targets[format_name(spec)] = keep
             probe.unlink(missing_ok=True)
             wanted = [k for k in targets.values() if k is not None and k < 1.0]

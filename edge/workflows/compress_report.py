@@ -47,6 +47,12 @@ def _kl(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _fitting_text(keep: float | None, unprobed: bool) -> str:
+    if unprobed:
+        return "not found within the time budget"
+    return "below the --min-keep" if keep is None else f"{keep:.3f}"
+
+
 def markdown_report(state: dict) -> str:
     target = state["settings"]["target_bytes"]
     has_val_acc = any("val_accuracy" in p for p in state["points"])
@@ -84,11 +90,10 @@ def markdown_report(state: dict) -> str:
         lines.append(f"| {r['round']} | {r['keep']:.3f} | {r['widths']} | {_pct(r['val_before_finetune'])} | "
                      f"{_pct(r['val_after_finetune'])} | {'fine-tuned' if r['best_epoch'] else 'reconstruction alone'} | "
                      f"{per_epoch:.0f} | {r['seconds']:.0f} |")
-    fitting = state.get("fitting_keep", {})
+    fitting, unprobed = state.get("fitting_keep", {}), state.get("unprobed", [])
     if fitting:
-        lines += ["", "Keep fraction at which each integer format fits the target: "
-                  + ", ".join(f"{k} {'below the --min-keep' if v is None else f'{v:.3f}'}" for k, v in fitting.items())
-                  + "."]
+        lines += ["", "Keep fraction at which each integer format fits the target: " + ", ".join(
+            f"{k} {_fitting_text(v, k in unprobed)}" for k, v in fitting.items()) + "."]
     skipped = state.get("skipped", [])
     if skipped:
         lines += ["", "Never exported (their weights alone take more than the target): " + ", ".join(
