@@ -21,6 +21,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,8 +29,10 @@ from torch import nn
 
 from edge.core.config import StudentConfig
 from edge.core.errors import CheckpointError
-from edge.io.checkpoints import Checkpoint
 from edge.models.student import build_student
+
+if TYPE_CHECKING:
+    from edge.io.checkpoints import Checkpoint
 
 IMAGES = 8  # photos the check runs
 CROP = 96  # of each photo's model input, its centre (a crop keeps the scale, which the statistics depend on)
@@ -110,7 +113,7 @@ def _placement_mismatch(model: nn.Module, config: StudentConfig, images: torch.T
     return total
 
 
-def check_pools(checkpoint: Checkpoint, images: np.ndarray) -> PoolCheck:
+def check_pools(checkpoint: "Checkpoint", images: np.ndarray) -> PoolCheck:
     """Score ``checkpoint``'s pool placement and the best-matching plausible one on ``images`` (model
     input, N x C x crop x crop: a few of the photos it will see; their centre `CROP` pixels are run)."""
     config = checkpoint.card.config
@@ -154,7 +157,7 @@ def resolve_pools(path: str | Path, model, pools, images_from: str | Path | None
     file) and photos are at hand: a warning naming the better placement when the stored statistics
     clearly disagree; with ``pools == "auto"``, the best-matching placement itself."""
     auto = pools == "auto"
-    if not isinstance(model, Checkpoint):
+    if not hasattr(model, "pools_assumed"):  # not a StudentNet `edge.io.checkpoints.Checkpoint`
         if auto:
             raise CheckpointError(f"{path}: --pools describes StudentNets; this file records its own shape")
         return model
