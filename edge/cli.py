@@ -30,8 +30,8 @@ from edge.core.options import (THREADS_MAX, AttackOptions, BenchOptions, ExportO
 
 def _int_list(value: str | None, option: str = "--pools", distinct: bool = True) -> tuple[int, ...] | None:
     """``"0,1,2"`` -> (0, 1, 2); at least one integer, with ``distinct`` none twice (else a usage error)."""
-    if value is None:
-        return None
+    if value is None or (option == "--pools" and value.strip() == "auto"):  # auto: edge.inference.pools
+        return None if value is None else "auto"
     try:
         numbers = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
@@ -293,7 +293,8 @@ def sensitivity(**params):
 @click.option("--threads", type=Checked(PredictOptions, "threads"),
               help="Inference threads (default: all cores). ONNX on CPU: this many single-threaded "
                    "model calls at once.")
-@_pools_option()
+@_pools_option("Pool positions for a homework checkpoint (default 0,1,2,3, checked against its BatchNorm "
+               "statistics; auto: the placement they fit best).")
 @click.option("--skip-bad", is_flag=True, help="Skip images that cannot be decoded (listed) instead of failing.")
 @_with([OVERWRITE, QUIET, JSON])
 def predict(**params):
@@ -450,8 +451,7 @@ _TRAINING_OPTIONS = [
                  help="Seeds initialisation, batch order and augmentation (an epoch is a function of it)."),
     click.option("--precise-bn", type=click.IntRange(0), metavar="IMAGES",
                  help="Re-estimate BatchNorm statistics on this many training images after each epoch (precise BN; "
-                      "0 = off) [default: 1024 for torchvision archs, whose slow BatchNorm averages lag a short run; "
-                      "0 for dw/cnn/group, the homework's recipe]."),
+                      "0 = off, the homework's recipe) [default: 1024: slow BatchNorm averages lag a short run]."),
     click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N."),
     click.option("--threads", type=THREADS, help="torch CPU threads (default: all cores)."),
     click.option("--workers", default=0, show_default=True, type=click.IntRange(0),

@@ -44,9 +44,10 @@ def kl_from(reference: np.ndarray, logits: np.ndarray) -> float:
 
 
 def layer_sensitivity(model: torch.nn.Module, images: np.ndarray, bits: tuple[int, ...], min_weights: int = 0,
-                      progress: bool = True) -> list[Upgrade]:
+                      progress: bool = True, keep_going=lambda: True) -> list[Upgrade]:
     """For every conv and linear layer of ``model`` (float, eval) with at least ``min_weights`` weights
-    and every width in ``bits``: the KL of the outputs on ``images`` when that layer alone is rounded."""
+    and every width in ``bits``: the KL of the outputs on ``images`` when that layer alone is rounded.
+    ``keep_going()`` is asked before each layer: False raises `TimeoutError` (a caller's time budget)."""
     from edge.export.calibrate import set_weights
     from edge.export.sensitivity import logits
     from edge.models.fold import fold_model, model_layers
@@ -57,6 +58,8 @@ def layer_sensitivity(model: torch.nn.Module, images: np.ndarray, bits: tuple[in
     layers = [layer for layer in model_layers(folded) if layer.weight.size >= min_weights]
     rows = []
     for layer in tqdm(layers, desc="mixed precision: layer sensitivity", unit="layer", disable=not progress):
+        if not keep_going():
+            raise TimeoutError(f"layer sensitivity stopped before {layer.name}")
         for width in bits:
             set_weights(folded, layer.name, minmax_encode(layer.weight, width, per_channel=True,
                                                           range_dtype=np.float16).decode())

@@ -80,3 +80,34 @@ def save_sealed(model, path) -> None:
     from edge.codec.checksum import seal
 
     Path(path).write_bytes(seal(model.SerializeToString()))
+
+
+def shown_tick_labels(axis) -> list:
+    """The tick labels an axis draws: those of ticks inside its view (others exist but are not shown)."""
+    low, high = sorted(axis.get_view_interval())
+    return [label for loc, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
+            if low <= loc <= high and label.get_visible() and label.get_text()]
+
+
+def text_outside_figure(fig) -> list[str]:
+    """The texts of ``fig`` (titles, axis labels, shown tick labels) that reach outside it, and neighbouring
+    tick labels of one axis that overlap, after drawing: what a reader would see clipped or run together."""
+    fig.canvas.draw()
+    renderer, frame = fig.canvas.get_renderer(), fig.bbox
+    texts = [t for t in fig.texts if t.get_text()]
+    problems = []
+    for ax in fig.axes:
+        texts += [t for t in (ax.title, ax._left_title, ax._right_title) if t.get_text()]
+        if not ax.axison:  # axis("off"): no labels or ticks are drawn
+            continue
+        texts += [t for t in (ax.xaxis.label, ax.yaxis.label) if t.get_text()]
+        for axis in (ax.xaxis, ax.yaxis):
+            ticks = shown_tick_labels(axis)
+            texts += ticks
+            problems += [f"overlap: {a.get_text()!r} {b.get_text()!r}" for a, b in zip(ticks, ticks[1:])
+                         if a.get_window_extent(renderer).overlaps(b.get_window_extent(renderer))]
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        if box.x0 < frame.x0 - 1 or box.x1 > frame.x1 + 1 or box.y0 < frame.y0 - 1 or box.y1 > frame.y1 + 1:
+            problems.append(f"outside: {text.get_text()!r}")
+    return problems

@@ -261,3 +261,30 @@ def test_int8_qdq_export_is_scored_on_the_transfer_attack_only(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "r.json").read_text())["attacks"]
     assert [(r["attack"], r["method"], r["eps_text"]) for r in rows] == [("transfer", "fgsm", "2/255")]
+
+
+def test_example_grid_shows_each_photos_true_label(tiny, tmp_path, monkeypatch):
+    import edge.workflows.attack_report as attack_report
+    from synthetic import text_outside_figure
+
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint(checkpoint, tiny[0].card, tiny[0].state)
+    photos = _photos(tmp_path / "photos")  # class subfolders 0, 1, 2: the labels come from the folders
+    figures, real_save = [], attack_report._save_figure
+
+    def keep_titles(fig, path, photos=False):
+        if photos:
+            figures.append(([ax.get_title() for ax in fig.axes], text_outside_figure(fig)))
+        real_save(fig, path, photos)
+
+    monkeypatch.setattr(attack_report, "_save_figure", keep_titles)
+    result = _run(checkpoint, photos, "--eps", "2/255", "--method", "fgsm", "--plot", tmp_path / "r.png", "--quiet")
+    assert result.exit_code == 0, result.output
+    (titles, problems), = figures
+    from edge.data.folders import list_samples
+
+    classes = tiny[0].card.classes
+    originals = [t for t in titles if ": original" in t]
+    assert len(originals) == 3 and problems == []
+    first = list_samples(photos, classes)[:3]  # the grid's photos: the first batch's first three
+    assert [t.split("\n")[1] for t in originals] == [f"true label: {classes[s.label]}" for s in first]

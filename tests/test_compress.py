@@ -175,3 +175,108 @@ def test_interrupted_compress_resumes_to_the_same_file(workspace, monkeypatch):
     first, second = (json.loads((workspace / d / "report.json").read_text()) for d in ("whole", "resumed"))
     strip = lambda points: [{k: v for k, v in p.items()} for p in points]  # noqa: E731
     assert strip(first["points"]) == strip(second["points"])
+
+
+def test_formats_that_cannot_fit_are_never_exported_and_the_report_lists_them(workspace):
+    out, report = workspace / "skips.onnx", workspace / "skips"
+    result = _compress(workspace, out, report)
+    assert result.exit_code == 0, result.output
+    record = json.loads((report / "report.json").read_text())
+    skipped = {s["format"]: s["least_bytes"] for s in record["skipped"] if s["keep"] == 1.0}
+    # the merged tiny model's convs hold 4,640 weights: fp32 >= 18,560 B, fp16 >= 9,280 B, both over 9,000
+    assert skipped == {"fp32": 18_560, "fp16": 9_280}
+    assert not [p for p in record["points"] if p["format"] in ("fp32", "fp16") and p["keep"] == 1.0]
+    assert not list(report.glob("quantization-*fp32*")) and not list(report.glob("quantization-*fp16*"))
+    for s in record["skipped"]:  # slimmed shapes too: every skipped format's bound is over the target
+        assert s["least_bytes"] > 9000 and not [p for p in record["points"] if (p["keep"], p["format"]) == (
+            s["keep"], s["format"])]
+    assert "Never exported" in (report / "report.md").read_text() and "fp32 at keep 1.000 (at least 18,560 B)" in (
+        report / "report.md").read_text()
+    merged = StudentConfig(widths=(8, 16, 48, 48, 3), pools=(0, 1), input_size=16, num_classes=3).num_parameters()
+    assert {p["parameters"] for p in record["points"] if p["keep"] == 1.0} == {merged}  # the file's own count
+
+
+def test_least_bytes_bounds_every_exported_file_from_below(tmp_path):
+    from edge.export.quantize import QuantSpec
+    from edge.io.checkpoints import Checkpoint
+    from edge.core.config import ModelCard, default_classes
+    from edge.export.exporter import export_onnx
+    from edge.workflows.compress import least_bytes
+
+    checkpoint = Checkpoint(ModelCard(CONFIG, Preprocess(crop=16), default_classes(3)), trained_like(CONFIG), "edge")
+    for spec in (QuantSpec("fp32"), QuantSpec("fp16"), QuantSpec("uint8", method="minmax"),
+                 QuantSpec("uint4", per_channel=True, method="minmax"), QuantSpec("kmeans16", method="minmax")):
+        size, _ = export_onnx(checkpoint, tmp_path / f"{spec.weights}.onnx", spec, None, "")
+        assert least_bytes(CONFIG, spec) <= size, spec
+    assert least_bytes(CONFIG, QuantSpec("fp32")) > 0.8 * (tmp_path / "fp32.onnx").stat().st_size  # and close
+    assert least_bytes(CONFIG, QuantSpec("uint4", per_channel=True, entropy=True)) is None
+
+
+class FakeClock:
+    """compress's clock: each export takes 1 s and each measured file 10 s more, everything else no time."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_the_budget_bounds_the_whole_run(workspace, monkeypatch):
+    import edge.workflows.compress as compress
+
+    clock = FakeClock()
+    real_measure, real_export = compress.measure, compress._export
+
+    def measure(*args, **kwargs):
+        clock.now += 10.0
+        return real_measure(*args, **kwargs)
+
+    def export(*args, **kwargs):
+        clock.now += 1.0
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(compress, "time", clock)
+    monkeypatch.setattr(compress, "measure", measure)
+    monkeypatch.setattr(compress, "_export", export)
+    report = workspace / "budget"
+    result = _compress(workspace, workspace / "budget.onnx", report, "--budget-minutes", "3")
+    assert result.exit_code == 0, result.output
+    record = json.loads((report / "report.json").read_text())
+    assert clock.now - 1000.0 <= 180 and record["seconds"] <= 180  # no step started that would overrun
+    assert "time budget (3 min)" in record["stopped"]
+    assert 0 < (workspace / "budget.onnx").stat().st_size <= 9000
+
+
+def test_candidate_names_keep_each_layers_bits_and_mixed_rows_have_their_own_series():
+    from edge.workflows.compress import candidate_name
+    from edge.workflows.compress_report import markdown_report, series
+
+    name = candidate_name("mixed", 1.0, "uint4 per-channel entropy=True cnn.2.3:8 cnn.12.3:6")
+    assert name == "mixed-k1.0000-uint4-per-channel-entropy=True-cnn.2.3@8-cnn.12.3@6.onnx"
+    assert candidate_name("mixed", 1.0, "uint4 cnn.2.3:8") != candidate_name("mixed", 1.0, "uint4 cnn.2.38")
+    point = {"stage": "mixed", "keep": 1.0, "format": "uint4 per-channel cnn.2.3:8", "bytes": 10, "parameters": 5,
+             "val_agreement": 1.0, "widths": [1]}
+    assert series(point) == "mixed precision"
+    assert series({**point, "stage": "quantization", "format": "uint4 per-channel"}) == "quantization only"
+    state = {"settings": {"target_bytes": 20}, "about": {"model": "m.pt"}, "points": [point], "rounds": [],
+             "seconds": 1.0}
+    assert "| mixed precision | 1.000 |" in markdown_report(state)
+    state.update(fitting_keep={"uint4": 0.8, "uint8": None, "fp16 x": None}, unprobed=["uint8"])
+    assert "uint4 0.800, uint8 not found within the time budget, fp16 x below the --min-keep" in markdown_report(state)
+
+
+def test_the_frontier_figure_keeps_its_title_and_plain_kb_ticks_inside():
+    from edge.workflows.compress_report import frontier_figure
+    from synthetic import shown_tick_labels, text_outside_figure
+
+    points = [{"stage": stage, "keep": keep, "format": "uint8", "bytes": size, "parameters": 1, "val_agreement": 0.9,
+               "widths": [1]}  # one panel (no test set): the narrowest figure
+              for stage, keep, size in (("quantization", 1.0, 264_394), ("mixed", 1.0, 118_277),
+                                        ("slimming", 0.9, 92_197), ("slimming", 0.9, 1_021_639))]
+    state = {"settings": {"target_bytes": 120_000}, "about": {"model": "a_rather_long_student_file_name.bin"},
+             "points": points, "chosen": points[1]}
+    fig = frontier_figure(state)
+    assert text_outside_figure(fig) == []
+    labels = [t.get_text() for t in shown_tick_labels(fig.axes[0].xaxis)]
+    assert labels == ["100", "200", "300", "500", "1,000"]  # plain KB, no 2x10^2

@@ -187,3 +187,17 @@ def test_interrupted_slimming_resumes_to_the_same_weights_and_curve(tmp_path):
     assert changed.exit_code == 2 and "rounds 2 != 3" in changed.output
     nothing = runner.invoke(main, [*slim[:-1], str(tmp_path / "elsewhere"), "--resume"])
     assert nothing.exit_code == 2 and "nothing to resume" in nothing.output
+
+
+def test_the_curve_figure_labels_parameters_in_thousands_without_running_together():
+    from edge.prune.slim import curves_figure, thousands
+    from synthetic import shown_tick_labels, text_outside_figure
+
+    counts = [256_234, 236_000, 214_500, 190_100, 168_800, 150_200, 131_000, 112_400, 100_000]
+    points = [{"round": i, "parameters": n, "val_accuracy": 0.8 - 0.01 * i, "val_kind": "accuracy"}
+              for i, n in enumerate(counts)]
+    fig = curves_figure({"curves": [{"rate": 0.1, "points": points}], "title": "network slimming"})
+    assert text_outside_figure(fig) == []
+    labels = [t.get_text() for t in shown_tick_labels(fig.axes[0].xaxis)]
+    assert 2 <= len(labels) <= 6 and all(label.endswith("K") for label in labels)
+    assert (thousands(120_000), thousands(1_500_000), thousands(512)) == ("120K", "1.5M", "512")

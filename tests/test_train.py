@@ -259,3 +259,18 @@ def test_precise_bn_makes_running_statistics_the_average_over_its_images():
                                torch.stack([f.transpose(0, 1).flatten(1).var(1) for f in features]).mean(0))
     assert model[1].momentum == 0.01
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+
+
+
+def test_one_epoch_student_runs_report_above_chance_validation_accuracy(fashion_mnist, tmp_path):
+    """Precise BN is the default for StudentNets too: after one epoch on 512 images the running
+    averages would still hold the first batches' statistics (val accuracy near chance, 10%)."""
+    common = ["fashion-mnist:train@:512", "--val", "fashion-mnist:test@:500", "--epochs", "1", "--threads", "2",
+              "--quiet"]
+    for command, extra in (("train", []), ("distill", ["--teacher", str(tmp_path / "train.pt")])):
+        out = tmp_path / f"{command}.pt"
+        run = CliRunner().invoke(main, [command, *common, "-o", str(out), *extra])
+        assert run.exit_code == 0, run.output
+        saved = load_net(out).extra["train"]
+        assert saved["recipe"]["precise_bn"] == 1024
+        assert saved["history"][0]["val_accuracy"] > 0.25, command

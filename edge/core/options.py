@@ -49,7 +49,7 @@ class Rule:
                 return None
             raise TypeError(f"{label} is required, got None")
         checked = _KINDS[self.kind](label, value)
-        for number in checked if self.kind == "ints" else (checked,) if self.kind in ("int", "float") else ():
+        for number in checked if isinstance(checked, tuple) else (checked,) if self.kind in ("int", "float") else ():
             self._check_range(label, number)
         if self.choices and checked not in self.choices:
             raise ConfigError(f"{label}: {checked!r} is not one of {', '.join(map(str, self.choices))}")
@@ -102,6 +102,11 @@ def _integers(label: str, value) -> tuple[int, ...]:
     return tuple(_integer(label, v) for v in value)
 
 
+def _placement(label: str, value) -> tuple[int, ...] | str:
+    """Pool positions, or ``"auto"``: the placement the file's BatchNorm statistics fit best (predict only)."""
+    return value if value == "auto" else _integers(label, value)
+
+
 def _paths(label: str, value) -> tuple[Path, ...]:
     """One path (a str or PathLike is one model, never iterated) or a list/tuple of paths."""
     if isinstance(value, (str, os.PathLike)):
@@ -112,7 +117,7 @@ def _paths(label: str, value) -> tuple[Path, ...]:
 
 
 _KINDS = {"int": _integer, "float": _number, "bool": _flag, "str": _text, "Path": _path, "ints": _integers,
-          "paths": _paths}
+          "placement": _placement, "paths": _paths}
 
 
 def validate(options) -> None:
@@ -135,6 +140,7 @@ def _output_rules(*names: str, optional: bool = True) -> dict[str, Rule]:
 
 
 POOLS = Rule("ints", low=0, optional=True)
+POOLS_OR_AUTO = Rule("placement", low=0, optional=True, flag="--pools")
 THREADS = Rule("int", 1, THREADS_MAX, optional=True)
 
 
@@ -169,7 +175,7 @@ class LoopOptions:
     weight_decay: float = 0.01
     schedule: str = "cosine"
     seed: int = 0
-    precise_bn: int | None = None  # None: `edge.train.loop.default_precise_bn` of the architecture
+    precise_bn: int | None = None  # None: `edge.train.loop.default_precise_bn`
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads
     workers: int = 0  # DataLoader processes
@@ -376,7 +382,7 @@ class PredictOptions(Validated):
     batch: int = 4
     workers: int | None = None
     threads: int | None = None
-    pools: tuple[int, ...] | None = None
+    pools: tuple[int, ...] | str | None = None  # or "auto": `edge.inference.pools`
     skip_bad: bool = False
     quiet: bool = False
     overwrite: bool = False
@@ -384,7 +390,7 @@ class PredictOptions(Validated):
     RULES: typing.ClassVar = {
         "model": Rule("Path"), "data_dir": Rule("Path"), "labels": Rule("Path", optional=True),
         "provider": Rule("str"), "batch": Rule("int", 1), "workers": THREADS,
-        "threads": THREADS, "pools": POOLS, "skip_bad": Rule("bool"), "quiet": Rule("bool"),
+        "threads": THREADS, "pools": POOLS_OR_AUTO, "skip_bad": Rule("bool"), "quiet": Rule("bool"),
         **_output_rules("output")}
 
 

@@ -25,9 +25,10 @@ class BackendHandler:
         raise NotImplementedError
 
     def open(self, path: str | os.PathLike, backend: Backend, threads: int | None = None,
-             pools: tuple[int, ...] | None = None, variant: str = ""):
+             pools: tuple[int, ...] | str | None = None, variant: str = "", images_from=None):
         """The classifier (``model(images) -> logits``, ``.card``) for ``path`` on ``backend``. ``variant``: a
-        bench row's format (`options`); ``pools``: a homework checkpoint's max-pools."""
+        bench row's format (`options`); ``pools``: a homework checkpoint's max-pools (``auto``: the placement
+        its BatchNorm statistics fit best on the photos of ``images_from``)."""
         raise NotImplementedError
 
     def options(self, variant: str) -> dict:
@@ -78,7 +79,7 @@ class OnnxRuntimeHandler(BackendHandler):
     def preload(self) -> None:
         import onnxruntime  # noqa: F401
 
-    def open(self, path, backend, threads=None, pools=None, variant=""):
+    def open(self, path, backend, threads=None, pools=None, variant="", images_from=None):
         from edge.inference.runtime import OnnxClassifier
 
         return OnnxClassifier(path, backend.name, threads)
@@ -101,8 +102,10 @@ class TorchHandler(BackendHandler):
         options = {"half": variant.startswith("fp16"), "channels_last": variant.endswith(CHANNELS_LAST)}
         return {name: value for name, value in options.items() if value}
 
-    def open(self, path, backend, threads=None, pools=None, variant=""):
+    def open(self, path, backend, threads=None, pools=None, variant="", images_from=None):
+        from edge.inference.pools import resolve_pools
         from edge.inference.torch_backend import TorchClassifier
         from edge.io.checkpoints import load_model
 
-        return TorchClassifier(load_model(path, pools=pools), backend.device, threads, **self.options(variant))
+        model = resolve_pools(path, load_model(path, pools=None if pools == "auto" else pools), pools, images_from)
+        return TorchClassifier(model, backend.device, threads, **self.options(variant))

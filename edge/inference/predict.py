@@ -63,12 +63,13 @@ class NonFiniteOutput(EdgeError):
 
 
 def open_model(path: str | Path, provider: str = "cpu", threads: int | None = None,
-               pools: tuple[int, ...] | None = None):
+               pools: tuple[int, ...] | str | None = None, images_from: str | Path | None = None):
     """-> (classifier, lanes): an ONNX file (by name or content) runs on ONNX Runtime (`OnnxClassifier`, no
     torch), any other model file edge reads (`edge.io.checkpoints.load_model`) on torch (`TorchClassifier`),
     each opened by its backend kind's handler (`edge.inference.openers`). ``lanes`` is how many model calls
     may run at once: on ONNX Runtime's CPU provider, ``threads`` (default: all cores) single-threaded calls;
-    otherwise 1."""
+    otherwise 1. A StudentNet whose pools were assumed is checked on the first photos of ``images_from`` (the
+    folder to predict), and ``pools="auto"`` takes the best-matching placement (`edge.inference.pools`)."""
     from edge.core.formats import is_onnx
 
     path = Path(path)
@@ -82,7 +83,7 @@ def open_model(path: str | Path, provider: str = "cpu", threads: int | None = No
     backend = _backend(path, provider, kind)
     handler = backend_handler(kind)
     call_threads, lanes = handler.lanes(backend, threads)
-    return handler.open(path, backend, call_threads, pools), lanes
+    return handler.open(path, backend, call_threads, pools, images_from=images_from), lanes
 
 
 def _backend(path: Path, provider: str, kind: str):

@@ -87,6 +87,7 @@ class Checkpoint:
     card: ModelCard
     state: dict[str, np.ndarray]
     source: str  # edge | state-dict | homework-8bit | homework-16bit
+    pools_assumed: bool = False  # the homework's pool positions, neither given nor in the file
 
     @property
     def parameters(self) -> int:
@@ -104,7 +105,13 @@ class Checkpoint:
 
     def describe(self) -> str:
         config = self.card.config
-        return f"StudentNet widths {list(config.widths)}, pools {list(config.pools)}"
+        assumed = " (assumed: not in the file)" if self.pools_assumed else ""
+        return f"StudentNet widths {list(config.widths)}, pools {list(config.pools)}{assumed}"
+
+    def with_pools(self, pools: tuple[int, ...], assumed: bool) -> "Checkpoint":
+        """The same weights with max-pools after ``pools``."""
+        config = dataclasses.replace(self.card.config, pools=pools)
+        return dataclasses.replace(self, card=dataclasses.replace(self.card, config=config), pools_assumed=assumed)
 
 
 def load_model(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
@@ -115,6 +122,7 @@ def load_model(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
     its tensors, `edge.models.classifiers.recognise_classifier`; ``input_size`` sets its crop). ``pools``/
     ``input_size`` override what is inferred for a StudentNet. Never runs code from the file;
     anything else is a `CheckpointError` with one line saying why."""
+    _refuse_auto_pools(path, pools)
     path, obj, source = _read_weights_object(path)
     if _net_arch(obj) not in (None, "dw"):
         from edge.io.netfile import net_from_dict
@@ -131,6 +139,14 @@ def load_model(path: str | os.PathLike, pools: tuple[int, ...] | None = None,
             return net
         _refuse_near_miss(path, obj)
     return _student_from(path, obj, source, pools, input_size)
+
+
+def _refuse_auto_pools(path, pools) -> None:
+    """``--pools auto`` needs photos to compare BatchNorm statistics on (`edge.inference.pools`): only readers
+    given photos resolve it (`edge predict`); here it is refused."""
+    if pools == "auto":
+        raise CheckpointError(f"{path}: --pools auto compares BatchNorm statistics on photos the model will see: "
+                              f"`edge predict` does it on its images; here give --pools I,J,..")
 
 
 def _refuse_near_miss(path: Path, obj: dict) -> None:
@@ -152,6 +168,7 @@ def load_checkpoint(path: str | os.PathLike, pools: tuple[int, ...] | None = Non
                     input_size: int | None = None) -> Checkpoint:
     """Read a StudentNet from any supported file; ``pools``/``input_size`` override what is inferred.
     Files of other architectures are refused (with their arch named): read those with `load_model`."""
+    _refuse_auto_pools(path, pools)
     path, obj, source = _read_weights_object(path)
     arch = _net_arch(obj)
     if arch not in (None, "dw"):
@@ -208,7 +225,7 @@ def _student_from(path: Path, obj, source: str | None, pools, input_size) -> Che
     state, source = _to_numpy_state(path, obj, source)
     config = infer_config(state, pools=pools, input_size=input_size, origin=str(path))
     return Checkpoint(ModelCard(config, Preprocess(crop=config.input_size), default_classes(config.num_classes)),
-                      state, source)
+                      state, source, pools_assumed=pools is None)
 
 
 def _pickle_load(path: Path, data: bytes):

@@ -23,6 +23,11 @@ def mergeable(config: StudentConfig) -> bool:
     return last >= 1 and last not in config.pools and config.widths[-1] > config.num_classes
 
 
+def file_config(config: StudentConfig) -> StudentConfig:
+    """The config of the model an exported file computes: merged when `mergeable` (widths end at the classes)."""
+    return replace(config, widths=config.widths[:-1] + (config.num_classes,)) if mergeable(config) else config
+
+
 def merge_classifier(config: StudentConfig, state: dict[str, np.ndarray]) -> tuple[StudentConfig, dict]:
     """Fold the classifier into the last pointwise conv: width ``num_classes``, identity classifier."""
     if not mergeable(config):
@@ -37,7 +42,7 @@ def merge_classifier(config: StudentConfig, state: dict[str, np.ndarray]) -> tup
     new[f"{last}.bias"] = (w_fc @ b_pw + b_fc).astype(np.float32)
     new["fc.0.weight"] = np.eye(config.num_classes, dtype=np.float32)
     new["fc.0.bias"] = np.zeros(config.num_classes, np.float32)
-    return replace(config, widths=config.widths[:-1] + (config.num_classes,)), new
+    return file_config(config), new
 
 
 def merged_classifier(model) -> tuple:

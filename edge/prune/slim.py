@@ -260,6 +260,22 @@ def write_curves(path: Path, curves: dict) -> None:
 
 def plot_curves(path: Path, curves: dict) -> None:
     """Accuracy against parameters and against rounds, one line per rate, on one figure."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(curves)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+
+
+def thousands(count: float, _position=None) -> str:
+    """A parameter count as an axis label: ``120K``, ``1.5M``."""
+    if abs(count) >= 1e6:
+        return f"{count / 1e6:g}M"
+    return f"{count / 1e3:g}K" if abs(count) >= 1e3 else f"{count:g}"
+
+
+def curves_figure(curves: dict):
+    """`plot_curves`' figure: parameters axis in thousands (a few ticks), rounds axis in whole rounds."""
     import matplotlib
     import matplotlib.ticker
 
@@ -281,6 +297,8 @@ def plot_curves(path: Path, curves: dict) -> None:
         by_round.plot([p["round"] for p in points], acc, "o-", color=line.get_color(),
                       label=f"rate {curve['rate']:g}/round")
     by_size.set(xlabel="parameters", ylabel=f"{kind} (%)", title="accuracy vs size")
+    by_size.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5))
+    by_size.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(thousands))
     by_round.set(xlabel="slimming round", ylabel=f"{kind} (%)", title="accuracy per round (KD fine-tuned)")
     by_round.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for ax in (by_size, by_round):
@@ -288,5 +306,4 @@ def plot_curves(path: Path, curves: dict) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(curves.get("title", "network slimming"))
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    return fig

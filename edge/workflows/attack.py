@@ -297,7 +297,7 @@ def _attack_batch(run: Run, samples: list[Sample], pixels: torch.Tensor, labels:
         clean = _answers(target, pixels, settings.defenses)
         _tally(run.clean.setdefault(target.key, Counts()), clean, clean, 0, labels)
         if keep_examples:
-            run.examples[target.key] = {"pixels": pixels[:EXAMPLES], "attacked": {}}
+            run.examples[target.key] = {"pixels": pixels[:EXAMPLES], "attacked": {}, "labels": labels[:EXAMPLES]}
         for kind, crafter in _rows_of(target, run.source):
             if crafter.key not in crafted:
                 crafted[crafter.key] = craft(crafter.white_box, pixels, torch.from_numpy(labels), settings.methods,

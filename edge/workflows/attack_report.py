@@ -172,6 +172,13 @@ def _grid_attack(run: Run, target: Target) -> tuple | None:
     return kind, method, eps
 
 
+def _truth_caption(target: Target, label: int, doc: dict) -> str:
+    """``true label: noodles`` (or, without labels, the first model's clean answer, said so)."""
+    name = target.card.classes[int(label)]
+    return f"label: {name} (first model's answer)" if doc["labels"].startswith("the first model") \
+        else f"true label: {name}"
+
+
 def write_grid(path: Path, run: Run, doc: dict) -> None:
     """The homework's figure: per model and example, original / attacked / defended (the attack's best
     defense) with the model's top-3 probabilities under each image."""
@@ -196,7 +203,9 @@ def write_grid(path: Path, run: Run, doc: dict) -> None:
             defense = next(d for d in run.settings.defenses if d.name == row["best_defense"]["name"])
             images.append((f"attacked + {defense.name}", defense(attacked)))
         for index in range(len(clean)):
-            panels.append([(f"{target.key}: {title}", batch[index:index + 1]) for title, batch in images])
+            truth = _truth_caption(target, run.examples[target.key]["labels"][index], doc)
+            panels.append([(f"{target.key}: {title}" + (f"\n{truth}" if title == "original" else ""),
+                            batch[index:index + 1]) for title, batch in images])
     columns = max(len(p) for p in panels)
     fig, axes = plt.subplots(len(panels), columns, figsize=(3.2 * columns, 3.9 * len(panels)), squeeze=False)
     targets = [t for t in run.targets if _grid_attack(run, t) is not None]

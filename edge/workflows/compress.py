@@ -20,9 +20,14 @@ among the ONNX files that fit ``target_bytes``:
 Validation images are never trained on: ``val`` images, or every ``VAL_EVERY``-th photo of
 ``images`` by id. A ``test`` set is only scored. Everything lands in a work folder (the report
 folder): ``state.json`` after every measured point and round, each round's resumable run file,
-every candidate ONNX file; ``resume`` continues an interrupted search to the same result. The
-time budget stops descending before a round that would overrun it (what was not reached is
-reported). `write_report` makes the JSON, markdown and frontier PNG.
+every candidate ONNX file; ``resume`` continues an interrupted search to the same result.
+
+A format whose file cannot fit is never exported: its bytes are bounded from below by the weight
+count and the format's bits (`least_bytes`), and the report lists it as skipped with that bound.
+The time budget (`Budget`) bounds the whole run, loading included: each step (a measured file, a
+size probe, mixed precision, a slimming round, each fine-tuning epoch) starts only when the time
+its kind took before (or an estimate from the model's speed) still fits what is left; what was not
+reached is reported. `write_report` makes the JSON, markdown and frontier PNG.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ FORMATS = (("uint4", {"per_channel": True, "entropy": True}), ("uint6", {"per_ch
            ("uint8", {}), ("uint8", {"per_channel": True}), ("fp16", {}), ("fp32", {}))
 MIXED_SHARE = 0.95  # of the bytes left under the target that mixed precision plans to spend
 MIXED_TRIES = 3
+BUDGET_SHARE = 0.95  # of the budget that steps may fill (the rest: writing the chosen file and the report)
+TRAIN_FORWARDS = 4  # a fine-tuning image costs about this many evaluation forwards (teacher, student + backward)
 
 
 @dataclass(kw_only=True)
@@ -71,6 +78,28 @@ class Inputs:
     test: object = None  # ImageSet with true labels, scored only
     test_reference: np.ndarray | None = None  # the model's answers on the test photos
     progress: bool = True  # progress bars (of decoding, calibrating, ...)
+    forward_seconds: float = 0.0  # the model's evaluation forward, per image (the budget's estimates)
+
+
+class Budget:
+    """The whole run's wall time: a step starts only when the longest step of its kind so far (or the
+    estimate given for a kind not run yet) still fits in `BUDGET_SHARE` of the minutes."""
+
+    def __init__(self, minutes: float, started: float, spent_before: float = 0.0):
+        self.limit, self.started, self.spent_before = BUDGET_SHARE * 60 * minutes, started, spent_before
+        self.longest: dict[str, float] = {}
+
+    def elapsed(self) -> float:
+        return self.spent_before + time.time() - self.started
+
+    def estimate(self, kind: str, first: float = 0.0) -> float:
+        return self.longest.get(kind, first)
+
+    def affords(self, seconds: float) -> bool:
+        return self.elapsed() + seconds <= self.limit
+
+    def record(self, kind: str, began: float) -> None:
+        self.longest[kind] = max(self.longest.get(kind, 0.0), time.time() - began)
 
 
 # ---------------------------------------------------------------- measuring one candidate
@@ -114,8 +143,11 @@ def measure(net: NetFile, spec, path: Path, inputs: Inputs, layer_bits: dict | N
     from edge.export.mixed_precision import kl_from
 
     size = _export(net, spec, path, inputs.calibration[:_gptq_count(inputs)].numpy(), layer_bits, inputs.progress)
+    from edge.models.merge import file_config
+
     point = {"format": format_name(spec, layer_bits), "onnx": path.name, "bytes": size,
-             "parameters": net.spec.config.num_parameters(), "widths": list(net.spec.config.widths)}
+             "parameters": file_config(net.spec.config).num_parameters(),
+             "widths": list(file_config(net.spec.config).widths)}
     logits = _onnx_logits(path, normalize(inputs.val.pixels, inputs.val.preprocess))
     answers = logits.argmax(1)
     point["val_agreement"] = float(np.mean(answers == inputs.val.labels.numpy()))
@@ -136,6 +168,30 @@ def _gptq_count(inputs: Inputs) -> int:
 # ---------------------------------------------------------------- sizes of pruned shapes
 
 
+def conv_weights(config) -> int:
+    """Weights of a StudentNet's convolutions (no biases, no classifier): what its every file stores at least."""
+    first = config.in_channels * config.widths[0] * 9
+    return first + sum(c * 9 + c * d for c, d in zip(config.widths, config.widths[1:]))
+
+
+def least_bytes(config, spec) -> int | None:
+    """A lower bound on the bytes of a StudentNet file of ``config`` (as exported: merged) in ``spec``, from
+    its weight count: each conv weight takes at least the format's bits (layers kept in fp16 take more;
+    biases, ranges, graph and metadata come on top). None where the size depends on the values
+    (entropy coding, low rank)."""
+    from edge.models.merge import file_config
+
+    if spec.entropy or spec.low_rank is not None:
+        return None
+    bits = spec.bits or {"fp32": 32, "fp16": 16, "int8": 8}[spec.weights]
+    return conv_weights(file_config(config)) * bits // 8
+
+
+def cannot_fit(config, spec, target: int) -> bool:
+    least = least_bytes(config, spec)
+    return least is not None and least > target
+
+
 def shaped(net: NetFile, widths: tuple[int, ...]) -> NetFile:
     """``net`` cut to ``widths`` by keeping the first channels: right shape, for measuring bytes."""
     from edge.prune.slim import numpy_state, prune
@@ -151,14 +207,24 @@ def with_weights(like: NetFile, config, state: dict[str, np.ndarray]) -> NetFile
 
 
 def fitting_keep(net: NetFile, spec, target: int, min_keep: float, probe: Path,
-                 calibration: np.ndarray, progress: bool = True) -> float | None:
-    """The largest keep fraction (to 1/256) whose file in ``spec`` fits ``target`` bytes; None below ``min_keep``."""
+                 calibration: np.ndarray, progress: bool = True, budget: Budget | None = None) -> float | None:
+    """The largest keep fraction (to 1/256) whose file in ``spec`` fits ``target`` bytes; None below ``min_keep``.
+    `TimeoutError` when ``budget`` runs out before the probes that would find it."""
     from edge.prune.reconstruct import target_widths
 
     config = net.spec.config
 
     def fits(keep: float) -> bool:
-        return _export(shaped(net, target_widths(config, keep)), spec, probe, calibration, progress=progress) <= target
+        widths = target_widths(config, keep)
+        if cannot_fit(replace(config, widths=widths), spec, target):
+            return False
+        if budget is not None and not budget.affords(budget.estimate("probe")):
+            raise TimeoutError
+        began = time.time()
+        size = _export(shaped(net, widths), spec, probe, calibration, progress=progress)
+        if budget is not None:
+            budget.record("probe", began)
+        return size <= target
 
     if not fits(min_keep):
         return None
@@ -191,11 +257,12 @@ class Search:
     """One resumable search in ``work`` (its state.json records every measured point and round)."""
 
     def __init__(self, inputs: Inputs, settings: SearchSettings, work: Path, candidates, about: dict,
-                 progress: bool = True, log=lambda line: print(line, file=sys.stderr)):
+                 progress: bool = True, log=lambda line: print(line, file=sys.stderr), started: float | None = None):
         self.inputs, self.settings, self.work, self.candidates = inputs, settings, work, candidates
         self.progress, self.log = progress, log
         self.state = {"settings": asdict(settings), "about": about, "points": [], "rounds": [], "seconds": 0.0}
-        self.began = time.time()
+        self.began = time.time() if started is None else started
+        self.budget = Budget(settings.budget_minutes, self.began)
 
     # -- state
 
@@ -215,14 +282,38 @@ class Search:
         for p in self.state["points"]:
             if p["stage"] == stage and p["keep"] == keep and p["format"] == label:
                 return p
-        name = f"{stage}-k{keep:.4f}-{label.replace(' ', '-').replace(':', '')}.onnx"
-        p = {"stage": stage, "keep": keep, **measure(net, spec, self.work / name, self.inputs, layer_bits),
-             **(extra or {})}
-        p["sha256"] = file_sha256(self.work / name)  # what --resume identifies the candidate by
+        if not layer_bits and self._skipped(stage, keep, net, spec):
+            return None
+        if not self.budget.affords(self.budget.estimate("measure")):
+            self._stop(f"time budget ({self.settings.budget_minutes:g} min) reached before {stage} keep {keep:.3f} "
+                       f"{label}")
+            return None
+        began = time.time()
+        p = {"stage": stage, "keep": keep, **measure(net, spec, self.work / candidate_name(stage, keep, label),
+                                                     self.inputs, layer_bits), **(extra or {})}
+        self.budget.record("measure", began)
+        p["sha256"] = file_sha256(self.work / p["onnx"])  # what --resume identifies the candidate by
         self.state["points"].append(p)
         self.save()
         self.log(_point_line(p, self.settings.target_bytes))
         return p
+
+    def _skipped(self, stage: str, keep: float, net: NetFile, spec) -> bool:
+        """Whether ``spec``'s file of ``net`` cannot fit the target by its weight count (recorded, never exported)."""
+        least = least_bytes(net.spec.config, spec)
+        if least is None or least <= self.settings.target_bytes:
+            return False
+        entry = {"stage": stage, "keep": keep, "format": format_name(spec), "least_bytes": least}
+        if entry not in self.state["skipped"]:
+            self.state["skipped"].append(entry)
+            self.log(f"{stage:<12} keep {keep:.3f} {entry['format']:<18} skipped: at least {least:,} B by its weight "
+                     f"count, over the target")
+        return True
+
+    def _stop(self, reason: str) -> None:
+        """Say why a step was not started (the report keeps the first reason)."""
+        self.state.setdefault("stopped", reason)
+        self.log(reason)
 
     # -- the steps
 
@@ -230,6 +321,9 @@ class Search:
         from edge.models.merge import mergeable
 
         self.state["seconds_before"] = self.state.get("seconds", 0.0)
+        self.budget.spent_before = self.state["seconds_before"]
+        self.state["skipped"] = []  # rebuilt as every point is visited again (a resumed record's is not trusted)
+        self.state.pop("stopped", None)  # this run's budget decides
         base = self.inputs.base
         for spec in self._formats("quantization only"):
             self.point("quantization", 1.0, base, spec)
@@ -256,11 +350,14 @@ class Search:
                 continue
             budget = (target - base["bytes"]) * MIXED_SHARE
             for _ in range(MIXED_TRIES):
-                layer_bits = self._allocation(net, spec, budget)
-                if not layer_bits:
-                    break
-                p = self.point("mixed", 1.0, net, spec, {"round": 0}, layer_bits)
-                if p["bytes"] <= target:
+                try:
+                    layer_bits = self._allocation(net, spec, budget)
+                except TimeoutError:
+                    self._stop(f"time budget ({self.settings.budget_minutes:g} min) reached during mixed precision's "
+                               f"layer sensitivity")
+                    return
+                p = self.point("mixed", 1.0, net, spec, {"round": 0}, layer_bits) if layer_bits else None
+                if p is None or p["bytes"] <= target:
                     break
                 budget -= 1.5 * (p["bytes"] - target)
 
@@ -272,7 +369,7 @@ class Search:
         if key not in sensitivity:
             rows = layer_sensitivity(net.build(), self.inputs.calibration[:_gptq_count(self.inputs)].numpy(),
                                      (spec.bits, *(b for b in WIDER_BITS if b > spec.bits)), spec.fp16_below,
-                                     self.progress)
+                                     self.progress, lambda: self.budget.affords(self.budget.estimate("measure")))
             sensitivity[key] = [vars(r) for r in rows]
             self.save()
         return allocate([Upgrade(**r) for r in sensitivity[key]], spec.bits, budget, STREAM_BYTES)
@@ -298,8 +395,14 @@ class Search:
             for spec in self._formats("sizes of slimmed shapes"):
                 if spec.bits is None:  # no slimming path aims at a float format's size
                     continue
-                keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe, calibration,
-                                    self.progress)
+                try:
+                    keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe,
+                                        calibration, self.progress, self.budget)
+                except TimeoutError:
+                    keep = None
+                    self.state.setdefault("unprobed", []).append(format_name(spec))
+                    self._stop(f"time budget ({self.settings.budget_minutes:g} min) reached before the keep at which "
+                               f"{format_name(spec)} fits was found")
                 targets[format_name(spec)] = keep
             probe.unlink(missing_ok=True)
             wanted = [k for k in targets.values() if k is not None and k < 1.0]
@@ -320,8 +423,7 @@ class Search:
         trained_now = recorded is None
         if trained_now:
             if not self._time_for_round():
-                self.state["stopped"] = f"time budget ({self.settings.budget_minutes:g} min) reached before keep {keep}"
-                self.log(self.state["stopped"])
+                self._stop(f"time budget ({self.settings.budget_minutes:g} min) reached before keep {keep}")
                 return None
             recorded = self._train_round(current, keep, number)
         best = load_net(self.work / recorded["model"])
@@ -334,10 +436,29 @@ class Search:
         return best
 
     def _time_for_round(self) -> bool:
+        """Whether a round fits what is left: the longest round so far, or (for the first) reconstruction, one
+        epoch and measuring every format, estimated from the model's speed."""
         done = [r["seconds"] + r.get("export_seconds", 0.0) for r in self.state["rounds"] if r.get("done")]
-        estimate = max(done) if done else 0.0
-        elapsed = self.state["seconds_before"] + time.time() - self.began
-        return elapsed + estimate <= 60 * self.settings.budget_minutes
+        first = self._epoch_estimate() + len(self.candidates) * self.budget.estimate("measure") \
+            + self.inputs.forward_seconds * len(self.inputs.calibration)
+        return self.budget.affords(max(done) if done else first)
+
+    def _epoch_estimate(self) -> float:
+        return self.budget.estimate("epoch", TRAIN_FORWARDS * self.inputs.forward_seconds * len(self.inputs.train))
+
+    def _fine_tune(self, run) -> dict:
+        """`fit` epoch by epoch while the next epoch and measuring the round's files fit the budget."""
+        from edge.train.loop import fit
+
+        for epoch in range(run.recipe.epochs):
+            exports = len(self.candidates) * self.budget.estimate("measure")
+            if epoch and not self.budget.affords(self._epoch_estimate() + exports):
+                self.log(f"time budget: fine-tuning stops after epoch {epoch} of {run.recipe.epochs}")
+                break
+            began = time.time()
+            summary = fit(run, run.out.exists(), stop_after=epoch + 1)
+            self.budget.record("epoch", began)
+        return summary
 
     def _train_round(self, current: NetFile, keep: float, number: int) -> dict:
         from edge.data.datasets import Augment
@@ -346,7 +467,7 @@ class Search:
         from edge.io.netfile import save_net
         from edge.prune.reconstruct import head_stages, prune_reconstruct, target_widths
         from edge.prune.slim import numpy_state
-        from edge.train.loop import Recipe, Run, accuracy, fit
+        from edge.train.loop import Recipe, Run, accuracy
 
         began = time.time()
         start_file = self.work / f"round{number}.start.pt"
@@ -368,7 +489,7 @@ class Search:
         run = Run(pruned, pruned.build(), objective, recipe, self.inputs.train, Augment(pruned.preprocess.crop),
                   self.work / f"round{number}.pt", self.inputs.val, torch.device("cpu"), 0,
                   {"keep": keep, "round": number}, self.progress)
-        summary = fit(run, run.out.exists())
+        summary = self._fine_tune(run)
         tuned = summary["best"].get("val_accuracy", -1.0)
         keep_tuned = tuned > before  # fine-tuning must beat the reconstruction alone on validation
         record = {"round": number, "keep": keep, "widths": list(widths),
@@ -380,6 +501,12 @@ class Search:
         self.state["rounds"] = [r for r in self.state["rounds"] if r["keep"] != keep] + [record]
         self.save()
         return record
+
+
+def candidate_name(stage: str, keep: float, label: str) -> str:
+    """The candidate file's name: the format's words joined by ``-``, each layer's ``NAME:BITS`` as ``NAME@BITS``
+    (a colon does not survive every file system)."""
+    return f"{stage}-k{keep:.4f}-{label.replace(' ', '-').replace(':', '@')}.onnx"
 
 
 def _point_line(p: dict, target: int) -> str:
@@ -465,7 +592,9 @@ def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path
         teacher_model = load_teacher(teacher, teacher_arch, base.classes, base.preprocess)
     else:
         teacher_model = base.build()
+    began = time.time()
     reference = logits_of(model_net, val_set, torch.device("cpu"))
+    forward_seconds = (time.time() - began) / max(len(val_set), 1)
     val_truth = _truth(val_set, truth)
     test_set, test_reference = None, None
     if test:
@@ -480,7 +609,7 @@ def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path
     return Inputs(base=base, teacher=teacher_model, teacher_is_base=teacher is None, train=train,
                   calibration=calibration, val=replace(val_set, labels=reference.argmax(1)),
                   val_logits=reference.numpy(), val_truth=val_truth, test=test_set,
-                  test_reference=test_reference, progress=progress)
+                  test_reference=test_reference, progress=progress, forward_seconds=forward_seconds)
 
 
 def _truth(data, truth: dict | None) -> np.ndarray | None:
@@ -499,6 +628,7 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
     from edge.workflows.compress_report import write_report
     from edge.export.quantize import QuantSpec
 
+    started = time.time()
     work = report or output.with_name(output.name + ".compress")
     folders = [Path(spec.rsplit("@", 1)[0]) for spec in (images, val, test) if spec]
     sources = [teacher, labels, test_labels, cache_dir, *folders]
@@ -510,7 +640,8 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
     inputs = open_inputs(model, images, settings, labels, val, teacher, teacher_arch, test, test_labels, cache_dir, log,
                          progress)
     work.mkdir(parents=True, exist_ok=True)
-    search = Search(inputs, settings, work, candidates or tuple(QuantSpec(weights, **options) for weights, options in FORMATS), about, progress, log)
+    search = Search(inputs, settings, work, candidates or tuple(QuantSpec(weights, **options) for weights, options in FORMATS), about, progress, log,
+                    started)
     if saved:
         search.load(saved)
     state = search.run()
@@ -523,8 +654,10 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
         log(f"wrote {output}: {best['stage']} keep {best['keep']:.3f}, {best['format']}, {best['bytes']:,} B, "
             f"val agreement {best['val_agreement']:.2%}")
     else:
-        log(f"nothing fits {settings.target_bytes:,} B (the smallest candidate is "
-            f"{min(p['bytes'] for p in state['points']):,} B); nothing written to {output}")
+        smallest = min((p["bytes"] for p in state["points"]), default=None)
+        log(f"nothing fits {settings.target_bytes:,} B ("
+            + ("no candidate was measured" if smallest is None else f"the smallest candidate is {smallest:,} B")
+            + f"); nothing written to {output}")
     search.save()
     write_report(work, state)
     return state

@@ -1,9 +1,11 @@
 """The report of an `edge compress` search: report.json, report.md and frontier.png in its folder.
 
 Every measured point is one ONNX file: bytes against validation agreement with the model (and
-test accuracy when a test set was scored), in three series: quantization only (the model as it
-is, mixed precision included), slimming only (float formats of slimmed models) and slimming + quantization (integer
-formats of slimmed models); the byte target is a vertical line and the chosen file is circled.
+test accuracy when a test set was scored), in four series: quantization only (the model as it
+is, one format for every layer), mixed precision (the model with more bits for some layers),
+slimming only (float formats of slimmed models) and slimming + quantization (integer formats of
+slimmed models); the byte target is a vertical line and the chosen file is circled. Formats
+skipped because their weight count alone exceeds the target are listed with that bound.
 """
 
 from __future__ import annotations
@@ -11,12 +13,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edge.bench.plot import plain_log_ticks
 from edge.core.weight_formats import parse_format
 from edge.core.files import atomic_write
 
 
+SERIES = {"quantization only": "s", "mixed precision": "D", "slimming only": "^", "slimming + quantization": "o"}
+
+
 def series(point: dict) -> str:
-    if point["stage"] in ("quantization", "mixed"):
+    """The point's series (`SERIES`, in the plot's order)."""
+    if point["stage"] == "mixed":
+        return "mixed precision"
+    if point["stage"] == "quantization":
         return "quantization only"
     coded = parse_format(point["format"].split()[0])[0].sizes is not None  # uintN / kmeansK (edge.core.weight_formats)
     return "slimming + quantization" if coded else "slimming only"
@@ -38,6 +47,12 @@ def _kl(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _fitting_text(keep: float | None, unprobed: bool) -> str:
+    if unprobed:
+        return "not found within the time budget"
+    return "below the --min-keep" if keep is None else f"{keep:.3f}"
+
+
 def markdown_report(state: dict) -> str:
     target = state["settings"]["target_bytes"]
     has_val_acc = any("val_accuracy" in p for p in state["points"])
@@ -56,10 +71,10 @@ def markdown_report(state: dict) -> str:
     head += ["val accuracy"] if has_val_acc else []
     head += ["test accuracy", "test agreement"] if has_test else []
     lines += ["Every file holds the exact classifier merge (`edge export` merges a StudentNet's last pointwise conv, "
-              "global pool and classifier into one conv). Quantization only: the model as it is (stage mixed: with more "
-              "bits for the layers named, `edge.export.mixed_precision`); the slimming series prune the widths after the last "
-              "max-pool to the keep fraction. Val KL: mean KL divergence of the file's answers from the model's on the "
-              "validation photos.", ""]
+              "global pool and classifier into one conv; parameters: the merged model's). Quantization only: the model "
+              "as it is; mixed precision: with more bits for the layers named (`edge.export.mixed_precision`); the "
+              "slimming series prune the widths after the last max-pool to the keep fraction. Val KL: mean KL "
+              "divergence of the file's answers from the model's on the validation photos.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in sorted(state["points"], key=lambda p: (series(p), -p["keep"], p["bytes"])):
         row = [series(p), f"{p['keep']:.3f}", p["format"], f"{p['bytes']:,}", "yes" if p["bytes"] <= target else "no",
@@ -75,11 +90,14 @@ def markdown_report(state: dict) -> str:
         lines.append(f"| {r['round']} | {r['keep']:.3f} | {r['widths']} | {_pct(r['val_before_finetune'])} | "
                      f"{_pct(r['val_after_finetune'])} | {'fine-tuned' if r['best_epoch'] else 'reconstruction alone'} | "
                      f"{per_epoch:.0f} | {r['seconds']:.0f} |")
-    fitting = state.get("fitting_keep", {})
+    fitting, unprobed = state.get("fitting_keep", {}), state.get("unprobed", [])
     if fitting:
-        lines += ["", "Keep fraction at which each integer format fits the target: "
-                  + ", ".join(f"{k} {'below the --min-keep' if v is None else f'{v:.3f}'}" for k, v in fitting.items())
-                  + "."]
+        lines += ["", "Keep fraction at which each integer format fits the target: " + ", ".join(
+            f"{k} {_fitting_text(v, k in unprobed)}" for k, v in fitting.items()) + "."]
+    skipped = state.get("skipped", [])
+    if skipped:
+        lines += ["", "Never exported (their weights alone take more than the target): " + ", ".join(
+            f"{s['format']} at keep {s['keep']:.3f} (at least {s['least_bytes']:,} B)" for s in skipped) + "."]
     if state.get("stopped"):
         lines += ["", f"Stopped early: {state['stopped']}."]
     lines += ["", f"Search wall time: {state['seconds']:.0f} s.", ""]
@@ -87,6 +105,15 @@ def markdown_report(state: dict) -> str:
 
 
 def plot_frontier(path: Path, state: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = frontier_figure(state)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def frontier_figure(state: dict):
+    """Bytes against validation agreement (and test accuracy), one marker per series, the target and the choice."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,10 +122,10 @@ def plot_frontier(path: Path, state: dict) -> None:
     has_test = any("test_accuracy" in p for p in state["points"])
     panels = [("val_agreement", "validation agreement with the model (%)")]
     panels += [("test_accuracy", "test accuracy (%)")] if has_test else []
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False)
     target = state["settings"]["target_bytes"]
     for ax, (key, label) in zip(axes[0], panels):
-        for name, marker in (("quantization only", "s"), ("slimming only", "^"), ("slimming + quantization", "o")):
+        for name, marker in SERIES.items():
             points = sorted((p for p in state["points"] if series(p) == name), key=lambda p: p["bytes"])
             if points:
                 ax.plot([p["bytes"] / 1000 for p in points], [100 * p[key] for p in points], marker, label=name,
@@ -109,9 +136,10 @@ def plot_frontier(path: Path, state: dict) -> None:
                     label="chosen")
         ax.axvline(target / 1000, color="grey", linestyle="--", label=f"target {target:,} B")
         ax.set(xscale="log", xlabel="ONNX file (KB)", ylabel=label)
+        plain_log_ticks(ax.xaxis)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle(f"edge compress: {Path(state['about']['model']).name}, every point a measured ONNX file")
+    fig.suptitle(f"edge compress: {Path(state['about']['model']).name}\nevery point a measured ONNX file",
+                 fontsize=11)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
+    return fig

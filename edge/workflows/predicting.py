@@ -17,7 +17,8 @@ def predict_command(options: PredictOptions) -> Report:
     if options.output:
         check_output(options.output, inputs=(options.model, options.labels, options.data_dir),
                      overwrite=options.overwrite, what="prediction CSV")
-    classifier, lanes = open_model(options.model, options.provider, options.threads, options.pools)
+    classifier, lanes = open_model(options.model, options.provider, options.threads, options.pools,
+                                   options.data_dir)
     samples = list_samples(options.data_dir, classifier.card.classes, strict_classes=True)
     truth = read_labels(options.labels, len(classifier.card.classes)) if options.labels else None
     result = predict_samples(classifier, samples, options.batch, options.workers, options.skip_bad,

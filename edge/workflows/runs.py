@@ -112,8 +112,8 @@ def open_sets(sources: DataOptions, preprocess: Preprocess, classes: tuple[str, 
     return train, val, test, augment
 
 
-def _recipe(loop: LoopOptions, epochs: int, sparsity: float = 0.0, arch: str = "dw") -> Recipe:
-    precise_bn = default_precise_bn(arch) if loop.precise_bn is None else loop.precise_bn
+def _recipe(loop: LoopOptions, epochs: int, sparsity: float = 0.0) -> Recipe:
+    precise_bn = default_precise_bn() if loop.precise_bn is None else loop.precise_bn
     return Recipe(epochs=epochs, batch_size=loop.batch, lr=loop.lr, weight_decay=loop.weight_decay,
                   schedule=loop.schedule, seed=loop.seed, sparsity=sparsity, precise_bn=precise_bn)
 
@@ -195,7 +195,7 @@ def _fit(options: TrainOptions | DistillOptions, net: NetFile, model, objective,
     """Run the from-scratch run (continuing its file with --resume), test it and print the summary."""
     train, val, test, augment = sets
     loop, run_file = options.loop, options.run
-    run = Run(net, model, objective, _recipe(loop, run_file.epochs, run_file.sparsity, net.spec.arch), train, augment,
+    run = Run(net, model, objective, _recipe(loop, run_file.epochs, run_file.sparsity), train, augment,
               Path(run_file.output), val, device, loop.workers, about, not loop.quiet)
     return _finish(run, fit(run, run_file.resume, run_file.stop_after), test, run_file.metrics, began)
 
