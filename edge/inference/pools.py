@@ -21,7 +21,6 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,8 +30,6 @@ from edge.core.config import StudentConfig
 from edge.core.errors import CheckpointError
 from edge.models.student import build_student
 
-if TYPE_CHECKING:
-    from edge.io.checkpoints import Checkpoint
 
 IMAGES = 8  # photos the check runs
 CROP = 96  # of each photo's model input, its centre (a crop keeps the scale, which the statistics depend on)
@@ -113,8 +110,8 @@ def _placement_mismatch(model: nn.Module, config: StudentConfig, images: torch.T
     return total
 
 
-def check_pools(checkpoint: "Checkpoint", images: np.ndarray) -> PoolCheck:
-    """Score ``checkpoint``'s pool placement and the best-matching plausible one on ``images`` (model
+def check_pools(checkpoint, images: np.ndarray) -> PoolCheck:
+    """Score ``checkpoint``'s (an `edge.io.checkpoints.Checkpoint`) pool placement and the best-matching plausible one on ``images`` (model
     input, N x C x crop x crop: a few of the photos it will see; their centre `CROP` pixels are run)."""
     config = checkpoint.card.config
     size = min(CROP, images.shape[-1], images.shape[-2])

@@ -71,6 +71,11 @@ KINDS = {
     "widths": (_list_of(lambda w: _whole(w) and w >= 1, low=1), "a list of channel widths >= 1"),
     "seconds list": (_list_of(lambda s: _number(s) and s >= 0), "a list of finite numbers >= 0"),
     "stage": (lambda v: v in STAGES, f"one of {', '.join(STAGES)}"),
+    "skipped": (_list_of(lambda e: isinstance(e, dict) and set(e) == {"stage", "keep", "format", "least_bytes"}
+                         and e["stage"] in STAGES and isinstance(e["format"], str) and _number(e["keep"])
+                         and 0 < e["keep"] <= 1 and _whole(e["least_bytes"]) and e["least_bytes"] >= 0),
+                "a list of {stage, keep, format, least_bytes} (formats too large by their weight count)"),
+    "texts": (_list_of(lambda v: isinstance(v, str)), "a list of text"),
     "format": (_format, "a weight format name (uint4 per-channel, fp16, ...)"),
     "sha256": (lambda v: isinstance(v, str) and len(v) == 64 and set(v) <= set(string.hexdigits.lower()),
                "a SHA-256 in hex"),
@@ -88,7 +93,8 @@ KINDS = {
 # record part -> (required fields, optional fields), each field -> kind
 RECORD = ({"settings": "object", "about": "object", "points": "list", "rounds": "list", "seconds": "seconds"},
           {"seconds_before": "seconds", "done": "flag", "stopped": "text", "command": "text", "chosen": "chosen",
-           "path": "keeps", "fitting_keep": "fitting", "sensitivity": "sensitivity"})
+           "path": "keeps", "fitting_keep": "fitting", "sensitivity": "sensitivity", "skipped": "skipped",
+           "unprobed": "texts"})
 POINT = ({"stage": "stage", "keep": "keep", "format": "format", "onnx": "onnx", "bytes": "count",
           "parameters": "count", "widths": "widths", "val_agreement": "fraction", "sha256": "sha256"},
          {"val_kl": "kl", "val_accuracy": "fraction", "test_accuracy": "fraction", "test_agreement": "fraction",
