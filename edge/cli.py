@@ -14,6 +14,7 @@ so `edge predict` on an ONNX file never imports torch.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 import sys
 from contextlib import contextmanager, nullcontext, redirect_stdout
@@ -83,9 +84,22 @@ class Checked(click.ParamType):
             self.fail(str(err), param, ctx)
 
 
+
+class Whole(click.IntRange):
+    """click's IntRange without Python's ``int()`` leniency: ``1_000``, `` 7`` and non-ASCII digits are
+    refused (a typo, not a number the user meant)."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not re.fullmatch(r"[+-]?[0-9]+", value):
+            self.fail(f"{value!r} is not a whole number (digits 0-9 only)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 # --threads/--workers: torch starts two OS threads per --threads at its first call, so a typo like
 # 100000 would start 200,000; no machine edge runs on has this many cores
-THREADS = click.IntRange(1, THREADS_MAX)
+THREADS = Whole(1, THREADS_MAX)
 STDOUT = Path("-")  # `--json` alone (bench, attack, sensitivity): the document goes to stdout
 
 
@@ -438,25 +452,25 @@ _TRAINING_OPTIONS = [
     click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for DATA."),
     click.option("--val-labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --val."),
     click.option("--test-labels", type=click.Path(dir_okay=False, path_type=Path), help="Id,label CSV for --test."),
-    click.option("--padding", default=0, show_default=True, type=click.IntRange(0),
+    click.option("--padding", default=0, show_default=True, type=Whole(0),
                  help="RandomCrop's symmetric padding per side (the homework: 0; e.g. 4 for 32 px images)."),
     click.option("--no-flip", is_flag=True, help="No random horizontal flip."),
-    click.option("--batch", default=64, show_default=True, type=click.IntRange(1)),
+    click.option("--batch", default=64, show_default=True, type=Whole(1)),
     click.option("--lr", default=1e-3, show_default=True, type=FiniteRange(0, min_open=True),
                  help="AdamW learning rate."),
     click.option("--weight-decay", default=0.01, show_default=True, type=FiniteRange(0)),
     click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "constant"]),
                  help="Learning rate per epoch."),
-    click.option("--seed", default=0, show_default=True, type=int,
+    click.option("--seed", default=0, show_default=True, type=Whole(),
                  help="Seeds initialisation, batch order and augmentation (an epoch is a function of it)."),
-    click.option("--precise-bn", type=click.IntRange(0), metavar="IMAGES",
+    click.option("--precise-bn", type=Whole(0), metavar="IMAGES",
                  help="Re-estimate BatchNorm statistics on this many training images after each epoch (precise BN; "
                       "0 = off, the homework's recipe) [default: 1024: slow BatchNorm averages lag a short run]."),
     click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N."),
     click.option("--threads", type=THREADS, help="torch CPU threads (default: all cores)."),
-    click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
+    click.option("--workers", default=0, show_default=True, type=Whole(0),
                  help="DataLoader worker processes that crop/augment batches (the same batches for any number)."),
-    click.option("--decode-threads", default=4, show_default=True, type=click.IntRange(1),
+    click.option("--decode-threads", default=4, show_default=True, type=Whole(1),
                  help="Threads decoding images once into the uint8 cache."),
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
                  help="Keep decoded images here; later runs on the same files skip decoding."),
@@ -473,25 +487,25 @@ _KD_OPTIONS = [
                  help="KD weight: alpha*T^2*KL + (1-alpha)*CE [default: 0.5 with labels, 1 (label-free) without]."),
 ]
 _FRESH_MODEL_OPTIONS = [
-    click.option("--input-size", type=click.IntRange(4),
+    click.option("--input-size", type=Whole(4),
                  help="Input side in pixels, recorded in the model file (predict, export and bench use it): the "
                       "centre crop [default: 256 for folders, the homework's; 32 for fashion-mnist, the 28 px "
                       "images zero-padded]. Add --resize N to scale folder photos down to it first."),
-    click.option("--resize", type=click.IntRange(1), help="Resize the shorter side to this first (folders only)."),
+    click.option("--resize", type=Whole(1), help="Resize the shorter side to this first (folders only)."),
     click.option("--widths", callback=lambda ctx, param, value: _int_list(value, "--widths", distinct=False),
                  metavar="W0,W1,..",
                  help="Stage widths [default: the homework's 16,32,64,128,256,256,256,256; baselines sized to "
                       "its parameter count]."),
     click.option("--pools", callback=lambda ctx, param, value: _int_list(value), metavar="I,J,..",
                  help="Stages followed by a 2x2 max-pool [default: 0,1,2,3]."),
-    click.option("--groups", type=click.IntRange(1), help="Groups of the group-conv baseline [default: 4]."),
-    click.option("--epochs", default=10, show_default=True, type=click.IntRange(1)),
+    click.option("--groups", type=Whole(1), help="Groups of the group-conv baseline [default: 4]."),
+    click.option("--epochs", default=10, show_default=True, type=Whole(1)),
     click.option("--sparsity", default=0.0, show_default=True, type=FiniteRange(0),
                  help="L1 on BatchNorm gammas (network slimming, e.g. 1e-4), so `edge slim` finds channels to cut."),
     click.option("--resume", is_flag=True, help="Continue OUTPUT's run (same options) to the same result."),
     click.option("--overwrite", is_flag=True, help="Start the run over in an existing OUTPUT (refused without it "
                                                   "or --resume)."),
-    click.option("--stop-after", type=click.IntRange(1), metavar="EPOCH",
+    click.option("--stop-after", type=Whole(1), metavar="EPOCH",
                  help="Stop after this epoch (the schedule still spans --epochs); continue later with --resume."),
     click.option("--metrics", type=click.Path(dir_okay=False, path_type=Path), help="Write the run's summary JSON."),
     _output("The run's file (last epoch, resumable); the best epoch goes to NAME.best.pt."),
@@ -554,8 +568,8 @@ def distill(**params):
 @click.option("--rate", default="0.1", show_default=True, callback=lambda ctx, param, value: _rates(value),
               metavar="R[,R..]", help="Fraction of the remaining channels removed each round; several rates give "
                                       "several curves on one figure.")
-@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1))
-@click.option("--finetune-epochs", default=2, show_default=True, type=click.IntRange(1),
+@click.option("--rounds", default=3, show_default=True, type=Whole(1))
+@click.option("--finetune-epochs", default=2, show_default=True, type=Whole(1),
               help="KD fine-tuning epochs after each round (the best by --val is kept).")
 @click.option("--scope", default="stage", show_default=True, type=click.Choice(["stage", "global"]),
               help="Rank channels within each stage (the homework), or by one global |gamma| threshold "
@@ -575,7 +589,7 @@ def distill(**params):
                    "round in progress continues from its last epoch, to the same result.")
 @click.option("--overwrite", is_flag=True,
               help="Start over in an OUTPUT folder that holds a slimming run (refused without it or --resume).")
-@click.option("--stop-after", type=click.IntRange(1), metavar="EPOCHS",
+@click.option("--stop-after", type=Whole(1), metavar="EPOCHS",
               help="Stop once this many fine-tuning epochs have run in all (over rates and rounds, in order); "
                    "continue later with --resume.")
 @_with(_KD_OPTIONS)
@@ -599,7 +613,7 @@ def slim(**params):
 @click.option("--images", required=True, metavar="DIR[@A:B]",
               help="Unlabelled photos to calibrate, reconstruct and fine-tune on (every 5th by id is held back "
                    "for validation unless --val is given).")
-@click.option("--target-bytes", required=True, type=click.IntRange(1), help="The ONNX file must fit this many bytes.")
+@click.option("--target-bytes", required=True, type=Whole(1), help="The ONNX file must fit this many bytes.")
 @_output("The .onnx file to write: the best fitting candidate.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
               help="Id,label CSV: validation accuracy ranks candidates first (agreement with MODEL otherwise), "
@@ -617,13 +631,13 @@ def slim(**params):
                    "[default: OUTPUT.compress].")
 @click.option("--resume", is_flag=True, help="Continue the interrupted search in the report folder (same options).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (refused without it).")
-@click.option("--epochs", default=4, show_default=True, type=click.IntRange(1),
+@click.option("--epochs", default=4, show_default=True, type=Whole(1),
               help="Function-matching fine-tuning epochs per slimming round.")
 @click.option("--step", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Largest cut of the keep fraction in one round.")
 @click.option("--min-keep", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Never slim the prunable widths below this fraction.")
-@click.option("--batch", default=32, show_default=True, type=click.IntRange(2))
+@click.option("--batch", default=32, show_default=True, type=Whole(2))
 @click.option("--lr", default=5e-5, show_default=True, type=click.FloatRange(0, min_open=True),
               help="AdamW learning rate of the fine-tuning (cosine); larger ones undo the reconstruction.")
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
@@ -632,7 +646,7 @@ def slim(**params):
                    "inputs' mean energy; 0 = plain least squares): smaller weights quantize better.")
 @click.option("--budget-minutes", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Start no slimming round that would end after this (judged by the slowest round so far).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=Whole())
 @click.option("--threads", type=THREADS, help="torch CPU threads (default: all cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep decoded photos here.")
 @_with([QUIET, JSON])

@@ -116,3 +116,10 @@ def test_architectures_with_auxiliary_heads_train_on_their_main_logits(arch):
     logits = model(torch.rand(2, 3, side, side))
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)
     assert any(name.startswith(("aux1", "AuxLogits")) for name in model.state_dict())  # the same weights as saved
+
+
+@pytest.mark.parametrize("value", ["1_000", " 1000", "１０００"])
+def test_a_whole_number_option_takes_digits_only(value):
+    """Python's int() reads 1_000, padded and non-ASCII digits; an option value that is one of them is a typo."""
+    result = CliRunner().invoke(main, ["compress", "m.bin", "--images", "x", "--target-bytes", value, "-o", "c.onnx"])
+    assert result.exit_code == 2 and "is not a whole number (digits 0-9 only)" in result.output
