@@ -32,7 +32,7 @@ EXAMPLES = (
     ("export", "edge export --quant uint8 -o student_uint8.onnx"),
     ("homework", "bash hw7_test.sh ../shared/food11 predictions.csv"),
     ("predict", "edge predict models/food11_student_compressed.onnx ../shared/food11/testing "
-                "--labels ../shared/food11/reference_labels.csv -o predictions.csv --quiet"),
+                "--labels ../shared/food11/reference_labels.csv -o answers.csv --quiet"),
     ("info", "edge info models/food11_student_compressed.onnx"),
     ("convert", "edge convert models/food11_student_compressed.onnx --to onnx -o plain.onnx"),
     ("bench", "edge bench models/food11_student_compressed.onnx models/food11_student_uint8.onnx "

@@ -71,9 +71,9 @@ def test_predict_warns_about_assumed_pools_and_auto_takes_the_better_ones(homewo
 
 def test_info_says_the_pools_were_assumed_and_auto_needs_photos(homework_bin):
     runner = CliRunner()
-    shown = json.loads(runner.invoke(main, ["info", str(homework_bin)]).output)
+    shown = json.loads(runner.invoke(main, ["info", str(homework_bin), "--json"]).output)
     assert shown["model"].endswith("pools [0, 1, 2, 3] (assumed: not in the file)")
-    given = json.loads(runner.invoke(main, ["info", str(homework_bin), "--pools", "0,1,2,4"]).output)
+    given = json.loads(runner.invoke(main, ["info", str(homework_bin), "--pools", "0,1,2,4", "--json"]).output)
     assert "assumed" not in given["model"]
     refused = runner.invoke(main, ["info", str(homework_bin), "--pools", "auto"])
     assert refused.exit_code == 2 and "--pools auto" in refused.output and "Traceback" not in refused.output
