@@ -185,9 +185,14 @@ def _with(options):
     return apply
 
 
-def _pools_option(help_text: str = "Pool positions for a homework checkpoint (default 0,1,2,3)."):
-    return click.option("--pools", callback=lambda ctx, param, value: _int_list(value), metavar="I,J,..",
-                        help=help_text)
+def _pools_option(help_text: str = "Pool positions for a homework checkpoint (default 0,1,2,3).", auto=False):
+    """--pools I,J,..; with ``auto`` also ``auto`` (predict: the placement the photos it reads fit best)."""
+    def parse(ctx, param, value):
+        if value is not None and value.strip() == "auto" and not auto:
+            raise click.BadParameter("--pools auto compares BatchNorm statistics on the photos `edge predict` reads: "
+                                     "give the positions here (e.g. 0,1,2,5)", param_hint="--pools")
+        return _int_list(value)
+    return click.option("--pools", callback=parse, metavar="I,J,..|auto" if auto else "I,J,..", help=help_text)
 
 
 class _Commands(click.Group):
@@ -308,7 +313,7 @@ def sensitivity(**params):
               help="Inference threads (default: all cores). ONNX on CPU: this many single-threaded "
                    "model calls at once.")
 @_pools_option("Pool positions for a homework checkpoint (default 0,1,2,3, checked against its BatchNorm "
-               "statistics; auto: the placement they fit best).")
+               "statistics; auto: the placement they fit best).", auto=True)
 @click.option("--skip-bad", is_flag=True, help="Skip images that cannot be decoded (listed) instead of failing.")
 @_with([OVERWRITE, QUIET, JSON])
 def predict(**params):
