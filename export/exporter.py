@@ -168,9 +168,10 @@ COLLAPSED = 0.5  # top-1 agreement with torch fp32 below this: the weight format
 
 
 def parity_check(model_file, onnx_path: str | os.PathLike, images: np.ndarray, source: str,
-                 minimum: float = COLLAPSED) -> Parity:
+                 minimum: float = COLLAPSED, shown: str | os.PathLike | None = None) -> Parity:
     """Compare ONNX Runtime on ``onnx_path`` with the model file's (unfolded) torch module on ``images``; a
-    file agreeing on fewer than ``minimum`` of them is removed and refused (`GraphError`), never kept silently."""
+    file agreeing on fewer than ``minimum`` of them is removed and refused (`GraphError`, naming ``shown``:
+    the path the user asked for, when ``onnx_path`` is a draft of it), never kept silently."""
     import torch
 
     from edge.inference.runtime import OnnxClassifier
@@ -182,6 +183,6 @@ def parity_check(model_file, onnx_path: str | os.PathLike, images: np.ndarray, s
     parity = Parity(float(np.abs(a - b).max()), float(np.mean(a.argmax(1) == b.argmax(1))), len(images), source)
     if parity.agreement < minimum:
         os.unlink(onnx_path)
-        raise GraphError(f"{onnx_path}: removed: its top-1 agreement with torch fp32 is {parity.agreement:.2%} on "
+        raise GraphError(f"{shown or onnx_path}: removed: its top-1 agreement with torch fp32 is {parity.agreement:.2%} on "
                          f"{source} (below {minimum:.0%}): this weight format destroys the model; choose more bits")
     return parity

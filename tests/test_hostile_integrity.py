@@ -119,3 +119,14 @@ def test_an_export_whose_parity_collapses_is_refused_not_written(options, tmp_pa
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "m.onnx: removed: its top-1 agreement with torch fp32 is 0.00%" in result.output
     assert "below 50%" in result.output and not (tmp_path / "m.onnx").exists()
+    assert list(tmp_path.iterdir()) == []  # no draft left beside it
+
+
+def test_a_refused_export_keeps_the_file_it_would_have_replaced(tmp_path):
+    """--overwrite replaces an output only with a file that passed its parity check."""
+    earlier = (Path(__file__).resolve().parents[1] / "models" / "food11_student_uint8.onnx").read_bytes()
+    (tmp_path / "m.onnx").write_bytes(earlier)
+    result = CliRunner().invoke(main, ["export", "--quant", "uint1", "--method", "minmax", "-o", str(tmp_path / "m.onnx"),
+                                       "--overwrite"])
+    assert result.exit_code == 2 and "below 50%" in result.output
+    assert (tmp_path / "m.onnx").read_bytes() == earlier and len(list(tmp_path.iterdir())) == 1

@@ -5,6 +5,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 
 from edge.core.config import ConfigError
 from edge.core.files import atomic_write, check_output
@@ -24,15 +28,30 @@ def export_command(options: ExportOptions) -> Report:
         options.images.resolve() == options.calibration_dir.resolve()
     if options.max_drop is not None:
         return _export_within_drop(options, model, calibration, options.calibration_images if same else 0)
-    size, described = export_onnx(model, options.output, spec, *calibration)
     parity_input = preprocessed_images(model, options.images, 64, offset=options.calibration_images) if same \
         else sample_inputs(model, options.images)
-    parity = parity_check(model, options.output, *parity_input)
+    with _unproven(options.output) as draft:  # an existing output is replaced only by a file that passed parity
+        size, described = export_onnx(model, draft, spec, *calibration)
+        parity = parity_check(model, draft, *parity_input, shown=options.output)
     document = {"model": _model_line(options, model), "output": str(options.output), "bytes": size,
                 "weights": described, "parity": {"source": parity.source, "max_abs_diff": parity.max_abs_diff,
                                                  "agreement": parity.agreement},
                 "runtime_graph": _runtime_graph(options, spec)}
     return Report(_export_lines(document), document, value=(size, described))
+
+
+@contextmanager
+def _unproven(output: Path):
+    """A temporary path beside ``output`` for a file still to be checked: moved onto ``output`` when the block
+    succeeds, removed when it fails (so a refused export never costs the file it would have replaced)."""
+    handle, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".onnx")
+    os.close(handle)
+    draft = Path(name)
+    try:
+        yield draft
+        os.replace(draft, output)
+    finally:
+        draft.unlink(missing_ok=True)
 
 
 def _prepare(options: ExportOptions):
