@@ -384,3 +384,24 @@ def test_thread_counts_that_would_start_hundreds_of_thousands_of_threads_are_ref
     result = invoke(*command, "100000")
     assert result.exit_code == 2 and ("--threads" in result.stderr or "--workers" in result.stderr)
     assert re.search(r"100000 is not in the range 1<=x<=256|must be <= 256, got 100000", result.stderr)
+
+
+@pytest.mark.parametrize("as_constant_node", [False, True])
+def test_a_constant_shape_that_would_build_a_huge_tensor_is_refused_before_loading(as_constant_node, tmp_path):
+    """A 190-byte graph whose ConstantOfShape asks for 2^29 floats made ONNX Runtime's constant folding take
+    2.1 GB at load; the shape is read from the file's bytes and refused first (initializer or Constant node)."""
+    from onnx import TensorProto, helper
+
+    from edge.inference.runtime import ModelError, OnnxClassifier
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [1], [1 << 29])
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"]), helper.make_node("ReduceSum", ["big"], ["logits"])]
+    if as_constant_node:
+        nodes.insert(0, helper.make_node("Constant", [], ["shape"], value=shape))
+    graph = helper.make_graph(nodes, "bomb", [], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [])],
+                              initializer=[] if as_constant_node else [shape])
+    path = tmp_path / "bomb.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    assert path.stat().st_size < 300
+    with pytest.raises(ModelError, match=r"bomb.onnx: refused: ConstantOfShape big would build a tensor of more than"):
+        OnnxClassifier(path)

@@ -4,7 +4,9 @@ files), and the non-finite weights it finds over the graph's initializers and co
 (``Constant`` nodes, subgraphs included), reading only float tensors' data.
 
 A NaN or inf weight does not always show in the logits (ReLU6 clips an infinite bias to 6), so
-the runtime asks this before it runs a file. Bytes it cannot parse are left to ONNX Runtime.
+the runtime asks this before it runs a file. `oversized_outputs` finds the nodes whose output a constant
+shape makes huge (a ``ConstantOfShape`` of 2^29 floats in a 190-byte file took 2.1 GB when ONNX Runtime
+folded it at load). Bytes it cannot parse are left to ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -21,19 +23,26 @@ _GRAPH, _NODE, _INITIALIZER, _NODE_ATTRIBUTE = 7, 1, 5, 5  # ModelProto.graph, G
 _ATTRIBUTE_TENSORS, _ATTRIBUTE_GRAPHS = (5, 10), (6, 11)  # AttributeProto t/tensors, g/graphs
 _TYPE, _NAME, _RAW = 2, 8, 9  # TensorProto.data_type, .name, .raw_data
 _TYPED_FIELDS = {4: 1, 10: 11, 5: None}  # float_data (FLOAT), double_data (DOUBLE), int32_data (FLOAT16/BFLOAT16)
+_NODE_INPUT, _NODE_OUTPUT, _NODE_OP = 1, 2, 4  # NodeProto.input, .output, .op_type
+_INT_TYPES = {6: np.dtype("<i4"), 7: np.dtype("<i8")}  # TensorProto INT32, INT64
+_INT32_DATA, _INT64_DATA = 5, 7
+# ops whose output has at least the product of one constant input's values as elements: (op, input index)
+SHAPED_BY = {"ConstantOfShape": 0, "Expand": 1, "Tile": 1, "Resize": 3}
+MAX_OUTPUT_ELEMENTS = 1 << 26  # 256 MB of float32: far above any constant an edge classifier folds
 
 
 class Unparsable(Exception):
     """Not protobuf as ONNX writes it: ONNX Runtime will say what is wrong."""
 
 
-def nonfinite_tensors_in_file(path: str | Path) -> list[str]:
-    """`nonfinite_tensors` of the file at ``path``, read through a memory map (no copy of the file)."""
+def scan_file(path: str | Path, scan) -> list[str]:
+    """``scan`` (`nonfinite_tensors`, `oversized_outputs`) of the file at ``path``, read through a memory map
+    (no copy of the file)."""
     with open(path, "rb") as f:
         if Path(path).stat().st_size == 0:
             return []
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as data:
-            return nonfinite_tensors(data)
+            return scan(data)
 
 
 def nonfinite_tensors(data: bytes | memoryview) -> list[str]:
@@ -99,6 +108,85 @@ def _values(data: memoryview, number: int, value, dtype: int) -> np.ndarray:
     if dtype == _BFLOAT16:
         return (bits.astype(np.uint32) << 16).view(np.float32)
     return bits.view(np.float16) if dtype == 10 and bits.dtype == np.uint16 else bits
+
+
+def oversized_outputs(data: bytes | memoryview) -> list[str]:
+    """``op output`` of each node of `SHAPED_BY` whose shape input is a constant (an initializer or a
+    ``Constant`` node, subgraphs included) asking for more than `MAX_OUTPUT_ELEMENTS` elements."""
+    data, found = memoryview(data), []
+    try:
+        for number, value in _fields(data, 0, len(data)):
+            if number == _GRAPH and isinstance(value, tuple):
+                _oversized_in(data, value, found)
+    except (Unparsable, RecursionError):
+        return found
+    return found
+
+
+def _oversized_in(data: memoryview, span: tuple[int, int], found: list[str]) -> None:
+    constants, nodes = {}, []
+    for number, value in _fields(data, *span):
+        if number == _INITIALIZER and isinstance(value, tuple):
+            constants.update(_small_ints(data, value))
+        elif number == _NODE and isinstance(value, tuple):
+            nodes.append(_node(data, value, found))
+    for op, inputs, outputs, tensor in nodes:
+        if op == "Constant" and tensor and outputs:
+            constants[outputs[0]] = next(iter(tensor.values()))
+    for op, inputs, outputs, _ in nodes:
+        index = SHAPED_BY.get(op)
+        shape = constants.get(inputs[index]) if index is not None and index < len(inputs) else None
+        if shape is not None and np.prod(np.maximum(shape, 1).astype(float)) > MAX_OUTPUT_ELEMENTS:
+            found.append(f"{op} {outputs[0] if outputs else '?'}")
+
+
+def _node(data: memoryview, span: tuple[int, int], found: list[str]) -> tuple[str, list[str], list[str], dict]:
+    """(op type, inputs, outputs, a small int tensor its attributes hold), its subgraphs searched too."""
+    op, inputs, outputs, tensor = "", [], [], {}
+    for number, value in _fields(data, *span):
+        if not isinstance(value, tuple):
+            continue
+        text = bytes(data[value[0]:value[1]]).decode("utf-8", "replace")
+        if number == _NODE_OP:
+            op = text
+        elif number == _NODE_INPUT:
+            inputs.append(text)
+        elif number == _NODE_OUTPUT:
+            outputs.append(text)
+        elif number == _NODE_ATTRIBUTE:
+            for field, attribute in _fields(data, *value):
+                if field in _ATTRIBUTE_TENSORS and isinstance(attribute, tuple):
+                    tensor.update(_small_ints(data, attribute))
+                elif field in _ATTRIBUTE_GRAPHS and isinstance(attribute, tuple):
+                    _oversized_in(data, attribute, found)
+    return op, inputs, outputs, tensor
+
+
+def _small_ints(data: memoryview, span: tuple[int, int]) -> dict[str, np.ndarray]:
+    """{name: values} of an int32/int64 tensor of at most 64 values (a shape); {} for any other tensor."""
+    dtype, name, values = 0, "", []
+    for number, value in _fields(data, *span):
+        if number == _TYPE and isinstance(value, int):
+            dtype = value
+        elif number == _NAME and isinstance(value, tuple):
+            name = bytes(data[value[0]:value[1]]).decode("utf-8", "replace")
+        elif number == _RAW and isinstance(value, tuple) and value[1] - value[0] <= 64 * 8:
+            values.append(("raw", value))
+        elif number in (_INT32_DATA, _INT64_DATA):
+            values.append(("varints", value))
+    if dtype not in _INT_TYPES or not values:
+        return {}
+    ints = []
+    for kind, value in values:
+        if kind == "raw":
+            raw = bytes(data[value[0]:value[1]])
+            if len(raw) % _INT_TYPES[dtype].itemsize:
+                return {}
+            ints += np.frombuffer(raw, _INT_TYPES[dtype]).tolist()
+        else:
+            ints += [v - (1 << 64) if v >= 1 << 63 else v
+                     for v in (varints(data, value) if isinstance(value, tuple) else [value])]
+    return {name: np.array(ints[:64], np.int64)} if len(ints) <= 64 else {}
 
 
 def _fields(data: memoryview, start: int, end: int):

@@ -18,7 +18,7 @@ from edge.core.errors import EdgeError
 from edge.core.files import InputError
 from edge.codec.checksum import check_seal
 from edge.codec.metadata import MetadataError, read_metadata, read_net
-from edge.codec.onnx_scan import nonfinite_tensors, nonfinite_tensors_in_file
+from edge.codec.onnx_scan import MAX_OUTPUT_ELEMENTS, nonfinite_tensors, oversized_outputs, scan_file
 
 
 class ModelError(EdgeError, ValueError):
@@ -100,14 +100,20 @@ class OnnxClassifier:
             raise ModelError(f"{self.path}: output shape {out} does not match {config.num_classes} classes")
 
     def _check_stored_weights(self, source: str | bytes) -> None:
-        """Non-finite weights are an error even where the logits would hide them (a clipped bias)."""
+        """Non-finite weights are an error even where the logits would hide them (a clipped bias), and so is a
+        constant shape that would make ONNX Runtime build a huge tensor when it folds constants at load."""
         try:
-            bad = nonfinite_tensors(source) if isinstance(source, bytes) else nonfinite_tensors_in_file(self.path)
+            bad = nonfinite_tensors(source) if isinstance(source, bytes) else scan_file(self.path, nonfinite_tensors)
         except OSError:
             return  # ONNX Runtime names what is wrong with the file
         if bad:
             raise ModelError(f"{self.path}: non-finite weights (NaN or inf) in {', '.join(bad[:3])}"
                              f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; a damaged model, refused")
+        huge = oversized_outputs(source) if isinstance(source, bytes) else scan_file(self.path, oversized_outputs)
+        if huge:
+            raise ModelError(f"{self.path}: refused: {', '.join(huge[:3])} would build a tensor of more than "
+                             f"{MAX_OUTPUT_ELEMENTS:,} elements when the model is loaded (no classifier edge writes "
+                             f"does)")
 
     def _check_finite(self) -> None:
         """Non-finite weights are an error, not a prediction: a blank image through the graph (its
