@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from edge.core.backends import ONNXRUNTIME, TORCH, Backend
+from edge.core.registry import Registry
 
 CHANNELS_LAST = "+cl"  # a torch bench row's format suffix: run in channels_last memory format
 
@@ -40,26 +41,17 @@ class BackendHandler:
         return threads, 1
 
 
-_HANDLERS: dict[str, BackendHandler] = {}
+_HANDLERS = Registry("backend kind", "edge.inference.openers", tag="kind")
 
 
 def register_backend(kind: str):
     """Register the decorated `BackendHandler` subclass (one instance) as backend ``kind``'s implementation."""
-    def register(cls: type[BackendHandler]) -> type[BackendHandler]:
-        assert kind not in _HANDLERS, f"backend kind {kind!r} registered twice"
-        handler = cls()
-        handler.kind = kind
-        _HANDLERS[kind] = handler
-        return cls
-    return register
+    return _HANDLERS.register(kind)
 
 
 def backend_handler(kind: str) -> BackendHandler:
     """The handler of a backend kind (``Backend.kind``)."""
-    try:
-        return _HANDLERS[kind]
-    except KeyError:
-        raise KeyError(f"backend kind {kind!r} has no handler: register one in edge.inference.openers") from None
+    return _HANDLERS[kind]
 
 
 def kinds() -> tuple[str, ...]:

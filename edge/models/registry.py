@@ -9,12 +9,12 @@ channels, classes and input size. Model files that carry a spec: `edge.io.netfil
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
 from edge.core.config import ConfigError, StudentConfig
+from edge.core.registry import Registry
 
 STUDENT_ARCHS = ("dw", "cnn", "group")
 MAX_PARAMETERS = 1 << 30  # 4 GiB of float32 weights (resnet152 has 60M, vit_h_14 632M)
@@ -41,18 +41,13 @@ class NetSpec:
 
 
 TORCHVISION = "torchvision"  # the builder of every arch not registered by its own name
-_BUILDERS: dict[str, Callable[[NetSpec], nn.Module]] = {}
+_BUILDERS = Registry("arch", "edge/models/__init__.py")
 
 
 def register_arch(*names: str):
-    """Register the decorated ``builder(spec) -> module`` under each of ``names`` (the modules of
-    `edge.models` register theirs when the package is imported)."""
-    def register(builder: Callable[[NetSpec], nn.Module]) -> Callable[[NetSpec], nn.Module]:
-        for name in names:
-            assert name not in _BUILDERS, f"arch {name!r} registered twice"
-            _BUILDERS[name] = builder
-        return builder
-    return register
+    """Register the decorated ``builder(spec) -> module`` under each of ``names`` (`edge.models` registers
+    every architecture's builder when the package is imported)."""
+    return _BUILDERS.register(*names)
 
 
 def architectures() -> tuple[str, ...]:

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from edge.codec.quant import FloatWeight
+from edge.core.registry import Registry
 from edge.export.onnx_graph import apply_weight_formats, compact
 from edge.models.fold import FoldedLayer
 
@@ -61,27 +62,17 @@ def float_encodings(layers: list[FoldedLayer], dtype) -> dict[str, FloatWeight]:
     return {layer.name: FloatWeight(layer.weight.astype(dtype)) for layer in layers}
 
 
-_HANDLERS: dict[str, FormatHandler] = {}
+_HANDLERS = Registry("weight format family", "edge.export.formats", tag="family")
 
 
 def register_format(family: str):
     """Register the decorated `FormatHandler` subclass (one instance) as ``family``'s implementation."""
-    def register(cls: type[FormatHandler]) -> type[FormatHandler]:
-        assert family not in _HANDLERS, f"weight format {family!r} registered twice"
-        handler = cls()
-        handler.family = family
-        _HANDLERS[family] = handler
-        return cls
-    return register
+    return _HANDLERS.register(family)
 
 
 def format_handler(family: str) -> FormatHandler:
     """The handler of a `FORMATS` row's family (``"uint"`` for uint4)."""
-    try:
-        return _HANDLERS[family]
-    except KeyError:
-        raise KeyError(f"weight format family {family!r} has no handler: register one in edge.export.formats") \
-            from None
+    return _HANDLERS[family]
 
 
 def families() -> tuple[str, ...]:
