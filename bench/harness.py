@@ -10,7 +10,6 @@ way `edge predict` does, for accuracy, agreement with torch fp32 and end-to-end 
 
 from __future__ import annotations
 
-import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -315,5 +314,3 @@ def _settings_json(settings: Settings) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()}
 
 
-def command_line(argv: list[str]) -> str:
-    return "edge " + " ".join(shlex.quote(a) for a in argv)

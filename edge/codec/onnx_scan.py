@@ -76,15 +76,22 @@ def _attribute(data: memoryview, span: tuple[int, int], found: list[str]) -> Non
             _graph(data, value, found)
 
 
-def _tensor(data: memoryview, span: tuple[int, int], found: list[str]) -> None:
+def _tensor_fields(data: memoryview, span: tuple[int, int]) -> tuple[int, str, list]:
+    """(data type, name, [(field number, value)] of its data fields) of a serialized TensorProto."""
     dtype, name, parts = 0, "", []
     for number, value in _fields(data, *span):
         if number == _TYPE and isinstance(value, int):
             dtype = value
         elif number == _NAME and isinstance(value, tuple):
             name = bytes(data[value[0]:value[1]]).decode("utf-8", "replace")
-        elif number == _RAW or number in _TYPED_FIELDS:
+        elif number in (_RAW, _INT64_DATA, *_TYPED_FIELDS):
             parts.append((number, value))
+    return dtype, name, parts
+
+
+def _tensor(data: memoryview, span: tuple[int, int], found: list[str]) -> None:
+    dtype, name, parts = _tensor_fields(data, span)
+    parts = [(number, value) for number, value in parts if number == _RAW or number in _TYPED_FIELDS]
     if dtype in _FLOAT_TYPES and any(not np.isfinite(_values(data, number, value, dtype)).all()
                                      for number, value in parts):
         found.append(name)
@@ -164,21 +171,15 @@ def _node(data: memoryview, span: tuple[int, int], found: list[str]) -> tuple[st
 
 def _small_ints(data: memoryview, span: tuple[int, int]) -> dict[str, np.ndarray]:
     """{name: values} of an int32/int64 tensor of at most 64 values (a shape); {} for any other tensor."""
-    dtype, name, values = 0, "", []
-    for number, value in _fields(data, *span):
-        if number == _TYPE and isinstance(value, int):
-            dtype = value
-        elif number == _NAME and isinstance(value, tuple):
-            name = bytes(data[value[0]:value[1]]).decode("utf-8", "replace")
-        elif number == _RAW and isinstance(value, tuple) and value[1] - value[0] <= 64 * 8:
-            values.append(("raw", value))
-        elif number in (_INT32_DATA, _INT64_DATA):
-            values.append(("varints", value))
+    dtype, name, parts = _tensor_fields(data, span)
+    values = [(number, value) for number, value in parts if number in (_RAW, _INT32_DATA, _INT64_DATA)]
     if dtype not in _INT_TYPES or not values:
         return {}
     ints = []
-    for kind, value in values:
-        if kind == "raw":
+    for number, value in values:
+        if number == _RAW:
+            if not isinstance(value, tuple) or value[1] - value[0] > 64 * 8:
+                return {}
             raw = bytes(data[value[0]:value[1]])
             if len(raw) % _INT_TYPES[dtype].itemsize:
                 return {}
@@ -186,7 +187,7 @@ def _small_ints(data: memoryview, span: tuple[int, int]) -> dict[str, np.ndarray
         else:
             ints += [v - (1 << 64) if v >= 1 << 63 else v
                      for v in (varints(data, value) if isinstance(value, tuple) else [value])]
-    return {name: np.array(ints[:64], np.int64)} if len(ints) <= 64 else {}
+    return {name: np.array(ints, np.int64)} if len(ints) <= 64 else {}
 
 
 def _fields(data: memoryview, start: int, end: int):

@@ -50,11 +50,6 @@ def register_arch(*names: str):
     return _BUILDERS.register(*names)
 
 
-def architectures() -> tuple[str, ...]:
-    """The names registered (``torchvision`` stands for every torchvision classifier)."""
-    return tuple(_BUILDERS)
-
-
 def build_net(spec: NetSpec) -> nn.Module:
     """A freshly initialised module for ``spec`` (torch's default init under the current seed)."""
     return _BUILDERS.get(spec.arch, _BUILDERS[TORCHVISION])(spec)
