@@ -460,6 +460,8 @@ _TRAINING_OPTIONS = [
     click.option("--padding", default=0, show_default=True, type=Whole(0),
                  help="RandomCrop's symmetric padding per side (the homework: 0; e.g. 4 for 32 px images)."),
     click.option("--no-flip", is_flag=True, help="No random horizontal flip."),
+    click.option("--rotation", default=15.0, show_default=True, type=FiniteRange(0, 180), metavar="DEGREES",
+                 help="Largest random rotation (the homework's 15; 0: none)."),
     click.option("--batch", default=64, show_default=True, type=Whole(1)),
     click.option("--lr", default=1e-3, show_default=True, type=FiniteRange(0, min_open=True),
                  help="AdamW learning rate."),

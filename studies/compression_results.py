@@ -1,7 +1,7 @@
-"""Collect a compression run (studies/fashion_mnist.sh or studies/ta_slimming.sh) into
-bench/results/<name>.json, <name>.md and <name>_slimming.png.
+"""Collect a slimming run (studies/ta_slimming.sh) into bench/results/<name>.json, <name>.md and
+<name>_slimming.png; its table of rounds (`_slim_rows`) serves studies/fashion_mnist.py too.
 
-Usage: python -m studies.compression_results fashion-mnist|ta-slimming RUN_DIR [RESULTS_DIR]
+Usage: python -m studies.compression_results ta-slimming RUN_DIR [RESULTS_DIR]
 """
 
 from __future__ import annotations
@@ -31,49 +31,6 @@ def _slim_rows(curves: dict) -> list[str]:
     return rows + ["", f"Slimming wall time: {curves['seconds']:.0f} s for every rate and round above."]
 
 
-def _smallest_within(curves: dict, points_key: str = "test_accuracy", drop: float = 0.01, share: float = 0.5):
-    """The smallest slimmed model with <= ``share`` of the parameters within ``drop`` of round 0."""
-    best = None
-    for curve in curves["curves"]:
-        base = curve["points"][0]
-        for p in curve["points"][1:]:
-            if p["parameters"] <= share * base["parameters"] and p[points_key] >= base[points_key] - drop:
-                if best is None or p["parameters"] < best[1]["parameters"]:
-                    best = (curve["rate"], p, base)
-    return best
-
-
-def fashion_mnist(run: Path) -> tuple[dict, list[str]]:
-    runs = {name: json.loads((run / f"{name}.json").read_text()) for name in ("teacher", "scratch", "distilled")}
-    curves = json.loads((run / "slim" / "curve.json").read_text())
-    pick = _smallest_within(curves)
-    claims = {
-        "distilled_beats_scratch_at_equal_epochs":
-            runs["distilled"]["test_accuracy_last"] > runs["scratch"]["test_accuracy_last"],
-        "slimmed_half_params_within_1pt": pick is not None,
-        "uint8_within_0.5pt_of_slimmed": pick is not None
-        and pick[1]["onnx_test_accuracy"] >= pick[1]["test_accuracy"] - 0.005,
-    }
-    result = {"runs": runs, "slimming": curves, "claims": claims,
-              "chosen_slimmed": pick and {"rate": pick[0], **pick[1]}}
-    md = ["| model | parameters | epochs | val acc (best) | test acc, last epoch | test acc, best-by-val | wall time |",
-          "|---|---|---|---|---|---|---|"]
-    for name, r in runs.items():
-        md.append(f"| {name}: {r['model']} | {r['parameters']:,} | {r['epochs']} "
-                  f"| {_pct(r['best'].get('val_accuracy'))} | {_pct(r.get('test_accuracy_last'))} "
-                  f"| {_pct(r.get('test_accuracy_best'))} | {r['seconds']:.0f}s |")
-    md += ["", "Slimming the distilled student (KD fine-tuning from the unpruned student, best epoch by val kept):",
-           "", *_slim_rows(curves), "", "Claims (test set, 10,000 images): " + ", ".join(
-               f"{k}: {'yes' if v else 'NO'}" for k, v in claims.items())]
-    if pick:
-        rate, p, base = pick
-        md.append(f"\nSmallest slimmed model within 1.0 pt: rate {rate:g} round {p['round']}: {p['parameters']:,} "
-                  f"parameters ({p['parameters'] / base['parameters']:.0%} of {base['parameters']:,}), test "
-                  f"{_pct(p['test_accuracy'])} vs unslimmed {_pct(base['test_accuracy'])}; its uint8 ONNX "
-                  f"({p['onnx_bytes']:,} bytes) {_pct(p['onnx_test_accuracy'])}.")
-    return result, md
-
-
 def ta_slimming(run: Path) -> tuple[dict, list[str]]:
     curves = json.loads((run / "slim" / "curve.json").read_text())
     return {"slimming": curves}, _slim_rows(curves)
@@ -83,12 +40,12 @@ def main(argv: list[str]) -> None:
     kind, run = argv[0], Path(argv[1])
     out = Path(argv[2]) if len(argv) > 2 else RESULTS
     name = kind.replace("-", "_")
-    result, md = {"fashion-mnist": fashion_mnist, "ta-slimming": ta_slimming}[kind](run)
+    result, md = {"ta-slimming": ta_slimming}[kind](run)
     result["commands"] = (run / "commands.txt").read_text().splitlines()
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     shutil.copyfile(run / "slim" / "curve.png", out / f"{name}_slimming.png")
-    commands = ["", "Commands (bench/" + name + ".sh):", "", "```", *result["commands"], "```"]
+    commands = ["", "Commands (studies/" + name + ".sh):", "", "```", *result["commands"], "```"]
     notes = run / "notes.md"  # what the numbers do not say by themselves (written by whoever ran it)
     if notes.exists():
         commands += ["", *notes.read_text().splitlines()]

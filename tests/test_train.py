@@ -176,6 +176,19 @@ def test_edge_train_cli_end_to_end_on_cpu(fashion_mnist, tmp_path):
     assert missing.exit_code == 2 and "splits are train, test" in missing.output
 
 
+def test_rotation_option_reaches_the_augmentation_and_a_resume_must_keep_it(fashion_mnist, tmp_path):
+    """`--rotation 0` is recorded with the run; resuming with another rotation is refused, naming it."""
+    out = tmp_path / "student.pt"
+    args = ["train", "fashion-mnist:train@:128", "--widths", "8,16", "--pools", "0,1", "--epochs", "2",
+            "--stop-after", "1", "--rotation", "0", "--threads", "1", "--quiet", "-o", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert load_net(out).extra["train"]["about"]["rotation"] == 0.0
+    resumed = CliRunner().invoke(main, [a if a != "0" else "15" for a in args] + ["--resume"])
+    assert resumed.exit_code == 2 and "rotation 0.0 != 15.0" in resumed.output
+    too_far = CliRunner().invoke(main, [*args[:-2], "--rotation", "181", "-o", str(tmp_path / "x.pt")])
+    assert too_far.exit_code == 2 and "--rotation" in too_far.output
+
+
 def test_parse_source():
     assert parse_source("a/testing@:300") == ("a/testing", slice(None, 300))
     assert parse_source("fashion-mnist:train@100:") == ("fashion-mnist:train", slice(100, None))

@@ -157,6 +157,7 @@ class DataOptions:
     test_labels: Path | None = None
     padding: int = 0  # RandomCrop's padding per side
     no_flip: bool = False
+    rotation: float = 15.0  # largest random rotation, degrees (the homework's RandomRotation(15))
     decode_threads: int = 4
     cache_dir: Path | None = None
 

@@ -97,7 +97,7 @@ def fresh_preprocess(sources: DataOptions, shape: ShapeOptions) -> Preprocess:
 
 def open_sets(sources: DataOptions, preprocess: Preprocess, classes: tuple[str, ...] = ()):
     """(train, val, test, augment) for ``preprocess``; val/test are None when not asked for."""
-    augment = Augment(preprocess.crop, sources.padding, flip=not sources.no_flip)
+    augment = Augment(preprocess.crop, sources.padding, sources.rotation, flip=not sources.no_flip)
     common = {"workers": sources.decode_threads, "cache_dir": sources.cache_dir}
     train = decode_image_set(sources.data, preprocess, augment, labels_csv=sources.labels, class_hint=classes,
                              **common)
@@ -214,7 +214,7 @@ def train_command(options: TrainOptions) -> dict:
         net = _fresh_net(options.arch, options.shape, sets[0], preprocess)
         model = _init(net, options.loop.seed, options.weights)
     say(f"model: {net.spec.describe()}, {count_parameters(model):,} parameters")
-    about = _about(options, "data", "val", "labels", "val_labels", "padding", "weights", "arch")
+    about = _about(options, "data", "val", "labels", "val_labels", "padding", "rotation", "weights", "arch")
     return _fit(options, net, model, CrossEntropy(), sets, about, device, began)
 
 
@@ -299,7 +299,7 @@ def distill_command(options: DistillOptions) -> dict:
         alpha = _alpha(options.kd.alpha, sets[0], options.sources.data)
     say(f"student: {net.spec.describe()}, {count_parameters(model):,} parameters; KD alpha {alpha:g}, "
         f"T {options.kd.temperature:g}" + (f", feature hint {options.feature}" if options.feature else ""))
-    about = _about(options, "data", "val", "labels", "val_labels", "padding", "teacher", "student", "feature",
+    about = _about(options, "data", "val", "labels", "val_labels", "padding", "rotation", "teacher", "student", "feature",
                    "feature_weight", "temperature") | {"alpha": alpha}
     objective = _objective(teacher, model, options, preprocess, alpha)
     return _fit(options, net, model, objective, sets, about, device, began)
@@ -402,8 +402,8 @@ def _slim_record(options: SlimOptions, out: Path, setup, alpha: float) -> dict:
     from dataclasses import asdict
 
     settings = json.loads(json.dumps(
-        _about(options, "student", "data", "val", "test", "labels", "val_labels", "test_labels", "padding", "no_flip",
-               "teacher", "teacher_arch", "rounds", "scope", "quant", "method", "temperature")
+        _about(options, "student", "data", "val", "test", "labels", "val_labels", "test_labels", "padding", "rotation",
+               "no_flip", "teacher", "teacher_arch", "rounds", "scope", "quant", "method", "temperature")
         | {"rate": list(options.rate), "alpha": alpha, "recipe": asdict(setup.recipe)}))
     path = out / "curve.json"
     if not options.resume:
