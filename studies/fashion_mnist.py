@@ -91,7 +91,7 @@ def markdown(summary: dict, runs: dict, curves: dict, verdicts: dict, times: dic
     if "slimmed" in summary:
         s, u = summary["slimmed"], summary["slimmed_uint8"]
         rows.append(f"| slimmed | dw widths {s['widths']} (rate {s['rate']:g}, round {s['round']}) "
-                    f"| {s['parameters']:,} ({s['share_of_distilled']:.0%}) | +{curves['curves'][0].get('finetune_epochs', '')} "
+                    f"| {s['parameters']:,} ({s['share_of_distilled']:.0%}) | +{curves['settings']['recipe']['epochs']}/round "
                     f"| | {_pct(s['test_accuracy'])} | {times['slimmed']['seconds'] / 60:.1f} min |")
         rows.append(f"| slimmed, uint8 ONNX | {u['bytes']:,} B | | | | {_pct(u['test_accuracy'])} | |")
     cpu = {t["cpu"] for t in times.values()}
@@ -123,6 +123,9 @@ def main(argv: list[str]) -> None:
           "images, which choose nothing. 32 px inputs.", "", *markdown(summary, runs, curves, verdicts, times), "",
           "Commands (`bash studies/fashion_mnist.sh RUN_DIR`, then `python -m studies.fashion_mnist RUN_DIR`; "
           "`[--resume]` is added when a stage continues):", "", "```", *commands, "```"]
+    notes = run / "notes.md"  # what the numbers do not say by themselves (written by whoever ran it)
+    if notes.exists():
+        md += ["", *notes.read_text().splitlines()]
     (out / "fashion_mnist.md").write_text("\n".join(md) + "\n")
     print(f"wrote {out / 'fashion_mnist.json'}, {out / 'fashion_mnist.md'}, {out / 'fashion_mnist_slimming.png'}")
 

@@ -17,6 +17,7 @@ CACHE=${EDGE_CACHE:-$OUT/cache}
 DATA="fashion-mnist:train@:55000 --val fashion-mnist:train@55000: --test fashion-mnist:test --padding 4 --rotation 0"
 COMMON="--threads 1 --batch 128 --lr 0.002 --cache-dir $CACHE --quiet"
 EPOCHS=30
+STUDENT=32,64,128,256,256,256,256,256  # StudentNet, the homework's stages 0-3 doubled; 4x4 after the last pool
 DDP="torchrun --standalone --nproc_per_node 2 -m edge"
 CPU=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs)
 
@@ -34,13 +35,13 @@ stage() {  # NAME DONE_FILE RUN_FILE COMMAND...: skip when DONE_FILE exists, els
 }
 
 cd "$OUT"
-stage teacher teacher.json teacher.pt $DDP train $DATA --arch cnn --widths 48,96,192,384 --pools 0,1,2 \
+stage teacher teacher.json teacher.pt $DDP train $DATA --arch cnn --widths 64,128,256,256,256 --pools 0,1,2 \
   --epochs $EPOCHS $COMMON -o teacher.pt --metrics teacher.json
-stage scratch scratch.json scratch.pt $DDP train $DATA --arch dw --epochs $EPOCHS $COMMON \
+stage scratch scratch.json scratch.pt $DDP train $DATA --arch dw --widths $STUDENT --pools 0,1,2 --epochs $EPOCHS $COMMON \
   -o scratch.pt --metrics scratch.json
-stage distilled distilled.json distilled.pt $DDP distill $DATA --teacher teacher.best.pt --student dw \
+stage distilled distilled.json distilled.pt $DDP distill $DATA --teacher teacher.best.pt --student dw --widths $STUDENT --pools 0,1,2 \
   --temperature 4 --alpha 0.5 --epochs $EPOCHS $COMMON -o distilled.pt --metrics distilled.json
-stage slimmed slim/done slim/curve.json $DDP slim distilled.best.pt $DATA --rate 0.25 --rounds 2 \
-  --finetune-epochs 6 --quant uint8 $COMMON -o slim
+stage slimmed slim/done slim/curve.json $DDP slim distilled.best.pt $DATA --rate 0.2 --rounds 2 \
+  --finetune-epochs 10 --quant uint8 $COMMON -o slim
 touch slim/done  # edge slim returned 0: every round is in slim/curve.json
 echo "all stages done: python -m studies.fashion_mnist $OUT"
