@@ -1,5 +1,6 @@
-"""Damage is noticed: a torch zip whose entry fails its CRC, and every single-bit flip in an ONNX file
-edge wrote (plain uint8, entropy-coded uint4), is refused at load in one line; files without a
+"""Damage is noticed: a torch zip whose entry fails its CRC or whose header lies, and every single-bit flip
+in an ONNX file or a checkpoint edge wrote (plain uint8, entropy-coded uint4; a torch zip sealed by its
+comment), is refused at load in one line; files without a
 checksum (older files, the shipped models) still load."""
 
 from __future__ import annotations
@@ -37,6 +38,59 @@ def test_a_torch_zip_with_a_flipped_weight_byte_is_refused(tmp_path):
         read_torch(tmp_path / "flipped.pt")
     with pytest.raises(CheckpointError, match="CRC"):
         read_torch(tmp_path / "flipped.pt", bytes(data))
+
+
+def test_a_torch_zip_whose_local_header_lies_is_refused(tmp_path):
+    """A flipped name length in a local header made torch read a tensor from the wrong offset (the entries'
+    CRCs were never reached: zipfile's refusal was taken for "not a zip")."""
+    path = tmp_path / "state.pt"
+    torch.save({"a": torch.arange(64, dtype=torch.float32), "b": torch.ones(64)}, path)
+    data = bytearray(path.read_bytes())
+    data[data.index(b"state/data/1") - 4] ^= 0x80  # entry data/1's local name length: 12 -> 140
+    (tmp_path / "shifted.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="shifted.pt: damaged torch file: its zip headers do not read"):
+        read_torch(tmp_path / "shifted.pt")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A small checkpoint edge wrote (its zip comment is edge's checksum)."""
+    from edge.io.checkpoints import save_checkpoint
+
+    tiny = init_checkpoint(StudentConfig(widths=(8, 16), pools=(0,), input_size=16, num_classes=3))
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pt"
+    save_checkpoint(path, tiny.card, tiny.state)
+    return path
+
+
+def test_every_single_bit_flip_in_a_checkpoint_edge_wrote_is_refused(checkpoint, tmp_path):
+    data = checkpoint.read_bytes()
+    assert data.endswith(f"{CHECKSUM_KEY}=".encode() + data[-8:]) and read_torch(checkpoint)
+    flipped, accepted = tmp_path / "flipped.pt", []
+    tail = len(data) - 41  # the end-of-directory record and the comment: every bit; elsewhere a sample
+    flips = [(offset, bit) for offset in range(0, tail, max(1, tail // 64)) for bit in (0, 7)]
+    for offset, bit in flips + [(offset, bit) for offset in range(tail, len(data)) for bit in range(8)]:
+        damaged = bytearray(data)
+        damaged[offset] ^= 1 << bit
+        flipped.write_bytes(bytes(damaged))
+        try:
+            read_torch(flipped)
+        except CheckpointError as err:
+            assert "flipped.pt" in str(err) and "\n" not in str(err), str(err)
+        else:
+            accepted.append((offset, bit))
+    assert not accepted
+
+
+def test_torch_zips_without_edge_s_checksum_still_load(tmp_path):
+    import zipfile
+
+    path = tmp_path / "plain.pt"
+    torch.save({"w": torch.ones(3)}, path)  # an older checkpoint, a homework .bin
+    assert read_torch(path)["w"].sum() == 3
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.comment = b"another tool's comment"
+    assert read_torch(path)["w"].sum() == 3
 
 
 @pytest.fixture(scope="module")

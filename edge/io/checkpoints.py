@@ -38,7 +38,8 @@ from edge.core.errors import CheckpointError
 from edge.core.files import atomic_write
 from edge.core.formats import sniff, sniff_file
 from edge.core.safe_pickle import UnsafePickleError, safe_loads
-from edge.io.torch_files import CHECKPOINT_KEY, NET_KEY, check_weights, model_file, onnx_not_weights, read_torch
+from edge.io.torch_files import (CHECKPOINT_KEY, NET_KEY, check_weights, model_file, onnx_not_weights, read_torch,
+                                write_torch)
 
 MAX_PICKLE_BYTES = 1 << 30  # a weights pickle is read whole; torch files are read by torch
 
@@ -397,7 +398,7 @@ def save_checkpoint(path: str | os.PathLike, card: ModelCard, state: dict[str, n
 
     payload = {CHECKPOINT_KEY: 1, "card": card.to_dict(),
                "state_dict": {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}, **extra}
-    atomic_write(path, lambda f: torch.save(payload, f))
+    write_torch(path, payload)
 
 
 def save_homework_pickle(path: str | os.PathLike, state: dict[str, np.ndarray], bits: int = 8) -> None:
