@@ -1,7 +1,7 @@
 """Damage is noticed: a torch zip whose entry fails its CRC or whose header lies, and every single-bit flip
-in an ONNX file or a checkpoint edge wrote (plain uint8, entropy-coded uint4; a torch zip sealed by its
-comment), is refused at load in one line; files without a
-checksum (older files, the shipped models) still load."""
+in a file edge wrote (ONNX: plain uint8, entropy-coded uint4; a checkpoint, sealed by its zip comment; a
+homework pickle, sealed after its end), is refused at load in one line; files without a checksum (older
+files, the shipped models, other tools' files) still load."""
 
 from __future__ import annotations
 
@@ -80,6 +80,45 @@ def test_every_single_bit_flip_in_a_checkpoint_edge_wrote_is_refused(checkpoint,
         else:
             accepted.append((offset, bit))
     assert not accepted
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_every_single_bit_flip_in_a_homework_pickle_edge_wrote_is_refused(checkpoint, bits, tmp_path):
+    import pickle
+
+    from edge.io.checkpoints import load_checkpoint, save_homework_pickle
+
+    path = tmp_path / f"tiny_{bits}bit.pkl"
+    save_homework_pickle(path, load_checkpoint(checkpoint).state, bits=bits)
+    data = path.read_bytes()
+    assert isinstance(pickle.loads(data), dict)  # the homework's decoder (pickle.load) stops before the seal
+    load_checkpoint(path)
+    flipped, accepted = tmp_path / "flipped.pkl", []
+    for offset in sorted({*range(0, len(data), max(1, len(data) // 96)), *range(len(data) - 24, len(data))}):
+        for bit in (0, 3, 7):
+            damaged = bytearray(data)
+            damaged[offset] ^= 1 << bit
+            flipped.write_bytes(bytes(damaged))
+            try:
+                load_checkpoint(flipped)
+            except CheckpointError as err:
+                assert "flipped.pkl" in str(err) and "\n" not in str(err), str(err)
+            else:
+                accepted.append((offset, bit))
+    assert not accepted
+
+
+def test_a_pickle_with_bytes_after_its_end_is_refused(checkpoint, tmp_path):
+    import pickle
+
+    from edge.io.checkpoints import load_checkpoint
+
+    state = load_checkpoint(checkpoint).state
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps(state))  # another tool's pickle: no seal, still read
+    assert load_checkpoint(tmp_path / "plain.pkl", pools=(0,)).state.keys() == state.keys()
+    (tmp_path / "padded.pkl").write_bytes(pickle.dumps(state) + b"more")
+    with pytest.raises(CheckpointError, match="padded.pkl: damaged pickle: 4 bytes follow the pickle's end"):
+        load_checkpoint(tmp_path / "padded.pkl", pools=(0,))
 
 
 def test_torch_zips_without_edge_s_checksum_still_load(tmp_path):

@@ -4,7 +4,9 @@ no torch.
 
 Torch zips edge writes (checkpoints, model files) carry the same CRC-32 as their zip comment,
 ``edge.crc32=XXXXXXXX``, over every byte before it (`seal_zip`, `zip_damage`): the entries' own CRCs
-cover only the tensors, not the headers that say where they are, nor the padding between them.
+cover only the tensors, not the headers that say where they are, nor the padding between them. The
+homework pickles edge writes carry it after the pickle's end (`seal_pickle`, `pickle_damage`), where
+``pickle.load`` (the homework's own decoder) never reads.
 """
 
 from __future__ import annotations
@@ -88,6 +90,24 @@ def zip_damage(data) -> str | None:
     if declared != len(comment) or len(comment) != _ZIP_SEAL_SIZE:
         return f"its {CHECKSUM_KEY} comment is cut or padded"
     if comment[-len(UNSET):] != f"{zlib.crc32(data[:end + 22]):08x}".encode() or comment[:len(_ZIP_SEAL)] != _ZIP_SEAL:
+        return f"its bytes do not match their {CHECKSUM_KEY} checksum (changed since edge wrote it)"
+    return None
+
+
+def seal_pickle(data: bytes) -> bytes:
+    """A pickle with our checksum after its end."""
+    return data + _ZIP_SEAL + f"{zlib.crc32(data):08x}".encode()
+
+
+def pickle_damage(data: bytes, end: int) -> str | None:
+    """Why the bytes after a pickle's ``end`` are not its `seal_pickle` checksum; None when they are, or when
+    there are none (older files, other tools')."""
+    trailer = data[end:]
+    if not trailer:
+        return None
+    if not _looks_sealed(trailer) or len(trailer) != _ZIP_SEAL_SIZE:
+        return f"{len(trailer):,} bytes follow the pickle's end"
+    if trailer != _ZIP_SEAL + f"{zlib.crc32(data[:end]):08x}".encode():
         return f"its bytes do not match their {CHECKSUM_KEY} checksum (changed since edge wrote it)"
     return None
 
