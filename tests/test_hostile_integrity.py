@@ -223,3 +223,18 @@ def test_a_refused_export_keeps_the_file_it_would_have_replaced(tmp_path):
                                        "--overwrite"])
     assert result.exit_code == 2 and "below 50%" in result.output
     assert (tmp_path / "m.onnx").read_bytes() == earlier and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_damaged_decoded_image_cache_is_rebuilt_not_trained_on(synthetic_photos, tmp_path):
+    from edge.core.config import Preprocess
+    from edge.data.datasets import decode_image_set
+
+    spec = Preprocess(resize=40, crop=32)
+    fresh = decode_image_set(f"{synthetic_photos}@:4", spec, cache_dir=tmp_path)
+    (cache,) = tmp_path.iterdir()
+    data = bytearray(cache.read_bytes())
+    data[len(data) // 2] ^= 1  # one pixel byte of the stored tensor
+    cache.write_bytes(bytes(data))
+    again = decode_image_set(f"{synthetic_photos}@:4", spec, cache_dir=tmp_path)
+    assert torch.equal(again.pixels, fresh.pixels)
+    assert cache.read_bytes() != bytes(data)  # rewritten, sealed again
