@@ -26,6 +26,7 @@ import numpy as np
 from edge.core.backends import Backend, ProviderUnavailable, resolve
 from edge.core.extras import missing_extra
 from edge.inference.openers import BackendHandler, backend_handler
+from edge.inference.ort_memory import expect_images
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Worker:
         """Open the backend afresh (timed: session creation with dequantization), then time each batch,
         smallest first; the peak RSS after each batch (in the first repeat: what that batch size needs)."""
         x = np.load(inputs)
+        expect_images(max(batches))
         self.model = None  # release the previous session before timing a new load
         t0 = time.perf_counter()
         self.model = open_backend(self.target)

@@ -15,6 +15,7 @@ functions, so ``import edge`` stays cheap and predicting with an ONNX file never
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -93,9 +94,10 @@ def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *
     from edge.core.options import ExportOptions
     from edge.workflows.exporting import export_command
 
-    options = ExportOptions(checkpoint=_model_path(model_path), output=output, quant=quant,
-                            calibration_dir=calibration_dir, calibration_images=calibration_images,
-                            overwrite=overwrite, **format_options)
+    with _named_as_api(checkpoint="model_path"):
+        options = ExportOptions(checkpoint=_model_path(model_path), output=output, quant=quant,
+                                calibration_dir=calibration_dir, calibration_images=calibration_images,
+                                overwrite=overwrite, **format_options)
     report = export_command(options)
     if report.value is None:  # --max-drop (max_drop=...): no format stays within the drop
         from edge.core.config import ConfigError
@@ -137,11 +139,28 @@ def predict_images(model: PathLike, images_dir: PathLike, *, provider: str = "cp
     from edge.core.options import PredictOptions
     from edge.workflows.predicting import predict_command
 
-    options = PredictOptions(model=model, data_dir=images_dir, provider=provider, batch=batch, threads=threads,
-                             skip_bad=skip_bad, quiet=not _flag("progress", progress))
+    with _named_as_api(data_dir="images_dir"):
+        options = PredictOptions(model=model, data_dir=images_dir, provider=provider, batch=batch, threads=threads,
+                                 skip_bad=skip_bad, quiet=not _flag("progress", progress))
     classifier, result = predict_command(options).value
     names = classifier.card.classes
     return [Prediction(s.id, int(label), names[label]) for s, label in zip(result.samples, result.labels)]
+
+
+@contextmanager
+def _named_as_api(**parameters: str):
+    """Errors of the options being built name the API's parameter where its option field is called otherwise
+    (``min_time (--min-time)`` -> ``min_seconds (--min-time)``)."""
+    from edge.core.errors import EdgeError
+
+    try:
+        yield
+    except (TypeError, EdgeError) as err:
+        text = str(err)
+        field = next((f for f in parameters if text.startswith(f"{f} (")), None)
+        if field is None:
+            raise
+        raise type(err)(parameters[field] + text.removeprefix(field)) from None
 
 
 def _flag(name: str, value) -> bool:
@@ -181,7 +200,8 @@ def benchmark(models: PathLike | list[PathLike] = (), *, providers: str = "ort-c
     from edge.bench.command import bench_command
     from edge.core.options import BenchOptions
 
-    options = BenchOptions(models=models, providers=providers, quants=quants, batches=batches, threads=threads,
-                           repeats=repeats, min_time=min_seconds, data=data, labels=labels,
-                           quiet=not _flag("progress", progress))
+    with _named_as_api(min_time="min_seconds"):
+        options = BenchOptions(models=models, providers=providers, quants=quants, batches=batches, threads=threads,
+                               repeats=repeats, min_time=min_seconds, data=data, labels=labels,
+                               quiet=not _flag("progress", progress))
     return bench_command(options).document

@@ -30,8 +30,8 @@ THREADS_MAX = 256  # torch starts two OS threads per --threads; no machine edge 
 @dataclass(frozen=True)
 class Rule:
     """What one option accepts: its kind (``int``, ``float``, ``bool``, ``str``, ``Path``, ``ints``: a
-    non-empty tuple of integers, ``paths``: a tuple of paths), an inclusive range (``low_open``: low
-    excluded), ``choices``, whether None is allowed, and the CLI flag when it is not ``--<name>``."""
+    non-empty tuple of integers, ``stages``: one with none twice, ``paths``: a tuple of paths), an
+    inclusive range (``low_open``: low excluded), ``choices``, whether None is allowed, and the CLI flag when it is not ``--<name>``."""
 
     kind: str
     low: float | None = None
@@ -102,9 +102,17 @@ def _integers(label: str, value) -> tuple[int, ...]:
     return tuple(_integer(label, v) for v in value)
 
 
+def _stages(label: str, value) -> tuple[int, ...]:
+    """Stage indices, each once (as the CLI's ``--pools 0,0`` is refused, not read as ``0``)."""
+    stages = _integers(label, value)
+    if len(set(stages)) != len(stages):
+        raise ConfigError(f"{label} must name each stage once, got {value!r}")
+    return stages
+
+
 def _placement(label: str, value) -> tuple[int, ...] | str:
     """Pool positions, or ``"auto"``: the placement the file's BatchNorm statistics fit best (predict only)."""
-    return value if value == "auto" else _integers(label, value)
+    return value if value == "auto" else _stages(label, value)
 
 
 def _paths(label: str, value) -> tuple[Path, ...]:
@@ -117,7 +125,7 @@ def _paths(label: str, value) -> tuple[Path, ...]:
 
 
 _KINDS = {"int": _integer, "float": _number, "bool": _flag, "str": _text, "Path": _path, "ints": _integers,
-          "placement": _placement, "paths": _paths}
+          "stages": _stages, "placement": _placement, "paths": _paths}
 
 
 def validate(options) -> None:
@@ -139,7 +147,7 @@ def _output_rules(*names: str, optional: bool = True) -> dict[str, Rule]:
     return {name: Rule("Path", optional=optional) for name in names} | {"overwrite": Rule("bool")}
 
 
-POOLS = Rule("ints", low=0, optional=True)
+POOLS = Rule("stages", low=0, optional=True)
 POOLS_OR_AUTO = Rule("placement", low=0, optional=True, flag="--pools")
 THREADS = Rule("int", 1, THREADS_MAX, optional=True)
 

@@ -17,8 +17,11 @@ from edge.codec.entropy import EntropyError, session_source
 from edge.core.errors import EdgeError
 from edge.core.files import InputError
 from edge.codec.checksum import check_seal
-from edge.codec.metadata import MetadataError, read_metadata, read_net
-from edge.codec.onnx_scan import MAX_OUTPUT_ELEMENTS, nonfinite_tensors, oversized_outputs, scan_file
+from edge.codec.metadata import CARD_KEY, MetadataError, read_metadata, read_net
+from edge.codec.onnx_scan import (MAX_OUTPUT_ELEMENTS, metadata_props, nonfinite_tensors, oversized_outputs,
+                                  scan_file)
+from edge.core.config import ModelCard
+from edge.inference.ort_memory import is_out_of_memory, load_session, run_budget, use_capped_arena
 
 
 class ModelError(EdgeError, ValueError):
@@ -37,7 +40,7 @@ def session_options(threads: int | None = None, optimized_path: str | None = Non
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a failing node is reported once, as our one-line ModelError
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -49,9 +52,9 @@ def session_options(threads: int | None = None, optimized_path: str | None = Non
 class OnnxClassifier:
     """An exported StudentNet (or any edge ONNX classifier) ready to run."""
 
-    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None):
-        import onnxruntime as ort
+    memory_cap = 0  # bytes the CPU arena may hold (`edge.inference.ort_memory`); 0: a GPU provider's own
 
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: " + ("not a regular file (a folder, device, pipe or socket)"
@@ -66,8 +69,11 @@ class OnnxClassifier:
         except OSError:
             sealed, source = False, str(self.path)  # ONNX Runtime names what is wrong with the file
         self._check_stored_weights(source)
+        options, model_bytes = session_options(threads), self._model_bytes(source)
+        if wanted == "CPUExecutionProvider":
+            self.memory_cap = use_capped_arena(options, run_budget(model_bytes, self._image_bytes(source)))
         try:
-            self.session = ort.InferenceSession(source, session_options(threads), providers=[wanted])
+            self.session = load_session(source, options, [wanted], model_bytes)
         except Exception as err:  # onnxruntime's Fail/InvalidGraph/InvalidProtobuf/... types
             raise ModelError(f"{self.path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
         if wanted not in self.session.get_providers():
@@ -99,6 +105,19 @@ class OnnxClassifier:
         if len(out) != 2 or out[1] != config.num_classes:
             raise ModelError(f"{self.path}: output shape {out} does not match {config.num_classes} classes")
 
+    def _model_bytes(self, source: str | bytes) -> int:
+        return len(source) if isinstance(source, bytes) else self.path.stat().st_size
+
+    def _image_bytes(self, source: str | bytes) -> int:
+        """Bytes of one float32 input image, as the model card says (0 when it cannot be read yet: the
+        checks after loading name what is wrong)."""
+        try:
+            props = metadata_props(source) if isinstance(source, bytes) else scan_file(self.path, metadata_props)
+            config = ModelCard.from_json(props[CARD_KEY]).config
+            return 4 * config.in_channels * config.input_size ** 2
+        except (OSError, KeyError, ValueError, TypeError, AttributeError, EdgeError):
+            return 0
+
     def _check_stored_weights(self, source: str | bytes) -> None:
         """Non-finite weights are an error even where the logits would hide them (a clipped bias), and so is a
         constant shape that would make ONNX Runtime build a huge tensor when it folds constants at load."""
@@ -120,10 +139,7 @@ class OnnxClassifier:
         constant-folded weights included) must give finite logits."""
         config = self.card.config
         blank = np.zeros((1, config.in_channels, config.input_size, config.input_size), np.float32)
-        try:
-            logits = self(blank)
-        except Exception as err:  # onnxruntime's RuntimeException/Fail/...: a graph that cannot run
-            raise ModelError(f"{self.path}: fails on a blank image ({str(err).splitlines()[0]})") from None
+        logits = self(blank)
         if not np.isfinite(logits).all():
             raise ModelError(f"{self.path}: its weights hold NaN or inf (a blank image gives non-finite logits); "
                              "a damaged model, refused")
@@ -134,4 +150,12 @@ class OnnxClassifier:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, C, H, W) preprocessed images -> (N, classes) logits."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        try:
+            return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        except Exception as err:  # onnxruntime's RuntimeException/Fail/...: a graph that cannot run
+            if is_out_of_memory(err):
+                cap = f"the {self.memory_cap / 2**20:,.0f} MiB edge allows" if self.memory_cap else "the device holds"
+                raise ModelError(f"{self.path}: refused: it asks for more memory than {cap} to run {len(images)} "
+                                 "image(s) (a graph that builds huge tensors; no classifier edge writes does)") from None
+            raise ModelError(f"{self.path}: fails on {'a blank image' if not images.any() else 'these images'} "
+                             f"({str(err).splitlines()[0]})") from None

@@ -129,11 +129,16 @@ def _export(net: NetFile, spec, path: Path, calibration: np.ndarray, layer_bits:
     return size
 
 
+_SCORING_BATCH = 32  # images per ONNX Runtime call when an exported file is scored
+
+
 def _onnx_logits(path: Path, images: torch.Tensor) -> np.ndarray:
+    from edge.inference.ort_memory import expect_images
     from edge.inference.runtime import OnnxClassifier
 
+    expect_images(_SCORING_BATCH)
     model = OnnxClassifier(path)
-    return np.concatenate([model(images[i:i + 32].numpy()) for i in range(0, len(images), 32)])
+    return np.concatenate([model(images[i:i + _SCORING_BATCH].numpy()) for i in range(0, len(images), _SCORING_BATCH)])
 
 
 def measure(net: NetFile, spec, path: Path, inputs: Inputs, layer_bits: dict | None = None) -> dict:

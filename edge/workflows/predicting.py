@@ -12,11 +12,14 @@ from edge.core.reports import Report
 def predict_command(options: PredictOptions) -> Report:
     """Predict every image of ``options.data_dir``; the report's value is ``(classifier, predictions)``."""
     from edge.data.folders import list_samples, read_labels
+    from edge.inference.openers import cpu_cores
+    from edge.inference.ort_memory import expect_images
     from edge.inference.predict import open_model, predict_samples, write_csv
 
     if options.output:
         check_output(options.output, inputs=(options.model, options.labels, options.data_dir),
                      overwrite=options.overwrite, what="prediction CSV")
+    expect_images(options.batch * (options.threads or cpu_cores()))  # at most one batch per lane
     classifier, lanes = open_model(options.model, options.provider, options.threads, options.pools,
                                    options.data_dir)
     samples = list_samples(options.data_dir, classifier.card.classes, strict_classes=True)
