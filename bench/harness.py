@@ -186,22 +186,10 @@ def prepare_inputs(subject: Subject, settings: Settings, workdir: Path) -> None:
 
 
 def first_images(data: Path, card, count: int) -> np.ndarray:
-    """Up to ``count`` preprocessed images of ``data``, in id order, skipping unreadable ones."""
-    from edge.data.folders import DatasetError, list_samples
-    from edge.data.preprocess import ImageError, load_image
+    """Up to ``count`` preprocessed images of ``data``, in id order, skipping unreadable ones (said on stderr)."""
+    from edge.data.preprocess import first_images as decode_first
 
-    arrays = []
-    for sample in list_samples(data, card.classes):
-        try:
-            arrays.append(load_image(sample.path, card.preprocess))
-        except ImageError as err:
-            print(f"warning: skipped {err}", file=sys.stderr)
-            continue
-        if len(arrays) == count:
-            break
-    if not arrays:
-        raise DatasetError(f"{data}: no image could be decoded")
-    return np.stack(arrays)
+    return decode_first(data, card, count, warn=lambda line: print(line, file=sys.stderr))
 
 
 def _start(jobs: list[Job]) -> None:
