@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.core.backends import ProviderUnavailable
-from edge.core.extras import install_line
 
 CALIBRATION_IMAGES = 100  # the first photos of --calib the activation ranges are measured on
 KEEP_FLOAT = 2  # leading convolutions that stay float32 (with the classifier)
@@ -31,7 +29,7 @@ KEEP_FLOAT = 2  # leading convolutions that stay float32 (with the classifier)
 def missing() -> str | None:
     """Why int8 compute cannot be built here (ONNX Runtime's quantization tools need onnx); None when it can."""
     if importlib.util.find_spec("onnx") is None:
-        return f"int8 compute quantizes the graph with onnx, which is not installed: pip install onnx (or {install_line('torch')})"
+        return "int8 compute quantizes the graph with onnx, which is not installed: pip install onnx (the torch extra has it)"
     return None
 
 
@@ -73,10 +71,8 @@ def float_nodes(graph) -> list[str]:
 
 
 def quantize(plain: bytes, images: np.ndarray) -> bytes:
-    """``plain`` ONNX bytes -> the QDQ model's bytes, activation ranges from ``images`` (N, C, H, W float32)."""
-    reason = missing()
-    if reason:
-        raise ProviderUnavailable(reason)
+    """``plain`` ONNX bytes -> the QDQ model's bytes, activation ranges from ``images`` (N, C, H, W float32);
+    call only where `missing` says nothing is."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 

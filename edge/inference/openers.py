@@ -28,6 +28,19 @@ def compute_of(variant: str) -> str:
     return variant.partition(COMPUTE_MARK)[2] or "fp32"
 
 
+def photos_from(folder):
+    """``folder`` -> ``calib(card, count)``: its first ``count`` photos as ``card``'s input (None: no folder)."""
+    if folder is None:
+        return None
+
+    def calib(card, count: int):
+        from edge.data.preprocess import first_images
+
+        return first_images(folder, card, count)
+
+    return calib
+
+
 class BackendHandler:
     """How the backends of one kind open a model file."""
 
@@ -88,7 +101,7 @@ class OnnxRuntimeHandler(BackendHandler):
     def open(self, path, backend, threads=None, pools=None, variant="", images_from=None, calib=None):
         from edge.inference.runtime import OnnxClassifier
 
-        return OnnxClassifier(path, backend.name, threads, compute_of(variant), calib)
+        return OnnxClassifier(path, backend.name, threads, compute_of(variant), photos_from(calib))
 
     def lanes(self, backend, threads):
         """On the CPU, ``threads`` (default: all cores) single-threaded calls at once: no core waits for another
@@ -108,7 +121,7 @@ class OpenVinoHandler(BackendHandler):
     def open(self, path, backend, threads=None, pools=None, variant="", images_from=None, calib=None):
         from edge.inference.openvino_backend import OpenVinoClassifier
 
-        return OpenVinoClassifier(path, backend.name, threads, compute_of(variant), calib)
+        return OpenVinoClassifier(path, backend.name, threads, compute_of(variant), photos_from(calib))
 
 
 @register_backend(TORCH)

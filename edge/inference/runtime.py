@@ -40,15 +40,6 @@ def micro_batch(config) -> int:
     return max(1, ACTIVATION_BUDGET // per_image)
 
 
-def calibration_images(folder, card, count: int) -> np.ndarray:
-    """The first ``count`` photos of ``folder`` as ``card``'s model input (what int8 ranges and agreement use)."""
-    from edge.data.preprocess import first_images
-
-    if folder is None:
-        raise ProviderUnavailable("int8 compute is calibrated on photos the model will see: give --calib DIR")
-    return first_images(folder, card, count)
-
-
 def resolve_provider(name: str) -> Backend:
     """A user's backend name (``cpu``, ``cuda``, ``ort-cuda``, ``tensorrt``, ...; `edge.core.backends`) -> the ONNX
     Runtime backend, checked to run here (`ProviderUnavailable`, with what to install, otherwise)."""
@@ -74,9 +65,10 @@ class OnnxClassifier:
     """An exported StudentNet (or any edge ONNX classifier) ready to run."""
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
-                 compute: str = "fp32", calib: str | os.PathLike | None = None):
-        """``compute``: a precision of `edge.core.backends.COMPUTES` this backend runs (int8 is calibrated on the
-        first photos of the folder ``calib``); `ProviderUnavailable` says why one cannot run here."""
+                 compute: str = "fp32", calib=None):
+        """``compute``: a precision of `edge.core.backends.COMPUTES` this backend runs (int8 is calibrated on
+        ``calib(card, count)``: photos the model will see, as its input); `ProviderUnavailable` says why one
+        cannot run here."""
         import onnxruntime as ort
 
         self.path, self.threads, self.compute = Path(path), threads, "fp32"
@@ -131,10 +123,14 @@ class OnnxClassifier:
         self._check_finite()
 
     def int8_bytes(self, calib) -> bytes:
-        """The QDQ model of this file, calibrated on the first photos of ``calib`` (`edge.inference.int8`)."""
+        """The QDQ model of this file, calibrated on ``calib(card, count)``'s photos (`edge.inference.int8`)."""
         from edge.inference import int8
 
-        return int8.quantize(self.plain_bytes(), calibration_images(calib, self.card, int8.CALIBRATION_IMAGES))
+        if calib is None:
+            raise ProviderUnavailable("int8 compute is calibrated on photos the model will see: give --calib DIR")
+        if int8.missing():
+            raise ProviderUnavailable(int8.missing())
+        return int8.quantize(self.plain_bytes(), calib(self.card, int8.CALIBRATION_IMAGES))
 
     def _engine(self, compute: str, calib) -> None:
         """ONNX Runtime's session for ``compute`` (fp32 is the one opened first)."""
