@@ -101,6 +101,8 @@ def _reference(path, threads, calib):
 def choose(path, calib, threads: int | None = None, only: tuple[str, str] | None = None):
     """-> (classifier, lanes, report): ``only`` = (backend, compute) measures that one candidate against fp32;
     None chooses among all (`candidates`). The report: the choice, the rule, every trial."""
+    if only and _why_not(*only):
+        raise ProviderUnavailable(f"--compute {only[1]} on {only[0]}: {_why_not(*only)}")
     reference, lanes, images = _reference(path, threads, calib)
     fp32 = reference(images).argmax(axis=1)
     first = Trial("ort-cpu", "fp32", _ms_per_image(reference, images, lanes), 1.0)
