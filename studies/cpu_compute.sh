@@ -5,6 +5,7 @@
 #   bench/results/cpu_compute_1thread.{md,json}  (1 thread, b=1 latency and b=32 throughput)
 #   bench/results/cpu_compute_all_cores.{md,json} (all cores: what `edge bench` does by default)
 #   bench/results/hw7_throughput.{md,json}        (bash hw7_test.sh on 3,347 photos vs the homework way)
+#   bench/results/cpu_compute_*_summary.md        (the frontier and the verdicts: studies/cpu_compute_summary.py)
 # Calibration (int8 ranges, the --provider auto choice) uses the first 100 photos of food11/testing by
 # id; agreement and accuracy are measured on the other 397, which never take part in choosing.
 # Needs the openvino extra (pip install -e ".[openvino]") and the torch extra (int8's graph tools, the
@@ -28,3 +29,6 @@ edge bench "$MODEL" "${common[@]}" --repeats 3 \
     --json "$RESULTS/cpu_compute_all_cores.json" --markdown "$RESULTS/cpu_compute_all_cores.md"
 python -m edge.bench.predict_throughput --hw7 --repeats 2 --memory-images 0 \
     --json "$RESULTS/hw7_throughput.json" --markdown "$RESULTS/hw7_throughput.md"
+python -m studies.cpu_compute_summary "$RESULTS/cpu_compute_1thread.json" -o "$RESULTS/cpu_compute_1thread_summary.md"
+python -m studies.cpu_compute_summary "$RESULTS/cpu_compute_all_cores.json" -o "$RESULTS/cpu_compute_all_cores_summary.md"
+uptime
