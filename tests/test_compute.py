@@ -162,3 +162,26 @@ def test_bench_rows_per_compute_carry_agreement_peak_share_best_batch_and_the_au
     int8 = rows.get("fp32@int8")
     if int8 and int8["status"] == "ok":
         assert int8["compute"] == "int8" and 0 <= int8["vs_fp32"]["agreement"] <= 1
+
+
+def _row(fmt: str, compute: str, p50: float, speedup: float, agreement: float) -> dict:
+    return {"status": "ok", "backend": "ort-cpu", "format": fmt, "compute": compute, "p50_ms": {"median": p50},
+            "img_s": {"1": {"median": 1e3 / p50}, "32": {"median": 1.1e3 / p50}}, "peak_share": 0.4, "best_batch": 32,
+            "vs_fp32": {"speedup": {"median": speedup}, "agreement": agreement, "calib_agreement": agreement}}
+
+
+def test_the_summary_names_the_frontier_and_whether_the_faithful_fastest_meets_the_target():
+    from studies.cpu_compute_summary import markdown
+
+    doc = {"command": "edge bench m.onnx", "started": "t", "settings": {"threads": 1}, "auto_choice": None,
+           "machine": {"cpu": {"model": "Some CPU", "cores": 2, "flags": ["avx512f", "avx512_bf16"]},
+                       "load_at_start": {"load_average": [0.1, 0.2, 0.3]}},
+           "rows": [_row("uint4", "fp32", 1.2, 1.0, 1.0), _row("uint4@int8", "int8", 0.8, 1.5, 0.98),
+                    _row("uint4@bf16", "bf16", 1.0, 1.2, 0.997), _row("slow", "fp32", 2.0, 0.6, 1.0)]}
+    text = markdown(doc, "bench/results/x.json")
+    assert "Some CPU (2 cores; flags: avx512f, avx512_bf16)" in text and "Source: bench/results/x.json" in text
+    assert "Frontier (no other row is both faster and more faithful): ort-cpu uint4, ort-cpu uint4@bf16, " \
+           "ort-cpu uint4@int8." in text
+    assert "Fastest row with >= 99.5% held-out agreement: ort-cpu uint4@bf16, 1.20x ONNX Runtime fp32 at b=1: " \
+           "misses the 1.3x target" in text
+    assert "b=32 images/s >= b=1 images/s on every row." in text and "--provider auto: no row qualifies." in text
