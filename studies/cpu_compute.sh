@@ -15,7 +15,8 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${EDGE_SHARED:-$REPO/../shared}
 WORK=${1:-/tmp/edge-runs/cpu_compute}
 MODEL=$REPO/models/food11_student_compressed.onnx
-RESULTS=$REPO/bench/results
+cd "$REPO"
+RESULTS=bench/results
 rm -rf "$WORK" && mkdir -p "$WORK/calib" "$WORK/held"
 ls "$SHARED/food11/testing" | sort | head -n 100 | while read -r f; do cp "$SHARED/food11/testing/$f" "$WORK/calib/"; done
 ls "$SHARED/food11/testing" | sort | tail -n +101 | while read -r f; do cp "$SHARED/food11/testing/$f" "$WORK/held/"; done
@@ -23,12 +24,12 @@ uptime
 lscpu | grep -E "Model name|^Flags" > "$WORK/cpu.txt"
 common=(--provider ort-cpu,ov-cpu --compute fp32,bf16,int8 --calib "$WORK/calib" --data "$WORK/held"
         --labels "$SHARED/food11/reference_labels.csv" --batch 1,32 --quiet --overwrite)
-edge bench "$MODEL" "${common[@]}" --threads 1 --repeats 5 \
+edge bench "$MODEL" "${common[@]}" --threads 1 --repeats 3 \
     --json "$RESULTS/cpu_compute_1thread.json" --markdown "$RESULTS/cpu_compute_1thread.md"
+python -m studies.cpu_compute_summary "$RESULTS/cpu_compute_1thread.json" -o "$RESULTS/cpu_compute_1thread_summary.md"
+python -m edge.bench.predict_throughput --hw7 --repeats 1 --memory-images 0 \
+    --json "$RESULTS/hw7_throughput.json" --markdown "$RESULTS/hw7_throughput.md"
 edge bench "$MODEL" "${common[@]}" --repeats 3 \
     --json "$RESULTS/cpu_compute_all_cores.json" --markdown "$RESULTS/cpu_compute_all_cores.md"
-python -m edge.bench.predict_throughput --hw7 --repeats 2 --memory-images 0 \
-    --json "$RESULTS/hw7_throughput.json" --markdown "$RESULTS/hw7_throughput.md"
-python -m studies.cpu_compute_summary "$RESULTS/cpu_compute_1thread.json" -o "$RESULTS/cpu_compute_1thread_summary.md"
 python -m studies.cpu_compute_summary "$RESULTS/cpu_compute_all_cores.json" -o "$RESULTS/cpu_compute_all_cores_summary.md"
 uptime
