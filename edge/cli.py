@@ -301,9 +301,18 @@ def sensitivity(**params):
 @_output("The Kaggle CSV to write (Id,label).")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
               help="Id,label CSV of the true labels: prints accuracy.")
-@click.option("--provider", default="cpu", show_default=True, type=click.Choice(backends.SPELLINGS),
+@click.option("--provider", default="cpu", show_default=True, type=click.Choice((*backends.SPELLINGS, "auto")),
               help="cpu/cuda: ONNX Runtime's CPU/CUDA provider for .onnx files (torch's device for checkpoints). "
+                   "auto (.onnx): the fastest installed CPU backend x compute precision whose answers agree with "
+                   "fp32 on >= 99.5% of the --calib photos (measured first; the choice is in the log line). "
                    "All: " + backends.help_text() + ".")
+@click.option("--compute", default="fp32", show_default=True, type=click.Choice(tuple(backends.COMPUTES)),
+              help="Compute precision of an .onnx file: " + "; ".join(f"{c.name}: {c.description}"
+                                                                 for c in backends.COMPUTES.values())
+                   + ". Other than fp32, its agreement with fp32 on the --calib photos is measured and reported.")
+@click.option("--calib", type=click.Path(file_okay=False, path_type=Path),
+              help="Photos for int8's activation ranges and the agreement of --compute/--provider auto "
+                   "(default: the first photos of DATA_DIR; no labels needed).")
 @click.option("--batch", default=4, show_default=True, type=Checked(PredictOptions, "batch"),
               help="Images per model call (small batches stay in cache; the CSV is the same for any).")
 @click.option("--workers", type=Checked(PredictOptions, "workers"),
@@ -370,6 +379,13 @@ def convert(**params):
                    f"exported to [default: {','.join(formats.BENCH_FORMATS)}; without MODEL "
                    f"{','.join(map(formats.data_free, formats.BENCH_FORMATS))}, as an initialised model has nothing "
                    "to calibrate]. torch-cuda also runs fp16.")
+@click.option("--compute", "computes", default="fp32", show_default=True, metavar="PRECISION,..",
+              help="Compute precisions of the ONNX backends that run them (" + ", ".join(backends.COMPUTES)
+                   + "): bf16 where the CPU has AVX512_BF16/AMX, int8 (calibrated on --calib). Every row's "
+                   "agreement with fp32 is measured on --data (and --calib).")
+@click.option("--calib", type=click.Path(file_okay=False, path_type=Path),
+              help="Calibration photos: int8's activation ranges and the agreement that decides the "
+                   "--provider auto choice recorded in the JSON.")
 @click.option("--batch", "batches", default="1,32", show_default=True, metavar="B,..",
               callback=lambda ctx, param, value: _int_list(value, "--batch", distinct=False),
               help="Batch sizes: latency at the smallest, throughput at each.")

@@ -34,8 +34,10 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("module", ["edge", "edge.cli"])
 def test_import_edge_is_cheap(module):
-    """Neither the package nor its CLI imports torch, onnx or edge's export/bench packages until a command needs them."""
-    code = (f"import sys, {module}; heavy = {{'torch', 'onnxruntime', 'onnx', 'numpy', 'edge.export', 'edge.bench'}} "
+    """Neither the package nor its CLI imports torch, onnx, openvino or edge's export/bench packages until a command
+    needs them."""
+    code = (f"import sys, {module}; heavy = {{'torch', 'onnxruntime', 'onnx', 'openvino', 'numpy', 'edge.export', "
+            "'edge.bench'} "
             f"& set(sys.modules); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "set()"
@@ -75,9 +77,9 @@ def test_export_refuses_a_bad_format_and_an_existing_input(tiny):
 def test_predict_on_onnx_never_imports_torch(tiny):
     path = edge.export_model(tiny / "tiny.pt", tiny / "no-torch.onnx", quant="fp16").path
     code = (f"import sys, edge; answers = edge.predict_images({str(path)!r}, {str(tiny / 'images')!r}); "
-            "print(len(answers), 'torch' in sys.modules)")
+            "print(len(answers), 'torch' in sys.modules, 'openvino' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["5", "False"]
+    assert out.split() == ["5", "False", "False"]  # nor openvino unless ov-cpu is asked
 
 
 def test_bench_measures_an_onnx_file_and_says_why_a_backend_cannot_run(tiny):

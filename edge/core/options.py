@@ -387,7 +387,9 @@ class PredictOptions(Validated):
     data_dir: Path
     output: Path | None = None
     labels: Path | None = None
-    provider: str = "cpu"
+    provider: str = "cpu"  # or "auto": `edge.inference.auto`
+    compute: str = "fp32"  # a precision of `edge.core.backends.COMPUTES`
+    calib: Path | None = None  # photos for int8 ranges and agreement (default: the first of data_dir)
     batch: int = 4
     workers: int | None = None
     threads: int | None = None
@@ -398,7 +400,8 @@ class PredictOptions(Validated):
 
     RULES: typing.ClassVar = {
         "model": Rule("Path"), "data_dir": Rule("Path"), "labels": Rule("Path", optional=True),
-        "provider": Rule("str"), "batch": Rule("int", 1), "workers": THREADS,
+        "provider": Rule("str"), "compute": Rule("str"), "calib": Rule("Path", optional=True),
+        "batch": Rule("int", 1), "workers": THREADS,
         "threads": THREADS, "pools": POOLS_OR_AUTO, "skip_bad": Rule("bool"), "quiet": Rule("bool"),
         **_output_rules("output")}
 
@@ -459,6 +462,8 @@ class BenchOptions(Validated):
     labels: Path | None = None
     providers: str = ",".join(backends.NAMES)
     quants: str | None = None
+    computes: str = "fp32"  # precisions of `edge.core.backends.COMPUTES`, comma-separated
+    calib: Path | None = None  # photos for int8 ranges and the --provider auto choice
     batches: tuple[int, ...] = (1, 32)
     threads: int | None = None
     repeats: int = 3
@@ -474,6 +479,7 @@ class BenchOptions(Validated):
     RULES: typing.ClassVar = {
         "models": Rule("paths"), "data": Rule("Path", optional=True), "labels": Rule("Path", optional=True),
         "providers": Rule("str", flag="--provider"), "quants": Rule("str", optional=True, flag="--quant"),
+        "computes": Rule("str", flag="--compute"), "calib": Rule("Path", optional=True),
         "batches": Rule("ints", 1, flag="--batch"), "threads": THREADS, "repeats": Rule("int", 1),
         "min_time": Rule("float", 0.01), "pools": POOLS, "previous": Rule("Path", optional=True, flag="--compare"),
         "quiet": Rule("bool"), **_output_rules("json_out", "markdown_out", "plot_out")}
