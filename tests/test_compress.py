@@ -142,14 +142,43 @@ def test_compress_meets_the_byte_target_and_reports_the_frontier(workspace):
     assert 0 < out.stat().st_size <= 9000
     record = json.loads((report / "report.json").read_text())
     series = {p["stage"] for p in record["points"]}
-    assert series == {"quantization", "slimming"} and record["rounds"]  # slimming had to carry part of it
+    assert series == {"quantization", "slimming", "qat"} and record["rounds"]  # slimming had to carry part of it
     assert record["chosen"]["bytes"] == out.stat().st_size
+    fitting = [p for p in record["points"] if p["bytes"] <= 9000]
+    assert fitting and all(p["views_kl"] >= 0 and p["views_kl_noise"] >= 0 for p in fitting)  # what ranks them
+    assert record["chosen"]["views_kl"] == min(p["views_kl"] for p in fitting)
     assert min(p["bytes"] for p in record["points"] if p["stage"] == "quantization") > 9000
     assert (report / "frontier.png").stat().st_size > 10_000 and "| series |" in (report / "report.md").read_text()
     again = _compress(workspace, out, workspace / "report2")
     assert again.exit_code == 2 and "--overwrite" in again.output  # never clobbers a file
     busy = _compress(workspace, workspace / "other.onnx", report)
     assert busy.exit_code == 2 and "--resume" in busy.output
+
+
+def test_the_first_fitting_slimmed_file_is_trained_at_its_bit_width_and_says_how_it_was_made(workspace):
+    from edge.inference.runtime import OnnxClassifier
+
+    report = workspace / "qat"
+    result = _compress(workspace, workspace / "qat.onnx", report, "--qat-epochs", "2")
+    assert result.exit_code == 0, result.output
+    record = json.loads((report / "report.json").read_text())
+    trained = [p for p in record["points"] if p["stage"] == "qat"]
+    assert len(trained) == 1 and trained[0]["format"] == "uint4 per-channel entropy=True train_epochs=2"
+    rounded = next(p for p in record["points"] if p["stage"] == "slimming" and p["keep"] == trained[0]["keep"]
+                   and p["format"] == "uint4 per-channel entropy=True")
+    assert rounded["bytes"] <= 9000 and trained[0]["widths"] == rounded["widths"]
+    assert trained[0]["sha256"] != rounded["sha256"]  # the codes moved
+    quant = OnnxClassifier(report / trained[0]["onnx"]).quant
+    assert quant["recipe"]["widths"] == trained[0]["widths"] and quant["recipe"]["keep"] == trained[0]["keep"]
+    assert quant["recipe"]["widths_before"] == list(CONFIG.widths)
+    assert "2 epochs at 4 bits against the model before slimming" in quant["recipe"]["quantization_aware"]
+    assert "the model before slimming (fp32), on 32 images" in quant["trained_against"]
+    assert "least-squares" in OnnxClassifier(report / rounded["onnx"]).quant["recipe"]["pruning"]
+    assert "slimming + quantization-aware" in (report / "report.md").read_text()
+    none = _compress(workspace, workspace / "noqat.onnx", workspace / "noqat", "--qat-epochs", "0", "--views", "0")
+    assert none.exit_code == 0, none.output
+    points = json.loads((workspace / "noqat" / "report.json").read_text())["points"]
+    assert {p["stage"] for p in points} == {"quantization", "slimming"} and not any("views_kl" in p for p in points)
 
 
 def test_interrupted_compress_resumes_to_the_same_file(workspace, monkeypatch):
