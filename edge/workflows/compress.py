@@ -54,8 +54,11 @@ STATE = "state.json"
 # out: on the TA student it lost to uint4 per-channel at the same bytes (86.7-91.7% against 96.7%
 # validation agreement, bench/results/compress_ta_student_formats.md) and takes a minute per file;
 # so is uint4 per-channel without --entropy (the same codes in a larger file: `edge convert --to onnx`
-# writes it from the chosen file).
-FORMATS = (("uint4", {"per_channel": True, "entropy": True}), ("uint6", {"per_channel": True, "entropy": True}),
+# writes it from the chosen file). uint3 is there for small targets: with mixed precision's wider layers and
+# quantization-aware fine-tuning, the unslimmed model at 3-4 bits is a candidate beside slimmed 4-bit files
+# (bench/results/slim_qat_ta_student.md).
+FORMATS = (("uint3", {"per_channel": True, "entropy": True}),
+           ("uint4", {"per_channel": True, "entropy": True}), ("uint6", {"per_channel": True, "entropy": True}),
            ("uint8", {}), ("uint8", {"per_channel": True}), ("fp16", {}), ("fp32", {}))
 MIXED_SHARE = 0.95  # of the bytes left under the target that mixed precision plans to spend
 MIXED_TRIES = 3
@@ -373,10 +376,13 @@ class Search:
                     self._stop(f"time budget ({self.settings.budget_minutes:g} min) reached during mixed precision's "
                                f"layer sensitivity")
                     return
-                p = self.point("mixed", 1.0, net, spec, {"round": 0}, layer_bits) if layer_bits else None
+                p = self.point("mixed", 1.0, net, spec, {"round": 0}, layer_bits, recipe=self._recipe(None)) \
+                    if layer_bits else None
                 if p is None or p["bytes"] <= target:
                     break
                 budget -= 1.5 * (p["bytes"] - target)
+            if p is not None and p["bytes"] <= target:
+                self._quantization_aware(net, 1.0, None, layer_bits)
 
     def _allocation(self, net: NetFile, spec, budget: float) -> dict[str, int]:
         from edge.export.mixed_precision import STREAM_BYTES, WIDER_BITS, Upgrade, allocate, layer_sensitivity
@@ -454,51 +460,57 @@ class Search:
         self._quantization_aware(best, keep, recorded)
         return best
 
-    def _recipe(self, recorded: dict) -> dict:
-        """How a round's model was made, for its files' metadata."""
-        s = self.settings
+    def _recipe(self, recorded: dict | None) -> dict:
+        """How a round's model (None: the model itself, merged) was made, for its files' metadata."""
+        s, widths = self.settings, list(self.inputs.base.spec.config.widths)
+        if recorded is None:
+            return {"keep": 1.0, "widths": widths, "widths_before": widths, "pruning": "none"}
         tuned = f"function-matching KD from the teacher, best of {s.epochs} epochs (epoch {recorded['best_epoch']})" \
             if recorded["best_epoch"] else "none: the reconstruction alone agreed better on validation"
-        return {"keep": recorded["keep"], "widths": recorded["widths"],
-                "widths_before": list(self.inputs.base.spec.config.widths),
+        return {"keep": recorded["keep"], "widths": recorded["widths"], "widths_before": widths,
                 "pruning": f"least-squares channel pruning of the widths after the last max-pool (OBS choice, "
                            f"survivors re-solved, ridge {s.ridge:g}) on {len(self.inputs.calibration)} photos",
                 "fine_tuning": tuned}
 
-    def _quantization_aware(self, net: NetFile, keep: float, recorded: dict) -> None:
-        """The first slimmed per-channel uintN file that fits the target, trained at its bit width: its stored
-        values fine-tuned against the teacher (`edge.export.quantize.Matching`) on function-matching views of
-        every training photo, for ``qat_epochs`` (fewer when the budget cannot afford them)."""
+    def _quantization_aware(self, net: NetFile, keep: float, recorded: dict | None,
+                            layer_bits: dict | None = None) -> None:
+        """Each per-channel uintN format (N <= `QAT_MAX_BITS`) is trained at its bit width once, on its first
+        file that fits the target (mixed precision's at keep 1, else the first slimmed one; ``recorded``: the
+        round, None at keep 1): its stored values fine-tuned against the teacher
+        (`edge.export.quantize.Matching`) on function-matching views of every training photo, for
+        ``qat_epochs`` (fewer when the budget cannot afford them)."""
         from edge.export.quantize import Matching
 
         s = self.settings
-        for spec in self._qat_formats(keep):
+        stage = "slimming" if recorded is not None else "mixed"
+        for spec in self._qat_formats(stage, keep, layer_bits):
             epochs = self._affordable_qat_epochs()
             if not epochs:
                 self._stop(f"time budget ({s.budget_minutes:g} min) reached before quantization-aware fine-tuning "
                            f"at keep {keep:.3f}")
                 return
-            about = "the teacher" if not self.inputs.teacher_is_base else "the model before slimming (fp32)"
+            about = "the teacher" if not self.inputs.teacher_is_base else f"the model{' before slimming' * (keep < 1)} (fp32)"
             matching = Matching(self.inputs.teacher, self.inputs.fit_images.numpy(), s.qat_lr, about)
             recipe = self._recipe(recorded) | {
                 "quantization_aware": f"{epochs} epochs at {spec.bits} bits against {about}, "
                                       f"Adam lr {s.qat_lr:g} x scale, function-matching views"}
             began = time.time()
-            self.point("qat", keep, net, replace(spec, train_epochs=epochs), {"round": recorded["round"]},
-                       matching=matching, recipe=recipe)
+            self.point("qat", keep, net, replace(spec, train_epochs=epochs),
+                       {"round": recorded["round"] if recorded else 0}, layer_bits, matching, recipe)
             self.budget.record("qat epoch", began, epochs)
 
-    def _qat_formats(self, keep: float) -> list:
-        """The per-channel uintN formats (N <= `QAT_MAX_BITS`) whose slimmed file fits at ``keep`` and none
-        trained yet."""
+    def _qat_formats(self, stage: str, keep: float, layer_bits: dict | None) -> list:
+        """The per-channel uintN formats (N <= `QAT_MAX_BITS`) whose ``stage`` file at ``keep`` (with ``layer_bits``)
+        fits the target, none of them trained yet."""
         if not self.settings.qat_epochs:
             return []
         points = self.state["points"]
-        trained = {p["format"].split(" train_epochs")[0] for p in points if p["stage"] == "qat"}
-        fitting = {p["format"] for p in points if p["stage"] == "slimming" and p["keep"] == keep
+        trained = {p["format"].split()[0] for p in points if p["stage"] == "qat"}
+        fitting = {p["format"] for p in points if p["stage"] == stage and p["keep"] == keep
                    and p["bytes"] <= self.settings.target_bytes}
         return [spec for spec in self.candidates if spec.bits is not None and spec.bits <= QAT_MAX_BITS
-                and spec.per_channel and not spec.codebook_size and format_name(spec) in fitting - trained]
+                and spec.per_channel and not spec.codebook_size and spec.weights not in trained
+                and format_name(spec, layer_bits) in fitting]
 
     def _affordable_qat_epochs(self) -> int:
         """``qat_epochs``, or as many as the budget still affords (an epoch estimated from the model's speed)."""
@@ -506,6 +518,7 @@ class Search:
                                     * len(self.inputs.fit_images))
         left = self.budget.limit - self.budget.elapsed() - self.budget.estimate("measure")
         return max(0, min(self.settings.qat_epochs, int(left // max(each, 1e-9))))
+
 
     def _time_for_round(self) -> bool:
         """Whether a round fits what is left: the longest round so far, or (for the first) reconstruction, one
