@@ -20,6 +20,7 @@ with the bootstrap standard error of the views signal over photos.
 
 Usage: python -m studies.slim_qat MODEL PHOTOS --labels CSV --keep K [--variants rounded,qat:4:3e-4]
        [--splits first,swapped] [--first 300] [--views 16] [--json OUT] [--markdown OUT]
+       python -m studies.slim_qat --merge RUN.json ... [--json OUT] [--markdown OUT]
 """
 
 from __future__ import annotations
@@ -149,30 +150,45 @@ def run(model: str, photos: str, labels: str, keep: float, variants: list[str], 
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Slimmed to keep {result['keep']} at 4 bits: rounding vs quantization-aware fine-tuning",
-             "", f"Command: `python -m studies.slim_qat {result['model']} {result['photos']} --labels "
-             f"{result['labels']} --keep {result['keep']} ...`", "",
-             "| split | variant | bytes | held-out accuracy | model fp32 | agreement with the model | "
+    lines = [f"# At most 90,000 B: slimmed (keep {result['keep']}) at 4 bits or unslimmed at 3 bits + mixed precision, "
+             "rounded or trained at the bit width", "",
+             f"Photos: {result['photos']}; chosen on the first {result['first']} (split first) or the rest (swapped), "
+             "every 5th of them held back for validation, the others fit; scored on the other part against "
+             f"{result['labels']}. {result['views']} augmented views per validation photo.", "",
+             "| split | keep | variant | bytes | held-out accuracy | model fp32 | agreement with the model | "
              "val agreement | val KL | views agreement | views KL (± bootstrap s.e.) | seconds |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for which, rows in result["splits"].items():
         fp32 = next(r for r in rows if r["variant"] == "model fp32")["test_accuracy"]
         for r in rows:
             if r["variant"] == "model fp32":
                 continue
-            lines.append(f"| {which} ({r['held_out']}) | {r['variant']} | {r['bytes']:,} | {r['test_accuracy']:.2%} | "
+            lines.append(f"| {which} ({r['held_out']}) | {r['keep']:.2f} | {r['variant']} | {r['bytes']:,} | {r['test_accuracy']:.2%} | "
                          f"{fp32:.2%} | {r['test_agreement']:.2%} | {r['val_agreement']:.2%} | {r['val_kl']:.4f} | "
                          f"{r['views_agreement']:.2%} | {r['views_kl']:.4f} ± {r['views_kl_noise']:.4f} | "
                          f"{r['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
+def merged(paths: list[str]) -> dict:
+    """The results of several runs (other variants or splits) as one: each split's rows in run order, the
+    model's fp32 row once."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    result = {**runs[0], "splits": {}}
+    for run in runs:
+        for which, rows in run["splits"].items():
+            have = result["splits"].setdefault(which, [])
+            have[:] = [r for r in have if r["variant"] != "model fp32"] + rows
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("photos")
-    parser.add_argument("--labels", required=True)
-    parser.add_argument("--keep", type=float, required=True)
+    parser.add_argument("model", nargs="?")
+    parser.add_argument("photos", nargs="?")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="Write the results of these runs as one (no run).")
+    parser.add_argument("--labels")
+    parser.add_argument("--keep", type=float)
     parser.add_argument("--variants", default="rounded,qat:4:3e-4")
     parser.add_argument("--splits", default="first,swapped")
     parser.add_argument("--first", type=int, default=300)
@@ -180,8 +196,11 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args()
-    result = run(args.model, args.photos, args.labels, args.keep, args.variants.split(","), args.splits.split(","),
-                 args.first, args.views, log=lambda line: print(line, flush=True))
+    if args.merge:
+        result = merged(args.merge)
+    else:
+        result = run(args.model, args.photos, args.labels, args.keep, args.variants.split(","), args.splits.split(","),
+                     args.first, args.views, log=lambda line: print(line, flush=True))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.markdown:
