@@ -186,6 +186,26 @@ def test_the_first_fitting_slimmed_file_is_trained_at_its_bit_width_and_says_how
     assert {p["stage"] for p in points} == {"quantization", "slimming"} and not any("views_kl" in p for p in points)
 
 
+def test_a_fitting_mixed_precision_file_is_trained_at_its_bit_widths(workspace):
+    from edge.inference.runtime import OnnxClassifier
+
+    report = workspace / "mixed-qat"
+    result = _compress(workspace, workspace / "mixed-qat.onnx", report, "--target-bytes", "11500", "--qat-epochs", "1",
+                       "--min-keep", "0.95")
+    assert result.exit_code == 0, result.output
+    points = json.loads((report / "report.json").read_text())["points"]
+    trained = [p for p in points if p["stage"] == "qat"]
+    assert trained and all(p["keep"] == 1.0 and "train_epochs=1 cnn." in p["format"] for p in trained)
+    for point in trained:  # the mixed file it was trained from: same format, same layers raised
+        mixed = next(p for p in points if p["stage"] == "mixed"
+                     and p["format"] == point["format"].replace(" train_epochs=1", ""))
+        assert mixed["bytes"] <= 11500 and mixed["sha256"] != point["sha256"]
+        recipe = OnnxClassifier(report / point["onnx"]).quant["recipe"]
+        assert recipe["pruning"] == "none" and recipe["widths"] == point["widths"] == [8, 16, 48, 48, 3]
+        assert recipe["widths_before"] == list(CONFIG.widths)
+        assert "1 epochs" in recipe["quantization_aware"] and "against the model (fp32)" in recipe["quantization_aware"]
+
+
 def test_interrupted_compress_resumes_to_the_same_file(workspace, monkeypatch):
     import edge.train.loop
 

@@ -1,9 +1,8 @@
 """`edge compress`: the smallest-bytes StudentNet that still answers like the model, from a
 trained model and unlabelled photos.
 
-The search runs over slimming depth x weight format and keeps the best validation agreement with
-the model (with ``labels``: accuracy first; then the smaller KL divergence from the model's answers)
-among the ONNX files that fit ``target_bytes``:
+The search runs over slimming depth x weight format and keeps the file closest to the model on
+validation (`choose`) among the ONNX files that fit ``target_bytes``:
 
 1. quantization only: the model itself in every weight format of `FORMATS` (`edge export` merges a
    StudentNet's last pointwise conv, global pool and classifier into one conv first: exact, and in
@@ -15,7 +14,15 @@ among the ONNX files that fit ``target_bytes``:
    in cuts of at most ``step``, each round pruning channels with least-squares reconstruction
    (`edge.prune.reconstruct.prune_reconstruct`) then fine-tuning by function matching
    (`edge.train.matching.FunctionMatching`, label-free) and keeping its best epoch by validation
-   agreement; every round's model is measured in every format.
+   agreement; every round's model is measured in every format;
+4. quantization-aware fine-tuning: each per-channel uintN format of at most `QAT_MAX_BITS` bits is trained
+   once at its bit width, on its first file that fits (mixed precision's, else the first slimmed one), against
+   the teacher (the unslimmed model) on function-matching views of every training photo
+   (`edge.export.quantize.Matching`); the file's metadata keeps the recipe (slimmed widths, pruning,
+   fine-tuning).
+
+Fitting files rank by the mean KL divergence from the model's answers over augmented views of the validation
+photos (`edge.workflows.compress_views`), which separates files that agreement on a few dozen photos cannot.
 
 Validation images are never trained on: ``val`` images, or every ``VAL_EVERY``-th photo of
 ``images`` by id. A ``test`` set is only scored. Everything lands in a work folder (the report
@@ -311,7 +318,8 @@ class Search:
         p = {"stage": stage, "keep": keep, **measure(net, spec, path, self.inputs, layer_bits, matching=matching,
                                                      recipe=recipe, target=self.settings.target_bytes),
              **(extra or {})}
-        self.budget.record("measure", began)
+        if matching is None:  # a trained file's minutes are the fine-tuning's (`_quantization_aware` records them)
+            self.budget.record("measure", began)
         p["sha256"] = file_sha256(self.work / p["onnx"])  # what --resume identifies the candidate by
         self.state["points"].append(p)
         self.save()
@@ -461,10 +469,14 @@ class Search:
         return best
 
     def _recipe(self, recorded: dict | None) -> dict:
-        """How a round's model (None: the model itself, merged) was made, for its files' metadata."""
-        s, widths = self.settings, list(self.inputs.base.spec.config.widths)
+        """How a round's model (None: the model itself, merged) was made, for its files' metadata: ``widths``
+        the file's (the classifier merge included), ``widths_before`` the model's."""
+        from edge.models.merge import file_config
+
+        s, config = self.settings, self.inputs.base.spec.config
+        widths = list(config.widths)
         if recorded is None:
-            return {"keep": 1.0, "widths": widths, "widths_before": widths, "pruning": "none"}
+            return {"keep": 1.0, "widths": list(file_config(config).widths), "widths_before": widths, "pruning": "none"}
         tuned = f"function-matching KD from the teacher, best of {s.epochs} epochs (epoch {recorded['best_epoch']})" \
             if recorded["best_epoch"] else "none: the reconstruction alone agreed better on validation"
         return {"keep": recorded["keep"], "widths": recorded["widths"], "widths_before": widths,
