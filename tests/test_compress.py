@@ -293,13 +293,16 @@ def test_the_budget_bounds_the_whole_run(workspace, monkeypatch):
     monkeypatch.setattr(compress, "time", clock)
     monkeypatch.setattr(compress, "measure", measure)
     monkeypatch.setattr(compress, "_export", export)
-    report = workspace / "budget"
-    result = _compress(workspace, workspace / "budget.onnx", report, "--budget-minutes", "3")
-    assert result.exit_code == 0, result.output
-    record = json.loads((report / "report.json").read_text())
-    assert clock.now - 1000.0 <= 180 and record["seconds"] <= 180  # no step started that would overrun
-    assert "time budget (3 min)" in record["stopped"]
-    assert 0 < (workspace / "budget.onnx").stat().st_size <= 9000
+    for minutes, fits in ((3, False), (7, True)):  # 3: stopped before any file fits; 7: the whole search
+        clock.now, report = 1000.0, workspace / f"budget{minutes}"
+        result = _compress(workspace, workspace / f"budget{minutes}.onnx", report, "--budget-minutes", str(minutes))
+        assert result.exit_code == (0 if fits else 2), result.output
+        record = json.loads((report / "report.json").read_text())
+        assert clock.now - 1000.0 <= 60 * minutes and record["seconds"] <= 60 * minutes  # no step overran
+        if fits:
+            assert 0 < (workspace / f"budget{minutes}.onnx").stat().st_size <= 9000
+        else:
+            assert f"time budget ({minutes} min)" in record["stopped"] and "no candidate fits" in result.output
 
 
 def test_candidate_names_keep_each_layers_bits_and_mixed_rows_have_their_own_series():
