@@ -669,6 +669,14 @@ def slim(**params):
                    "inputs' mean energy; 0 = plain least squares): smaller weights quantize better.")
 @click.option("--budget-minutes", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Start no slimming round that would end after this (judged by the slowest round so far).")
+@click.option("--qat-epochs", default=8, show_default=True, type=Whole(),
+              help="Quantization-aware fine-tuning of the first slimmed uintN per-channel file that fits: its codes "
+                   "trained against the teacher on function-matching views of the photos (0: none).")
+@click.option("--qat-lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Its Adam rate, relative to each tensor's scale.")
+@click.option("--views", default=8, show_default=True, type=Whole(),
+              help="Augmented views of each validation photo: fitting files rank by their mean KL divergence from "
+                   "MODEL over them (0: by validation agreement).")
 @click.option("--seed", default=0, show_default=True, type=Whole())
 @click.option("--threads", type=THREADS, help="torch CPU threads (default: all cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep decoded photos here.")
@@ -680,7 +688,8 @@ def compress(**params):
     pointwise conv into the classifier (and more bits for its most sensitive layers with the
     bytes left under the target), then channels pruned with least-squares reconstruction
     and fine-tuned by function matching (teacher and student see the same augmented, mixed
-    photos); keeps the best validation agreement with MODEL whose file fits. Writes the report
+    photos), the first slimmed 4-bit file that fits trained at its bit width against the teacher;
+    keeps the fitting file whose answers are closest to MODEL's on augmented validation photos. Writes the report
     (JSON, markdown, frontier PNG). Interrupted? Run again with --resume.
     """
     from edge.core.options import CompressOptions

@@ -301,9 +301,12 @@ class SearchSettings:
     calibration: int = 64  # training photos that calibrate GPTQ (and 4x that for reconstruction)
     seed: int = 0
     budget_minutes: float = 30.0
+    qat_epochs: int = 8  # quantization-aware fine-tuning of the first fitting slimmed uintN file (0: none)
+    qat_lr: float = 1e-3  # its rate, relative to each tensor's scale (edge.export.finetune)
+    views: int = 8  # augmented views of each validation photo that rank fitting candidates (0: none)
 
     def __post_init__(self):
-        numbers = {"--lr": self.lr, "--temperature": self.temperature, "--ridge": self.ridge,
+        numbers = {"--lr": self.lr, "--qat-lr": self.qat_lr, "--temperature": self.temperature, "--ridge": self.ridge,
                    "--budget-minutes": self.budget_minutes, "--step": self.step, "--min-keep": self.min_keep}
         not_finite = [name for name, value in numbers.items() if not math.isfinite(value)]
         if not_finite:
@@ -311,8 +314,10 @@ class SearchSettings:
                               f"and cannot be resumed)")
         if self.temperature <= 0 or self.ridge < 0 or self.budget_minutes <= 0:
             raise ConfigError("--temperature and --budget-minutes must be positive, --ridge at least 0")
-        if self.target_bytes < 1 or self.epochs < 1 or self.batch < 2 or self.lr <= 0:
-            raise ConfigError("target bytes, epochs and learning rate must be positive, batch at least 2")
+        if self.target_bytes < 1 or self.epochs < 1 or self.batch < 2 or self.lr <= 0 or self.qat_lr <= 0:
+            raise ConfigError("target bytes, epochs and learning rates must be positive, batch at least 2")
+        if self.qat_epochs < 0 or self.views < 0:
+            raise ConfigError("--qat-epochs and --views must be at least 0")
         if not 0 < self.min_keep <= 1 or not 0 < self.step < 1:
             raise ConfigError("--min-keep must be in (0, 1] and --step in (0, 1)")
 
