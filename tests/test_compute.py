@@ -17,7 +17,7 @@ from edge.data.preprocess import first_images
 from edge.inference import int8 as int8_compute
 from edge.inference.auto import summary
 from edge.inference.openers import photos_from
-from edge.inference.runtime import OnnxClassifier, micro_batch
+from edge.inference.runtime import OnnxClassifier
 from test_runtime_install import COMPRESSED, python_without
 
 OPENVINO_ABSENT = backends.unavailable(backends.resolve("ov-cpu"))
