@@ -10,7 +10,7 @@ from pathlib import Path
 from edge.bench import report
 from edge.bench.harness import Settings, default_quants, parse_quants, run_bench
 from edge.core import extras
-from edge.core.backends import BackendError, parse_list
+from edge.core.backends import BackendError, ComputeError, parse_computes, parse_list
 from edge.core.config import ConfigError
 from edge.core.files import InputError, check_input, check_output
 from edge.core.formats import is_onnx
@@ -29,6 +29,8 @@ def bench_command(options: BenchOptions, command: str = "edge.benchmark(...)") -
         extras.require("plot", "--plot")  # the runtime-only install has no matplotlib: say so before the run
     earlier = _read_previous(options.previous) if options.previous else None
     doc = run_bench(models, settings, command, progress=not options.quiet)
+    for row in doc["rows"]:
+        row["peak_share"] = report.peak_share(doc, row) if row["status"] == "ok" else None
     if earlier:
         doc["comparison"] = {"with": str(options.previous), "lines": report.compare(doc, earlier)}
     return Report((report.terminal(doc), *_write_outputs(options, doc)), doc,
@@ -55,7 +57,14 @@ def settings_from(options: BenchOptions) -> Settings:
         quants = parse_quants(options.quants or default_quants(models))
     except ValueError as err:
         raise ConfigError(f"--quant: {err}") from None
-    return Settings(providers=providers, quants=quants, batches=tuple(sorted(set(options.batches))),
+    try:
+        computes = parse_computes(options.computes)
+    except ComputeError as err:
+        raise ConfigError(f"--compute: {err}") from None
+    if options.calib and not options.calib.is_dir():
+        raise ConfigError(f"--calib: {options.calib} is not a folder of images")
+    return Settings(providers=providers, quants=quants, computes=computes, calib=options.calib,
+                    batches=tuple(sorted(set(options.batches))),
                     threads=options.threads, repeats=options.repeats, min_seconds=options.min_time,
                     data=options.data, labels=options.labels, pools=options.pools)
 
@@ -69,7 +78,8 @@ def _check_outputs(options: BenchOptions) -> None:
     for what, path in outputs.items():
         if path:
             others = [p for p in outputs.values() if p is not path]
-            check_output(path, inputs=(*options.models, options.labels, options.data, options.previous, *others),
+            check_output(path, inputs=(*options.models, options.labels, options.data, options.calib, options.previous,
+                                       *others),
                          overwrite=options.overwrite, what=what)
 
 

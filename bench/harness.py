@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from edge.bench import machine
-from edge.bench.rows import REFERENCE, Row
+from edge.bench.rows import AUTO_AGREEMENT, REFERENCE, Row
 from edge.core.backends import NAMES, resolve, unavailable
 from edge.bench.worker import RowProcess, Target
-from edge.inference.openers import CHANNELS_LAST
+from edge.inference.openers import CHANNELS_LAST, COMPUTE_MARK, compute_of, with_compute
 from edge.core.weight_formats import BENCH_FORMATS, data_free, parse_choice
 from edge.codec.metadata import model_size
 
@@ -33,6 +33,8 @@ DEFAULT_NAME = "default StudentNet (initialised, seed 0)"
 class Settings:
     providers: tuple[str, ...] = NAMES  # canonical names of `edge.core.backends.BACKENDS`
     quants: tuple[str, ...] = BENCH_FORMATS
+    computes: tuple[str, ...] = ("fp32",)  # compute precisions of the ONNX backends that run them
+    calib: Path | None = None  # int8's calibration photos; agreement on them decides `auto_choice`
     batches: tuple[int, ...] = (1, 32)
     threads: int | None = None
     repeats: int = 3
@@ -62,16 +64,20 @@ class Subject:
     def formats(self, backend: str, settings: Settings) -> list[str]:
         spec = resolve(backend)
         if spec.is_onnx:
-            return list(self.onnx) if self.checkpoint is None else list(settings.quants)
+            files = list(self.onnx) if self.checkpoint is None else list(settings.quants)
+            computes = [c for c in settings.computes if c in spec.computes]
+            return [with_compute(fmt, compute) for compute in computes for fmt in files]
         gpu = spec.device == "cuda"  # torch on a GPU also runs fp16 and channels_last
         precisions = ["fp32"] + (["fp16"] if gpu and "fp16" in settings.quants else [])
         layouts = ["", CHANNELS_LAST] if gpu else [""]
         return [p + layout for p in precisions for layout in layouts]
 
     def file_for(self, backend: str, fmt: str, workdir: Path, progress: bool) -> Path:
-        """The file a row opens: the checkpoint for torch, the ONNX export (made on first use) for ORT."""
+        """The file a row opens: the checkpoint for torch, the ONNX export (made on first use) for ORT and
+        OpenVINO (a compute precision runs the file of its weight format)."""
         if not resolve(backend).is_onnx:
             return self.checkpoint_path
+        fmt = fmt.partition(COMPUTE_MARK)[0]
         if fmt not in self.onnx:
             from edge.export.exporter import export_onnx
 
@@ -83,7 +89,8 @@ class Subject:
 
     def row(self, backend: str, fmt: str, path: Path | None) -> Row:
         return Row(self.name, backend, fmt, path.stat().st_size if path else None, *model_size(self.card, self.net),
-                   weights=self.weights.get(fmt) if resolve(backend).is_onnx else None)
+                   weights=self.weights.get(fmt.partition(COMPUTE_MARK)[0]) if resolve(backend).is_onnx else None,
+                   compute=compute_of(fmt) if resolve(backend).is_onnx else "fp32")
 
 
 def quant_spec(fmt: str):
@@ -167,7 +174,8 @@ def plan(subjects: list[Subject], settings: Settings, workdir: Path, progress: b
             for fmt in formats:
                 path = subject.file_for(backend, fmt, workdir, progress)
                 jobs.append(Job(subject.row(backend, fmt, path), subject,
-                                Target(backend, fmt, str(path), settings.threads, settings.pools)))
+                                Target(backend, fmt, str(path), settings.threads, settings.pools,
+                                       str(settings.calib) if settings.calib else None)))
     return jobs
 
 
@@ -186,22 +194,10 @@ def prepare_inputs(subject: Subject, settings: Settings, workdir: Path) -> None:
 
 
 def first_images(data: Path, card, count: int) -> np.ndarray:
-    """Up to ``count`` preprocessed images of ``data``, in id order, skipping unreadable ones."""
-    from edge.data.folders import DatasetError, list_samples
-    from edge.data.preprocess import ImageError, load_image
+    """Up to ``count`` preprocessed images of ``data``, in id order, skipping unreadable ones (said on stderr)."""
+    from edge.data.preprocess import first_images as decode_first
 
-    arrays = []
-    for sample in list_samples(data, card.classes):
-        try:
-            arrays.append(load_image(sample.path, card.preprocess))
-        except ImageError as err:
-            print(f"warning: skipped {err}", file=sys.stderr)
-            continue
-        if len(arrays) == count:
-            break
-    if not arrays:
-        raise DatasetError(f"{data}: no image could be decoded")
-    return np.stack(arrays)
+    return decode_first(data, card, count, warn=lambda line: print(line, file=sys.stderr))
 
 
 def _start(jobs: list[Job]) -> None:
@@ -236,11 +232,57 @@ def _predict_all(jobs: list[Job], settings: Settings, bar) -> None:
         bar.update()
 
 
+AUTO_IMAGES = 200  # calibration photos the --provider auto choice is measured on
+
+
+def _agree_on_calibration(jobs: list[Job], settings: Settings, bar) -> None:
+    for job in jobs:
+        if job.row.ok:
+            bar.set_postfix_str(f"calib {job.row.backend} {job.row.fmt}")
+            status, reply = job.process.call("answers", folder=str(settings.calib), count=AUTO_IMAGES)
+            if status == "ok":
+                job.row.calib_answers = reply
+            else:
+                job.row.fail(status, str(reply))
+        bar.update()
+
+
+def fp32_reference(rows: list[Row]) -> Row | None:
+    """The row a model's answers are compared with: torch-cpu fp32, else ONNX Runtime's fp32 compute of the
+    first weight format it ran (an ONNX file's own)."""
+    ok = [r for r in rows if r.ok]
+    torch_row = next((r for r in ok if (r.backend, r.fmt) == REFERENCE), None)
+    return torch_row or next((r for r in ok if r.backend == "ort-cpu" and r.compute == "fp32"), None)
+
+
 def _compare_to_reference(rows: list[Row]) -> None:
-    references = {r.model: r for r in rows if (r.backend, r.fmt) == REFERENCE and r.ok}
-    for row in rows:
-        if row.ok and row.model in references:
-            row.compare_to(references[row.model])
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == model]
+        reference = fp32_reference(mine)
+        for row in (r for r in mine if r.ok and reference):
+            if (reference.backend, reference.fmt) == REFERENCE:
+                row.compare_to(reference)
+            row.compare_to_fp32(reference)
+
+
+def auto_choice(rows: list[Row]) -> dict | None:
+    """What `edge predict --provider auto` picks among these rows: the fastest at the smallest batch (median
+    p50) whose agreement with fp32 is at least `AUTO_AGREEMENT` on the calibration photos (on --data
+    without them)."""
+    def agreement(row: Row) -> tuple[float | None, str]:
+        if row.calib_agreement is not None:
+            return row.calib_agreement, "calib"
+        return row.fp32_agreement, "data"
+
+    keep = [r for r in rows if r.ok and r.runs and resolve(r.backend).device == "cpu"
+            and (agreement(r)[0] or 0) >= AUTO_AGREEMENT]
+    if not keep:
+        return None
+    best = min(keep, key=lambda r: r.metric("p50_ms")["median"])
+    value, on = agreement(best)
+    return {"model": best.model, "backend": best.backend, "format": best.fmt, "compute": best.compute,
+            "p50_ms": best.metric("p50_ms")["median"], "agreement": value, "agreement_on": on,
+            "rule": f"fastest p50 with agreement >= {AUTO_AGREEMENT:.1%} with fp32"}
 
 
 def run_jobs(jobs: list[Job], settings: Settings, progress: bool) -> None:
@@ -249,13 +291,15 @@ def run_jobs(jobs: list[Job], settings: Settings, progress: bool) -> None:
     live = [job for job in jobs if job.target is not None]
     if not live:
         return
-    steps = len(live) * (settings.repeats + (1 if settings.data else 0))
+    steps = len(live) * (settings.repeats + (1 if settings.data else 0) + (1 if settings.calib else 0))
     try:
         _start(live)
         with tqdm(total=steps, desc="bench", unit="step", disable=not progress, file=sys.stderr) as bar:
             _measure_rounds(live, settings, bar)
             if settings.data:
                 _predict_all(live, settings, bar)
+            if settings.calib:
+                _agree_on_calibration(live, settings, bar)
     finally:
         for job in live:
             if job.process:  # None when starting it failed
@@ -301,7 +345,8 @@ def run_bench(models: list[Path], settings: Settings, command: str, progress: bo
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
     return {"command": command, "started": started.isoformat(timespec="seconds"), "seconds": seconds,
             "machine": {**machine.describe(), "load_at_start": load_at_start}, "settings": _settings_json(settings),
-            "models": [_model_json(s) for s in subjects], "rows": [row.to_json() for row in rows], "notes": notes}
+            "models": [_model_json(s) for s in subjects], "rows": [row.to_json() for row in rows], "notes": notes,
+            "auto_choice": auto_choice(rows)}
 
 
 def _model_json(subject: Subject) -> dict:

@@ -2,7 +2,9 @@
 
 The peak is a back-of-the-envelope number (cores x clock x fp32 FLOPs per cycle from the widest
 SIMD FMA the CPU advertises), there so a user sees how far from the limit each backend runs;
-it ignores turbo, memory bandwidth (which bounds depthwise convs) and shared cores.
+it ignores turbo, memory bandwidth (which bounds depthwise convs) and shared cores. A bf16 or int8
+row's own peak is fp32's times its `edge.core.backends.Compute.peak_factor` (2 bf16 or 4 int8
+multiply-adds per fp32 lane: AVX512_BF16's and VNNI's dot products), where the CPU has them.
 """
 
 from __future__ import annotations
@@ -14,18 +16,12 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from edge.core.backends import COMPUTES
+from edge.core.cpu import first_processor
+
 CPUINFO = Path("/proc/cpuinfo")
 MAX_FREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
-LIBRARIES = ("edge-compress", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "pillow")
-
-
-def _cpuinfo_fields(text: str) -> dict[str, str]:
-    """The first processor's ``key: value`` lines."""
-    fields: dict[str, str] = {}
-    for line in text.split("\n\n")[0].splitlines():
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    return fields
+LIBRARIES = ("edge-compress", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "pillow")
 
 
 def flops_per_cycle(flags: set[str], vendor: str = "", family: int = 0, model: int = 0) -> tuple[int, str]:
@@ -57,7 +53,7 @@ def cpu_info() -> dict:
     """CPU model, usable cores, SIMD flags and the rough fp32 peak in GFLOP/s (None off Linux)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
-        fields = _cpuinfo_fields(CPUINFO.read_text())
+        fields = first_processor(CPUINFO.read_text())
     except OSError:
         return {"model": platform.processor() or platform.machine(), "cores": cores, "peak_gflops": None,
                 "peak_note": "no /proc/cpuinfo: peak unknown"}
@@ -66,9 +62,13 @@ def cpu_info() -> dict:
                                      _int(fields.get("model")))
     ghz = _frequency_ghz(fields)
     note = f"rough: {cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle ({why})" if ghz else "clock unknown"
+    peak = cores * ghz * per_cycle if ghz else None
     return {"model": fields.get("model name", platform.machine()), "cores": cores, "ghz": ghz,
-            "simd": sorted(flags & {"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}),
-            "peak_gflops": cores * ghz * per_cycle if ghz else None, "peak_note": note}
+            "simd": sorted(flags & {"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
+                                    "amx_bf16", "amx_int8"}),
+            "flags": sorted(flags), "peak_gflops": peak, "peak_note": note,
+            "peak_gops": {name: peak * compute.peak_factor for name, compute in COMPUTES.items()
+                          if peak and (not compute.cpu_flags or flags & set(compute.cpu_flags))}}
 
 
 def _int(value: str | None) -> int:

@@ -6,7 +6,8 @@ Makes a test set of ``--images`` JPEGs (default 3,347, the size of Food-11's) by
 real photos of ``../shared/food11/testing``, exports the TA's student to uint8 ONNX with
 ``edge export``, then runs, interleaved ``--repeats`` times, each in a fresh process:
 
-- ours: ``edge predict MODEL DIR -o CSV`` (ONNX Runtime, no torch);
+- ours: ``edge predict MODEL DIR -o CSV`` (ONNX Runtime, no torch), or with ``--hw7`` the homework's
+  entry point itself, ``bash hw7_test.sh ROOT CSV`` (its default model unless ``--model``);
 - homework: the hw7 test script's way: every image opened and decoded up front into a list,
   a ``DataLoader(batch_size=32)`` over ``CenterCrop(256) + ToTensor()``, the StudentNet in
   torch eager on CPU.
@@ -34,9 +35,10 @@ from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("EDGE_SHARED", REPO.parent / "shared"))  # the tests' convention
 RESULTS = REPO / "bench" / "results"
 LIBRARIES = ("numpy", "onnxruntime", "pillow", "simplejpeg", "torch", "torchvision")
+HW7_MODEL = REPO / "models" / "food11_student_compressed.onnx"  # hw7_test.sh's default
 SUMMARY = re.compile(r"CPU: decoding ([\d.]+) s, inference ([\d.]+) s")
 
 
@@ -74,7 +76,11 @@ def timed(command: list[str]) -> dict:
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "stderr": stderr, "load_before": os.getloadavg()[0]}
 
 
-def ours_command(model: Path, folder: Path, out: Path) -> list[str]:
+def ours_command(model: Path, folder: Path, out: Path, hw7: bool = False) -> list[str]:
+    """`edge predict` on ``folder``; ``hw7``: ``bash hw7_test.sh`` on the root that holds it (``folder`` is its
+    ``testing/``), with ``model`` as EDGE_MODEL."""
+    if hw7:
+        return ["env", f"EDGE_MODEL={model}", "bash", str(REPO / "hw7_test.sh"), str(folder.parent), str(out)]
     return [sys.executable, "-m", "edge", "predict", str(model), str(folder), "-o", str(out), "--quiet"]
 
 
@@ -180,18 +186,19 @@ def run(args) -> dict:
 
 def _run(args, work: Path) -> dict:
     folder = make_test_set(args.photos, work / "testing", args.images)
-    model = args.model or work / "student_uint8.onnx"
-    if not args.model:
+    model = args.model or (HW7_MODEL if args.hw7 else work / "student_uint8.onnx")
+    if not args.model and not args.hw7:
         subprocess.run([sys.executable, "-m", "edge", "export", str(args.checkpoint), "--quant", "uint8",
                         "-o", str(model)], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     ours, homework = [], []
     for i in range(args.repeats):
         print(f"round {i + 1}/{args.repeats}", file=sys.stderr)
-        ours.append(timed(ours_command(model, folder, work / "ours.csv")))
+        ours.append(timed(ours_command(model, folder, work / "ours.csv", args.hw7)))
         homework.append(timed(homework_command(args.checkpoint, folder, work / "homework.csv")))
     splits = [SUMMARY.search(r["stderr"]) for r in ours]
     result = {
-        "images": args.images, "model": str(args.model or f"edge export {args.checkpoint} --quant uint8"),
+        "images": args.images, "ours_command": "bash hw7_test.sh" if args.hw7 else "edge predict",
+        "model": str(args.model or (model if args.hw7 else f"edge export {args.checkpoint} --quant uint8")),
         "ours": summarize(ours), "homework": summarize(homework),
         "ours_cpu_split_s": [{"decoding": float(m.group(1)), "inference": float(m.group(2))} for m in splits if m],
         "stage_costs": stage_costs(model, folder),
@@ -220,7 +227,8 @@ def markdown(result: dict, command: str, info: dict) -> str:
         "Each run is a fresh process, timed from start to exit; runs interleaved, median (min-max).", "",
         "| pipeline | wall s | images/s | CPU s | peak RSS MB |", "| --- | --- | --- | --- | --- |",
     ]
-    for name, row in (("`edge predict` (ONNX Runtime)", ours), ("homework (PIL up front, torch eager, batch 32)", hw)):
+    ours_name = "`bash hw7_test.sh`" if result.get("ours_command") == "bash hw7_test.sh" else "`edge predict`"
+    for name, row in ((f"{ours_name} (ONNX Runtime)", ours), ("homework (PIL up front, torch eager, batch 32)", hw)):
         lines.append(f"| {name} | {row['wall_s_median']:.2f} ({row['wall_s_min']:.2f}-{row['wall_s_max']:.2f}) "
                      f"| {n / row['wall_s_median']:.0f} | {row['cpu_s_median']:.1f} | {row['peak_rss_mb_max']:.0f} |")
     loads = [r["load_before"] for r in ours["runs"] + hw["runs"]]
@@ -232,7 +240,7 @@ def markdown(result: dict, command: str, info: dict) -> str:
         "(a lower bound: start-up is single-threaded).",
         "", f"Speed-up (median wall): **{result['speedup_median']:.2f}x**. "
         f"Predictions agree on {result['csv_agreement_ours_vs_homework']:.2%} of images "
-        "(uint8 weights vs the fp32 original).", "",
+        f"({result['model']} vs the homework's fp32 original).", "",
         "Where our time goes: CPU seconds inside `edge predict` (all threads): "
         + "; ".join(f"decoding {s['decoding']:.1f} s, inference {s['inference']:.1f} s" for s in split) + ". "
         f"Each stage alone on one core ({stages['images']} images): read+decode+preprocess "
@@ -250,7 +258,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=SHARED / "hw7" / "student_custom_small.bin",
                         help="the TA's student (homework baseline; exported to uint8 ONNX for ours)")
-    parser.add_argument("--model", type=Path, help="an ONNX file for ours (default: export --checkpoint to uint8)")
+    parser.add_argument("--model", type=Path, help="an ONNX file for ours (default: export --checkpoint to uint8; with "
+                                                   "--hw7, hw7_test.sh's own model)")
+    parser.add_argument("--hw7", action="store_true", help="time `bash hw7_test.sh` itself as ours")
     parser.add_argument("--photos", type=Path, default=SHARED / "food11" / "testing")
     parser.add_argument("--images", type=int, default=3347)
     parser.add_argument("--repeats", type=int, default=3)

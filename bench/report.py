@@ -13,8 +13,8 @@ from edge.core.backends import resolve
 from edge.bench.rows import REFERENCE
 from edge.core.files import atomic_write
 
-COLUMNS = ("Backend", "Format", "Status", "Bytes", "Params", "Accuracy", "Agree", "Load ms", "p50 ms",
-           "p90 ms", "img/s", "GFLOP/s", "RSS MB", "x torch", "predict img/s")
+COLUMNS = ("Backend", "Format", "Status", "Bytes", "Params", "Accuracy", "Agree", "Agree calib", "Load ms", "p50 ms",
+           "p90 ms", "img/s", "best b", "GFLOP/s", "RSS MB", "x torch", "x fp32", "predict img/s")
 
 
 def _range(stats: dict | None, digits: int) -> str:
@@ -31,34 +31,50 @@ def _pct(value: float | None) -> str:
     return f"{value:.1%}" if value is not None else ""
 
 
-def _gflops(row: dict, peak: float | None) -> str:
+def _gflops(row: dict, share: float | None) -> str:
+    """GFLOP/s at the largest batch and its share of the row's own peak (`peak_share`)."""
     stats = row["gflops"]
     if not stats:
         return ""
-    on_cpu = resolve(row["backend"]).device == "cpu"  # the peak is the CPU's
-    share = f" ({stats['median'] / peak:.0%})" if peak and on_cpu else ""
-    return f"{stats['median']:.1f}{share}"
+    return f"{stats['median']:.1f}" + (f" ({share:.0%})" if share is not None else "")
 
 
-def usable_peak(doc: dict) -> tuple[float | None, int]:
-    """The rough CPU peak of the cores a row could use (``--threads`` caps them), and their count."""
+def usable_peak(doc: dict, compute: str = "fp32") -> tuple[float | None, int]:
+    """The rough CPU peak of the cores a row could use (``--threads`` caps them) in ``compute`` (fp32's times
+    the precision's factor, `edge.bench.machine`; None where the CPU lacks its instructions), and their count."""
     cpu = doc["machine"]["cpu"]
     cores = min(doc["settings"]["threads"] or cpu["cores"], cpu["cores"])
-    return (cpu["peak_gflops"] * cores / cpu["cores"] if cpu.get("peak_gflops") else None), cores
+    peak = (cpu.get("peak_gops") or {}).get(compute) if compute != "fp32" else cpu.get("peak_gflops")
+    return (peak * cores / cpu["cores"] if peak else None), cores
 
 
-def _cells(row: dict, peak: float | None, note: int | None) -> list[str]:
+def peak_share(doc: dict, row: dict) -> float | None:
+    """A row's GFLOP/s at its largest batch over its own peak (`usable_peak` of its compute precision; the
+    peak is the CPU's, so None on a GPU)."""
+    peak = usable_peak(doc, row.get("compute", "fp32"))[0]
+    on_cpu = resolve(row["backend"]).device == "cpu"
+    return row["gflops"]["median"] / peak if row.get("gflops") and peak and on_cpu else None
+
+
+def _fp32(row: dict, key: str):
+    return (row.get("vs_fp32") or {}).get(key)
+
+
+def _cells(row: dict, share: float | None, note: int | None) -> list[str]:
     if row["status"] != "ok":
         return [row["backend"], row["format"], f"{row['status']} [{note}]"] + [""] * (len(COLUMNS) - 3)
     predict = row["predict"] or {}
     accuracy = predict.get("accuracy")
     top = row["gflops_batch"]
     rss = "/".join(f"{mb:.0f}" for mb in row["peak_rss_mb"].values())
+    agreement = row["agreement_vs_torch_fp32"]
+    vs_torch = (row.get("vs_fp32") or {}).get("reference") == " ".join(REFERENCE)
     return [row["backend"], row["format"], "ok", f"{row['bytes']:,}", f"{row['parameters']:,}",
-            _pct(accuracy[0] if accuracy else None), _pct(row["agreement_vs_torch_fp32"]),
-            _median(row["load_ms"], 0), _range(row["p50_ms"], 1), _median(row["p90_ms"], 1),
-            _range(row["img_s"][str(top)], 1), _gflops(row, peak), rss,
-            _range(row["speedup_vs_torch_cpu_fp32"], 2), _end_to_end(predict)]
+            _pct(accuracy[0] if accuracy else None), _pct(agreement if agreement is not None else _fp32(row, "agreement")),
+            _pct(_fp32(row, "calib_agreement")), _median(row["load_ms"], 0), _range(row["p50_ms"], 2),
+            _median(row["p90_ms"], 2), _range(row["img_s"][str(top)], 1), str(row.get("best_batch") or ""),
+            _gflops(row, share), rss, _range(row["speedup_vs_torch_cpu_fp32"], 2),
+            "" if vs_torch else _range(_fp32(row, "speedup"), 2), _end_to_end(predict)]
 
 
 def _end_to_end(predict: dict) -> str:
@@ -71,7 +87,6 @@ def _end_to_end(predict: dict) -> str:
 
 def table(doc: dict) -> tuple[list[str], list[list[str]], list[str]]:
     """Headers, cell rows and numbered notes (why a row did not run); a Model column when several."""
-    peak, _ = usable_peak(doc)
     batches = doc["settings"]["batches"]
     headers = list(COLUMNS)
     headers[headers.index("p50 ms")] = f"p50 ms b={min(batches)}"
@@ -87,7 +102,7 @@ def table(doc: dict) -> tuple[list[str], list[list[str]], list[str]]:
             if text not in notes:
                 notes.append(text)
             note = notes.index(text) + 1
-        cells.append(_cells(row, peak, note))
+        cells.append(_cells(row, peak_share(doc, row) if row["status"] == "ok" else None, note))
     if len(doc["models"]) > 1:
         headers.insert(0, "Model")
         cells = [[row["model"], *c] for row, c in zip(doc["rows"], cells)]
@@ -117,7 +132,16 @@ def terminal(doc: dict) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
     lines += [f"[{i}] {text}" for i, text in enumerate(notes, 1)]
-    return "\n".join(lines + latency_ratios(doc) + [_legend(doc)] + _comparison(doc))
+    return "\n".join(lines + latency_ratios(doc) + _auto_lines(doc) + [_legend(doc)] + _comparison(doc))
+
+
+def _auto_lines(doc: dict) -> list[str]:
+    """The row `--provider auto` picks, when one qualifies (and the rule)."""
+    choice = doc.get("auto_choice")
+    if not choice:
+        return ["--provider auto: no row agrees with fp32 enough to be chosen"] if "auto_choice" in doc else []
+    return [f"--provider auto: {choice['backend']} {choice['format']} ({choice['rule']}; "
+            f"{choice['agreement']:.2%} on {choice['agreement_on']}, p50 {choice['p50_ms']:.2f} ms)"]
 
 
 def _comparison(doc: dict) -> list[str]:
@@ -132,7 +156,9 @@ def _legend(doc: dict) -> str:
     return (f"median (min-max) over {settings['repeats']} interleaved repeats; CPU {cpu['model']}, "
             f"{cpu['cores']} cores, load average {_load(doc['machine']['load_at_start'])} at start; "
             f"peak {peak or 0:.0f} GFLOP/s on the {cores} core(s) used ({cpu['peak_note']}); "
-            f"GFLOP/s at b={max(settings['batches'])}, x torch = torch-cpu fp32 p50 / row p50 (paired per repeat); "
+            f"GFLOP/s at b={max(settings['batches'])} (% of the row's own peak: bf16 and int8 rows against their "
+            f"precision's), x torch = torch-cpu fp32 p50 / row p50, x fp32 = the fp32 reference row's p50 / row p50 "
+            f"(paired per repeat); Agree: top-1 agreement with fp32 on --data, Agree calib: on --calib's first photos; "
             f"predict img/s: one pass of `edge predict` over the folder (not repeated)")
 
 
@@ -150,7 +176,7 @@ def markdown(doc: dict) -> str:
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in cells]
     lines += [""] + [f"[{i}] {text}" for i, text in enumerate(notes, 1)]
-    lines += [""] + [f"- {line}" for line in latency_ratios(doc)] + ["", _legend(doc), ""]
+    lines += [""] + [f"- {line}" for line in latency_ratios(doc) + _auto_lines(doc)] + ["", _legend(doc), ""]
     compared = _comparison(doc)
     if compared:
         lines += [compared[0], "", "```", *compared[1:], "```", ""]

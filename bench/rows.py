@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-REFERENCE = ("torch-cpu", "fp32")  # the row every other row of a model is compared with
+REFERENCE = ("torch-cpu", "fp32")  # the row every other row of a model is compared with (when it ran)
+AUTO_AGREEMENT = 0.995  # top-1 agreement with fp32 a row needs to be `--provider auto`'s choice
+
+
+def _agreement(ours: dict, theirs: dict) -> float | None:
+    shared = [i for i in ours if i in theirs]
+    return float(np.mean([ours[i] == theirs[i] for i in shared])) if shared else None
 
 
 def spread(values: list[float]) -> dict[str, float] | None:
@@ -41,6 +47,7 @@ class Row:
     parameters: int
     flops: int
     weights: dict | None = None  # ONNX rows: the file's weight format as its metadata describes it
+    compute: str = "fp32"  # the compute precision (`edge.core.backends.COMPUTES`)
     status: str = "ok"  # ok | unavailable | error
     reason: str = ""
     runs: list[dict] = field(default_factory=list)  # one summary per repeat
@@ -51,6 +58,8 @@ class Row:
     agreement: float | None = None
     speedup: dict | None = None  # torch-cpu fp32 latency / this row's, paired per repeat
     predictions: dict = field(default_factory=dict, repr=False)
+    calib_answers: list = field(default_factory=list, repr=False)  # top-1 on the calibration photos
+    fp32: dict | None = None  # the fp32 reference row, paired: its name, speed-up, agreement on data and calib
 
     @property
     def ok(self) -> bool:
@@ -94,20 +103,45 @@ class Row:
         """Set ``speedup`` (reference latency / ours per repeat) and, with predictions, top-1 agreement."""
         if self.runs and len(reference.runs) == len(self.runs):
             self.speedup = spread([r["p50_ms"] / ours["p50_ms"] for r, ours in zip(reference.runs, self.runs)])
-        shared = [i for i in self.predictions if i in reference.predictions]
-        if shared:
-            self.agreement = float(np.mean([self.predictions[i] == reference.predictions[i] for i in shared]))
+        self.agreement = _agreement(self.predictions, reference.predictions)
+
+    def compare_to_fp32(self, reference: "Row") -> None:
+        """Set ``fp32``: latency speed-up over the model's fp32 reference row (paired per repeat) and top-1
+        agreement with it on --data and on the calibration photos."""
+        speedup = None
+        if self.runs and len(reference.runs) == len(self.runs):
+            speedup = spread([r["p50_ms"] / ours["p50_ms"] for r, ours in zip(reference.runs, self.runs)])
+        self.fp32 = {"reference": f"{reference.backend} {reference.fmt}", "speedup": speedup,
+                     "agreement": _agreement(self.predictions, reference.predictions),
+                     "calib_agreement": _agreement(dict(enumerate(self.calib_answers)),
+                                                   dict(enumerate(reference.calib_answers)))}
+
+    @property
+    def fp32_agreement(self) -> float | None:
+        return self.fp32["agreement"] if self.fp32 else None
+
+    @property
+    def calib_agreement(self) -> float | None:
+        return self.fp32["calib_agreement"] if self.fp32 else None
+
+    @property
+    def best_batch(self) -> int | None:
+        """The batch with the most images/s (median over repeats)."""
+        if not self.runs:
+            return None
+        return max(self.runs[0]["img_s"], key=lambda b: self.throughput(b)["median"])
 
     def to_json(self) -> dict:
         top = self.top_batch
         first = self.runs[0] if self.runs else {}
-        return {"model": self.model, "backend": self.backend, "format": self.fmt, "status": self.status,
+        return {"model": self.model, "backend": self.backend, "format": self.fmt, "compute": self.compute,
+                "status": self.status,
                 "reason": self.reason, "weights": self.weights, "bytes": self.bytes, "parameters": self.parameters,
                 "mflops_per_image": self.flops / 1e6, "providers": self.providers, "torch_loaded": self.torch_loaded,
                 "load_ms": self.metric("load_ms"), "latency_batch": first.get("latency_batch"),
                 "p50_ms": self.metric("p50_ms"), "p90_ms": self.metric("p90_ms"),
                 "img_s": {str(b): self.throughput(b) for b in first.get("img_s", ())},
-                "gflops_batch": top, "gflops": self.gflops(),
+                "gflops_batch": top, "gflops": self.gflops(), "best_batch": self.best_batch,
                 "peak_rss_mb": {str(b): rss / 2 ** 20 for b, rss in self.rss_bytes.items()} or None,
                 "speedup_vs_torch_cpu_fp32": self.speedup, "agreement_vs_torch_fp32": self.agreement,
-                "predict": self.predict, "repeats": self.runs}
+                "vs_fp32": self.fp32, "predict": self.predict, "repeats": self.runs}

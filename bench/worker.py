@@ -26,6 +26,7 @@ import numpy as np
 from edge.core.backends import Backend, ProviderUnavailable, resolve
 from edge.core.extras import missing_extra
 from edge.inference.openers import BackendHandler, backend_handler
+from edge.inference.ort_memory import expect_images
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,11 @@ class Target:
     """What one row runs: a backend, the weights' format, the file, thread count."""
 
     backend: str  # a canonical name of `edge.core.backends.BACKENDS`
-    fmt: str  # ONNX: the file's weight format; torch: fp32 | fp16, "+cl" for channels_last
+    fmt: str  # ONNX: the file's weight format, "@bf16"/"@int8" for the compute; torch: fp32 | fp16, "+cl" for channels_last
     path: str  # the .onnx file, or the checkpoint torch loads
     threads: int | None = None
     pools: tuple[int, ...] | None = None
+    calib: str | None = None  # the photos int8 compute is calibrated on
 
     @classmethod
     def from_json(cls, fields: dict) -> "Target":
@@ -60,7 +62,7 @@ class Target:
 def open_backend(target: Target):
     """The classifier for ``target``, opened by its backend kind's handler: `OnnxClassifier` (no torch) or
     `TorchClassifier` (fp16, channels_last as the row's format says)."""
-    return target.handler.open(target.path, target.spec, target.threads, target.pools, target.fmt)
+    return target.handler.open(target.path, target.spec, target.threads, target.pools, target.fmt, calib=target.calib)
 
 
 def time_calls(model, x: np.ndarray, min_calls: int, min_seconds: float) -> list[float]:
@@ -95,6 +97,7 @@ class Worker:
         """Open the backend afresh (timed: session creation with dequantization), then time each batch,
         smallest first; the peak RSS after each batch (in the first repeat: what that batch size needs)."""
         x = np.load(inputs)
+        expect_images(max(batches))
         self.model = None  # release the previous session before timing a new load
         t0 = time.perf_counter()
         self.model = open_backend(self.target)
@@ -125,18 +128,27 @@ class Worker:
                 "accuracy": result.accuracy(truth),
                 "predictions": dict(zip((s.id for s in result.samples), result.labels.tolist()))}
 
+    def answers(self, folder: str, count: int) -> list[int]:
+        """Top-1 of the first ``count`` photos of ``folder`` (the calibration photos `--provider auto` decides on)."""
+        from edge.data.preprocess import first_images
+
+        model = self.model or open_backend(self.target)
+        return model(first_images(folder, model.card, count)).argmax(axis=1).tolist()
+
     def _as_predict_opens_it(self):
-        """(model, lanes) as `edge predict` opens this row's file; the torch variants it has no option
-        for (fp16, channels_last) run as this row's own classifier, one call at a time."""
+        """(model, lanes) as `edge predict` opens this row's file (with its compute precision); the torch
+        variants it has no option for (fp16, channels_last) run as this row's own classifier, one call at a time."""
         target = self.target
-        if not target.handler.options(target.fmt):
+        options = target.handler.options(target.fmt)
+        if set(options) <= {"compute"}:
             from edge.inference.predict import open_model
 
-            return open_model(target.path, target.backend, target.threads, None if target.is_onnx else target.pools)
+            return open_model(target.path, target.backend, target.threads, None if target.is_onnx else target.pools,
+                              compute=options.get("compute", "fp32"), calib=target.calib)
         return self.model or open_backend(target), 1
 
 
-COMMANDS = ("measure", "predict")  # the `Worker` methods the parent may call
+COMMANDS = ("measure", "predict", "answers")  # the `Worker` methods the parent may call
 
 
 def send(stream: IO[str], message) -> None:

@@ -15,6 +15,7 @@ functions, so ``import edge`` stays cheap and predicting with an ONNX file never
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -93,9 +94,10 @@ def export_model(model_path: PathLike, output: PathLike, quant: str = "uint8", *
     from edge.core.options import ExportOptions
     from edge.workflows.exporting import export_command
 
-    options = ExportOptions(checkpoint=_model_path(model_path), output=output, quant=quant,
-                            calibration_dir=calibration_dir, calibration_images=calibration_images,
-                            overwrite=overwrite, **format_options)
+    with _named_as_api(checkpoint="model_path"):
+        options = ExportOptions(checkpoint=_model_path(model_path), output=output, quant=quant,
+                                calibration_dir=calibration_dir, calibration_images=calibration_images,
+                                overwrite=overwrite, **format_options)
     report = export_command(options)
     if report.value is None:  # --max-drop (max_drop=...): no format stays within the drop
         from edge.core.config import ConfigError
@@ -112,15 +114,21 @@ def _model_path(path):
     return path
 
 
-def predict_images(model: PathLike, images_dir: PathLike, *, provider: str = "cpu", batch: int = 4,
-                   threads: int | None = None, skip_bad: bool = False, progress: bool = False) -> list[Prediction]:
+def predict_images(model: PathLike, images_dir: PathLike, *, provider: str = "cpu", compute: str = "fp32",
+                   calib: PathLike | None = None, batch: int = 4, threads: int | None = None, skip_bad: bool = False,
+                   progress: bool = False) -> list[Prediction]:
     """Predict every image in a folder, as `edge predict` does (the same function,
     `edge.workflows.predicting.predict_command`, without writing the CSV).
 
     Args:
         model: an ONNX file edge exported (ONNX Runtime, no torch imported) or any model file `load_model` reads.
         images_dir: a Food-11 split folder (``testing/NNNN.jpg``, ``training/<class>_<n>.jpg``) or class subfolders.
-        provider: a backend of `edge.core.backends` (``cpu``, ``cuda``, ``ort-cuda``, ``torch-cpu``, ...).
+        provider: a backend of `edge.core.backends` (``cpu``, ``cuda``, ``ort-cuda``, ``ov-cpu``, ``torch-cpu``, ...),
+            or ``auto`` (an ONNX file): the fastest installed CPU backend x compute precision whose answers agree with
+            fp32 on >= 99.5% of the calibration photos (`edge.inference.auto`).
+        compute: an ONNX file's compute precision (``fp32``, ``bf16``, ``int8``); other than fp32 its agreement with
+            fp32 on the calibration photos is measured first.
+        calib: the calibration photos (default: the first of ``images_dir``).
         batch: images per model call (an integer >= 1).
         threads: inference threads (default: all cores; else 1..256).
         skip_bad: skip images that cannot be decoded instead of failing.
@@ -137,11 +145,29 @@ def predict_images(model: PathLike, images_dir: PathLike, *, provider: str = "cp
     from edge.core.options import PredictOptions
     from edge.workflows.predicting import predict_command
 
-    options = PredictOptions(model=model, data_dir=images_dir, provider=provider, batch=batch, threads=threads,
-                             skip_bad=skip_bad, quiet=not _flag("progress", progress))
+    with _named_as_api(data_dir="images_dir"):
+        options = PredictOptions(model=model, data_dir=images_dir, provider=provider, compute=compute, calib=calib,
+                                 batch=batch, threads=threads, skip_bad=skip_bad,
+                                 quiet=not _flag("progress", progress))
     classifier, result = predict_command(options).value
     names = classifier.card.classes
     return [Prediction(s.id, int(label), names[label]) for s, label in zip(result.samples, result.labels)]
+
+
+@contextmanager
+def _named_as_api(**parameters: str):
+    """Errors of the options being built name the API's parameter where its option field is called otherwise
+    (``min_time (--min-time)`` -> ``min_seconds (--min-time)``)."""
+    from edge.core.errors import EdgeError
+
+    try:
+        yield
+    except (TypeError, EdgeError) as err:
+        text = str(err)
+        field = next((f for f in parameters if text.startswith(f"{f} (")), None)
+        if field is None:
+            raise
+        raise type(err)(parameters[field] + text.removeprefix(field)) from None
 
 
 def _flag(name: str, value) -> bool:
@@ -151,7 +177,7 @@ def _flag(name: str, value) -> bool:
 
 
 def benchmark(models: PathLike | list[PathLike] = (), *, providers: str = "ort-cpu", quants: str | None = None,
-              batches: tuple[int, ...] = (1, 32), data: PathLike | None = None, labels: PathLike | None = None,
+              computes: str = "fp32", calib: PathLike | None = None, batches: tuple[int, ...] = (1, 32), data: PathLike | None = None, labels: PathLike | None = None,
               threads: int | None = None, repeats: int = 3, min_seconds: float = 0.5,
               progress: bool = False) -> dict:
     """Benchmark models on backends x weight formats, as `edge bench` does (the same function,
@@ -163,6 +189,8 @@ def benchmark(models: PathLike | list[PathLike] = (), *, providers: str = "ort-c
         providers: comma-separated backends of `edge.core.backends` (``cpu`` = ``ort-cpu``, ``torch-cpu``, ...).
         quants: comma-separated ``FORMAT[:METHOD]`` (`edge.core.weight_formats.parse_choice`); default
             `edge.core.weight_formats.BENCH_FORMATS` (data-free without models).
+        computes: comma-separated compute precisions (``fp32``, ``bf16``, ``int8``) of the backends that run them.
+        calib: calibration photos (int8's ranges; agreement on them decides the ``auto_choice`` of the document).
         batches: batch sizes (at least one, each >= 1): latency at the smallest, throughput at each.
         data, labels: an image folder (and its Id,label CSV) for accuracy and end-to-end images/s.
         threads: inference threads per backend.
@@ -181,7 +209,8 @@ def benchmark(models: PathLike | list[PathLike] = (), *, providers: str = "ort-c
     from edge.bench.command import bench_command
     from edge.core.options import BenchOptions
 
-    options = BenchOptions(models=models, providers=providers, quants=quants, batches=batches, threads=threads,
-                           repeats=repeats, min_time=min_seconds, data=data, labels=labels,
-                           quiet=not _flag("progress", progress))
+    with _named_as_api(min_time="min_seconds"):
+        options = BenchOptions(models=models, providers=providers, quants=quants, computes=computes, calib=calib,
+                               batches=batches, threads=threads, repeats=repeats, min_time=min_seconds, data=data,
+                               labels=labels, quiet=not _flag("progress", progress))
     return bench_command(options).document

@@ -301,9 +301,18 @@ def sensitivity(**params):
 @_output("The Kaggle CSV to write (Id,label).")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
               help="Id,label CSV of the true labels: prints accuracy.")
-@click.option("--provider", default="cpu", show_default=True, type=click.Choice(backends.SPELLINGS),
+@click.option("--provider", default="cpu", show_default=True, type=click.Choice((*backends.SPELLINGS, "auto")),
               help="cpu/cuda: ONNX Runtime's CPU/CUDA provider for .onnx files (torch's device for checkpoints). "
+                   "auto (.onnx): the fastest installed CPU backend x compute precision whose answers agree with "
+                   "fp32 on >= 99.5% of the --calib photos (measured first; the choice is in the log line). "
                    "All: " + backends.help_text() + ".")
+@click.option("--compute", default="fp32", show_default=True, type=click.Choice(tuple(backends.COMPUTES)),
+              help="Compute precision of an .onnx file: " + "; ".join(f"{c.name}: {c.description}"
+                                                                 for c in backends.COMPUTES.values())
+                   + ". Other than fp32, its agreement with fp32 on the --calib photos is measured and reported.")
+@click.option("--calib", type=click.Path(file_okay=False, path_type=Path),
+              help="Photos for int8's activation ranges and the agreement of --compute/--provider auto "
+                   "(default: the first photos of DATA_DIR; no labels needed).")
 @click.option("--batch", default=4, show_default=True, type=Checked(PredictOptions, "batch"),
               help="Images per model call (small batches stay in cache; the CSV is the same for any).")
 @click.option("--workers", type=Checked(PredictOptions, "workers"),
@@ -370,6 +379,13 @@ def convert(**params):
                    f"exported to [default: {','.join(formats.BENCH_FORMATS)}; without MODEL "
                    f"{','.join(map(formats.data_free, formats.BENCH_FORMATS))}, as an initialised model has nothing "
                    "to calibrate]. torch-cuda also runs fp16.")
+@click.option("--compute", "computes", default="fp32", show_default=True, metavar="PRECISION,..",
+              help="Compute precisions of the ONNX backends that run them (" + ", ".join(backends.COMPUTES)
+                   + "): bf16 where the CPU has AVX512_BF16/AMX, int8 (calibrated on --calib). Every row's "
+                   "agreement with fp32 is measured on --data (and --calib).")
+@click.option("--calib", type=click.Path(file_okay=False, path_type=Path),
+              help="Calibration photos: int8's activation ranges and the agreement that decides the "
+                   "--provider auto choice recorded in the JSON.")
 @click.option("--batch", "batches", default="1,32", show_default=True, metavar="B,..",
               callback=lambda ctx, param, value: _int_list(value, "--batch", distinct=False),
               help="Batch sizes: latency at the smallest, throughput at each.")
@@ -653,6 +669,14 @@ def slim(**params):
                    "inputs' mean energy; 0 = plain least squares): smaller weights quantize better.")
 @click.option("--budget-minutes", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Start no slimming round that would end after this (judged by the slowest round so far).")
+@click.option("--qat-epochs", default=8, show_default=True, type=Whole(),
+              help="Quantization-aware fine-tuning of the first slimmed uintN per-channel file that fits: its codes "
+                   "trained against the teacher on function-matching views of the photos (0: none).")
+@click.option("--qat-lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Its Adam rate, relative to each tensor's scale.")
+@click.option("--views", default=8, show_default=True, type=Whole(),
+              help="Augmented views of each validation photo: fitting files rank by their mean KL divergence from "
+                   "MODEL over them (0: by validation agreement).")
 @click.option("--seed", default=0, show_default=True, type=Whole())
 @click.option("--threads", type=THREADS, help="torch CPU threads (default: all cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep decoded photos here.")
@@ -664,7 +688,8 @@ def compress(**params):
     pointwise conv into the classifier (and more bits for its most sensitive layers with the
     bytes left under the target), then channels pruned with least-squares reconstruction
     and fine-tuned by function matching (teacher and student see the same augmented, mixed
-    photos); keeps the best validation agreement with MODEL whose file fits. Writes the report
+    photos), the first slimmed 4-bit file that fits trained at its bit width against the teacher;
+    keeps the fitting file whose answers are closest to MODEL's on augmented validation photos. Writes the report
     (JSON, markdown, frontier PNG). Interrupted? Run again with --resume.
     """
     from edge.core.options import CompressOptions

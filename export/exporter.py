@@ -43,13 +43,15 @@ class Parity:
 
 def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibration: np.ndarray | None = None,
                 calibration_source: str = "", layer_bits: dict[str, int] | None = None,
-                progress: bool = True) -> tuple[int, dict]:
+                progress: bool = True, matching=None, recipe: dict | None = None) -> tuple[int, dict]:
     """Fold, encode, export, apply the weight formats, fully check and atomically write the ONNX file.
 
     ``model_file``: anything with ``.card`` (`edge.core.config.ModelCard`) and ``.build()`` (the torch
     classifier in eval mode). Calibrated formats use ``calibration`` images, or synthetic ones when
     none are given; ``layer_bits`` gives named layers of a uintN format another bit width (mixed precision,
-    `edge.export.mixed_precision`). Returns the file size in bytes and the weight-format description stored in the
+    `edge.export.mixed_precision`); ``matching`` (`edge.export.quantize.Matching`): what ``spec.train_epochs``
+    trains the stored values against, when not the model itself; ``recipe``: how the model was made (slimmed
+    widths, pruning, fine-tuning), kept in the metadata as ``recipe``. Returns the file size in bytes and the weight-format description stored in the
     metadata.
     """
     import torch
@@ -64,10 +66,14 @@ def export_onnx(model_file, path: str | os.PathLike, spec: QuantSpec, calibratio
         quant["calibration"] = calibration_source
     if layer_bits:
         quant["layer_bits"] = dict(layer_bits)
+    if recipe:
+        quant["recipe"] = dict(recipe)
+    if spec.train_epochs and matching is not None:
+        quant["trained_against"] = f"{matching.about}, on {len(matching.images)} images, lr {matching.lr:g} x scale"
     net = _net_entry(model_file)
     layers, encodings = encode_model(folded, spec, calibration, layer_bits,
                                      input_shape=(card.config.in_channels, card.config.input_size, card.config.input_size),
-                                     progress=progress)
+                                     progress=progress, matching=matching)
     quant.update(spec.handler.encoded_entries(spec, encodings))
     with torch.no_grad():
         for layer in layers:  # the float weights the file holds (after equalization, bias correction)

@@ -35,9 +35,15 @@ MAX_ANGLE, MAX_SHIFT, SCALE_RANGE = 15.0, 0.1, (0.9, 1.1)  # function-matching g
 
 def matching_inputs(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A batch of preprocessed NCHW images, each randomly flipped, rotated, rescaled and shifted
-    (border pixels repeated), then mixed up with another of the batch (`edge.train.matching.mixup`)."""
+    (`augmented_views`), then mixed up with another of the batch (`edge.train.matching.mixup`)."""
     from edge.train.matching import mixup
 
+    return mixup(augmented_views(images, generator))
+
+
+def augmented_views(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A batch of preprocessed NCHW images, each randomly flipped, rotated, rescaled and shifted (border
+    pixels repeated): drawn from ``generator`` alone, so a seed gives the same views."""
     n = len(images)
     u = torch.rand(n, 5, generator=generator)
     angle = torch.deg2rad((u[:, 0] * 2 - 1) * MAX_ANGLE)
@@ -47,7 +53,7 @@ def matching_inputs(images: torch.Tensor, generator: torch.Generator) -> torch.T
     theta = torch.stack([torch.stack([cos * mirror, -sin, (u[:, 3] * 2 - 1) * MAX_SHIFT * 2], 1),
                          torch.stack([sin * mirror, cos, (u[:, 4] * 2 - 1) * MAX_SHIFT * 2], 1)], 1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return mixup(F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False))
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class _Codebook:
@@ -145,7 +151,6 @@ def train_quantized(model: nn.Module, encodings: dict, teacher: nn.Module, image
     from torch.func import functional_call
     from tqdm import tqdm
 
-    from edge.train.distill import kd_loss
     from edge.export.calibrate import set_weights
     from edge.models.fold import model_layers
 
@@ -167,21 +172,31 @@ def train_quantized(model: nn.Module, encodings: dict, teacher: nn.Module, image
         return functional_call(model, state, (x,))
 
     bar = tqdm(range(epochs), desc="trained quantization (KD)", unit="epoch", disable=not progress)
-    for _ in bar:
-        order, total = torch.randperm(len(data), generator=generator), 0.0
-        for start in range(0, len(data), batch):
-            inputs = matching_inputs(data[order[start:start + batch]], generator)
-            with torch.no_grad():
-                target = teacher(inputs)
-            loss = kd_loss(forward(inputs), target, None, 1.0, 1.0)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(inputs)
-        bar.set_postfix(kd=f"{total / len(data):.4f}")
+    with torch.enable_grad():  # callers export under no_grad
+        for _ in bar:
+            bar.set_postfix(kd=f"{_epoch(forward, teacher, data, batch, optimizer, schedule, generator):.4f}")
     trained = {name: w.encoding() for name, w in weights.items()}
     for layer in layers:
         set_weights(model, layer.name, trained[layer.name].decode(),
                     biases[layer.name].detach().numpy().astype(np.float16).astype(np.float32))
     return trained
+
+
+def _epoch(forward, teacher: nn.Module, data: torch.Tensor, batch: int, optimizer, schedule,
+           generator: torch.Generator) -> float:
+    """One pass of trained quantization over ``data`` in shuffled batches; -> the mean KD loss."""
+    from edge.train.distill import kd_loss
+
+    order, total = torch.randperm(len(data), generator=generator), 0.0
+    for start in range(0, len(data), batch):
+        inputs = matching_inputs(data[order[start:start + batch]], generator)
+        with torch.no_grad():
+            target = teacher(inputs)
+        loss = kd_loss(forward(inputs), target, None, 1.0, 1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        total += loss.item() * len(inputs)
+    return total / len(data)
+

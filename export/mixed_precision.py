@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-WIDER_BITS = (5, 6, 8)  # the bit widths a layer may be raised to
+WIDER_BITS = (4, 5, 6, 8)  # the bit widths a layer may be raised to (those above the file's own)
 STREAM_BYTES = 512  # about what a file's first layer of another code width adds besides its codes (the unpacking nodes)
 
 

@@ -96,16 +96,30 @@ def candidate_specs() -> tuple[QuantSpec, ...]:
     return tuple(QuantSpec(weights, **options) for weights, options in CANDIDATES)
 
 
+@dataclass(frozen=True)
+class Matching:
+    """What ``spec.train_epochs`` trains the stored values against, when not the model being encoded:
+    ``teacher`` (a torch classifier, eval, of the same input) on function-matching views of ``images``
+    (preprocessed NCHW float32), at learning rate ``lr`` (relative to each tensor's scale). `edge compress`
+    trains a slimmed model's codes against the unslimmed model this way (quantization-aware fine-tuning)."""
+
+    teacher: object
+    images: np.ndarray
+    lr: float = 3e-4
+    about: str = "the model before slimming"
+
+
 def encode_model(folded, spec: QuantSpec, calibration: np.ndarray | None = None,
                  layer_bits: dict[str, int] | None = None, *, input_shape: tuple[int, int, int] | None = None,
-                 progress: bool = True) -> tuple[list[FoldedLayer], dict]:
+                 progress: bool = True, matching: Matching | None = None) -> tuple[list[FoldedLayer], dict]:
     """-> (the layers of ``folded`` with the weights and biases the file will hold, {layer name: weight encoding}).
 
     ``folded`` is `edge.models.fold.fold_model`'s result (not changed). Calibrated formats (``spec.calibrated``)
     equalize it (`edge.export.equalize`), then quantize its layers in forward order on ``calibration``
     (N, C, H, W float32, preprocessed), or on `CALIBRATION_IMAGES` synthetic 1/f images of
     ``input_shape`` (C, H, W) when it is None, with bias correction (`edge.export.calibrate`); with
-    ``spec.train_epochs``, trained quantization then fine-tunes what is stored (`edge.export.finetune`).
+    ``spec.train_epochs``, trained quantization then fine-tunes what is stored (`edge.export.finetune`):
+    against ``folded`` itself on the calibration images, or as ``matching`` says.
     ``layer_bits`` gives named layers another bit width (mixed precision).
     """
     import copy
@@ -127,10 +141,12 @@ def encode_model(folded, spec: QuantSpec, calibration: np.ndarray | None = None,
         calibration = synthetic_images(CALIBRATION_IMAGES, input_shape[0], input_shape[1:])
     model = copy.deepcopy(folded)
     equalize(model, calibration, spec.bits, spec.per_channel, spec.fp16_below)
-    teacher = copy.deepcopy(model) if spec.train_epochs else None
+    if spec.train_epochs and matching is None:
+        matching = Matching(copy.deepcopy(model), calibration, about="itself")
     encodings = calibrate(model, calibration, encoder, progress)
-    if teacher is not None:
+    if spec.train_epochs:
         from edge.export.finetune import train_quantized
 
-        encodings = train_quantized(model, encodings, teacher, calibration, spec.train_epochs, progress=progress)
+        encodings = train_quantized(model, encodings, matching.teacher, matching.images, spec.train_epochs,
+                                    lr=matching.lr, progress=progress)
     return model_layers(model), encodings

@@ -34,8 +34,10 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("module", ["edge", "edge.cli"])
 def test_import_edge_is_cheap(module):
-    """Neither the package nor its CLI imports torch, onnx or edge's export/bench packages until a command needs them."""
-    code = (f"import sys, {module}; heavy = {{'torch', 'onnxruntime', 'onnx', 'numpy', 'edge.export', 'edge.bench'}} "
+    """Neither the package nor its CLI imports torch, onnx, openvino or edge's export/bench packages until a command
+    needs them."""
+    code = (f"import sys, {module}; heavy = {{'torch', 'onnxruntime', 'onnx', 'openvino', 'numpy', 'edge.export', "
+            "'edge.bench'} "
             f"& set(sys.modules); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "set()"
@@ -75,9 +77,9 @@ def test_export_refuses_a_bad_format_and_an_existing_input(tiny):
 def test_predict_on_onnx_never_imports_torch(tiny):
     path = edge.export_model(tiny / "tiny.pt", tiny / "no-torch.onnx", quant="fp16").path
     code = (f"import sys, edge; answers = edge.predict_images({str(path)!r}, {str(tiny / 'images')!r}); "
-            "print(len(answers), 'torch' in sys.modules)")
+            "print(len(answers), 'torch' in sys.modules, 'openvino' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["5", "False"]
+    assert out.split() == ["5", "False", "False"]  # nor openvino unless ov-cpu is asked
 
 
 def test_bench_measures_an_onnx_file_and_says_why_a_backend_cannot_run(tiny):
@@ -104,10 +106,12 @@ def test_bench_measures_an_onnx_file_and_says_why_a_backend_cannot_run(tiny):
     ({"provider": "gpu"}, edge.EdgeError, "unknown backend 'gpu'"),
     ({"skip_bad": "no"}, TypeError, "skip_bad (--skip-bad) must be True or False"),
     ({"progress": "yes"}, TypeError, "progress must be True or False"),
+    ({"images_dir": None}, TypeError, "images_dir (--data-dir) is required"),
+    ({"images_dir": 3}, TypeError, "images_dir (--data-dir) must be a path"),
 ])
 def test_predict_images_validates_every_argument(tiny, kwargs, error, words):
     with pytest.raises(error, match=re.escape(words)):
-        edge.predict_images(tiny / "tiny.pt", tiny / "images", **kwargs)
+        edge.predict_images(tiny / "tiny.pt", **{"images_dir": tiny / "images", **kwargs})
 
 
 @pytest.mark.parametrize("kwargs,error,words", [
@@ -123,6 +127,7 @@ def test_predict_images_validates_every_argument(tiny, kwargs, error, words):
     ({"low_rank": 1.5}, edge.EdgeError, "low_rank (--low-rank) must be <= 1"),
     ({"method": "best"}, edge.EdgeError, "method (--method): 'best' is not one of gptq, minmax"),
     ({"pools": "0,1"}, TypeError, "pools (--pools) must be a tuple of integers"),
+    ({"pools": (1, 1)}, edge.EdgeError, "pools (--pools) must name each stage once"),
     ({"overwrite": 1}, TypeError, "overwrite (--overwrite) must be True or False"),
     ({"colour": True}, TypeError, "colour"),
 ])
@@ -135,6 +140,8 @@ def test_export_model_validates_every_argument(tiny, kwargs, error, words):
 def test_export_model_refuses_a_missing_model_path_and_an_existing_output(tiny):
     with pytest.raises(TypeError, match="model_path"):  # None would export the shipped student instead
         edge.export_model(None, tiny / "never.onnx")
+    with pytest.raises(TypeError, match=re.escape("model_path (--checkpoint) must be a path")):
+        edge.export_model(3, tiny / "never.onnx")
     first = edge.export_model(tiny / "tiny.pt", tiny / "twice.onnx", quant="fp16")
     with pytest.raises(edge.EdgeError, match="pass --overwrite"):
         edge.export_model(tiny / "tiny.pt", tiny / "twice.onnx", quant="fp32")
@@ -149,7 +156,8 @@ def test_export_model_refuses_a_missing_model_path_and_an_existing_output(tiny):
     ({"batches": 32}, TypeError, "batches (--batch) must be a tuple of integers"),
     ({"threads": -1}, edge.EdgeError, "threads (--threads) must be >= 1"),
     ({"repeats": "3"}, TypeError, "repeats (--repeats) must be an integer"),
-    ({"min_seconds": 0}, edge.EdgeError, "min_time (--min-time) must be >= 0.01"),
+    ({"min_seconds": 0}, edge.EdgeError, "min_seconds (--min-time) must be >= 0.01"),
+    ({"min_seconds": "1"}, TypeError, "min_seconds (--min-time) must be a number"),
     ({"providers": None}, TypeError, "providers (--provider) is required"),
     ({"providers": "gpu"}, edge.EdgeError, "unknown backend 'gpu'"),
     ({"quants": "uint9"}, edge.EdgeError, "--quant"),
@@ -172,3 +180,5 @@ def test_load_model_validates_its_arguments(tiny):
         edge.load_model(tiny / "tiny.pt", input_size=2)
     with pytest.raises(TypeError, match="path"):
         edge.load_model(None)
+    with pytest.raises(edge.EdgeError, match=re.escape("pools (--pools) must name each stage once")):
+        edge.load_model(tiny / "tiny.pt", pools=(0, 0))  # as the CLI's --pools 0,0 is refused, not read as 0

@@ -142,14 +142,68 @@ def test_compress_meets_the_byte_target_and_reports_the_frontier(workspace):
     assert 0 < out.stat().st_size <= 9000
     record = json.loads((report / "report.json").read_text())
     series = {p["stage"] for p in record["points"]}
-    assert series == {"quantization", "slimming"} and record["rounds"]  # slimming had to carry part of it
+    assert series == {"quantization", "slimming", "qat"} and record["rounds"]  # slimming had to carry part of it
     assert record["chosen"]["bytes"] == out.stat().st_size
+    fitting = [p for p in record["points"] if p["bytes"] <= 9000]
+    assert fitting and all(p["views_kl"] >= 0 and p["views_kl_noise"] >= 0 for p in fitting)  # what ranks them
+    assert record["chosen"]["views_kl"] == min(p["views_kl"] for p in fitting)
     assert min(p["bytes"] for p in record["points"] if p["stage"] == "quantization") > 9000
     assert (report / "frontier.png").stat().st_size > 10_000 and "| series |" in (report / "report.md").read_text()
     again = _compress(workspace, out, workspace / "report2")
     assert again.exit_code == 2 and "--overwrite" in again.output  # never clobbers a file
     busy = _compress(workspace, workspace / "other.onnx", report)
     assert busy.exit_code == 2 and "--resume" in busy.output
+
+
+def test_the_first_fitting_slimmed_file_is_trained_at_its_bit_width_and_says_how_it_was_made(workspace):
+    from edge.inference.runtime import OnnxClassifier
+
+    report = workspace / "qat"
+    result = _compress(workspace, workspace / "qat.onnx", report, "--qat-epochs", "2")
+    assert result.exit_code == 0, result.output
+    record = json.loads((report / "report.json").read_text())
+    trained = [p for p in record["points"] if p["stage"] == "qat"]
+    assert sorted(p["format"] for p in trained) == [f"uint{n} per-channel entropy=True train_epochs=2" for n in (3, 4)]
+    for point in trained:  # each format once, on its first (largest keep) slimmed file that fits
+        base = point["format"].replace(" train_epochs=2", "")
+        fitting = [p for p in record["points"] if p["stage"] == "slimming" and p["format"] == base and p["bytes"] <= 9000]
+        rounded = max(fitting, key=lambda p: p["keep"])
+        assert point["keep"] == rounded["keep"] and point["widths"] == rounded["widths"]
+        assert point["sha256"] != rounded["sha256"]  # the codes moved
+    trained = [p for p in trained if p["format"].startswith("uint4")]
+    rounded = next(p for p in record["points"] if p["stage"] == "slimming" and p["keep"] == trained[0]["keep"]
+                   and p["format"] == "uint4 per-channel entropy=True")
+    quant = OnnxClassifier(report / trained[0]["onnx"]).quant
+    assert quant["recipe"]["widths"] == trained[0]["widths"] and quant["recipe"]["keep"] == trained[0]["keep"]
+    assert quant["recipe"]["widths_before"] == list(CONFIG.widths)
+    assert "2 epochs at 4 bits against the model before slimming" in quant["recipe"]["quantization_aware"]
+    assert "the model before slimming (fp32), on 32 images" in quant["trained_against"]
+    assert "least-squares" in OnnxClassifier(report / rounded["onnx"]).quant["recipe"]["pruning"]
+    assert "slimming + quantization-aware" in (report / "report.md").read_text()
+    none = _compress(workspace, workspace / "noqat.onnx", workspace / "noqat", "--qat-epochs", "0", "--views", "0")
+    assert none.exit_code == 0, none.output
+    points = json.loads((workspace / "noqat" / "report.json").read_text())["points"]
+    assert {p["stage"] for p in points} == {"quantization", "slimming"} and not any("views_kl" in p for p in points)
+
+
+def test_a_fitting_mixed_precision_file_is_trained_at_its_bit_widths(workspace):
+    from edge.inference.runtime import OnnxClassifier
+
+    report = workspace / "mixed-qat"
+    result = _compress(workspace, workspace / "mixed-qat.onnx", report, "--target-bytes", "11500", "--qat-epochs", "1",
+                       "--min-keep", "0.95")
+    assert result.exit_code == 0, result.output
+    points = json.loads((report / "report.json").read_text())["points"]
+    trained = [p for p in points if p["stage"] == "qat"]
+    assert trained and all(p["keep"] == 1.0 and "train_epochs=1 cnn." in p["format"] for p in trained)
+    for point in trained:  # the mixed file it was trained from: same format, same layers raised
+        mixed = next(p for p in points if p["stage"] == "mixed"
+                     and p["format"] == point["format"].replace(" train_epochs=1", ""))
+        assert mixed["bytes"] <= 11500 and mixed["sha256"] != point["sha256"]
+        recipe = OnnxClassifier(report / point["onnx"]).quant["recipe"]
+        assert recipe["pruning"] == "none" and recipe["widths"] == point["widths"] == [8, 16, 48, 48, 3]
+        assert recipe["widths_before"] == list(CONFIG.widths)
+        assert "1 epochs" in recipe["quantization_aware"] and "against the model (fp32)" in recipe["quantization_aware"]
 
 
 def test_interrupted_compress_resumes_to_the_same_file(workspace, monkeypatch):
@@ -239,13 +293,16 @@ def test_the_budget_bounds_the_whole_run(workspace, monkeypatch):
     monkeypatch.setattr(compress, "time", clock)
     monkeypatch.setattr(compress, "measure", measure)
     monkeypatch.setattr(compress, "_export", export)
-    report = workspace / "budget"
-    result = _compress(workspace, workspace / "budget.onnx", report, "--budget-minutes", "3")
-    assert result.exit_code == 0, result.output
-    record = json.loads((report / "report.json").read_text())
-    assert clock.now - 1000.0 <= 180 and record["seconds"] <= 180  # no step started that would overrun
-    assert "time budget (3 min)" in record["stopped"]
-    assert 0 < (workspace / "budget.onnx").stat().st_size <= 9000
+    for minutes, fits in ((3, False), (7, True)):  # 3: stopped before any file fits; 7: the whole search
+        clock.now, report = 1000.0, workspace / f"budget{minutes}"
+        result = _compress(workspace, workspace / f"budget{minutes}.onnx", report, "--budget-minutes", str(minutes))
+        assert result.exit_code == (0 if fits else 2), result.output
+        record = json.loads((report / "report.json").read_text())
+        assert clock.now - 1000.0 <= 60 * minutes and record["seconds"] <= 60 * minutes  # no step overran
+        if fits:
+            assert 0 < (workspace / f"budget{minutes}.onnx").stat().st_size <= 9000
+        else:
+            assert f"time budget ({minutes} min)" in record["stopped"] and "no candidate fits" in result.output
 
 
 def test_candidate_names_keep_each_layers_bits_and_mixed_rows_have_their_own_series():

@@ -221,7 +221,7 @@ def test_a_compress_record_that_is_not_a_file_is_refused_without_reading(tmp_pat
         read_state(tmp_path / "ok.json")
 
 
-@pytest.mark.parametrize("option", ["lr", "temperature", "ridge", "budget_minutes"])
+@pytest.mark.parametrize("option", ["lr", "temperature", "ridge", "budget_minutes", "qat_lr"])
 def test_compress_settings_must_be_finite(option):
     """--lr nan ran (and wrote NaN into state.json, which no resume then matched)."""
     with pytest.raises(ConfigError, match="finite"):

@@ -1,6 +1,7 @@
-"""Damage is noticed: a torch zip whose entry fails its CRC, and every single-bit flip in an ONNX file
-edge wrote (plain uint8, entropy-coded uint4), is refused at load in one line; files without a
-checksum (older files, the shipped models) still load."""
+"""Damage is noticed: a torch zip whose entry fails its CRC or whose header lies, and every single-bit flip
+in a file edge wrote (ONNX: plain uint8, entropy-coded uint4; a checkpoint, sealed by its zip comment; a
+homework pickle, sealed after its end), is refused at load in one line; files without a checksum (older
+files, the shipped models, other tools' files) still load."""
 
 from __future__ import annotations
 
@@ -37,6 +38,98 @@ def test_a_torch_zip_with_a_flipped_weight_byte_is_refused(tmp_path):
         read_torch(tmp_path / "flipped.pt")
     with pytest.raises(CheckpointError, match="CRC"):
         read_torch(tmp_path / "flipped.pt", bytes(data))
+
+
+def test_a_torch_zip_whose_local_header_lies_is_refused(tmp_path):
+    """A flipped name length in a local header made torch read a tensor from the wrong offset (the entries'
+    CRCs were never reached: zipfile's refusal was taken for "not a zip")."""
+    path = tmp_path / "state.pt"
+    torch.save({"a": torch.arange(64, dtype=torch.float32), "b": torch.ones(64)}, path)
+    data = bytearray(path.read_bytes())
+    data[data.index(b"state/data/1") - 4] ^= 0x80  # entry data/1's local name length: 12 -> 140
+    (tmp_path / "shifted.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="shifted.pt: damaged torch file: its zip headers do not read"):
+        read_torch(tmp_path / "shifted.pt")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A small checkpoint edge wrote (its zip comment is edge's checksum)."""
+    from edge.io.checkpoints import save_checkpoint
+
+    tiny = init_checkpoint(StudentConfig(widths=(8, 16), pools=(0,), input_size=16, num_classes=3))
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pt"
+    save_checkpoint(path, tiny.card, tiny.state)
+    return path
+
+
+def test_every_single_bit_flip_in_a_checkpoint_edge_wrote_is_refused(checkpoint, tmp_path):
+    data = checkpoint.read_bytes()
+    assert data.endswith(f"{CHECKSUM_KEY}=".encode() + data[-8:]) and read_torch(checkpoint)
+    flipped, accepted = tmp_path / "flipped.pt", []
+    tail = len(data) - 41  # the end-of-directory record and the comment: every bit; elsewhere a sample
+    flips = [(offset, bit) for offset in range(0, tail, max(1, tail // 64)) for bit in (0, 7)]
+    for offset, bit in flips + [(offset, bit) for offset in range(tail, len(data)) for bit in range(8)]:
+        damaged = bytearray(data)
+        damaged[offset] ^= 1 << bit
+        flipped.write_bytes(bytes(damaged))
+        try:
+            read_torch(flipped)
+        except CheckpointError as err:
+            assert "flipped.pt" in str(err) and "\n" not in str(err), str(err)
+        else:
+            accepted.append((offset, bit))
+    assert not accepted
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_every_single_bit_flip_in_a_homework_pickle_edge_wrote_is_refused(checkpoint, bits, tmp_path):
+    import pickle
+
+    from edge.io.checkpoints import load_checkpoint, save_homework_pickle
+
+    path = tmp_path / f"tiny_{bits}bit.pkl"
+    save_homework_pickle(path, load_checkpoint(checkpoint).state, bits=bits)
+    data = path.read_bytes()
+    assert isinstance(pickle.loads(data), dict)  # the homework's decoder (pickle.load) stops before the seal
+    load_checkpoint(path)
+    flipped, accepted = tmp_path / "flipped.pkl", []
+    for offset in sorted({*range(0, len(data), max(1, len(data) // 96)), *range(len(data) - 24, len(data))}):
+        for bit in (0, 3, 7):
+            damaged = bytearray(data)
+            damaged[offset] ^= 1 << bit
+            flipped.write_bytes(bytes(damaged))
+            try:
+                load_checkpoint(flipped)
+            except CheckpointError as err:
+                assert "flipped.pkl" in str(err) and "\n" not in str(err), str(err)
+            else:
+                accepted.append((offset, bit))
+    assert not accepted
+
+
+def test_a_pickle_with_bytes_after_its_end_is_refused(checkpoint, tmp_path):
+    import pickle
+
+    from edge.io.checkpoints import load_checkpoint
+
+    state = load_checkpoint(checkpoint).state
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps(state))  # another tool's pickle: no seal, still read
+    assert load_checkpoint(tmp_path / "plain.pkl", pools=(0,)).state.keys() == state.keys()
+    (tmp_path / "padded.pkl").write_bytes(pickle.dumps(state) + b"more")
+    with pytest.raises(CheckpointError, match="padded.pkl: damaged pickle: 4 bytes follow the pickle's end"):
+        load_checkpoint(tmp_path / "padded.pkl", pools=(0,))
+
+
+def test_torch_zips_without_edge_s_checksum_still_load(tmp_path):
+    import zipfile
+
+    path = tmp_path / "plain.pt"
+    torch.save({"w": torch.ones(3)}, path)  # an older checkpoint, a homework .bin
+    assert read_torch(path)["w"].sum() == 3
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.comment = b"another tool's comment"
+    assert read_torch(path)["w"].sum() == 3
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +223,18 @@ def test_a_refused_export_keeps_the_file_it_would_have_replaced(tmp_path):
                                        "--overwrite"])
     assert result.exit_code == 2 and "below 50%" in result.output
     assert (tmp_path / "m.onnx").read_bytes() == earlier and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_damaged_decoded_image_cache_is_rebuilt_not_trained_on(synthetic_photos, tmp_path):
+    from edge.core.config import Preprocess
+    from edge.data.datasets import decode_image_set
+
+    spec = Preprocess(resize=40, crop=32)
+    fresh = decode_image_set(f"{synthetic_photos}@:4", spec, cache_dir=tmp_path)
+    (cache,) = tmp_path.iterdir()
+    data = bytearray(cache.read_bytes())
+    data[len(data) // 2] ^= 1  # one pixel byte of the stored tensor
+    cache.write_bytes(bytes(data))
+    again = decode_image_set(f"{synthetic_photos}@:4", spec, cache_dir=tmp_path)
+    assert torch.equal(again.pixels, fresh.pixels)
+    assert cache.read_bytes() != bytes(data)  # rewritten, sealed again

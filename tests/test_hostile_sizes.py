@@ -116,3 +116,68 @@ def test_a_gzipped_idx_bomb_is_refused_before_it_is_inflated(tmp_path):
     (tmp_path / "cut.gz").write_bytes((tmp_path / "labels.gz").read_bytes()[:-12])
     with pytest.raises(DatasetError, match="cut.gz: cannot read IDX file"):
         read_idx(tmp_path / "cut.gz")
+
+
+def _computed_bomb(student_onnx: Path, kind: str, path: Path) -> Path:
+    """The student's graph plus a tensor of about 2 GB whose shape the graph computes (no literal shape for
+    the constant scan to see), folded into the logits as ``+ 0 * min(tensor)``: ``fold`` at load (a
+    ``Concat`` of two constants), ``shape`` from the input's shape, ``range`` up to a computed limit,
+    ``outer`` an outer sum of the input with itself, twice (broadcasting)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from synthetic import save_sealed
+
+    model = onnx.load(student_onnx)
+    graph = model.graph
+    image, logits = graph.input[0].name, graph.output[0].name
+
+    def const(name, values):
+        graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+        return name
+
+    node = helper.make_node
+    nodes = {
+        "fold": lambda: [node("Concat", [const("b.side", [1 << 14]), "b.side"], ["b.shape"], axis=0),
+                 node("ConstantOfShape", ["b.shape"], ["b.big"])],
+        "shape": lambda: [node("Shape", [image], ["b.s"]), node("Mul", ["b.s", const("b.k", [1 << 19, 1, 1, 1])], ["b.shape"]),
+                  node("ConstantOfShape", ["b.shape"], ["b.big"])],
+        "range": lambda: [node("Shape", [image], ["b.s"]), node("ReduceMax", ["b.s"], ["b.m"], keepdims=0),
+                  node("Mul", ["b.m", const("b.k", 1 << 23)], ["b.limit"]),
+                  node("Range", [const("b.0", 0), "b.limit", const("b.1", 1)], ["b.big"])],
+        "outer": lambda: [node("Reshape", [image, const("b.col", [-1, 1])], ["b.c"]),
+                  node("Reshape", [image, const("b.row", [1, -1])], ["b.r"]),
+                  node("Add", ["b.c", "b.r"], ["b.sq"]), node("Reshape", ["b.sq", "b.col"], ["b.sqc"]),
+                  node("Slice", ["b.r", const("b.from", [0]), const("b.to", [64]), const("b.axis", [1])], ["b.r64"]),
+                  node("Add", ["b.sqc", "b.r64"], ["b.big"])],
+    }[kind]()
+    nodes += [node("Cast", ["b.big"], ["b.f"], to=TensorProto.FLOAT), node("ReduceMin", ["b.f"], ["b.min"], keepdims=0),
+              node("Mul", ["b.min", "b.zero"], ["b.nothing"]), node("Add", [logits, "b.nothing"], ["b.logits"])]
+    graph.initializer.append(numpy_helper.from_array(np.array(0, np.float32), "b.zero"))
+    graph.node.extend(nodes)
+    graph.output[0].name = "b.logits"
+    save_sealed(model, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fold", "shape", "range", "outer"])
+def test_a_graph_that_computes_a_huge_tensor_is_refused_within_1_gb(synthetic_student_onnx, kind, tmp_path):
+    path = _computed_bomb(synthetic_student_onnx, kind, tmp_path / f"{kind}.onnx")
+    assert path.stat().st_size < 1 << 20
+    code, peak, output = peak_kb(sys.executable, "-m", "edge", "info", path)
+    assert code == 2 and peak < MEMORY_LIMIT_KB, (peak, output)
+    assert output.startswith(f"error: {path}: refused: it asks for more memory than the 768 MiB edge allows")
+    assert len(output.strip().splitlines()) == 1, output  # ONNX Runtime's own error log stays silent
+
+
+def test_the_memory_cap_grows_with_the_images_a_command_keeps_in_flight(synthetic_student_onnx):
+    from edge.inference.ort_memory import MIN_BUDGET, expect_images, run_budget
+    from edge.inference.runtime import OnnxClassifier
+
+    image = 3 * 32 * 32 * 4
+    assert run_budget(10_000, image) == MIN_BUDGET  # a small model, few images: the floor
+    expect_images(1 << 16)
+    assert run_budget(10_000, image) > MIN_BUDGET
+    model = OnnxClassifier(synthetic_student_onnx)
+    assert model.memory_cap == run_budget(synthetic_student_onnx.stat().st_size, image)
+    assert model(np.zeros((1024, 3, 32, 32), np.float32)).shape == (1024, 11)

@@ -163,10 +163,11 @@ def test_every_format_round_trips_export_load_parity(fmt, weights, options, boun
 
 @pytest.mark.parametrize("backend", backends.BACKENDS, ids=lambda b: b.name)
 def test_every_backend_is_consistent(backend):
-    if backend.is_onnx:
+    if backend.kind == backends.ONNXRUNTIME:
         assert backend.provider in ort.get_all_providers()
     else:
-        assert backend.provider is None and backend.kind == backends.TORCH
+        assert backend.provider is None and backend.kind in (backends.TORCH, backends.OPENVINO)
+    assert backend.computes[0] == "fp32" and set(backend.computes) <= set(backends.COMPUTES)
     assert backend.device in ("cpu", "cuda") and (backend.device == "cpu" or backend.install_hint)
     for spelling in backend.spellings:
         assert backends.resolve(spelling.upper()) is backend
@@ -197,7 +198,7 @@ def test_the_cpu_backends_run_here_and_a_missing_gpu_says_what_to_install():
 
 def test_the_cli_takes_backends_from_the_table():
     predict = _option("predict", "provider")
-    assert tuple(predict.type.choices) == backends.SPELLINGS
+    assert tuple(predict.type.choices) == (*backends.SPELLINGS, "auto")
     bench = _option("bench", "providers")
     assert bench.default == ",".join(backends.NAMES)
     for backend in backends.BACKENDS:
@@ -216,7 +217,8 @@ def test_every_backend_kind_has_one_handler():
 
 @pytest.mark.parametrize("backend", backends.BACKENDS, ids=lambda b: b.name)
 def test_every_backend_opens_its_model_files_through_its_handler(backend, synthetic_student, synthetic_student_onnx):
-    files = {backends.ONNXRUNTIME: synthetic_student_onnx, backends.TORCH: synthetic_student}
+    files = {backends.ONNXRUNTIME: synthetic_student_onnx, backends.OPENVINO: synthetic_student_onnx,
+             backends.TORCH: synthetic_student}
     assert set(files) == set(kinds())
     reason = backends.unavailable(backend)
     if reason:
@@ -224,7 +226,8 @@ def test_every_backend_opens_its_model_files_through_its_handler(backend, synthe
     handler = backend_handler(backend.kind)
     handler.preload()
     model = handler.open(files[backend.kind], backend, threads=1)
-    assert model.provider in (backend.provider, backend.name)
+    assert model.provider in (backend.provider, backend.name) or (
+        backend.kind == backends.OPENVINO and model.provider.startswith("OpenVINO"))
     x = synthetic_images(4, 3, 32)
     with torch.inference_mode():
         reference = load_model(synthetic_student).build()(torch.from_numpy(x)).numpy()

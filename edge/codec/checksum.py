@@ -1,6 +1,12 @@
 """The checksum every ONNX file edge writes carries (``edge.crc32``): a CRC-32 of the whole file with its own
 entry blanked, so any single-bit flip is refused when the file is opened. Works on bytes alone: no onnx,
 no torch.
+
+Torch zips edge writes (checkpoints, model files) carry the same CRC-32 as their zip comment,
+``edge.crc32=XXXXXXXX``, over every byte before it (`seal_zip`, `zip_damage`): the entries' own CRCs
+cover only the tensors, not the headers that say where they are, nor the padding between them. The
+homework pickles edge writes carry it after the pickle's end (`seal_pickle`, `pickle_damage`), where
+``pickle.load`` (the homework's own decoder) never reads.
 """
 
 from __future__ import annotations
@@ -57,3 +63,55 @@ def check_seal(path: str | os.PathLike) -> bool:
         raise MetadataError(f"{path}: damaged: its bytes do not match their {CHECKSUM_KEY} checksum (changed since "
                             f"edge wrote it, {size:,} B); refused")
     return True
+
+
+_ZIP_END = b"PK\x05\x06"  # the end-of-central-directory record: 22 bytes, then the comment
+_ZIP_SEAL = (CHECKSUM_KEY + "=").encode()
+_ZIP_SEAL_SIZE = len(_ZIP_SEAL) + len(UNSET)
+
+
+def seal_zip(data: bytes) -> bytes:
+    """``torch.save``'s zip (no comment) with our checksum as its comment; other bytes are returned as they are."""
+    if len(data) < 22 or data[-22:-18] != _ZIP_END or data[-2:] != b"\0\0":
+        return data
+    head = data[:-2] + _ZIP_SEAL_SIZE.to_bytes(2, "little")
+    return head + _ZIP_SEAL + f"{zlib.crc32(head):08x}".encode()
+
+
+def zip_damage(data) -> str | None:
+    """Why the zip ``data`` (bytes or a memory map) fails its `seal_zip` checksum; None when it matches or the
+    zip carries none (older files, other tools'). A comment one bit away from ours counts as ours."""
+    end = data.rfind(_ZIP_END, max(0, len(data) - 22 - 0xFFFF))
+    if end < 0:
+        return None
+    comment, declared = bytes(data[end + 22:]), int.from_bytes(data[end + 20:end + 22], "little")
+    if not _looks_sealed(comment):
+        return None
+    if declared != len(comment) or len(comment) != _ZIP_SEAL_SIZE:
+        return f"its {CHECKSUM_KEY} comment is cut or padded"
+    if comment[-len(UNSET):] != f"{zlib.crc32(data[:end + 22]):08x}".encode() or comment[:len(_ZIP_SEAL)] != _ZIP_SEAL:
+        return f"its bytes do not match their {CHECKSUM_KEY} checksum (changed since edge wrote it)"
+    return None
+
+
+def seal_pickle(data: bytes) -> bytes:
+    """A pickle with our checksum after its end."""
+    return data + _ZIP_SEAL + f"{zlib.crc32(data):08x}".encode()
+
+
+def pickle_damage(data: bytes, end: int) -> str | None:
+    """Why the bytes after a pickle's ``end`` are not its `seal_pickle` checksum; None when they are, or when
+    there are none (older files, other tools')."""
+    trailer = data[end:]
+    if not trailer:
+        return None
+    if not _looks_sealed(trailer) or len(trailer) != _ZIP_SEAL_SIZE:
+        return f"{len(trailer):,} bytes follow the pickle's end"
+    if trailer != _ZIP_SEAL + f"{zlib.crc32(data[:end]):08x}".encode():
+        return f"its bytes do not match their {CHECKSUM_KEY} checksum (changed since edge wrote it)"
+    return None
+
+
+def _looks_sealed(comment: bytes) -> bool:
+    flipped = sum(bin(a ^ b).count("1") for a, b in zip(comment[:len(_ZIP_SEAL)], _ZIP_SEAL))
+    return len(comment) >= len(_ZIP_SEAL) and flipped <= 1

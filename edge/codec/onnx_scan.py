@@ -26,6 +26,7 @@ _TYPED_FIELDS = {4: 1, 10: 11, 5: None}  # float_data (FLOAT), double_data (DOUB
 _NODE_INPUT, _NODE_OUTPUT, _NODE_OP = 1, 2, 4  # NodeProto.input, .output, .op_type
 _INT_TYPES = {6: np.dtype("<i4"), 7: np.dtype("<i8")}  # TensorProto INT32, INT64
 _INT32_DATA, _INT64_DATA = 5, 7
+_METADATA_PROPS = 14  # ModelProto.metadata_props: StringStringEntryProto (key 1, value 2)
 # ops whose output has at least the product of one constant input's values as elements: (op, input index)
 SHAPED_BY = {"ConstantOfShape": 0, "Expand": 1, "Tile": 1, "Resize": 3}
 MAX_OUTPUT_ELEMENTS = 1 << 26  # 256 MB of float32: far above any constant an edge classifier folds
@@ -188,6 +189,21 @@ def _small_ints(data: memoryview, span: tuple[int, int]) -> dict[str, np.ndarray
             ints += [v - (1 << 64) if v >= 1 << 63 else v
                      for v in (varints(data, value) if isinstance(value, tuple) else [value])]
     return {name: np.array(ints, np.int64)} if len(ints) <= 64 else {}
+
+
+def metadata_props(data: bytes | memoryview) -> dict[str, str]:
+    """The ``{key: value}`` metadata of a serialized ModelProto, read before ONNX Runtime opens it ({} when
+    the bytes are not a model this walk can read)."""
+    data, props = memoryview(data), {}
+    try:
+        for number, value in _fields(data, 0, len(data)):
+            if number == _METADATA_PROPS and isinstance(value, tuple):
+                entry = {field: bytes(data[text[0]:text[1]]).decode("utf-8", "replace")
+                         for field, text in _fields(data, *value) if isinstance(text, tuple)}
+                props[entry.get(1, "")] = entry.get(2, "")
+    except Unparsable:
+        return {}
+    return props
 
 
 def _fields(data: memoryview, start: int, end: int):

@@ -3,7 +3,8 @@
 ``pip install edge-compress`` is the runtime an edge device needs: `edge predict`, `edge info` and
 `edge bench` on ONNX files (ONNX Runtime, numpy, Pillow; neither torch nor onnx). The ``torch`` extra adds what
 export, train, distill, slim, compress, attack and every checkpoint need; the ``plot`` extra (in
-``torch`` too) adds matplotlib for the PNGs. Nothing here imports torch or matplotlib.
+``torch`` too) adds matplotlib for the PNGs; the ``openvino`` extra adds OpenVINO (the ``ov-cpu`` backend). Nothing
+here imports torch, matplotlib or openvino.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from edge.core.errors import EdgeError
 
 DISTRIBUTION = "edge-compress"
-EXTRAS = {"torch": ("torch", "torchvision", "onnx"), "plot": ("matplotlib",)}
+EXTRAS = {"torch": ("torch", "torchvision", "onnx"), "plot": ("matplotlib",), "openvino": ("openvino",)}
 
 
 class MissingExtra(EdgeError, ImportError):

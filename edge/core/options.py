@@ -30,8 +30,8 @@ THREADS_MAX = 256  # torch starts two OS threads per --threads; no machine edge 
 @dataclass(frozen=True)
 class Rule:
     """What one option accepts: its kind (``int``, ``float``, ``bool``, ``str``, ``Path``, ``ints``: a
-    non-empty tuple of integers, ``paths``: a tuple of paths), an inclusive range (``low_open``: low
-    excluded), ``choices``, whether None is allowed, and the CLI flag when it is not ``--<name>``."""
+    non-empty tuple of integers, ``stages``: one with none twice, ``paths``: a tuple of paths), an
+    inclusive range (``low_open``: low excluded), ``choices``, whether None is allowed, and the CLI flag when it is not ``--<name>``."""
 
     kind: str
     low: float | None = None
@@ -102,9 +102,17 @@ def _integers(label: str, value) -> tuple[int, ...]:
     return tuple(_integer(label, v) for v in value)
 
 
+def _stages(label: str, value) -> tuple[int, ...]:
+    """Stage indices, each once (as the CLI's ``--pools 0,0`` is refused, not read as ``0``)."""
+    stages = _integers(label, value)
+    if len(set(stages)) != len(stages):
+        raise ConfigError(f"{label} must name each stage once, got {value!r}")
+    return stages
+
+
 def _placement(label: str, value) -> tuple[int, ...] | str:
     """Pool positions, or ``"auto"``: the placement the file's BatchNorm statistics fit best (predict only)."""
-    return value if value == "auto" else _integers(label, value)
+    return value if value == "auto" else _stages(label, value)
 
 
 def _paths(label: str, value) -> tuple[Path, ...]:
@@ -117,7 +125,7 @@ def _paths(label: str, value) -> tuple[Path, ...]:
 
 
 _KINDS = {"int": _integer, "float": _number, "bool": _flag, "str": _text, "Path": _path, "ints": _integers,
-          "placement": _placement, "paths": _paths}
+          "stages": _stages, "placement": _placement, "paths": _paths}
 
 
 def validate(options) -> None:
@@ -139,7 +147,7 @@ def _output_rules(*names: str, optional: bool = True) -> dict[str, Rule]:
     return {name: Rule("Path", optional=optional) for name in names} | {"overwrite": Rule("bool")}
 
 
-POOLS = Rule("ints", low=0, optional=True)
+POOLS = Rule("stages", low=0, optional=True)
 POOLS_OR_AUTO = Rule("placement", low=0, optional=True, flag="--pools")
 THREADS = Rule("int", 1, THREADS_MAX, optional=True)
 
@@ -293,9 +301,12 @@ class SearchSettings:
     calibration: int = 64  # training photos that calibrate GPTQ (and 4x that for reconstruction)
     seed: int = 0
     budget_minutes: float = 30.0
+    qat_epochs: int = 8  # quantization-aware fine-tuning of the first fitting slimmed uintN file (0: none)
+    qat_lr: float = 1e-3  # its rate, relative to each tensor's scale (edge.export.finetune)
+    views: int = 8  # augmented views of each validation photo that rank fitting candidates (0: none)
 
     def __post_init__(self):
-        numbers = {"--lr": self.lr, "--temperature": self.temperature, "--ridge": self.ridge,
+        numbers = {"--lr": self.lr, "--qat-lr": self.qat_lr, "--temperature": self.temperature, "--ridge": self.ridge,
                    "--budget-minutes": self.budget_minutes, "--step": self.step, "--min-keep": self.min_keep}
         not_finite = [name for name, value in numbers.items() if not math.isfinite(value)]
         if not_finite:
@@ -303,8 +314,10 @@ class SearchSettings:
                               f"and cannot be resumed)")
         if self.temperature <= 0 or self.ridge < 0 or self.budget_minutes <= 0:
             raise ConfigError("--temperature and --budget-minutes must be positive, --ridge at least 0")
-        if self.target_bytes < 1 or self.epochs < 1 or self.batch < 2 or self.lr <= 0:
-            raise ConfigError("target bytes, epochs and learning rate must be positive, batch at least 2")
+        if self.target_bytes < 1 or self.epochs < 1 or self.batch < 2 or self.lr <= 0 or self.qat_lr <= 0:
+            raise ConfigError("target bytes, epochs and learning rates must be positive, batch at least 2")
+        if self.qat_epochs < 0 or self.views < 0:
+            raise ConfigError("--qat-epochs and --views must be at least 0")
         if not 0 < self.min_keep <= 1 or not 0 < self.step < 1:
             raise ConfigError("--min-keep must be in (0, 1] and --step in (0, 1)")
 
@@ -379,7 +392,9 @@ class PredictOptions(Validated):
     data_dir: Path
     output: Path | None = None
     labels: Path | None = None
-    provider: str = "cpu"
+    provider: str = "cpu"  # or "auto": `edge.inference.auto`
+    compute: str = "fp32"  # a precision of `edge.core.backends.COMPUTES`
+    calib: Path | None = None  # photos for int8 ranges and agreement (default: the first of data_dir)
     batch: int = 4
     workers: int | None = None
     threads: int | None = None
@@ -390,7 +405,8 @@ class PredictOptions(Validated):
 
     RULES: typing.ClassVar = {
         "model": Rule("Path"), "data_dir": Rule("Path"), "labels": Rule("Path", optional=True),
-        "provider": Rule("str"), "batch": Rule("int", 1), "workers": THREADS,
+        "provider": Rule("str"), "compute": Rule("str"), "calib": Rule("Path", optional=True),
+        "batch": Rule("int", 1), "workers": THREADS,
         "threads": THREADS, "pools": POOLS_OR_AUTO, "skip_bad": Rule("bool"), "quiet": Rule("bool"),
         **_output_rules("output")}
 
@@ -451,6 +467,8 @@ class BenchOptions(Validated):
     labels: Path | None = None
     providers: str = ",".join(backends.NAMES)
     quants: str | None = None
+    computes: str = "fp32"  # precisions of `edge.core.backends.COMPUTES`, comma-separated
+    calib: Path | None = None  # photos for int8 ranges and the --provider auto choice
     batches: tuple[int, ...] = (1, 32)
     threads: int | None = None
     repeats: int = 3
@@ -466,6 +484,7 @@ class BenchOptions(Validated):
     RULES: typing.ClassVar = {
         "models": Rule("paths"), "data": Rule("Path", optional=True), "labels": Rule("Path", optional=True),
         "providers": Rule("str", flag="--provider"), "quants": Rule("str", optional=True, flag="--quant"),
+        "computes": Rule("str", flag="--compute"), "calib": Rule("Path", optional=True),
         "batches": Rule("ints", 1, flag="--batch"), "threads": THREADS, "repeats": Rule("int", 1),
         "min_time": Rule("float", 0.01), "pools": POOLS, "previous": Rule("Path", optional=True, flag="--compare"),
         "quiet": Rule("bool"), **_output_rules("json_out", "markdown_out", "plot_out")}

@@ -57,7 +57,8 @@ def _from_buffer(buffer, dtype, shape, order="C"):
 
 class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its memo is a dict
     def __init__(self, data: bytes):
-        super().__init__(io.BytesIO(data))
+        self._source = io.BytesIO(data)
+        super().__init__(self._source)
         self.budget = len(data)  # bytes every array together may take
         self.ndarray = self._new_array  # one bound method: `_reconstruct` knows it by identity
         self.allowed = {
@@ -73,6 +74,10 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
             self.allowed[(module, "scalar")] = _scalar
         for module in ("numpy.core.numeric", "numpy._core.numeric"):
             self.allowed[(module, "_frombuffer")] = _from_buffer
+
+    def end(self) -> int:
+        """Bytes read so far (after `load`: where the pickle ended)."""
+        return self._source.tell()
 
     def find_class(self, module, name):
         try:
@@ -108,4 +113,10 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
 
 def safe_loads(data: bytes):
     """Unpickle ``data`` admitting only numpy arrays, dtypes, scalars and containers."""
-    return _RestrictedUnpickler(data).load()
+    return safe_load_prefix(data)[0]
+
+
+def safe_load_prefix(data: bytes) -> tuple[object, int]:
+    """(`safe_loads` of the pickle that ``data`` starts with, where that pickle ends: what follows is not read)."""
+    unpickler = _RestrictedUnpickler(data)
+    return unpickler.load(), unpickler.end()

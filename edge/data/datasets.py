@@ -18,6 +18,7 @@ after a resume.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge.codec.checksum import CHECKSUM_KEY, seal_zip, zip_damage
 from edge.core.config import FOOD11_CLASSES, Preprocess
 from edge.data.folders import DatasetError, list_samples, read_labels
 from edge.core.files import atomic_write
@@ -269,7 +271,10 @@ def _read_cache(cache_dir, name: str, key: str) -> dict | None:
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+        if not data.endswith(f"{CHECKSUM_KEY}=".encode() + data[-8:]) or zip_damage(data):
+            return None  # not sealed as `_write_cache` seals it, or a changed byte: rebuilt
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
         return None
 
@@ -278,8 +283,10 @@ def _write_cache(cache_dir, name: str, key: str, data: ImageSet) -> None:
     if not cache_dir:
         return
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    payload = {"pixels": data.pixels, "boxes": data.boxes}
-    atomic_write(_cache_path(cache_dir, name, key), lambda f: torch.save(payload, f))
+    buffer = io.BytesIO()
+    torch.save({"pixels": data.pixels, "boxes": data.boxes}, buffer)
+    sealed = seal_zip(buffer.getvalue())  # a flipped pixel would otherwise train silently
+    atomic_write(_cache_path(cache_dir, name, key), lambda f: f.write(sealed))
 
 
 # ---------------------------------------------------------------- batches

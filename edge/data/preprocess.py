@@ -182,3 +182,23 @@ def load_image(path, spec: Preprocess, out: np.ndarray | None = None) -> np.ndar
     if note:
         warnings.warn(note, TruncatedImageWarning, stacklevel=2)
     return to_array(pixels, spec, out)
+
+
+def first_images(folder, card, count: int, warn=lambda line: None) -> np.ndarray:
+    """Up to ``count`` images of ``folder`` (any layout `edge.data.folders.list_samples` reads), in id order,
+    preprocessed for ``card`` (a `ModelCard`); an unreadable one is skipped (``warn`` gets its line), and a
+    folder with none readable is a `DatasetError`."""
+    from edge.data.folders import DatasetError, list_samples
+
+    arrays = []
+    for sample in list_samples(folder, card.classes):
+        try:
+            arrays.append(load_image(sample.path, card.preprocess))
+        except ImageError as err:
+            warn(f"warning: skipped {err}")
+            continue
+        if len(arrays) == count:
+            break
+    if not arrays:
+        raise DatasetError(f"{folder}: no image could be decoded")
+    return np.stack(arrays)

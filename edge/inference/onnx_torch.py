@@ -143,6 +143,7 @@ def decoded_graph(path: str | os.PathLike) -> onnx.ModelProto:
     weight encoding into a float initializer; no fusion into runtime-only ops yet."""
     import onnxruntime as ort
 
+    from edge.inference.ort_memory import load_session
     from edge.inference.runtime import session_options
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,7 +151,7 @@ def decoded_graph(path: str | os.PathLike) -> onnx.ModelProto:
         options = session_options(threads=1, optimized_path=folded)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
-            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            load_session(str(path), options, ["CPUExecutionProvider"], Path(path).stat().st_size)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
         return onnx.load(folded)

@@ -28,7 +28,7 @@ from edge.data.folders import Sample
 from edge.core.errors import EdgeError
 from edge.core.files import atomic_write
 from edge.data.preprocess import ImageError, read_image, to_array
-from edge.inference.openers import backend_handler, cpu_cores
+from edge.inference.openers import backend_handler, cpu_cores, with_compute
 
 
 @dataclass
@@ -63,13 +63,15 @@ class NonFiniteOutput(EdgeError):
 
 
 def open_model(path: str | Path, provider: str = "cpu", threads: int | None = None,
-               pools: tuple[int, ...] | str | None = None, images_from: str | Path | None = None):
+               pools: tuple[int, ...] | str | None = None, images_from: str | Path | None = None,
+               compute: str = "fp32", calib: str | Path | None = None):
     """-> (classifier, lanes): an ONNX file (by name or content) runs on ONNX Runtime (`OnnxClassifier`, no
     torch), any other model file edge reads (`edge.io.checkpoints.load_model`) on torch (`TorchClassifier`),
     each opened by its backend kind's handler (`edge.inference.openers`). ``lanes`` is how many model calls
     may run at once: on ONNX Runtime's CPU provider, ``threads`` (default: all cores) single-threaded calls;
     otherwise 1. A StudentNet whose pools were assumed is checked on the first photos of ``images_from`` (the
-    folder to predict), and ``pools="auto"`` takes the best-matching placement (`edge.inference.pools`)."""
+    folder to predict), and ``pools="auto"`` takes the best-matching placement (`edge.inference.pools`).
+    ``compute``: the precision an ONNX backend computes in (int8 calibrated on the photos of ``calib``)."""
     from edge.core.formats import is_onnx
 
     path = Path(path)
@@ -81,9 +83,10 @@ def open_model(path: str | Path, provider: str = "cpu", threads: int | None = No
                          "checkpoint's")
     kind = ONNXRUNTIME if onnx_file else TORCH
     backend = _backend(path, provider, kind)
-    handler = backend_handler(kind)
+    handler = backend_handler(backend.kind)
     call_threads, lanes = handler.lanes(backend, threads)
-    return handler.open(path, backend, call_threads, pools, images_from=images_from), lanes
+    variant = with_compute("", compute)
+    return handler.open(path, backend, call_threads, pools, variant, images_from, calib), lanes
 
 
 def _backend(path: Path, provider: str, kind: str):
@@ -94,8 +97,8 @@ def _backend(path: Path, provider: str, kind: str):
         library = LIBRARIES[kind]
         raise BackendError(f"--provider {err}; {path} is {library.a_file}: use --provider cpu or cuda"
                            + library.advice) from None
-    if LIBRARIES[kind].extra:
-        extras.require(LIBRARIES[kind].extra)
+    if backend.library.extra:
+        extras.require(backend.library.extra)
     reason = unavailable(backend)
     if reason:
         raise ProviderUnavailable(f"--provider {provider} (for {path}): {reason}; or use --provider cpu")

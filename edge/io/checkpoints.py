@@ -32,13 +32,15 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from edge.codec.checksum import pickle_damage, seal_pickle
 from edge.codec.quant import minmax_encode
 from edge.core.config import HOMEWORK_POOLS, ModelCard, Preprocess, StudentConfig, default_classes
 from edge.core.errors import CheckpointError
 from edge.core.files import atomic_write
 from edge.core.formats import sniff, sniff_file
-from edge.core.safe_pickle import UnsafePickleError, safe_loads
-from edge.io.torch_files import CHECKPOINT_KEY, NET_KEY, check_weights, model_file, onnx_not_weights, read_torch
+from edge.core.safe_pickle import UnsafePickleError, safe_load_prefix
+from edge.io.torch_files import (CHECKPOINT_KEY, NET_KEY, check_weights, model_file, onnx_not_weights, read_torch,
+                                write_torch)
 
 MAX_PICKLE_BYTES = 1 << 30  # a weights pickle is read whole; torch files are read by torch
 
@@ -230,12 +232,16 @@ def _student_from(path: Path, obj, source: str | None, pools, input_size) -> Che
 
 def _pickle_load(path: Path, data: bytes):
     try:
-        return safe_loads(data)
+        obj, end = safe_load_prefix(data)
     except UnsafePickleError as err:
         raise CheckpointError(f"{path}: {err}") from None
     except Exception as err:
         raise CheckpointError(f"{path}: not a weights file we know (torch checkpoint, state dict, or the "
                               f"homework's 8-/16-bit pickle): {type(err).__name__}: {err}") from None
+    damage = pickle_damage(data, end)
+    if damage:
+        raise CheckpointError(f"{path}: damaged pickle: {damage}; refused")
+    return obj
 
 
 def _to_numpy_state(path: Path, obj, source: str | None) -> tuple[dict[str, np.ndarray], str]:
@@ -397,7 +403,7 @@ def save_checkpoint(path: str | os.PathLike, card: ModelCard, state: dict[str, n
 
     payload = {CHECKPOINT_KEY: 1, "card": card.to_dict(),
                "state_dict": {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}, **extra}
-    atomic_write(path, lambda f: torch.save(payload, f))
+    write_torch(path, payload)
 
 
 def save_homework_pickle(path: str | os.PathLike, state: dict[str, np.ndarray], bits: int = 8) -> None:
@@ -414,7 +420,7 @@ def save_homework_pickle(path: str | os.PathLike, state: dict[str, np.ndarray], 
         else:
             code = minmax_encode(value, bits=8)
             out[name] = (np.float64(code.lo), np.float64(code.hi), code.q)
-    atomic_write(path, lambda f: pickle.dump(out, f))
+    atomic_write(path, lambda f: f.write(seal_pickle(pickle.dumps(out))))  # pickle.load reads up to the seal
 
 
 def load_net(path: str | os.PathLike, contents: bytes | None = None) -> "NetFile":

@@ -25,8 +25,7 @@ from torch import nn
 
 from edge.core.config import ConfigError, ModelCard, Preprocess, StudentConfig, default_classes
 from edge.core.errors import CheckpointError
-from edge.core.files import atomic_write
-from edge.io.torch_files import CHECKPOINT_KEY, NET_KEY, check_weights, read_torch
+from edge.io.torch_files import CHECKPOINT_KEY, NET_KEY, check_weights, read_torch, write_torch
 from edge.models.classifiers import first_conv
 from edge.models.registry import NetSpec, build_net, check_runs, count_flops, count_parameters
 
@@ -78,7 +77,7 @@ def save_net(path: str | os.PathLike, net: NetFile) -> None:
                **net.extra}
     if net.spec.arch == "dw":
         payload.update({CHECKPOINT_KEY: 1, "card": net.card.to_dict()})
-    atomic_write(path, lambda f: torch.save(payload, f))
+    write_torch(path, payload)
 
 
 def net_from_dict(path: Path, obj: dict) -> NetFile:

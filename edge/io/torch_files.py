@@ -1,13 +1,15 @@
 """Reading torch files without running code from them, and the weight checks every model reader runs.
 
-`read_torch` is ``torch.load(weights_only=True)`` behind a decompression-bomb check, with torch's
-refusals turned into one line; `check_weights` refuses non-finite, integer, complex or sparse
+`read_torch` is ``torch.load(weights_only=True)`` behind a checksum and a decompression-bomb check, with
+torch's refusals turned into one line (`write_torch` writes what it checks); `check_weights` refuses non-finite, integer, complex or sparse
 weights and negative BatchNorm variances, naming the tensor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import mmap
 import os
 import re
 import warnings
@@ -113,6 +115,20 @@ def read_torch(path: str | os.PathLike, contents: bytes | None = None):
         raise CheckpointError(f"{path}: not a readable torch file ({reason})") from None
 
 
+def write_torch(path: str | os.PathLike, payload) -> None:
+    """``torch.save(payload)`` to ``path`` (atomically), sealed with edge's checksum as the zip comment
+    (`edge.codec.checksum.seal_zip`), which `read_torch` verifies."""
+    import torch
+
+    from edge.codec.checksum import seal_zip
+    from edge.core.files import atomic_write
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    sealed = seal_zip(buffer.getvalue())
+    atomic_write(path, lambda f: f.write(sealed))
+
+
 def _is_onnx(path: Path, contents: bytes | None) -> bool:
     from edge.core.formats import sniff, sniff_file
 
@@ -123,26 +139,50 @@ def _is_onnx(path: Path, contents: bytes | None) -> bool:
 
 
 def _check_archive(path: Path, contents: bytes | None) -> None:
-    """A torch zip whose entries expand far beyond the file (``torch.save`` stores them uncompressed) is a
-    decompression bomb: torch would allocate what the zip directory declares. Refused from the directory
-    alone, before anything is inflated. Then every entry's CRC is checked (torch.load does not check
-    them: a flipped byte would load as a changed weight)."""
+    """A torch zip is checked before torch reads it: against the checksum edge wrote as its comment (any
+    flipped bit, headers and padding included: `edge.codec.checksum.zip_damage`); then a zip whose entries
+    expand far beyond the file (``torch.save`` stores them uncompressed) is a decompression bomb: torch
+    would allocate what the zip directory declares, so it is refused from the directory alone, before
+    anything is inflated; then every entry's CRC and local header is checked (torch.load checks neither:
+    a flipped byte would load as a changed weight, a flipped header length as shifted ones)."""
     import zipfile
 
-    try:
-        with zipfile.ZipFile(io.BytesIO(contents) if contents is not None else path) as archive:
-            declared = sum(info.file_size for info in archive.infolist())
-            stored = len(contents) if contents is not None else path.stat().st_size
-            if declared > MAX_EXPANSION * stored + (1 << 20):
-                raise CheckpointError(f"{path}: refused: its {stored:,} bytes declare {declared:,} bytes of tensors (a "
-                                      f"decompression bomb; torch.save stores tensors uncompressed)")
-            damaged = archive.testzip()
-    except CheckpointError:
-        raise
-    except Exception:  # noqa: BLE001 - zipfile raises BadZipFile, NotImplementedError, ... on odd bytes
-        return  # not a zip (the legacy format) or damaged: torch.load says which
+    from edge.codec.checksum import zip_damage
+
+    with _bytes_of(path, contents) as data:
+        if data[:4] != b"PK\x03\x04":
+            return  # the legacy format, or no torch file: torch.load says which
+        reason = zip_damage(data)
+        if reason:
+            raise CheckpointError(f"{path}: damaged torch file: {reason}; refused")
+        try:
+            with zipfile.ZipFile(io.BytesIO(data) if contents is not None else path) as archive:
+                declared = sum(info.file_size for info in archive.infolist())
+                if declared > MAX_EXPANSION * len(data) + (1 << 20):
+                    raise CheckpointError(f"{path}: refused: its {len(data):,} bytes declare {declared:,} bytes of "
+                                          f"tensors (a decompression bomb; torch.save stores tensors uncompressed)")
+                damaged = archive.testzip()
+        except CheckpointError:
+            raise
+        except Exception as err:  # noqa: BLE001 - zipfile raises BadZipFile, NotImplementedError, ... on odd bytes
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"{path}: damaged torch file: its zip headers do not read ({reason})") from None
     if damaged is not None:
         raise CheckpointError(f"{path}: damaged torch file: entry {damaged} fails its CRC check (a changed byte)")
+
+
+@contextlib.contextmanager
+def _bytes_of(path: Path, contents: bytes | None):
+    """``contents``, or the file's bytes through a memory map (no copy)."""
+    if contents is not None:
+        yield contents
+        return
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            yield view
 
 
 def _torch_reason(err: Exception) -> str:

@@ -183,8 +183,10 @@ def _measure_main(net: NetFile, setup: SlimSetup, onnx_path: Path, val_kind: str
 def onnx_accuracy(path: Path, data, batch_size: int = 64) -> float:
     """Top-1 accuracy of an exported file run by ONNX Runtime on a labelled evaluation set."""
     from edge.data.datasets import normalize
+    from edge.inference.ort_memory import expect_images
     from edge.inference.runtime import OnnxClassifier
 
+    expect_images(batch_size)
     model = OnnxClassifier(path)
     predicted = [model(normalize(data.pixels[i:i + batch_size], data.preprocess).numpy()).argmax(1)
                  for i in range(0, len(data), batch_size)]

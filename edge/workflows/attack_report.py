@@ -301,6 +301,7 @@ def attack_command(options: AttackOptions, command: str = "edge.workflows.attack
 def _prepare(options: AttackOptions):
     """(settings, targets, source model, samples, (labels, note)): every check before the attack runs."""
     from edge.data.folders import list_samples, read_labels
+    from edge.inference.ort_memory import expect_images
     from edge.workflows.attack import Settings, open_target, parse_eps, parse_methods, resolve_labels
     from edge.workflows.defenses import parse_defenses
 
@@ -313,6 +314,7 @@ def _prepare(options: AttackOptions):
     files = [options.json_out, options.markdown_out, plot, examples_path(plot) if plot else None]
     check_outputs(files, options.save_dir, [*models, options.data_dir, *filter(None, [labels, source])],
                   options.overwrite)
+    expect_images(options.batch)  # an ONNX target scores one batch (with each defense) at a time
     targets = [_open_target(m, options.pools, transfer_only_ok=source is not None) for m in models]
     source_model = open_target(source, options.pools) if source else None
     samples = list_samples(options.data_dir, targets[0].card.classes)[:options.limit]

@@ -1,9 +1,8 @@
 """`edge compress`: the smallest-bytes StudentNet that still answers like the model, from a
 trained model and unlabelled photos.
 
-The search runs over slimming depth x weight format and keeps the best validation agreement with
-the model (with ``labels``: accuracy first; then the smaller KL divergence from the model's answers)
-among the ONNX files that fit ``target_bytes``:
+The search runs over slimming depth x weight format and keeps the file closest to the model on
+validation (`choose`) among the ONNX files that fit ``target_bytes``:
 
 1. quantization only: the model itself in every weight format of `FORMATS` (`edge export` merges a
    StudentNet's last pointwise conv, global pool and classifier into one conv first: exact, and in
@@ -15,7 +14,15 @@ among the ONNX files that fit ``target_bytes``:
    in cuts of at most ``step``, each round pruning channels with least-squares reconstruction
    (`edge.prune.reconstruct.prune_reconstruct`) then fine-tuning by function matching
    (`edge.train.matching.FunctionMatching`, label-free) and keeping its best epoch by validation
-   agreement; every round's model is measured in every format.
+   agreement; every round's model is measured in every format;
+4. quantization-aware fine-tuning: each per-channel uintN format of at most `QAT_MAX_BITS` bits is trained
+   once at its bit width, on its first file that fits (mixed precision's, else the first slimmed one), against
+   the teacher (the unslimmed model) on function-matching views of every training photo
+   (`edge.export.quantize.Matching`); the file's metadata keeps the recipe (slimmed widths, pruning,
+   fine-tuning).
+
+Fitting files rank by the mean KL divergence from the model's answers over augmented views of the validation
+photos (`edge.workflows.compress_views`), which separates files that agreement on a few dozen photos cannot.
 
 Validation images are never trained on: ``val`` images, or every ``VAL_EVERY``-th photo of
 ``images`` by id. A ``test`` set is only scored. Everything lands in a work folder (the report
@@ -54,12 +61,16 @@ STATE = "state.json"
 # out: on the TA student it lost to uint4 per-channel at the same bytes (86.7-91.7% against 96.7%
 # validation agreement, bench/results/compress_ta_student_formats.md) and takes a minute per file;
 # so is uint4 per-channel without --entropy (the same codes in a larger file: `edge convert --to onnx`
-# writes it from the chosen file).
-FORMATS = (("uint4", {"per_channel": True, "entropy": True}), ("uint6", {"per_channel": True, "entropy": True}),
+# writes it from the chosen file). uint3 is there for small targets: with mixed precision's wider layers and
+# quantization-aware fine-tuning, the unslimmed model at 3-4 bits is a candidate beside slimmed 4-bit files
+# (bench/results/slim_qat_ta_student.md).
+FORMATS = (("uint3", {"per_channel": True, "entropy": True}),
+           ("uint4", {"per_channel": True, "entropy": True}), ("uint6", {"per_channel": True, "entropy": True}),
            ("uint8", {}), ("uint8", {"per_channel": True}), ("fp16", {}), ("fp32", {}))
 MIXED_SHARE = 0.95  # of the bytes left under the target that mixed precision plans to spend
 MIXED_TRIES = 3
 BUDGET_SHARE = 0.95  # of the budget that steps may fill (the rest: writing the chosen file and the report)
+QAT_MAX_BITS = 6  # wider codes lose too little in rounding to be worth the fine-tuning's minutes
 TRAIN_FORWARDS = 4  # a fine-tuning image costs about this many evaluation forwards (teacher, student + backward)
 
 
@@ -72,6 +83,7 @@ class Inputs:
     teacher_is_base: bool
     train: object  # ImageSet of canvases (augmented during fine-tuning)
     calibration: torch.Tensor  # centre crops of training photos, model input
+    fit_images: torch.Tensor  # centre crops of every training photo, model input (quantization-aware fine-tuning)
     val: object  # ImageSet, centre crops, labelled with the model's answers
     val_logits: np.ndarray  # the model's logits on the val photos
     val_truth: np.ndarray | None  # labels of the val photos, when known
@@ -79,6 +91,7 @@ class Inputs:
     test_reference: np.ndarray | None = None  # the model's answers on the test photos
     progress: bool = True  # progress bars (of decoding, calibrating, ...)
     forward_seconds: float = 0.0  # the model's evaluation forward, per image (the budget's estimates)
+    views: object = None  # ViewSignal of the model on augmented views of the val photos (edge.workflows.compress_views)
 
 
 class Budget:
@@ -98,8 +111,9 @@ class Budget:
     def affords(self, seconds: float) -> bool:
         return self.elapsed() + seconds <= self.limit
 
-    def record(self, kind: str, began: float) -> None:
-        self.longest[kind] = max(self.longest.get(kind, 0.0), time.time() - began)
+    def record(self, kind: str, began: float, count: int = 1) -> None:
+        """A step of ``kind`` that began at ``began`` (``count`` steps of it, each taking an equal share) ended now."""
+        self.longest[kind] = max(self.longest.get(kind, 0.0), (time.time() - began) / count)
 
 
 # ---------------------------------------------------------------- measuring one candidate
@@ -117,7 +131,7 @@ def format_name(spec, layer_bits: dict | None = None) -> str:
 
 
 def _export(net: NetFile, spec, path: Path, calibration: np.ndarray, layer_bits: dict | None = None,
-            progress: bool = True) -> int:
+            progress: bool = True, matching=None, recipe: dict | None = None) -> int:
     from edge.io.checkpoints import Checkpoint
     from edge.prune.slim import numpy_state
     from edge.export.exporter import export_onnx
@@ -125,24 +139,34 @@ def _export(net: NetFile, spec, path: Path, calibration: np.ndarray, layer_bits:
     source = f"{len(calibration)} training photos" if spec.calibrated else ""
     with torch.no_grad():
         size, _ = export_onnx(Checkpoint(net.card, numpy_state(net), "edge"), path, spec,
-                              calibration if spec.calibrated else None, source, layer_bits, progress=progress)
+                              calibration if spec.calibrated else None, source, layer_bits, progress=progress,
+                              matching=matching, recipe=recipe)
     return size
 
 
+_SCORING_BATCH = 32  # images per ONNX Runtime call when an exported file is scored
+
+
 def _onnx_logits(path: Path, images: torch.Tensor) -> np.ndarray:
+    from edge.inference.ort_memory import expect_images
     from edge.inference.runtime import OnnxClassifier
 
+    expect_images(_SCORING_BATCH)
     model = OnnxClassifier(path)
-    return np.concatenate([model(images[i:i + 32].numpy()) for i in range(0, len(images), 32)])
+    return np.concatenate([model(images[i:i + _SCORING_BATCH].numpy()) for i in range(0, len(images), _SCORING_BATCH)])
 
 
-def measure(net: NetFile, spec, path: Path, inputs: Inputs, layer_bits: dict | None = None) -> dict:
-    """Export ``net`` as ``spec`` (``layer_bits``: mixed precision) to ``path``; its bytes, validation
-    agreement and KL divergence from the model (and accuracy), test scores."""
+def measure(net: NetFile, spec, path: Path, inputs: Inputs, layer_bits: dict | None = None, *, matching=None,
+            recipe: dict | None = None, target: int | None = None) -> dict:
+    """Export ``net`` as ``spec`` (``layer_bits``: mixed precision; ``matching``: what trained quantization
+    trains against; ``recipe``: how ``net`` was made, for the metadata) to ``path``; its bytes, validation
+    agreement and KL divergence from the model (and accuracy), test scores; a file within ``target``
+    bytes is scored on the augmented validation views too (`Inputs.views`)."""
     from edge.data.datasets import normalize
     from edge.export.mixed_precision import kl_from
 
-    size = _export(net, spec, path, inputs.calibration[:_gptq_count(inputs)].numpy(), layer_bits, inputs.progress)
+    size = _export(net, spec, path, inputs.calibration[:_gptq_count(inputs)].numpy(), layer_bits, inputs.progress,
+                   matching, recipe)
     from edge.models.merge import file_config
 
     point = {"format": format_name(spec, layer_bits), "onnx": path.name, "bytes": size,
@@ -154,6 +178,11 @@ def measure(net: NetFile, spec, path: Path, inputs: Inputs, layer_bits: dict | N
     point["val_kl"] = kl_from(inputs.val_logits, logits)
     if inputs.val_truth is not None:
         point["val_accuracy"] = float(np.mean(answers == inputs.val_truth))
+    if inputs.views is not None and (target is None or size <= target):
+        from edge.inference.runtime import OnnxClassifier
+
+        model = OnnxClassifier(path)
+        point.update(inputs.views.score(lambda x: model(x.numpy())))
     if inputs.test is not None:
         answers = _onnx_logits(path, normalize(inputs.test.pixels, inputs.test.preprocess)).argmax(1)
         point["test_accuracy"] = float(np.mean(answers == inputs.test.labels.numpy()))
@@ -276,8 +305,9 @@ class Search:
         atomic_write(self.work / STATE, lambda f: f.write(text), binary=False)
 
     def point(self, stage: str, keep: float, net: NetFile, spec, extra: dict | None = None,
-              layer_bits: dict | None = None) -> dict:
-        """The measured point (from the record when this search already measured it)."""
+              layer_bits: dict | None = None, matching=None, recipe: dict | None = None) -> dict:
+        """The measured point (from the record when this search already measured it); ``matching`` and
+        ``recipe``: `measure`'s."""
         label = format_name(spec, layer_bits)
         for p in self.state["points"]:
             if p["stage"] == stage and p["keep"] == keep and p["format"] == label:
@@ -289,9 +319,12 @@ class Search:
                        f"{label}")
             return None
         began = time.time()
-        p = {"stage": stage, "keep": keep, **measure(net, spec, self.work / candidate_name(stage, keep, label),
-                                                     self.inputs, layer_bits), **(extra or {})}
-        self.budget.record("measure", began)
+        path = self.work / candidate_name(stage, keep, label)
+        p = {"stage": stage, "keep": keep, **measure(net, spec, path, self.inputs, layer_bits, matching=matching,
+                                                     recipe=recipe, target=self.settings.target_bytes),
+             **(extra or {})}
+        if matching is None:  # a trained file's minutes are the fine-tuning's (`_quantization_aware` records them)
+            self.budget.record("measure", began)
         p["sha256"] = file_sha256(self.work / p["onnx"])  # what --resume identifies the candidate by
         self.state["points"].append(p)
         self.save()
@@ -356,10 +389,13 @@ class Search:
                     self._stop(f"time budget ({self.settings.budget_minutes:g} min) reached during mixed precision's "
                                f"layer sensitivity")
                     return
-                p = self.point("mixed", 1.0, net, spec, {"round": 0}, layer_bits) if layer_bits else None
+                p = self.point("mixed", 1.0, net, spec, {"round": 0}, layer_bits, recipe=self._recipe(None)) \
+                    if layer_bits else None
                 if p is None or p["bytes"] <= target:
                     break
                 budget -= 1.5 * (p["bytes"] - target)
+            if p is not None and p["bytes"] <= target:
+                self._quantization_aware(net, 1.0, None, layer_bits)
 
     def _allocation(self, net: NetFile, spec, budget: float) -> dict[str, int]:
         from edge.export.mixed_precision import STREAM_BYTES, WIDER_BITS, Upgrade, allocate, layer_sensitivity
@@ -428,12 +464,78 @@ class Search:
             recorded = self._train_round(current, keep, number)
         best = load_net(self.work / recorded["model"])
         began = time.time()
+        recipe = self._recipe(recorded)
         for spec in self._formats(f"keep {keep:.3f}"):
-            self.point("slimming", keep, best, spec, {"round": recorded["round"]})
+            self.point("slimming", keep, best, spec, {"round": recorded["round"]}, recipe=recipe)
         if trained_now:  # the budget judges a round by its training and its exports together
             recorded["export_seconds"] = round(time.time() - began, 1)
             self.save()
+        self._quantization_aware(best, keep, recorded)
         return best
+
+    def _recipe(self, recorded: dict | None) -> dict:
+        """How a round's model (None: the model itself, merged) was made, for its files' metadata: ``widths``
+        the file's (the classifier merge included), ``widths_before`` the model's."""
+        from edge.models.merge import file_config
+
+        s, config = self.settings, self.inputs.base.spec.config
+        widths = list(config.widths)
+        if recorded is None:
+            return {"keep": 1.0, "widths": list(file_config(config).widths), "widths_before": widths, "pruning": "none"}
+        tuned = f"function-matching KD from the teacher, best of {s.epochs} epochs (epoch {recorded['best_epoch']})" \
+            if recorded["best_epoch"] else "none: the reconstruction alone agreed better on validation"
+        return {"keep": recorded["keep"], "widths": recorded["widths"], "widths_before": widths,
+                "pruning": f"least-squares channel pruning of the widths after the last max-pool (OBS choice, "
+                           f"survivors re-solved, ridge {s.ridge:g}) on {len(self.inputs.calibration)} photos",
+                "fine_tuning": tuned}
+
+    def _quantization_aware(self, net: NetFile, keep: float, recorded: dict | None,
+                            layer_bits: dict | None = None) -> None:
+        """Each per-channel uintN format (N <= `QAT_MAX_BITS`) is trained at its bit width once, on its first
+        file that fits the target (mixed precision's at keep 1, else the first slimmed one; ``recorded``: the
+        round, None at keep 1): its stored values fine-tuned against the teacher
+        (`edge.export.quantize.Matching`) on function-matching views of every training photo, for
+        ``qat_epochs`` (fewer when the budget cannot afford them)."""
+        from edge.export.quantize import Matching
+
+        s = self.settings
+        stage = "slimming" if recorded is not None else "mixed"
+        for spec in self._qat_formats(stage, keep, layer_bits):
+            epochs = self._affordable_qat_epochs()
+            if not epochs:
+                self._stop(f"time budget ({s.budget_minutes:g} min) reached before quantization-aware fine-tuning "
+                           f"at keep {keep:.3f}")
+                return
+            about = "the teacher" if not self.inputs.teacher_is_base else f"the model{' before slimming' * (keep < 1)} (fp32)"
+            matching = Matching(self.inputs.teacher, self.inputs.fit_images.numpy(), s.qat_lr, about)
+            recipe = self._recipe(recorded) | {
+                "quantization_aware": f"{epochs} epochs at {spec.bits} bits against {about}, "
+                                      f"Adam lr {s.qat_lr:g} x scale, function-matching views"}
+            began = time.time()
+            self.point("qat", keep, net, replace(spec, train_epochs=epochs),
+                       {"round": recorded["round"] if recorded else 0}, layer_bits, matching, recipe)
+            self.budget.record("qat epoch", began, epochs)
+
+    def _qat_formats(self, stage: str, keep: float, layer_bits: dict | None) -> list:
+        """The per-channel uintN formats (N <= `QAT_MAX_BITS`) whose ``stage`` file at ``keep`` (with ``layer_bits``)
+        fits the target, none of them trained yet."""
+        if not self.settings.qat_epochs:
+            return []
+        points = self.state["points"]
+        trained = {p["format"].split()[0] for p in points if p["stage"] == "qat"}
+        fitting = {p["format"] for p in points if p["stage"] == stage and p["keep"] == keep
+                   and p["bytes"] <= self.settings.target_bytes}
+        return [spec for spec in self.candidates if spec.bits is not None and spec.bits <= QAT_MAX_BITS
+                and spec.per_channel and not spec.codebook_size and spec.weights not in trained
+                and format_name(spec, layer_bits) in fitting]
+
+    def _affordable_qat_epochs(self) -> int:
+        """``qat_epochs``, or as many as the budget still affords (an epoch estimated from the model's speed)."""
+        each = self.budget.estimate("qat epoch", TRAIN_FORWARDS * self.inputs.forward_seconds
+                                    * len(self.inputs.fit_images))
+        left = self.budget.limit - self.budget.elapsed() - self.budget.estimate("measure")
+        return max(0, min(self.settings.qat_epochs, int(left // max(each, 1e-9))))
+
 
     def _time_for_round(self) -> bool:
         """Whether a round fits what is left: the longest round so far, or (for the first) reconstruction, one
@@ -518,13 +620,15 @@ def _point_line(p: dict, target: int) -> str:
 
 
 def choose(points: list[dict], target: int) -> dict | None:
-    """The best fitting point: validation accuracy first when known, then agreement, then the smaller KL
-    divergence from the model (it separates files a few validation photos cannot), then fewer bytes."""
+    """The best fitting point: validation accuracy first when known; then the smaller mean KL divergence from
+    the model over the augmented validation views (`edge.workflows.compress_views`: it separates files that a
+    few dozen validation photos cannot), then agreement, then the smaller KL on the photos themselves, then
+    fewer bytes. A search without views (``--views 0``) ranks by agreement first."""
     fitting = [p for p in points if p["bytes"] <= target]
     if not fitting:
         return None
-    return max(fitting, key=lambda p: (p.get("val_accuracy", 0.0), p["val_agreement"], -p.get("val_kl", 0.0),
-                                       -p["bytes"]))
+    return max(fitting, key=lambda p: (p.get("val_accuracy", 0.0), -p.get("views_kl", 0.0), p["val_agreement"],
+                                       -p.get("val_kl", 0.0), -p["bytes"]))
 
 
 # ---------------------------------------------------------------- the whole command
@@ -603,11 +707,18 @@ def open_inputs(model: Path, images: str, settings: SearchSettings, labels: Path
             raise ConfigError(f"--test {test}: every test photo needs a label (give --test-labels CSV covering them)")
         test_reference = logits_of(model_net, test_set, torch.device("cpu")).argmax(1).numpy()
     train = subset(canvases, train_at)
-    calibration = normalize(subset(crops, train_at[:4 * settings.calibration]).pixels, base.preprocess)
+    fit_images = normalize(subset(crops, train_at).pixels, base.preprocess)
+    calibration = fit_images[:4 * settings.calibration]
+    views = None
+    if settings.views:
+        from edge.workflows.compress_views import ViewSignal
+
+        views = ViewSignal.of(model_net, normalize(val_set.pixels, base.preprocess), settings.views)
     log(f"photos: {len(train)} to train on ({images}), {len(val_set)} held back for validation"
         + (f" ({val})" if val else f" (every {VAL_EVERY}th by id)") + (f", {len(test_set)} test" if test_set else ""))
     return Inputs(base=base, teacher=teacher_model, teacher_is_base=teacher is None, train=train,
-                  calibration=calibration, val=replace(val_set, labels=reference.argmax(1)),
+                  calibration=calibration, fit_images=fit_images, views=views,
+                  val=replace(val_set, labels=reference.argmax(1)),
                   val_logits=reference.numpy(), val_truth=val_truth, test=test_set,
                   test_reference=test_reference, progress=progress, forward_seconds=forward_seconds)
 

@@ -3,8 +3,9 @@
 Every measured point is one ONNX file: bytes against validation agreement with the model (and
 test accuracy when a test set was scored), in four series: quantization only (the model as it
 is, one format for every layer), mixed precision (the model with more bits for some layers),
-slimming only (float formats of slimmed models) and slimming + quantization (integer formats of
-slimmed models); the byte target is a vertical line and the chosen file is circled. Formats
+slimming only (float formats of slimmed models), slimming + quantization (integer formats of
+slimmed models) and slimming + quantization-aware fine-tuning (a slimmed integer file whose codes were
+trained against the teacher at their bit width); the byte target is a vertical line and the chosen file is circled. Formats
 skipped because their weight count alone exceeds the target are listed with that bound.
 """
 
@@ -18,7 +19,8 @@ from edge.core.weight_formats import parse_format
 from edge.core.files import atomic_write
 
 
-SERIES = {"quantization only": "s", "mixed precision": "D", "slimming only": "^", "slimming + quantization": "o"}
+SERIES = {"quantization only": "s", "mixed precision": "D", "slimming only": "^", "slimming + quantization": "o",
+          "slimming + quantization-aware": "*"}
 
 
 def series(point: dict) -> str:
@@ -27,6 +29,8 @@ def series(point: dict) -> str:
         return "mixed precision"
     if point["stage"] == "quantization":
         return "quantization only"
+    if point["stage"] == "qat":
+        return "slimming + quantization-aware"
     coded = parse_format(point["format"].split()[0])[0].sizes is not None  # uintN / kmeansK (edge.core.weight_formats)
     return "slimming + quantization" if coded else "slimming only"
 
@@ -45,6 +49,10 @@ def _pct(value) -> str:
 
 def _kl(value) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _views(point: dict) -> str:
+    return "-" if "views_kl" not in point else f"{point['views_kl']:.4f} ± {point['views_kl_noise']:.4f}"
 
 
 def _fitting_text(keep: float | None, unprobed: bool) -> str:
@@ -67,18 +75,23 @@ def markdown_report(state: dict) -> str:
                   + (f", test accuracy {_pct(chosen.get('test_accuracy'))}" if has_test else "") + ".", ""]
     else:
         lines += ["Nothing fits the target: no file was written.", ""]
+    has_views = any("views_kl" in p for p in state["points"])
     head = ["series", "keep", "format", "bytes", "fits", "parameters", "val agreement", "val KL"]
+    head += ["views KL (± s.e.)", "views agreement"] if has_views else []
     head += ["val accuracy"] if has_val_acc else []
     head += ["test accuracy", "test agreement"] if has_test else []
     lines += ["Every file holds the exact classifier merge (`edge export` merges a StudentNet's last pointwise conv, "
               "global pool and classifier into one conv; parameters: the merged model's). Quantization only: the model "
               "as it is; mixed precision: with more bits for the layers named (`edge.export.mixed_precision`); the "
               "slimming series prune the widths after the last max-pool to the keep fraction. Val KL: mean KL "
-              "divergence of the file's answers from the model's on the validation photos.", ""]
+              "divergence of the file's answers from the model's on the validation photos; views KL: the same over "
+              f"{state['settings'].get('views', 0)} augmented views of each (fitting files only; ± its bootstrap standard "
+              "error over photos), what fitting files are ranked by.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in sorted(state["points"], key=lambda p: (series(p), -p["keep"], p["bytes"])):
         row = [series(p), f"{p['keep']:.3f}", p["format"], f"{p['bytes']:,}", "yes" if p["bytes"] <= target else "no",
                f"{p['parameters']:,}", _pct(p["val_agreement"]), _kl(p.get("val_kl"))]
+        row += [_views(p), _pct(p.get("views_agreement"))] if has_views else []
         row += [_pct(p.get("val_accuracy"))] if has_val_acc else []
         row += [_pct(p.get("test_accuracy")), _pct(p.get("test_agreement"))] if has_test else []
         lines.append("| " + " | ".join(row) + " |")

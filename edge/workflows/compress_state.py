@@ -29,7 +29,7 @@ from edge.core.weight_formats import parse_format
 MAX_STATE_BYTES = 16 << 20  # a search records a few hundred points at most: well under 1 MB
 MAX_DEPTH = 6  # a record nests 5 deep (sensitivity -> format -> rows -> row -> field)
 MAX_ITEMS = 10_000  # entries in any one list of the record
-STAGES = ("quantization", "mixed", "slimming")
+STAGES = ("quantization", "mixed", "slimming", "qat")
 
 
 def _number(value) -> bool:
@@ -98,7 +98,7 @@ RECORD = ({"settings": "object", "about": "object", "points": "list", "rounds": 
 POINT = ({"stage": "stage", "keep": "keep", "format": "format", "onnx": "onnx", "bytes": "count",
           "parameters": "count", "widths": "widths", "val_agreement": "fraction", "sha256": "sha256"},
          {"val_kl": "kl", "val_accuracy": "fraction", "test_accuracy": "fraction", "test_agreement": "fraction",
-          "round": "count"})
+          "round": "count", "views_kl": "kl", "views_kl_noise": "kl", "views_agreement": "fraction"})
 ROUND = ({"round": "ordinal", "keep": "keep", "model": "file", "seconds": "seconds", "epoch_seconds": "seconds list",
           "widths": "widths", "val_before_finetune": "fraction", "val_after_finetune": "score", "best_epoch": "count"},
          {"export_seconds": "seconds", "done": "flag"})

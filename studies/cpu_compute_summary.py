@@ -1,0 +1,87 @@
+"""Issue 28's verdicts from one `edge bench --compute ... --calib ... --data ...` JSON (studies/cpu_compute.sh):
+the speed against agreement frontier of every backend x compute precision at b=1 (each ratio paired per
+repeat with ONNX Runtime fp32 in the same run), whether the fastest row with >= 99.5% held-out agreement
+is >= 1.3x ONNX Runtime fp32, b=32 against b=1 images/s, and the --provider auto choice; the CPU's model
+and flags. Writes markdown.
+
+    python -m studies.cpu_compute_summary bench/results/cpu_compute_1thread.json -o bench/results/cpu_compute.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+AGREEMENT, TARGET = 0.995, 1.3
+FLAGS_SHOWN = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def _pct(value) -> str:
+    return f"{value:.2%}" if value is not None else "-"
+
+
+def frontier_rows(doc: dict) -> list[dict]:
+    """Every ok row: p50, speed-up over the fp32 reference, agreements, own-peak share, b=32/b=1 images/s."""
+    out = []
+    for row in (r for r in doc["rows"] if r["status"] == "ok"):
+        img_s = {int(b): s["median"] for b, s in row["img_s"].items()}
+        vs = row.get("vs_fp32") or {}
+        out.append({"row": f"{row['backend']} {row['format']}", "compute": row["compute"],
+                    "p50_ms": row["p50_ms"]["median"], "speedup": (vs.get("speedup") or {}).get("median"),
+                    "agreement": vs.get("agreement"), "calib_agreement": vs.get("calib_agreement"),
+                    "peak_share": row.get("peak_share"), "b1": img_s.get(1), "b32": img_s.get(32),
+                    "best_batch": row.get("best_batch")})
+    return sorted(out, key=lambda r: r["p50_ms"])
+
+
+def markdown(doc: dict, source: str) -> str:
+    cpu = doc["machine"]["cpu"]
+    rows = frontier_rows(doc)
+    flags = [f for f in FLAGS_SHOWN if f in cpu.get("flags", cpu.get("simd", []))]
+    keep = [r for r in rows if (r["agreement"] or 0) >= AGREEMENT]
+    best = keep[0] if keep else None
+    lines = [f"# Speed against agreement on {cpu['model']} ({cpu['cores']} cores; flags: {', '.join(flags)})", "",
+             f"Source: {source}", "",
+             f"From `{doc['command']}` (run {doc['started']}, load average "
+             f"{'/'.join(map(str, doc['machine']['load_at_start']['load_average']))} at start, threads "
+             f"{doc['settings']['threads'] or 'all'}). Every ratio is paired per repeat within this one run; "
+             "agreement is top-1 with ONNX Runtime fp32 on the held-out --data photos (calib: on the --calib ones).", "",
+             "| row | compute | p50 ms b=1 | x ort fp32 | agreement held-out | agreement calib | % own peak | "
+             "img/s b=1 | img/s b=32 | best batch |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['row']} | {r['compute']} | {r['p50_ms']:.3f} | "
+                     f"{r['speedup']:.2f} | {_pct(r['agreement'])} | {_pct(r['calib_agreement'])} | "
+                     f"{_pct(r['peak_share'])} | {r['b1']:.0f} | {r['b32']:.0f} | {r['best_batch']} |")
+    frontier, fastest_so_far = [], None
+    for r in sorted(rows, key=lambda r: -(r["agreement"] or 0)):
+        if fastest_so_far is None or r["p50_ms"] < fastest_so_far:
+            frontier.append(r["row"])
+            fastest_so_far = r["p50_ms"]
+    lines += ["", f"Frontier (no other row is both faster and more faithful): {', '.join(frontier)}.", ""]
+    if best:
+        verdict = "meets" if best["speedup"] >= TARGET else "misses"
+        lines.append(f"Fastest row with >= {AGREEMENT:.1%} held-out agreement: {best['row']}, "
+                     f"{best['speedup']:.2f}x ONNX Runtime fp32 at b=1: {verdict} the {TARGET}x target; every faster "
+                     "row agrees less (the frontier above).")
+    choice = doc.get("auto_choice")
+    lines.append(f"--provider auto: {choice['backend']} {choice['format']} ({_pct(choice['agreement'])} on "
+                 f"{choice['agreement_on']})." if choice else "--provider auto: no row qualifies.")
+    slower = [r["row"] for r in rows if r["b32"] is not None and r["b1"] is not None and r["b32"] < r["b1"]]
+    lines.append("b=32 images/s >= b=1 images/s on every row." if not slower
+                 else f"b=32 images/s < b=1 images/s on: {', '.join(slower)}.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("json", type=Path)
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    doc = json.loads(args.json.read_text())
+    args.output.write_text(markdown(doc, f"{args.json.as_posix()}"))
+    print(args.output.read_text())
+
+
+if __name__ == "__main__":
+    main()
