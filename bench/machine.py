@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edge.core.backends import COMPUTES
-from edge.core.cpu import first_processor
+from edge.core.cpu import cpu_cores, first_processor
 
 CPUINFO = Path("/proc/cpuinfo")
 MAX_FREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
@@ -51,7 +51,7 @@ def _frequency_ghz(fields: dict[str, str]) -> float | None:
 
 def cpu_info() -> dict:
     """CPU model, usable cores, SIMD flags and the rough fp32 peak in GFLOP/s (None off Linux)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cpu_cores()
     try:
         fields = first_processor(CPUINFO.read_text())
     except OSError:

@@ -27,6 +27,23 @@ from edge.io.torch_files import read_torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _accepted_flips(data: bytes, flipped, flips, load, refusal) -> list[tuple[int, int]]:
+    """Write ``data`` with each (offset, bit) of ``flips`` flipped to ``flipped`` and ``load`` it: -> the flips
+    it accepted. Every refusal must be ``refusal`` in one line naming the file."""
+    accepted = []
+    for offset, bit in flips:
+        damaged = bytearray(data)
+        damaged[offset] ^= 1 << bit
+        flipped.write_bytes(bytes(damaged))
+        try:
+            load(flipped)
+        except refusal as err:
+            assert flipped.name in str(err) and "\n" not in str(err), str(err)
+        else:
+            accepted.append((offset, bit))
+    return accepted
+
+
 def test_a_torch_zip_with_a_flipped_weight_byte_is_refused(tmp_path):
     path = tmp_path / "state.pt"
     torch.save({"fc.weight": torch.arange(100, dtype=torch.float32)}, path)
@@ -66,20 +83,10 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_every_single_bit_flip_in_a_checkpoint_edge_wrote_is_refused(checkpoint, tmp_path):
     data = checkpoint.read_bytes()
     assert data.endswith(f"{CHECKSUM_KEY}=".encode() + data[-8:]) and read_torch(checkpoint)
-    flipped, accepted = tmp_path / "flipped.pt", []
     tail = len(data) - 41  # the end-of-directory record and the comment: every bit; elsewhere a sample
     flips = [(offset, bit) for offset in range(0, tail, max(1, tail // 64)) for bit in (0, 7)]
-    for offset, bit in flips + [(offset, bit) for offset in range(tail, len(data)) for bit in range(8)]:
-        damaged = bytearray(data)
-        damaged[offset] ^= 1 << bit
-        flipped.write_bytes(bytes(damaged))
-        try:
-            read_torch(flipped)
-        except CheckpointError as err:
-            assert "flipped.pt" in str(err) and "\n" not in str(err), str(err)
-        else:
-            accepted.append((offset, bit))
-    assert not accepted
+    flips += [(offset, bit) for offset in range(tail, len(data)) for bit in range(8)]
+    assert not _accepted_flips(data, tmp_path / "flipped.pt", flips, read_torch, CheckpointError)
 
 
 @pytest.mark.parametrize("bits", [8, 16])
@@ -93,19 +100,9 @@ def test_every_single_bit_flip_in_a_homework_pickle_edge_wrote_is_refused(checkp
     data = path.read_bytes()
     assert isinstance(pickle.loads(data), dict)  # the homework's decoder (pickle.load) stops before the seal
     load_checkpoint(path)
-    flipped, accepted = tmp_path / "flipped.pkl", []
-    for offset in sorted({*range(0, len(data), max(1, len(data) // 96)), *range(len(data) - 24, len(data))}):
-        for bit in (0, 3, 7):
-            damaged = bytearray(data)
-            damaged[offset] ^= 1 << bit
-            flipped.write_bytes(bytes(damaged))
-            try:
-                load_checkpoint(flipped)
-            except CheckpointError as err:
-                assert "flipped.pkl" in str(err) and "\n" not in str(err), str(err)
-            else:
-                accepted.append((offset, bit))
-    assert not accepted
+    offsets = sorted({*range(0, len(data), max(1, len(data) // 96)), *range(len(data) - 24, len(data))})
+    flips = [(offset, bit) for offset in offsets for bit in (0, 3, 7)]
+    assert not _accepted_flips(data, tmp_path / "flipped.pkl", flips, load_checkpoint, CheckpointError)
 
 
 def test_a_pickle_with_bytes_after_its_end_is_refused(checkpoint, tmp_path):
@@ -156,20 +153,8 @@ def test_every_single_bit_flip_is_refused_at_load(written, name, tmp_path):
     data = written[name].read_bytes()
     OnnxClassifier(written[name])  # the intact file loads
     entry = data.index(CHECKSUM_KEY.encode())
-    flipped = tmp_path / "flipped.onnx"
-    accepted = []
-    for offset in _positions(len(data), entry):
-        for bit in range(8):
-            damaged = bytearray(data)
-            damaged[offset] ^= 1 << bit
-            flipped.write_bytes(bytes(damaged))
-            try:
-                OnnxClassifier(flipped)
-            except EdgeError as err:
-                assert "flipped.onnx" in str(err) and "\n" not in str(err), str(err)
-            else:
-                accepted.append((offset, bit))
-    assert not accepted
+    flips = [(offset, bit) for offset in _positions(len(data), entry) for bit in range(8)]
+    assert not _accepted_flips(data, tmp_path / "flipped.onnx", flips, OnnxClassifier, EdgeError)
 
 
 def test_the_commands_refuse_a_flipped_file_in_one_line(written, tmp_path):

@@ -4,6 +4,7 @@ compute precision (bf16, int8) has the instructions that make it fast; `edge.ben
 
 from __future__ import annotations
 
+import os
 import platform
 from functools import lru_cache
 from pathlib import Path
@@ -39,3 +40,8 @@ def has_any(wanted: tuple[str, ...]) -> bool:
 
 def model_name() -> str:
     return fields().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

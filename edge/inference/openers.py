@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from edge.core.backends import ONNXRUNTIME, OPENVINO, TORCH, Backend
+from edge.core.cpu import cpu_cores
 from edge.core.registry import Registry
 
 CHANNELS_LAST = "+cl"  # a torch bench row's format suffix: run in channels_last memory format
@@ -84,11 +85,6 @@ def backend_handler(kind: str) -> BackendHandler:
 def kinds() -> tuple[str, ...]:
     """The backend kinds registered, in registration order."""
     return tuple(_HANDLERS)
-
-
-def cpu_cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @register_backend(ONNXRUNTIME)

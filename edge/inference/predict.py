@@ -28,7 +28,8 @@ from edge.data.folders import Sample
 from edge.core.errors import EdgeError
 from edge.core.files import atomic_write
 from edge.data.preprocess import ImageError, read_image, to_array
-from edge.inference.openers import backend_handler, cpu_cores, with_compute
+from edge.core.cpu import cpu_cores
+from edge.inference.openers import backend_handler, with_compute
 
 
 @dataclass

@@ -14,7 +14,7 @@ from edge.core.reports import Report
 def predict_command(options: PredictOptions) -> Report:
     """Predict every image of ``options.data_dir``; the report's value is ``(classifier, predictions)``."""
     from edge.data.folders import list_samples, read_labels
-    from edge.inference.openers import cpu_cores
+    from edge.core.cpu import cpu_cores
     from edge.inference.ort_memory import expect_images
     from edge.inference.predict import predict_samples, write_csv
 
