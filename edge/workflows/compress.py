@@ -70,6 +70,10 @@ FORMATS = (("uint3", {"per_channel": True, "entropy": True}),
 MIXED_SHARE = 0.95  # of the bytes left under the target that mixed precision plans to spend
 MIXED_TRIES = 3
 BUDGET_SHARE = 0.95  # of the budget that steps may fill (the rest: writing the chosen file and the report)
+# An entropy-coded slimming target aims this much under the byte target: the probe's bytes come from the model's
+# own first channels, a slimmed file's from its re-fitted weights (uint4 at the probed keep 0.879 came to
+# 90,102 B against 90,000, bench/results/compress_90k_first_idle.md).
+ENTROPY_MARGIN = 0.99
 QAT_MAX_BITS = 6  # wider codes lose too little in rounding to be worth the fine-tuning's minutes
 TRAIN_FORWARDS = 4  # a fine-tuning image costs about this many evaluation forwards (teacher, student + backward)
 
@@ -370,13 +374,15 @@ class Search:
         self.save()
         return self.state
 
-    def _mixed(self, net: NetFile) -> None:
-        """Mixed-precision points of ``net`` (the model as merged): every fitting per-channel uintN file's
-        spare bytes spent on the layers where they lower the KL from the model most per byte; when
-        the file overshoots (entropy coding makes bytes inexact), the budget shrinks and it is redone."""
-        target = self.settings.target_bytes
+    def _mixed(self, net: NetFile, recorded: dict | None = None) -> None:
+        """Mixed-precision points of ``net`` (the model as merged, or ``recorded``'s slimmed round): every fitting
+        per-channel uintN file's spare bytes spent on the layers where they lower the KL from the model most
+        per byte; when the file overshoots (entropy coding makes bytes inexact), the budget shrinks and it is
+        redone. Each fitting one is then trained at its bit widths (`_quantization_aware`)."""
+        target, keep = self.settings.target_bytes, recorded["keep"] if recorded else 1.0
+        plain = "slimming" if recorded else "quantization"
         for spec in self.candidates:
-            base = next((p for p in self.state["points"] if p["stage"] == "quantization"
+            base = next((p for p in self.state["points"] if p["stage"] == plain and p["keep"] == keep
                          and p["format"] == format_name(spec)), None)
             if spec.bits is None or spec.codebook_size or not spec.per_channel or base is None \
                     or base["bytes"] > target:
@@ -384,23 +390,23 @@ class Search:
             budget = (target - base["bytes"]) * MIXED_SHARE
             for _ in range(MIXED_TRIES):
                 try:
-                    layer_bits = self._allocation(net, spec, budget)
+                    layer_bits = self._allocation(net, spec, budget, keep)
                 except TimeoutError:
                     self._stop(f"time budget ({self.settings.budget_minutes:g} min) reached during mixed precision's "
                                f"layer sensitivity")
                     return
-                p = self.point("mixed", 1.0, net, spec, {"round": 0}, layer_bits, recipe=self._recipe(None)) \
-                    if layer_bits else None
+                p = self.point("mixed", keep, net, spec, {"round": recorded["round"] if recorded else 0}, layer_bits,
+                               recipe=self._recipe(recorded)) if layer_bits else None
                 if p is None or p["bytes"] <= target:
                     break
                 budget -= 1.5 * (p["bytes"] - target)
             if p is not None and p["bytes"] <= target:
-                self._quantization_aware(net, 1.0, None, layer_bits)
+                self._quantization_aware(net, keep, recorded, layer_bits)
 
-    def _allocation(self, net: NetFile, spec, budget: float) -> dict[str, int]:
+    def _allocation(self, net: NetFile, spec, budget: float, keep: float) -> dict[str, int]:
         from edge.export.mixed_precision import STREAM_BYTES, WIDER_BITS, Upgrade, allocate, layer_sensitivity
 
-        key = f"{spec.bits} bits, fp16 below {spec.fp16_below}"
+        key = f"{spec.bits} bits, fp16 below {spec.fp16_below}" + (f", keep {keep:.4f}" if keep < 1 else "")
         sensitivity = self.state.setdefault("sensitivity", {})
         if key not in sensitivity:
             rows = layer_sensitivity(net.build(), self.inputs.calibration[:_gptq_count(self.inputs)].numpy(),
@@ -432,8 +438,9 @@ class Search:
                 if spec.bits is None:  # no slimming path aims at a float format's size
                     continue
                 try:
-                    keep = fitting_keep(start, spec, self.settings.target_bytes, self.settings.min_keep, probe,
-                                        calibration, self.progress, self.budget)
+                    aim = int(self.settings.target_bytes * (ENTROPY_MARGIN if spec.entropy else 1.0))
+                    keep = fitting_keep(start, spec, aim, self.settings.min_keep, probe, calibration, self.progress,
+                                        self.budget)
                 except TimeoutError:
                     keep = None
                     self.state.setdefault("unprobed", []).append(format_name(spec))
@@ -470,6 +477,8 @@ class Search:
         if trained_now:  # the budget judges a round by its training and its exports together
             recorded["export_seconds"] = round(time.time() - began, 1)
             self.save()
+        if recorded["round"] == 1:  # the lightest slimming: its spare bytes are worth wider layers too
+            self._mixed(best, recorded)
         self._quantization_aware(best, keep, recorded)
         return best
 
@@ -499,7 +508,7 @@ class Search:
         from edge.export.quantize import Matching
 
         s = self.settings
-        stage = "slimming" if recorded is not None else "mixed"
+        stage = "mixed" if layer_bits else "slimming"
         for spec in self._qat_formats(stage, keep, layer_bits):
             epochs = self._affordable_qat_epochs()
             if not epochs:
@@ -518,11 +527,13 @@ class Search:
 
     def _qat_formats(self, stage: str, keep: float, layer_bits: dict | None) -> list:
         """The per-channel uintN formats (N <= `QAT_MAX_BITS`) whose ``stage`` file at ``keep`` (with ``layer_bits``)
-        fits the target, none of them trained yet."""
+        fits the target and is not trained yet: every mixed one; a plain slimmed format only once (its
+        first fitting keep)."""
         if not self.settings.qat_epochs:
             return []
         points = self.state["points"]
-        trained = {p["format"].split()[0] for p in points if p["stage"] == "qat"}
+        trained = set() if layer_bits else {p["format"].split()[0] for p in points if p["stage"] == "qat"
+                                            and ":" not in p["format"]}
         fitting = {p["format"] for p in points if p["stage"] == stage and p["keep"] == keep
                    and p["bytes"] <= self.settings.target_bytes}
         return [spec for spec in self.candidates if spec.bits is not None and spec.bits <= QAT_MAX_BITS
@@ -623,12 +634,27 @@ def choose(points: list[dict], target: int) -> dict | None:
     """The best fitting point: validation accuracy first when known; then the smaller mean KL divergence from
     the model over the augmented validation views (`edge.workflows.compress_views`: it separates files that a
     few dozen validation photos cannot), then agreement, then the smaller KL on the photos themselves, then
-    fewer bytes. A search without views (``--views 0``) ranks by agreement first."""
+    fewer bytes. A search without views (``--views 0``) ranks by agreement first.
+
+    Then the one-standard-error rule (Breiman et al., 1984): among the fitting files as accurate on validation
+    as the best and whose views KL lies within the best's standard error of it, the one with the fewest
+    parameters (the most slimmed: fewer FLOPs, the same answers within the signal's noise)."""
     fitting = [p for p in points if p["bytes"] <= target]
     if not fitting:
         return None
-    return max(fitting, key=lambda p: (p.get("val_accuracy", 0.0), -p.get("views_kl", 0.0), p["val_agreement"],
-                                       -p.get("val_kl", 0.0), -p["bytes"]))
+    best = max(fitting, key=_rank)
+    if "views_kl" not in best:
+        return best
+    bound = best["views_kl"] + best["views_kl_noise"]
+    near = [p for p in fitting if p.get("val_accuracy", 0.0) == best.get("val_accuracy", 0.0)
+            and p.get("views_kl", float("inf")) <= bound]
+    fewest = min(p["parameters"] for p in near)
+    return max((p for p in near if p["parameters"] == fewest), key=_rank)
+
+
+def _rank(p: dict) -> tuple:
+    return (p.get("val_accuracy", 0.0), -p.get("views_kl", 0.0), p["val_agreement"], -p.get("val_kl", 0.0),
+            -p["bytes"])
 
 
 # ---------------------------------------------------------------- the whole command

@@ -1,11 +1,10 @@
 """The report of an `edge compress` search: report.json, report.md and frontier.png in its folder.
 
 Every measured point is one ONNX file: bytes against validation agreement with the model (and
-test accuracy when a test set was scored), in four series: quantization only (the model as it
-is, one format for every layer), mixed precision (the model with more bits for some layers),
-slimming only (float formats of slimmed models), slimming + quantization (integer formats of
-slimmed models) and slimming + quantization-aware fine-tuning (a slimmed integer file whose codes were
-trained against the teacher at their bit width); the byte target is a vertical line and the chosen file is circled. Formats
+test accuracy when a test set was scored), in series: quantization only (the model as it is, one
+format for every layer), mixed precision (more bits for some layers), quantization-aware (codes trained
+against the teacher at their bit widths), and the same for slimmed models (slimming only: float formats);
+the byte target is a vertical line and the chosen file is circled. Formats
 skipped because their weight count alone exceeds the target are listed with that bound.
 """
 
@@ -19,18 +18,15 @@ from edge.core.weight_formats import parse_format
 from edge.core.files import atomic_write
 
 
-SERIES = {"quantization only": "s", "mixed precision": "D", "slimming only": "^", "slimming + quantization": "o",
-          "slimming + quantization-aware": "*"}
+SERIES = {"quantization only": "s", "mixed precision": "D", "quantization-aware": "X", "slimming only": "^",
+          "slimming + quantization": "o", "slimming + mixed precision": "P", "slimming + quantization-aware": "*"}
+STAGE_SERIES = {"quantization": "quantization only", "mixed": "mixed precision", "qat": "quantization-aware"}
 
 
 def series(point: dict) -> str:
     """The point's series (`SERIES`, in the plot's order)."""
-    if point["stage"] == "mixed":
-        return "mixed precision"
-    if point["stage"] == "quantization":
-        return "quantization only"
-    if point["stage"] == "qat":
-        return "slimming + quantization-aware"
+    if point["stage"] in STAGE_SERIES:
+        return ("slimming + " if point["keep"] < 1 else "") + STAGE_SERIES[point["stage"]]
     coded = parse_format(point["format"].split()[0])[0].sizes is not None  # uintN / kmeansK (edge.core.weight_formats)
     return "slimming + quantization" if coded else "slimming only"
 
@@ -86,7 +82,8 @@ def markdown_report(state: dict) -> str:
               "slimming series prune the widths after the last max-pool to the keep fraction. Val KL: mean KL "
               "divergence of the file's answers from the model's on the validation photos; views KL: the same over "
               f"{state['settings'].get('views', 0)} augmented views of each (fitting files only; ± its bootstrap standard "
-              "error over photos), what fitting files are ranked by.", ""]
+              "error over photos), what fitting files are ranked by; the chosen file is the one with the fewest parameters "
+              "among those within the best's standard error of it (the one-standard-error rule).", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in sorted(state["points"], key=lambda p: (series(p), -p["keep"], p["bytes"])):
         row = [series(p), f"{p['keep']:.3f}", p["format"], f"{p['bytes']:,}", "yes" if p["bytes"] <= target else "no",
@@ -105,7 +102,7 @@ def markdown_report(state: dict) -> str:
                      f"{per_epoch:.0f} | {r['seconds']:.0f} |")
     fitting, unprobed = state.get("fitting_keep", {}), state.get("unprobed", [])
     if fitting:
-        lines += ["", "Keep fraction at which each integer format fits the target: " + ", ".join(
+        lines += ["", "Keep fraction at which each integer format fits the target (entropy-coded ones aim 1% under it): " + ", ".join(
             f"{k} {_fitting_text(v, k in unprobed)}" for k, v in fitting.items()) + "."]
     skipped = state.get("skipped", [])
     if skipped:
