@@ -16,11 +16,17 @@ def _quality(row: dict) -> tuple[float | None, str]:
     return row.get("agreement_vs_torch_fp32"), "top-1 agreement with torch fp32"
 
 
+NARROW = 4.0
+
+
 def plain_log_ticks(axis) -> None:
-    """A log axis labelled in plain numbers (100, 200, 300, 500, 1,000), not 2x10^2."""
+    """A log axis labelled in plain numbers (100, 200, 300, 500, 1,000), not 2x10^2; an axis spanning less than
+    a factor of `NARROW` (call it once the data is plotted) gets every 1-9 step, so it shows more than one label."""
     import matplotlib.ticker as ticker
 
-    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    low, high = axis.get_view_interval()
+    subs = tuple(float(s) for s in range(1, 10)) if 0 < low and high < NARROW * low else (1.0, 2.0, 3.0, 5.0)
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
     axis.set_minor_locator(ticker.NullLocator())
     axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}"))
 

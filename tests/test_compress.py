@@ -359,3 +359,7 @@ def test_the_frontier_figure_keeps_its_title_and_plain_kb_ticks_inside():
     assert text_outside_figure(fig) == []
     labels = [t.get_text() for t in shown_tick_labels(fig.axes[0].xaxis)]
     assert labels == ["100", "200", "300", "500", "1,000"]  # plain KB, no 2x10^2
+    near = [{**p, "bytes": size} for p, size in zip(points, (70_000, 89_031, 89_415, 150_000))]
+    narrow = frontier_figure({**state, "points": near, "chosen": near[1], "settings": {"target_bytes": 90_000}})
+    labels = [t.get_text() for t in shown_tick_labels(narrow.axes[0].xaxis)]
+    assert labels == ["70", "80", "90", "100"] and text_outside_figure(narrow) == []  # a narrow range: every step
