@@ -207,6 +207,14 @@ def test_a_fitting_mixed_precision_file_is_trained_at_its_bit_widths(workspace):
         assert "1 epochs" in recipe["quantization_aware"] and "against the model (fp32)" in recipe["quantization_aware"]
 
 
+def test_the_slimming_path_starts_with_half_a_step_and_cuts_at_most_a_step_down_to_every_target():
+    from edge.workflows.compress import path_of
+
+    assert path_of([0.871, 0.668], 0.1) == [0.95, 0.871, 0.771, 0.671, 0.668]
+    assert path_of([0.97], 0.1) == [0.97]  # within half a step: straight there
+    assert path_of([], 0.1) == [] and path_of([1.0], 0.1) == []  # nothing to slim for
+
+
 def test_the_choice_is_the_most_slimmed_file_within_one_standard_error_of_the_best():
     from edge.workflows.compress import choose
 
