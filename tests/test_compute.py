@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -34,6 +35,23 @@ def test_micro_batches_keep_a_large_batchs_answers_and_fit_the_cache(synthetic_s
     one_by_one = np.concatenate([model(x[i:i + 1]) for i in range(len(x))])
     assert batched.shape == (5, 11)
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-4)
+
+
+def test_lanes_run_a_calls_micro_batches_on_threads_of_their_own_with_the_same_answers(synthetic_photos):
+    model = OnnxClassifier(COMPRESSED, threads=1)
+    x = first_images(synthetic_photos, model.card, 5)
+    one_lane, callers, run = model(x), [], model.run
+
+    def observed(part):
+        callers.append(threading.current_thread().name)
+        return run(part)
+
+    model.run, model.lanes = observed, 2
+    np.testing.assert_allclose(model(x), one_lane, rtol=1e-5, atol=1e-5)  # in order, whatever finished first
+    assert len(callers) == 3 and all(name.startswith("lane") for name in callers)  # 2 + 2 + 1 images
+    callers.clear()
+    model(x[:2])  # one micro-batch: run where it was called
+    assert callers == [threading.current_thread().name]
 
 
 def test_bf16_and_int8_say_why_not_on_a_cpu_without_their_instructions(monkeypatch):
