@@ -54,6 +54,28 @@ def test_lanes_run_a_calls_micro_batches_on_threads_of_their_own_with_the_same_a
     assert callers == [threading.current_thread().name]
 
 
+def test_a_spread_batch_gets_a_single_threaded_lane_session_and_the_bench_spreads_over_its_threads(synthetic_photos):
+    from edge.bench.worker import Target, open_backend
+
+    model = open_backend(Target("ort-cpu", "uint4", str(COMPRESSED), threads=2))
+    assert model.lanes == 2 and model.session.get_session_options().intra_op_num_threads == 2
+    x = first_images(synthetic_photos, model.card, 5)
+    model(x)  # three micro-batches: the lanes share a single-threaded session, the one-image session keeps 2
+    assert model._lane_session.get_session_options().intra_op_num_threads == 1
+    assert open_backend(Target("ort-cpu", "uint4", str(COMPRESSED), threads=1)).lanes == 1
+
+
+@needs_openvino
+def test_openvino_lanes_give_the_answers_of_one_call_at_a_time(synthetic_photos):
+    from edge.inference.openvino_backend import OpenVinoClassifier
+
+    model = OpenVinoClassifier(COMPRESSED, threads=2)
+    x = first_images(synthetic_photos, model.card, 5)
+    one_at_a_time = model(x)
+    model.spread(2)
+    np.testing.assert_allclose(model(x), one_at_a_time, rtol=1e-4, atol=1e-4)  # NUM_STREAMS=2 was off by hundreds
+
+
 def test_bf16_and_int8_say_why_not_on_a_cpu_without_their_instructions(monkeypatch):
     monkeypatch.setattr(cpu, "flags", lambda: frozenset({"avx2", "fma"}))
     ov, ort = backends.resolve("ov-cpu"), backends.resolve("ort-cpu")

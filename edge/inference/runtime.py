@@ -69,7 +69,8 @@ class OnnxClassifier:
     """An exported StudentNet (or any edge ONNX classifier) ready to run."""
 
     memory_cap = 0  # bytes the CPU arena may hold (`edge.inference.ort_memory`); 0: a GPU provider's own
-    lanes = 1  # micro-batches of one call that run at once, each from a thread of its own (the engine releases the GIL)
+    lanes = 1  # micro-batches of one call that run at once, each from a thread of its own (`spread`)
+    _lane_session = None  # the single-threaded session the lanes share (`_lane`)
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
                  compute: str = "fp32", calib=None):
@@ -90,7 +91,7 @@ class OnnxClassifier:
         except OSError:
             sealed, source = False, str(self.path)  # ONNX Runtime names what is wrong with the file
         self._check_stored_weights(source)
-        self.source = source
+        self.source = self.engine_source = source
         self.session = self._open_session(source)
         if wanted not in self.session.get_providers():
             raise ProviderUnavailable(f"{wanted} did not start for {self.path} (session runs on "
@@ -110,9 +111,10 @@ class OnnxClassifier:
         if compute != "fp32":
             self.use_compute(compute, calib)
 
-    def _open_session(self, source: str | bytes):
-        """ONNX Runtime's session of ``source`` on this backend, its CPU memory capped (`edge.inference.ort_memory`)."""
-        options, model_bytes = session_options(self.threads), self._model_bytes(source)
+    def _open_session(self, source: str | bytes, threads: int | None = None):
+        """ONNX Runtime's session of ``source`` on this backend (on ``threads``, default the classifier's), its CPU
+        memory capped (`edge.inference.ort_memory`)."""
+        options, model_bytes = session_options(threads or self.threads), self._model_bytes(source)
         if self.backend.provider == "CPUExecutionProvider":
             self.memory_cap = use_capped_arena(options, run_budget(model_bytes, self._image_bytes(source)))
         try:
@@ -146,7 +148,8 @@ class OnnxClassifier:
 
     def _engine(self, compute: str, calib) -> None:
         """ONNX Runtime's session for ``compute`` (fp32 is the one opened first)."""
-        self.session = self._open_session(self.int8_bytes(calib) if compute == "int8" else self.source)
+        self.engine_source = self.int8_bytes(calib) if compute == "int8" else self.source
+        self.session, self._lane_session = self._open_session(self.engine_source), None
 
     def _check_io(self) -> None:
         config, preprocess = self.card.config, self.card.preprocess
@@ -207,10 +210,24 @@ class OnnxClassifier:
         name = self.session.get_providers()[0]
         return name if self.compute == "fp32" else f"{name} {self.compute}"
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """One engine call: contiguous float32 images -> logits."""
+    def spread(self, lanes: int) -> None:
+        """Run a batch of several micro-batches ``lanes`` micro-batches at once, each single-threaded on a core of
+        its own (the engine releases the GIL); a call of one micro-batch keeps the session's own threads."""
+        self.lanes = max(1, int(lanes))
+
+    def _lane(self):
+        """What runs one micro-batch of a spread call: a single-threaded session (this one, or one opened on first
+        use), so no lane's core waits for another inside an operator nor spins on a core another lane needs."""
+        if self.threads == 1 or self.backend.provider != "CPUExecutionProvider":
+            return self.run
+        if self._lane_session is None:
+            self._lane_session = self._open_session(self.engine_source, threads=1)
+        return lambda images: self.run(images, self._lane_session)
+
+    def run(self, images: np.ndarray, session=None) -> np.ndarray:
+        """One engine call (on ``session``, default the classifier's): contiguous float32 images -> logits."""
         try:
-            return self.session.run(None, {self.input_name: images})[0]
+            return (session or self.session).run(None, {self.input_name: images})[0]
         except Exception as err:  # onnxruntime's RuntimeException/Fail/...: a graph that cannot run
             if is_out_of_memory(err):
                 cap = f"the {self.memory_cap / 2**20:,.0f} MiB edge allows" if self.memory_cap else "the device holds"
@@ -229,5 +246,6 @@ class OnnxClassifier:
         parts = [images[i:i + step] for i in range(0, len(images), step)]
         if self.lanes == 1:
             return np.concatenate([self.run(part) for part in parts])
+        lane = self._lane()
         with ThreadPoolExecutor(min(self.lanes, len(parts)), thread_name_prefix="lane") as pool:
-            return np.concatenate(list(pool.map(self.run, parts)))
+            return np.concatenate(list(pool.map(lane, parts)))
