@@ -1,6 +1,7 @@
 """Issue 28, b=32 against b=1: images/s of every CPU engine x compute precision when a batch of 32 photos runs
 as micro-batches of 1, 2, 4, 8, 16 or 32 images, next to b=1 on one photo run again and again (what `edge bench`
-times as b=1: its input stays in cache) and b=1 over the 32 photos in turn. Repeats are interleaved (every
+times as b=1: its input stays in cache) and b=1 over the 32 photos in turn. Engines are opened as `edge bench`
+opens a row: with more than one thread a batch's micro-batches run on single-threaded lanes, one per thread. Repeats are interleaved (every
 variant of one engine back to back, the engines round-robin), and every figure is a ratio within the run, so
 it survives a busy machine. Prints a markdown table (median img/s over repeats, min-max in brackets).
 
@@ -22,12 +23,13 @@ BATCH = 32
 
 
 def open_engine(path: Path, backend: str, compute: str, threads: int | None, calib: Path | None):
-    from edge.core.backends import resolve
-    from edge.inference.openers import backend_handler, photos_from, with_compute
+    """The engine as an `edge bench` row opens it (`edge.bench.worker.open_backend`: a batch spread over the
+    threads, one single-threaded lane each)."""
+    from edge.bench.worker import Target, open_backend
+    from edge.inference.openers import with_compute
 
-    spec = resolve(backend)
-    return backend_handler(spec.kind).open(path, spec, threads, None, with_compute("", compute),
-                                           calib=calib and str(calib))
+    return open_backend(Target(backend, with_compute("fp32", compute), str(path), threads,
+                               calib=str(calib) if calib else None))
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: this process's CPU seconds (a busy machine)

@@ -207,7 +207,8 @@ def test_bench_rows_per_compute_carry_agreement_peak_share_best_batch_and_the_au
 def _row(fmt: str, compute: str, p50: float, speedup: float, agreement: float) -> dict:
     return {"status": "ok", "backend": "ort-cpu", "format": fmt, "compute": compute, "p50_ms": {"median": p50},
             "img_s": {"1": {"median": 1e3 / p50}, "32": {"median": 1.1e3 / p50}}, "peak_share": 0.4, "best_batch": 32,
-            "vs_fp32": {"speedup": {"median": speedup}, "agreement": agreement, "calib_agreement": agreement}}
+            "vs_fp32": {"speedup": {"median": speedup}, "agreement": agreement, "calib_agreement": agreement},
+            "repeats": [{"img_s": {"1": 1e3 / p50, "32": 1.1e3 / p50}}]}
 
 
 def test_the_summary_names_the_frontier_and_whether_the_faithful_fastest_meets_the_target():
@@ -224,4 +225,14 @@ def test_the_summary_names_the_frontier_and_whether_the_faithful_fastest_meets_t
            "ort-cpu uint4@int8." in text
     assert "Fastest row with >= 99.5% held-out agreement: ort-cpu uint4@bf16, 1.20x ONNX Runtime fp32 at b=1: " \
            "misses the 1.3x target" in text
-    assert "b=32 images/s >= b=1 images/s on every row." in text and "--provider auto: no row qualifies." in text
+    assert "b=32 images/s >= b=1 images/s on every row (median of the per-repeat ratios)." in text
+    assert "| 1.10 (1.10-1.10) | 32 |" in text and "--provider auto: no row qualifies." in text
+
+
+def test_the_summary_pairs_b32_with_b1_per_repeat():
+    from studies.cpu_compute_summary import batch_ratio
+
+    row = {"repeats": [{"img_s": {"1": 100.0, "32": 90.0}}, {"img_s": {"1": 50.0, "32": 60.0}},
+                       {"img_s": {"1": 80.0, "32": 84.0}}]}  # per repeat 0.90, 1.20, 1.05
+    assert batch_ratio(row) == {"median": pytest.approx(1.05), "min": pytest.approx(0.9), "max": pytest.approx(1.2)}
+    assert batch_ratio({"repeats": [{"img_s": {"1": 100.0}}]}) is None

@@ -8,7 +8,15 @@ own preprocessing and classes) and runs batches of preprocessed images to logits
 
 A large batch runs as micro-batches of `micro_batch` images: a StudentNet's first activation is 4 MiB per
 256x256 image, so a batch of 32 streams 128 MiB through memory between layers where one or two images stay
-in cache (measured on 1 core: 1.8 ms per image at b=32 against 1.2 ms at b=1; 1.2 ms as micro-batches).
+in cache. Measured on 1 thread of an AMD EPYC (2 MiB L2 per core, 32 MiB L3; `studies/micro_batch.py`, images
+per CPU second, a batch of 32 as micro-batches of 1/2/4/8/32 against b=1): ONNX Runtime fp32 827/815/681/625/521
+against 803, int8 1104/1095/941/821/687 against 1121, OpenVINO bf16 838/942/888/877/778 against 799. One or
+two images tie with b=1 (one image's 4 MiB already exceeds L2, and halving the calls gains nothing measurable),
+four or more lose 15-35%: `ACTIVATION_BUDGET` allows two.
+
+With more than one core a batch's micro-batches can run at once on single-threaded lanes (`spread`): no core
+waits for another inside an operator, and none spins waiting (ONNX Runtime's two-thread session spent 2.3x
+the CPU time per image of a single-threaded one on a loaded machine). One image keeps the session's threads.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ class ModelError(EdgeError, ValueError):
     """An ONNX file that cannot be used as an edge classifier."""
 
 
-ACTIVATION_BUDGET = 8 * 2 ** 20  # bytes of first-layer activations a micro-batch may hold (about an L2 + a share of L3)
+ACTIVATION_BUDGET = 8 * 2 ** 20  # bytes of first-layer activations a micro-batch may hold (measured: module docstring)
 
 
 def micro_batch(config) -> int:
