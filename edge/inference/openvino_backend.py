@@ -59,8 +59,9 @@ class OpenVinoClassifier(OnnxClassifier):
     def _lane(self):
         """A spread call's micro-batches go to ``lanes`` single-threaded compilations of the model (made on first
         use), one infer request each. Not one compilation with a stream per lane: OpenVINO 2026.4's CPU plugin
-        gives wrong logits with NUM_STREAMS > 1 on edge's files (measured on the shipped model: off by hundreds;
-        `tests/test_compute.py` checks the lanes' answers)."""
+        gives wrong logits with NUM_STREAMS > 1 on a file that decodes its weights in the graph (the shipped
+        models/food11_student_compressed.onnx: off by hundreds; its uint8 sibling is right; `tests/test_compute.py`
+        checks the lanes' answers)."""
         if self._lane_requests is None:
             self._lane_requests = queue.SimpleQueue()
             for _ in range(self.lanes):
