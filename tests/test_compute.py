@@ -74,6 +74,9 @@ def test_openvino_lanes_give_the_answers_of_one_call_at_a_time(synthetic_photos)
     one_at_a_time = model(x)
     model.spread(2)
     np.testing.assert_allclose(model(x), one_at_a_time, rtol=1e-4, atol=1e-4)  # NUM_STREAMS=2 was off by hundreds
+    lane = model._lane_requests.get().get_compiled_model()
+    assert lane.get_property("INFERENCE_NUM_THREADS") == 1
+    assert lane.get_property("ENABLE_CPU_PINNING") is False  # pinned, every lane took the same core
 
 
 def test_bf16_and_int8_say_why_not_on_a_cpu_without_their_instructions(monkeypatch):
