@@ -233,9 +233,15 @@ def test_the_summary_names_the_frontier_and_whether_the_faithful_fastest_meets_t
 
 
 def test_the_summary_pairs_b32_with_b1_per_repeat():
-    from studies.cpu_compute_summary import batch_ratio
+    from studies.cpu_compute_summary import batch_ratio, batch_verdict
 
     row = {"repeats": [{"img_s": {"1": 100.0, "32": 90.0}}, {"img_s": {"1": 50.0, "32": 60.0}},
                        {"img_s": {"1": 80.0, "32": 84.0}}]}  # per repeat 0.90, 1.20, 1.05
     assert batch_ratio(row) == {"median": pytest.approx(1.05), "min": pytest.approx(0.9), "max": pytest.approx(1.2)}
     assert batch_ratio({"repeats": [{"img_s": {"1": 100.0}}]}) is None
+    rows = [{"row": "a", "ratio": {"median": 1.2, "min": 1.1, "max": 1.3}},
+            {"row": "b", "ratio": {"median": 0.97, "min": 0.9, "max": 1.05}},
+            {"row": "c", "ratio": {"median": 0.8, "min": 0.7, "max": 0.9}}]
+    assert batch_verdict(rows) == ("b=32 images/s < b=1 images/s (median of the per-repeat ratios) on: b, c. "
+                                   "Within the noise (b=32 ahead in some repeat): b. Slower in every repeat: c.")
+    assert batch_verdict(rows[:1]).startswith("b=32 images/s >= b=1 images/s on every row")
