@@ -7,12 +7,14 @@ own preprocessing and classes) and runs batches of preprocessed images to logits
 (`edge.inference.openvino_backend`) subclass it: they share its checks, its card and its batching.
 
 A large batch runs as micro-batches of `micro_batch` images: a StudentNet's first activation is 4 MiB per
-256x256 image, so a batch of 32 streams 128 MiB through memory between layers where one or two images stay
-in cache. Measured on 1 thread of an AMD EPYC (2 MiB L2 per core, 32 MiB L3; `studies/micro_batch.py`, images
-per CPU second, a batch of 32 as micro-batches of 1/2/4/8/32 against b=1): ONNX Runtime fp32 827/815/681/625/521
-against 803, int8 1104/1095/941/821/687 against 1121, OpenVINO bf16 838/942/888/877/778 against 799. One or
-two images tie with b=1 (one image's 4 MiB already exceeds L2, and halving the calls gains nothing measurable),
-four or more lose 15-35%: `ACTIVATION_BUDGET` allows two.
+256x256 image, so a batch of 32 streams 128 MiB through memory between layers where one image stays in cache.
+Measured on 1 thread of an AMD EPYC (2 MiB L2 per core, 32 MiB L3; `studies/micro_batch.py`, images per CPU
+second, a batch of 32 as micro-batches of 1/2/4/8/32 against b=1): ONNX Runtime fp32 827/815/681/625/521
+against 803, int8 1104/1095/941/821/687 against 1121, OpenVINO bf16 838/942/888/877/778 against 799; four or
+more images lose 15-35%. One against two, paired per repeat (8 repeats) with b=1 on one photo: ONNX Runtime
+fp32 0.993/0.965, int8 0.980/0.981, OpenVINO fp32 0.976/0.850, bf16 0.997/1.011, int8 0.977/0.955, where b=1 on
+the photos in turn scores 1.001/0.985/0.983/1.005/0.966: one image per call is b=1's own speed (one image's 4 MiB
+already exceeds L2; halving the calls gains nothing measurable), so `ACTIVATION_BUDGET` holds one such image.
 
 With more than one core a batch's micro-batches can run at once on single-threaded lanes (`spread`): no core
 waits for another inside an operator, and none spins waiting (ONNX Runtime's two-thread session spent 2.3x
@@ -43,7 +45,7 @@ class ModelError(EdgeError, ValueError):
     """An ONNX file that cannot be used as an edge classifier."""
 
 
-ACTIVATION_BUDGET = 8 * 2 ** 20  # bytes of first-layer activations a micro-batch may hold (measured: module docstring)
+ACTIVATION_BUDGET = 4 * 2 ** 20  # bytes of first-layer activations a micro-batch may hold (measured: module docstring)
 
 
 def micro_batch(config) -> int:
