@@ -46,12 +46,22 @@ def test_lanes_run_a_calls_micro_batches_on_threads_of_their_own_with_the_same_a
         callers.append(threading.current_thread().name)
         return run(part)
 
-    model.run, model.lanes = observed, 2
+    model.run = observed
+    model.spread(2)
+    here = threading.current_thread().name
     np.testing.assert_allclose(model(x), one_lane, rtol=1e-5, atol=1e-5)  # in order, whatever finished first
-    assert len(callers) == 5 and all(name.startswith("lane") for name in callers)  # one image per micro-batch
+    assert callers[:2] != [here, here] and callers[2:] == [here] * 3  # the first 2 images on lanes, 3 here
+    assert all(name.startswith("lane") for name in callers[:2])
+    assert model.lanes_faster in (True, False)  # which way was faster per image decides the next batches
+    for faster, where in ((True, "lane"), (False, here)):
+        callers.clear()
+        model.lanes_faster = faster
+        np.testing.assert_allclose(model(x), one_lane, rtol=1e-5, atol=1e-5)
+        assert len(callers) == 5 and all(name.startswith(where) for name in callers)
     callers.clear()
+    model.lanes_faster = True
     model(x[:1])  # one micro-batch: run where it was called
-    assert callers == [threading.current_thread().name]
+    assert callers == [here]
 
 
 def test_a_spread_batch_gets_a_single_threaded_lane_session_and_the_bench_spreads_over_its_threads(synthetic_photos):

@@ -42,7 +42,8 @@ class OpenVinoClassifier(OnnxClassifier):
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
-        self.request, self.session, self._lane_requests = self._compile(config).create_infer_request(), None, None
+        self.request, self.session = self._compile(config).create_infer_request(), None
+        self._lane_requests, self.lanes_faster = None, None
         self.version = ov.__version__.split("-")[0]
 
     def _compile(self, config: dict):

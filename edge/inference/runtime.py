@@ -18,12 +18,17 @@ already exceeds L2; halving the calls gains nothing measurable), so `ACTIVATION_
 
 With more than one core a batch's micro-batches can run at once on single-threaded lanes (`spread`): no core
 waits for another inside an operator, and none spins waiting (ONNX Runtime's two-thread session spent 2.3x
-the CPU time per image of a single-threaded one on a loaded machine). One image keeps the session's threads.
+the CPU time per image of a single-threaded one on a loaded machine). But on a quiet machine the session's
+own threads split one image's 4 MiB activation over two L2 caches, and lanes were 6-15% slower per image
+(`edge bench` on 2 cores, load 2). So the first spread batch runs half its micro-batches on the lanes and half
+one at a time on the session's threads, and the faster way per image runs the batches after it. One image
+always keeps the session's threads.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -81,6 +86,7 @@ class OnnxClassifier:
     memory_cap = 0  # bytes the CPU arena may hold (`edge.inference.ort_memory`); 0: a GPU provider's own
     lanes = 1  # micro-batches of one call that run at once, each from a thread of its own (`spread`)
     _lane_session = None  # the single-threaded session the lanes share (`_lane`)
+    lanes_faster: bool | None = None  # whether lanes beat the session's threads per image (None: not measured yet)
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
                  compute: str = "fp32", calib=None):
@@ -159,7 +165,7 @@ class OnnxClassifier:
     def _engine(self, compute: str, calib) -> None:
         """ONNX Runtime's session for ``compute`` (fp32 is the one opened first)."""
         self.engine_source = self.int8_bytes(calib) if compute == "int8" else self.source
-        self.session, self._lane_session = self._open_session(self.engine_source), None
+        self.session, self._lane_session, self.lanes_faster = self._open_session(self.engine_source), None, None
 
     def _check_io(self) -> None:
         config, preprocess = self.card.config, self.card.preprocess
@@ -221,9 +227,10 @@ class OnnxClassifier:
         return name if self.compute == "fp32" else f"{name} {self.compute}"
 
     def spread(self, lanes: int) -> None:
-        """Run a batch of several micro-batches ``lanes`` micro-batches at once, each single-threaded on a core of
-        its own (the engine releases the GIL); a call of one micro-batch keeps the session's own threads."""
-        self.lanes = max(1, int(lanes))
+        """Let a batch of several micro-batches run ``lanes`` of them at once, each single-threaded on a core of its
+        own (the engine releases the GIL), where that is measured faster per image than one at a time on the
+        session's own threads (on the first such batch: the module docstring)."""
+        self.lanes, self.lanes_faster = max(1, int(lanes)), None
 
     def _lane(self):
         """What runs one micro-batch of a spread call: a single-threaded session (this one, or one opened on first
@@ -254,8 +261,19 @@ class OnnxClassifier:
         if len(images) <= step:
             return self.run(images)
         parts = [images[i:i + step] for i in range(0, len(images), step)]
-        if self.lanes == 1:
+        if self.lanes == 1 or self.lanes_faster is False or len(parts) < 2 * self.lanes:
             return np.concatenate([self.run(part) for part in parts])
-        lane = self._lane()
+        lane = self._lane()  # made before anything is timed
+        if self.lanes_faster:
+            return np.concatenate(self._on_lanes(lane, parts))
+        half = len(parts) // 2
+        start = time.perf_counter()
+        spread = self._on_lanes(lane, parts[:half])
+        middle = time.perf_counter()
+        one_at_a_time = [self.run(part) for part in parts[half:]]
+        self.lanes_faster = (middle - start) / half <= (time.perf_counter() - middle) / (len(parts) - half)
+        return np.concatenate(spread + one_at_a_time)
+
+    def _on_lanes(self, lane, parts: list[np.ndarray]) -> list[np.ndarray]:
         with ThreadPoolExecutor(min(self.lanes, len(parts)), thread_name_prefix="lane") as pool:
-            return np.concatenate(list(pool.map(lane, parts)))
+            return list(pool.map(lane, parts))
