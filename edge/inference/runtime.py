@@ -18,11 +18,11 @@ already exceeds L2; halving the calls gains nothing measurable), so `ACTIVATION_
 
 With more than one core a batch's micro-batches can run at once on single-threaded lanes (`spread`): no core
 waits for another inside an operator, and none spins waiting (ONNX Runtime's two-thread session spent 2.3x
-the CPU time per image of a single-threaded one on a loaded machine). But on a quiet machine the session's
-own threads split one image's 4 MiB activation over two L2 caches, and lanes were 6-15% slower per image
-(`edge bench` on 2 cores, load 2). So the first spread batch runs half its micro-batches on the lanes and half
-one at a time on the session's threads, and the faster way per image runs the batches after it. One image
-always keeps the session's threads.
+the CPU time per image of a single-threaded one on a loaded machine). But on a quieter machine the session's
+own threads were faster: lanes lost 6-15% per image (`edge bench`, 2 cores, load 2; likely because two threads
+split one image's 4 MiB activation over two 2 MiB L2 caches, where each lane holds a whole one). So the first
+spread batch runs half its micro-batches on the lanes and half one at a time on the session's threads, and the
+faster way per image runs the batches after it. One image always keeps the session's threads.
 """
 
 from __future__ import annotations
