@@ -122,6 +122,7 @@ class Worker:
             rss[batch] = peak_rss_bytes()
         session = getattr(self.model, "session", None)
         return {"load_s": load, "times": times, "rss_bytes": rss, "torch_loaded": "torch" in sys.modules,
+                "lanes_faster": getattr(self.model, "lanes_faster", None),
                 "providers": session.get_providers() if session else [self.model.provider]}
 
     def predict(self, data_dir: str, labels: str | None, batch: int | None, workers: int | None) -> dict:

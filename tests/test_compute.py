@@ -64,7 +64,8 @@ def test_lanes_run_a_calls_micro_batches_on_threads_of_their_own_with_the_same_a
     assert callers == [here]
 
 
-def test_a_spread_batch_gets_a_single_threaded_lane_session_and_the_bench_spreads_over_its_threads(synthetic_photos):
+def test_a_spread_batch_gets_a_single_threaded_lane_session_and_the_bench_spreads_over_its_threads(synthetic_photos,
+                                                                                                 tmp_path):
     from edge.bench.worker import Target, open_backend
 
     model = open_backend(Target("ort-cpu", "uint4", str(COMPRESSED), threads=2))
@@ -73,6 +74,11 @@ def test_a_spread_batch_gets_a_single_threaded_lane_session_and_the_bench_spread
     model(x)  # three micro-batches: the lanes share a single-threaded session, the one-image session keeps 2
     assert model._lane_session.get_session_options().intra_op_num_threads == 1
     assert open_backend(Target("ort-cpu", "uint4", str(COMPRESSED), threads=1)).lanes == 1
+    from edge.bench.worker import Worker
+
+    np.save(tmp_path / "x.npy", x)
+    reply = Worker(Target("ort-cpu", "uint4", str(COMPRESSED), threads=2)).measure(str(tmp_path / "x.npy"), [1, 5], 0, 1)
+    assert reply["lanes_faster"] in (True, False)  # the bench's JSON says per repeat which way ran its batches
 
 
 @needs_openvino
