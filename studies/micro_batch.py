@@ -1,7 +1,8 @@
 """Issue 28, b=32 against b=1: images/s of every CPU engine x compute precision when a batch of 32 photos runs
 as micro-batches of 1, 2, 4, 8, 16 or 32 images, next to b=1 on one photo run again and again (what `edge bench`
 times as b=1: its input stays in cache) and b=1 over the 32 photos in turn. Engines are opened as `edge bench`
-opens a row: with more than one thread a batch's micro-batches run on single-threaded lanes, one per thread. Repeats are interleaved (every
+opens a row: with more than one thread a batch's micro-batches may run on single-threaded lanes, one per thread,
+where its first spread batch measured them faster (`edge.inference.runtime`). Repeats are interleaved (every
 variant of one engine back to back, the engines round-robin), and every figure is a ratio within the run, so
 it survives a busy machine. Prints a markdown table (median img/s over repeats, min-max in brackets).
 
