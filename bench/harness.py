@@ -210,6 +210,12 @@ def _start(jobs: list[Job]) -> None:
             job.row.fail(status, str(reply))
 
 
+def batch_order(batches, repeat: int) -> list[int]:
+    """The order a repeat times its batch sizes: smallest first in the first (its peak RSS per batch size is
+    reported), then alternately largest and smallest first, so neither end always runs right after the load."""
+    return sorted(batches, reverse=repeat % 2 == 1)
+
+
 def _measure_rounds(jobs: list[Job], settings: Settings, bar) -> None:
     for repeat in range(settings.repeats):
         shift = repeat % len(jobs)
@@ -217,8 +223,8 @@ def _measure_rounds(jobs: list[Job], settings: Settings, bar) -> None:
             if job.row.ok:
                 bar.set_postfix_str(f"{job.row.backend} {job.row.fmt}")
                 job.row.record(*job.process.call("measure", inputs=str(job.subject.inputs),
-                                                 batches=list(settings.batches), min_seconds=settings.min_seconds,
-                                                 min_calls=settings.min_calls))
+                                                 batches=batch_order(settings.batches, repeat),
+                                                 min_seconds=settings.min_seconds, min_calls=settings.min_calls))
             bar.update()
 
 

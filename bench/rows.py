@@ -74,7 +74,7 @@ class Row:
         if status != "ok":
             return self.fail(status, str(reply))
         summary = summarise_times({int(b): t for b, t in reply["times"].items()})
-        self.runs.append({"load_ms": reply["load_s"] * 1e3, **summary})
+        self.runs.append({"load_ms": reply["load_s"] * 1e3, **summary, "lanes_faster": reply.get("lanes_faster")})
         self.rss_bytes = self.rss_bytes or {int(b): rss for b, rss in reply["rss_bytes"].items()}  # later repeats' peaks include larger batches
         self.providers, self.torch_loaded = reply["providers"], reply["torch_loaded"]
 

@@ -24,6 +24,7 @@ from typing import IO
 import numpy as np
 
 from edge.core.backends import Backend, ProviderUnavailable, resolve
+from edge.core.cpu import cpu_cores
 from edge.core.extras import missing_extra
 from edge.inference.openers import BackendHandler, backend_handler
 from edge.inference.ort_memory import expect_images
@@ -61,17 +62,28 @@ class Target:
 
 def open_backend(target: Target):
     """The classifier for ``target``, opened by its backend kind's handler: `OnnxClassifier` (no torch) or
-    `TorchClassifier` (fp16, channels_last as the row's format says)."""
-    return target.handler.open(target.path, target.spec, target.threads, target.pools, target.fmt, calib=target.calib)
+    `TorchClassifier` (fp16, channels_last as the row's format says). An ONNX classifier on the CPU spreads a
+    batch's micro-batches over its cores (``--threads``, default all), one single-threaded lane each: a batch
+    then gets every core without a core waiting on another inside an operator; one image keeps the session's
+    own threads."""
+    model = target.handler.open(target.path, target.spec, target.threads, target.pools, target.fmt,
+                                calib=target.calib)
+    if target.is_onnx and target.spec.device == "cpu":
+        model.spread(target.threads or cpu_cores())
+    return model
 
 
-def time_calls(model, x: np.ndarray, min_calls: int, min_seconds: float) -> list[float]:
-    """Seconds per ``model(x)`` call, at least ``min_calls`` calls and ``min_seconds`` in all."""
+def time_calls(model, x: np.ndarray, batch: int, min_calls: int, min_seconds: float) -> list[float]:
+    """Seconds per ``model`` call on ``batch`` images, at least ``min_calls`` calls and ``min_seconds`` in all. The
+    calls take the images of ``x`` in turn, ``batch`` at a time, so every batch size sees fresh photos: one photo
+    run again and again stays in cache and flattered b=1 (by 1.5% on 1 thread; `studies/micro_batch.py`)."""
+    chunks = [x[i:i + batch] for i in range(0, len(x) - batch + 1, batch)]
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_calls or time.perf_counter() - start < min_seconds:
+        images = chunks[len(times) % len(chunks)]
         t0 = time.perf_counter()
-        model(x)
+        model(images)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -94,8 +106,9 @@ class Worker:
         self.target, self.model = target, None
 
     def measure(self, inputs: str, batches: list[int], min_seconds: float, min_calls: int) -> dict:
-        """Open the backend afresh (timed: session creation with dequantization), then time each batch,
-        smallest first; the peak RSS after each batch (in the first repeat: what that batch size needs)."""
+        """Open the backend afresh (timed: session creation with dequantization), then time each batch in the
+        order given (the harness alternates it between repeats, so neither batch size always runs first); the
+        peak RSS after each batch (in the first repeat, smallest first: what that batch size needs)."""
         x = np.load(inputs)
         expect_images(max(batches))
         self.model = None  # release the previous session before timing a new load
@@ -103,12 +116,13 @@ class Worker:
         self.model = open_backend(self.target)
         load = time.perf_counter() - t0
         times, rss = {}, {}
-        for batch in sorted(batches):
-            time_calls(self.model, x[:batch], 1, min_seconds / 10)  # warm-up
-            times[batch] = time_calls(self.model, x[:batch], min_calls, min_seconds)
+        for batch in batches:
+            time_calls(self.model, x, batch, 1, min_seconds / 10)  # warm-up
+            times[batch] = time_calls(self.model, x, batch, min_calls, min_seconds)
             rss[batch] = peak_rss_bytes()
         session = getattr(self.model, "session", None)
         return {"load_s": load, "times": times, "rss_bytes": rss, "torch_loaded": "torch" in sys.modules,
+                "lanes_faster": getattr(self.model, "lanes_faster", None),
                 "providers": session.get_providers() if session else [self.model.provider]}
 
     def predict(self, data_dir: str, labels: str | None, batch: int | None, workers: int | None) -> dict:

@@ -6,6 +6,8 @@
 #   bench/results/cpu_compute_all_cores.{md,json} (all cores: what `edge bench` does by default)
 #   bench/results/hw7_throughput.{md,json}        (bash hw7_test.sh on 3,347 photos vs the homework way)
 #   bench/results/cpu_compute_*_summary.md        (the frontier and the verdicts: studies/cpu_compute_summary.py)
+#   bench/results/cpu_compute_micro_batch_*.md    (b=32 as micro-batches of 1-32 images against b=1, per engine:
+#                                                  studies/micro_batch.py; images per CPU second at 1 thread)
 # Calibration (int8 ranges, the --provider auto choice) uses the first 100 photos of food11/testing by
 # id; agreement and accuracy are measured on the other 397, which never take part in choosing.
 # Needs the openvino extra (pip install -e ".[openvino]") and the torch extra (int8's graph tools, the
@@ -32,4 +34,7 @@ python -m edge.bench.predict_throughput --hw7 --repeats 1 --memory-images 0 \
 edge bench "$MODEL" "${common[@]}" --repeats 3 \
     --json "$RESULTS/cpu_compute_all_cores.json" --markdown "$RESULTS/cpu_compute_all_cores.md"
 python -m studies.cpu_compute_summary "$RESULTS/cpu_compute_all_cores.json" -o "$RESULTS/cpu_compute_all_cores_summary.md"
+micro=(-m studies.micro_batch "$MODEL" --data "$WORK/held" --calib "$WORK/calib" --repeats 5)
+python "${micro[@]}" --threads 1 --clock cpu > "$RESULTS/cpu_compute_micro_batch_1thread.md"
+python "${micro[@]}" > "$RESULTS/cpu_compute_micro_batch_all_cores.md"
 uptime

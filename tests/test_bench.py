@@ -63,6 +63,26 @@ def test_repeat_summaries():
     assert spread([]) is None
 
 
+def _timed(b1_s: float, b32_s: float) -> dict:
+    """A worker's ``measure`` reply: three calls per batch at these seconds per call."""
+    return {"load_s": 0.1, "times": {"1": [b1_s] * 3, "32": [b32_s] * 3}, "rss_bytes": {"1": 1 << 20, "32": 2 << 20},
+            "providers": ["CPUExecutionProvider"], "torch_loaded": False}
+
+
+def test_the_best_batch_has_the_most_images_per_second_over_the_repeats_and_the_table_shows_it():
+    row = Row("m", "ort-cpu", "fp32", 1000, 10, 10)
+    for b1_s, b32_s in ((0.001, 0.030), (0.001, 0.034), (0.002, 0.030)):  # repeat 2 alone would say b=1
+        row.record("ok", _timed(b1_s, b32_s))
+    assert row.best_batch == 32 and row.to_json()["best_batch"] == 32  # median 1067 img/s against 1000
+    doc = {"settings": {"batches": [1, 32], "threads": 1}, "machine": {"cpu": {"cores": 1, "peak_gflops": None}},
+           "models": [{}], "rows": [row.to_json()]}
+    headers, cells, _ = report.table(doc)
+    assert cells[0][headers.index("best b")] == "32"
+    slower = Row("m", "ort-cpu", "fp32", 1000, 10, 10)
+    slower.record("ok", _timed(0.001, 0.040))
+    assert slower.best_batch == 1
+
+
 def test_default_run_rows(default_run):
     _, output, doc = default_run
     fp32, uint8, torch_row = (_row(doc, "ort-cpu", "fp32"), _row(doc, "ort-cpu", "uint8:minmax"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -27,13 +28,71 @@ ONNX_ABSENT = int8_compute.missing()
 
 def test_micro_batches_keep_a_large_batchs_answers_and_fit_the_cache(synthetic_student_onnx, synthetic_photos):
     model = OnnxClassifier(COMPRESSED, threads=1)
-    assert model.micro_batch == 2  # 16 channels x 256 x 256 x 4 B = 4 MiB per image in an 8 MiB budget
-    assert OnnxClassifier(synthetic_student_onnx).micro_batch > 32  # a 32x32 model: the whole batch at once
+    assert model.micro_batch == 1  # 16 channels x 256 x 256 x 4 B = 4 MiB per image in a 4 MiB budget
+    assert OnnxClassifier(synthetic_student_onnx).micro_batch == 128  # 8 x 32 x 32 x 4 B: the whole batch at once
     x = first_images(synthetic_photos, model.card, 5)
     batched = model(x)
     one_by_one = np.concatenate([model(x[i:i + 1]) for i in range(len(x))])
     assert batched.shape == (5, 11)
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-4)
+
+
+def test_lanes_run_a_calls_micro_batches_on_threads_of_their_own_with_the_same_answers(synthetic_photos):
+    model = OnnxClassifier(COMPRESSED, threads=1)
+    x = first_images(synthetic_photos, model.card, 5)
+    one_lane, callers, run = model(x), [], model.run
+
+    def observed(part):
+        callers.append(threading.current_thread().name)
+        return run(part)
+
+    model.run = observed
+    model.spread(2)
+    here = threading.current_thread().name
+    np.testing.assert_allclose(model(x), one_lane, rtol=1e-5, atol=1e-5)  # in order, whatever finished first
+    assert callers[:2] != [here, here] and callers[2:] == [here] * 3  # the first 2 images on lanes, 3 here
+    assert all(name.startswith("lane") for name in callers[:2])
+    assert model.lanes_faster in (True, False)  # which way was faster per image decides the next batches
+    for faster, where in ((True, "lane"), (False, here)):
+        callers.clear()
+        model.lanes_faster = faster
+        np.testing.assert_allclose(model(x), one_lane, rtol=1e-5, atol=1e-5)
+        assert len(callers) == 5 and all(name.startswith(where) for name in callers)
+    callers.clear()
+    model.lanes_faster = True
+    model(x[:1])  # one micro-batch: run where it was called
+    assert callers == [here]
+
+
+def test_a_spread_batch_gets_a_single_threaded_lane_session_and_the_bench_spreads_over_its_threads(synthetic_photos,
+                                                                                                 tmp_path):
+    from edge.bench.worker import Target, open_backend
+
+    model = open_backend(Target("ort-cpu", "uint4", str(COMPRESSED), threads=2))
+    assert model.lanes == 2 and model.session.get_session_options().intra_op_num_threads == 2
+    x = first_images(synthetic_photos, model.card, 5)
+    model(x)  # three micro-batches: the lanes share a single-threaded session, the one-image session keeps 2
+    assert model._lane_session.get_session_options().intra_op_num_threads == 1
+    assert open_backend(Target("ort-cpu", "uint4", str(COMPRESSED), threads=1)).lanes == 1
+    from edge.bench.worker import Worker
+
+    np.save(tmp_path / "x.npy", x)
+    reply = Worker(Target("ort-cpu", "uint4", str(COMPRESSED), threads=2)).measure(str(tmp_path / "x.npy"), [1, 5], 0, 1)
+    assert reply["lanes_faster"] in (True, False)  # the bench's JSON says per repeat which way ran its batches
+
+
+@needs_openvino
+def test_openvino_lanes_give_the_answers_of_one_call_at_a_time(synthetic_photos):
+    from edge.inference.openvino_backend import OpenVinoClassifier
+
+    model = OpenVinoClassifier(COMPRESSED, threads=2)
+    x = first_images(synthetic_photos, model.card, 5)
+    one_at_a_time = model(x)
+    model.spread(2)
+    np.testing.assert_allclose(model(x), one_at_a_time, rtol=1e-4, atol=1e-4)  # NUM_STREAMS=2 was off by hundreds
+    lane = model._lane_requests.get().get_compiled_model()
+    assert lane.get_property("INFERENCE_NUM_THREADS") == 1
+    assert lane.get_property("ENABLE_CPU_PINNING") is False  # pinned, every lane took the same core
 
 
 def test_bf16_and_int8_say_why_not_on_a_cpu_without_their_instructions(monkeypatch):
@@ -167,7 +226,8 @@ def test_bench_rows_per_compute_carry_agreement_peak_share_best_batch_and_the_au
 def _row(fmt: str, compute: str, p50: float, speedup: float, agreement: float) -> dict:
     return {"status": "ok", "backend": "ort-cpu", "format": fmt, "compute": compute, "p50_ms": {"median": p50},
             "img_s": {"1": {"median": 1e3 / p50}, "32": {"median": 1.1e3 / p50}}, "peak_share": 0.4, "best_batch": 32,
-            "vs_fp32": {"speedup": {"median": speedup}, "agreement": agreement, "calib_agreement": agreement}}
+            "vs_fp32": {"speedup": {"median": speedup}, "agreement": agreement, "calib_agreement": agreement},
+            "repeats": [{"img_s": {"1": 1e3 / p50, "32": 1.1e3 / p50}}]}
 
 
 def test_the_summary_names_the_frontier_and_whether_the_faithful_fastest_meets_the_target():
@@ -184,4 +244,20 @@ def test_the_summary_names_the_frontier_and_whether_the_faithful_fastest_meets_t
            "ort-cpu uint4@int8." in text
     assert "Fastest row with >= 99.5% held-out agreement: ort-cpu uint4@bf16, 1.20x ONNX Runtime fp32 at b=1: " \
            "misses the 1.3x target" in text
-    assert "b=32 images/s >= b=1 images/s on every row." in text and "--provider auto: no row qualifies." in text
+    assert "b=32 images/s >= b=1 images/s on every row (median of the per-repeat ratios)." in text
+    assert "| 1.10 (1.10-1.10) | 32 |" in text and "--provider auto: no row qualifies." in text
+
+
+def test_the_summary_pairs_b32_with_b1_per_repeat():
+    from studies.cpu_compute_summary import batch_ratio, batch_verdict
+
+    row = {"repeats": [{"img_s": {"1": 100.0, "32": 90.0}}, {"img_s": {"1": 50.0, "32": 60.0}},
+                       {"img_s": {"1": 80.0, "32": 84.0}}]}  # per repeat 0.90, 1.20, 1.05
+    assert batch_ratio(row) == {"median": pytest.approx(1.05), "min": pytest.approx(0.9), "max": pytest.approx(1.2)}
+    assert batch_ratio({"repeats": [{"img_s": {"1": 100.0}}]}) is None
+    rows = [{"row": "a", "ratio": {"median": 1.2, "min": 1.1, "max": 1.3}},
+            {"row": "b", "ratio": {"median": 0.97, "min": 0.9, "max": 1.05}},
+            {"row": "c", "ratio": {"median": 0.8, "min": 0.7, "max": 0.9}}]
+    assert batch_verdict(rows) == ("b=32 images/s < b=1 images/s (median of the per-repeat ratios) on: b, c. "
+                                   "Within the noise (b=32 ahead in some repeat): b. Slower in every repeat: c.")
+    assert batch_verdict(rows[:1]).startswith("b=32 images/s >= b=1 images/s on every row")

@@ -7,13 +7,29 @@ own preprocessing and classes) and runs batches of preprocessed images to logits
 (`edge.inference.openvino_backend`) subclass it: they share its checks, its card and its batching.
 
 A large batch runs as micro-batches of `micro_batch` images: a StudentNet's first activation is 4 MiB per
-256x256 image, so a batch of 32 streams 128 MiB through memory between layers where one or two images stay
-in cache (measured on 1 core: 1.8 ms per image at b=32 against 1.2 ms at b=1; 1.2 ms as micro-batches).
+256x256 image, so a batch of 32 streams 128 MiB through memory between layers where one image stays in cache.
+Measured on 1 thread of an AMD EPYC (2 MiB L2 per core, 32 MiB L3; `studies/micro_batch.py`, images per CPU
+second, a batch of 32 as micro-batches of 1/2/4/8/32 against b=1): ONNX Runtime fp32 827/815/681/625/521
+against 803, int8 1104/1095/941/821/687 against 1121, OpenVINO bf16 838/942/888/877/778 against 799; four or
+more images lose 15-35%. One against two, paired per repeat (8 repeats) with b=1 on one photo: ONNX Runtime
+fp32 0.993/0.965, int8 0.980/0.981, OpenVINO fp32 0.976/0.850, bf16 0.997/1.011, int8 0.977/0.955, where b=1 on
+the photos in turn scores 1.001/0.985/0.983/1.005/0.966: one image per call is b=1's own speed (one image's 4 MiB
+already exceeds L2; halving the calls gains nothing measurable), so `ACTIVATION_BUDGET` holds one such image.
+
+With more than one core a batch's micro-batches can run at once on single-threaded lanes (`spread`): no core
+waits for another inside an operator, and none spins waiting (ONNX Runtime's two-thread session spent 2.3x
+the CPU time per image of a single-threaded one on a loaded machine). But on a quieter machine the session's
+own threads were faster: lanes lost 6-15% per image (`edge bench`, 2 cores, load 2; likely because two threads
+split one image's 4 MiB activation over two 2 MiB L2 caches, where each lane holds a whole one). So the first
+spread batch runs half its micro-batches on the lanes and half one at a time on the session's threads, and the
+faster way per image runs the batches after it. One image always keeps the session's threads.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +50,7 @@ class ModelError(EdgeError, ValueError):
     """An ONNX file that cannot be used as an edge classifier."""
 
 
-ACTIVATION_BUDGET = 8 * 2 ** 20  # bytes of first-layer activations a micro-batch may hold (about an L2 + a share of L3)
+ACTIVATION_BUDGET = 4 * 2 ** 20  # bytes of first-layer activations a micro-batch may hold (measured: module docstring)
 
 
 def micro_batch(config) -> int:
@@ -68,6 +84,9 @@ class OnnxClassifier:
     """An exported StudentNet (or any edge ONNX classifier) ready to run."""
 
     memory_cap = 0  # bytes the CPU arena may hold (`edge.inference.ort_memory`); 0: a GPU provider's own
+    lanes = 1  # micro-batches of one call that run at once, each from a thread of its own (`spread`)
+    _lane_session = None  # the single-threaded session the lanes share (`_lane`)
+    lanes_faster: bool | None = None  # whether lanes beat the session's threads per image (None: not measured yet)
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
                  compute: str = "fp32", calib=None):
@@ -88,7 +107,7 @@ class OnnxClassifier:
         except OSError:
             sealed, source = False, str(self.path)  # ONNX Runtime names what is wrong with the file
         self._check_stored_weights(source)
-        self.source = source
+        self.source = self.engine_source = source
         self.session = self._open_session(source)
         if wanted not in self.session.get_providers():
             raise ProviderUnavailable(f"{wanted} did not start for {self.path} (session runs on "
@@ -108,9 +127,10 @@ class OnnxClassifier:
         if compute != "fp32":
             self.use_compute(compute, calib)
 
-    def _open_session(self, source: str | bytes):
-        """ONNX Runtime's session of ``source`` on this backend, its CPU memory capped (`edge.inference.ort_memory`)."""
-        options, model_bytes = session_options(self.threads), self._model_bytes(source)
+    def _open_session(self, source: str | bytes, threads: int | None = None):
+        """ONNX Runtime's session of ``source`` on this backend (on ``threads``, default the classifier's), its CPU
+        memory capped (`edge.inference.ort_memory`)."""
+        options, model_bytes = session_options(threads or self.threads), self._model_bytes(source)
         if self.backend.provider == "CPUExecutionProvider":
             self.memory_cap = use_capped_arena(options, run_budget(model_bytes, self._image_bytes(source)))
         try:
@@ -144,7 +164,8 @@ class OnnxClassifier:
 
     def _engine(self, compute: str, calib) -> None:
         """ONNX Runtime's session for ``compute`` (fp32 is the one opened first)."""
-        self.session = self._open_session(self.int8_bytes(calib) if compute == "int8" else self.source)
+        self.engine_source = self.int8_bytes(calib) if compute == "int8" else self.source
+        self.session, self._lane_session, self.lanes_faster = self._open_session(self.engine_source), None, None
 
     def _check_io(self) -> None:
         config, preprocess = self.card.config, self.card.preprocess
@@ -205,10 +226,25 @@ class OnnxClassifier:
         name = self.session.get_providers()[0]
         return name if self.compute == "fp32" else f"{name} {self.compute}"
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """One engine call: contiguous float32 images -> logits."""
+    def spread(self, lanes: int) -> None:
+        """Let a batch of several micro-batches run ``lanes`` of them at once, each single-threaded on a core of its
+        own (the engine releases the GIL), where that is measured faster per image than one at a time on the
+        session's own threads (on the first such batch: the module docstring)."""
+        self.lanes, self.lanes_faster = max(1, int(lanes)), None
+
+    def _lane(self):
+        """What runs one micro-batch of a spread call: a single-threaded session (this one, or one opened on first
+        use), so no lane's core waits for another inside an operator nor spins on a core another lane needs."""
+        if self.threads == 1 or self.backend.provider != "CPUExecutionProvider":
+            return self.run
+        if self._lane_session is None:
+            self._lane_session = self._open_session(self.engine_source, threads=1)
+        return lambda images: self.run(images, self._lane_session)
+
+    def run(self, images: np.ndarray, session=None) -> np.ndarray:
+        """One engine call (on ``session``, default the classifier's): contiguous float32 images -> logits."""
         try:
-            return self.session.run(None, {self.input_name: images})[0]
+            return (session or self.session).run(None, {self.input_name: images})[0]
         except Exception as err:  # onnxruntime's RuntimeException/Fail/...: a graph that cannot run
             if is_out_of_memory(err):
                 cap = f"the {self.memory_cap / 2**20:,.0f} MiB edge allows" if self.memory_cap else "the device holds"
@@ -218,9 +254,29 @@ class OnnxClassifier:
                              f"({str(err).splitlines()[0]})") from None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """float32 (N, C, H, W) preprocessed images -> (N, classes) logits, `micro_batch` images per engine call."""
+        """float32 (N, C, H, W) preprocessed images -> (N, classes) logits, `micro_batch` images per engine call,
+        up to `lanes` calls at once."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         step = self.micro_batch
         if len(images) <= step:
             return self.run(images)
-        return np.concatenate([self.run(images[i:i + step]) for i in range(0, len(images), step)])
+        parts = [images[i:i + step] for i in range(0, len(images), step)]
+        if self.lanes == 1 or self.lanes_faster is False or len(parts) < 2 * self.lanes:
+            return np.concatenate([self.run(part) for part in parts])
+        lane = self._lane()  # made before anything is timed
+        return np.concatenate(self._on_lanes(lane, parts) if self.lanes_faster else self._race(lane, parts))
+
+    def _race(self, lane, parts: list[np.ndarray]) -> list[np.ndarray]:
+        """The first half of ``parts`` on the lanes, the rest one at a time on the session's own threads; the faster
+        way per image is `lanes_faster` from now on."""
+        half = len(parts) // 2
+        start = time.perf_counter()
+        spread = self._on_lanes(lane, parts[:half])
+        middle = time.perf_counter()
+        one_at_a_time = [self.run(part) for part in parts[half:]]
+        self.lanes_faster = (middle - start) / half <= (time.perf_counter() - middle) / (len(parts) - half)
+        return spread + one_at_a_time
+
+    def _on_lanes(self, lane, parts: list[np.ndarray]) -> list[np.ndarray]:
+        with ThreadPoolExecutor(min(self.lanes, len(parts)), thread_name_prefix="lane") as pool:
+            return list(pool.map(lane, parts))
