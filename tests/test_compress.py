@@ -146,8 +146,7 @@ def test_compress_meets_the_byte_target_and_reports_the_frontier(workspace):
     assert record["chosen"]["bytes"] == out.stat().st_size
     fitting = [p for p in record["points"] if p["bytes"] <= 9000]
     assert fitting and all(p["views_kl"] >= 0 and p["views_kl_noise"] >= 0 for p in fitting)  # what ranks them
-    best = min(fitting, key=lambda p: p["views_kl"])  # the one-standard-error rule (`choose`)
-    assert record["chosen"]["views_kl"] <= best["views_kl"] + best["views_kl_noise"]
+    assert record["chosen"]["views_kl"] == min(p["views_kl"] for p in fitting)
     assert min(p["bytes"] for p in record["points"] if p["stage"] == "quantization") > 9000
     assert (report / "frontier.png").stat().st_size > 10_000 and "| series |" in (report / "report.md").read_text()
     again = _compress(workspace, out, workspace / "report2")
@@ -215,22 +214,21 @@ def test_the_slimming_path_starts_with_half_a_step_and_cuts_at_most_a_step_down_
     assert path_of([], 0.1) == [] and path_of([1.0], 0.1) == []  # nothing to slim for
 
 
-def test_the_choice_is_the_most_slimmed_file_within_one_standard_error_of_the_best():
+def test_the_choice_is_the_smallest_views_kl_even_when_a_slimmed_file_lies_within_its_noise():
     from edge.workflows.compress import choose
 
     def point(keep, views_kl, noise=0.02, size=80, **extra):
         return {"keep": keep, "parameters": int(1000 * keep), "bytes": size, "views_kl": views_kl,
                 "views_kl_noise": noise, "val_agreement": 0.9, **extra}
 
-    whole, slimmed, deeper = point(1.0, 0.060), point(0.9, 0.075), point(0.8, 0.090)
-    assert choose([whole, slimmed, deeper], 100) is slimmed  # 0.075 <= 0.060 + 0.02 < 0.090
-    assert choose([whole, deeper], 100) is whole
-    assert choose([whole, point(0.9, 0.075, size=120)], 100) is whole  # over the target: never chosen
-    assert choose([point(1.0, 0.06, 0.0), slimmed], 100)["keep"] == 1.0  # no noise, no slack
-    labelled = [point(1.0, 0.060, val_accuracy=0.85), point(0.9, 0.061, val_accuracy=0.80)]
-    assert choose(labelled, 100) is labelled[0]  # validation accuracy, when known, comes first
-    plain = [{"keep": k, "parameters": int(1000 * k), "bytes": 80, "val_agreement": a} for k, a in ((1.0, .9), (.9, .8))]
-    assert choose(plain, 100) is plain[0]  # --views 0: agreement decides, no slack
+    whole, slimmed = point(1.0, 0.060), point(0.9, 0.075)
+    assert choose([slimmed, whole], 100) is whole  # 0.075 is within 0.060 + 0.02, and still loses
+    assert choose([whole, point(0.9, 0.05, size=120)], 100) is whole  # over the target: never chosen
+    labelled = [point(1.0, 0.060, val_accuracy=0.80), point(0.9, 0.070, val_accuracy=0.85)]
+    assert choose(labelled, 100) is labelled[1]  # validation accuracy, when known, comes first
+    plain = [{"keep": k, "parameters": int(1000 * k), "bytes": 80, "val_agreement": a} for k, a in ((1.0, .8), (.9, .9))]
+    assert choose(plain, 100) is plain[1]  # --views 0: agreement decides
+    assert choose([point(1.0, 0.06, size=120)], 100) is None
 
 
 def test_interrupted_compress_resumes_to_the_same_file(workspace, monkeypatch):

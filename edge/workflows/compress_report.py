@@ -82,8 +82,7 @@ def markdown_report(state: dict) -> str:
               "slimming series prune the widths after the last max-pool to the keep fraction. Val KL: mean KL "
               "divergence of the file's answers from the model's on the validation photos; views KL: the same over "
               f"{state['settings'].get('views', 0)} augmented views of each (fitting files only; ± its bootstrap standard "
-              "error over photos), what fitting files are ranked by; the chosen file is the one with the fewest parameters "
-              "among those within the best's standard error of it (the one-standard-error rule).", ""]
+              "error over photos), what fitting files are ranked by.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in sorted(state["points"], key=lambda p: (series(p), -p["keep"], p["bytes"])):
         row = [series(p), f"{p['keep']:.3f}", p["format"], f"{p['bytes']:,}", "yes" if p["bytes"] <= target else "no",
