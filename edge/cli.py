@@ -145,8 +145,10 @@ def _execute(command, options_class, params: dict, *args) -> None:
 
     from edge.core.reports import Report
 
+    processes = params.pop("processes", 1)
     with _user_errors():
         options, as_json = parse_options(options_class, params)
+        _launch_ranks(processes, options)
         with redirect_stdout(sys.stderr) if as_json else nullcontext():
             result = command(options, *args)
     report = result if isinstance(result, Report) else Report((), result)
@@ -156,6 +158,18 @@ def _execute(command, options_class, params: dict, *args) -> None:
         for line in report.lines:
             click.echo(line, err=report.stderr)
     sys.exit(report.exit_code)
+
+
+def _launch_ranks(processes: int, options) -> None:
+    """``--processes N`` (train, distill, slim), its options checked: run this command line as N torchrun
+    ranks and exit when they are done (nothing to do in one process, or in a rank of such a run)."""
+    if processes == 1:
+        return
+    from edge.train.distributed import check_processes, launch
+
+    if check_processes(processes, options.loop.batch):
+        launch(processes, sys.argv[1:])
+        sys.exit(0)
 
 
 def _output(help_text: str, required: bool = True, file_okay: bool = True):
@@ -502,6 +516,9 @@ _TRAINING_OPTIONS = [
     click.option("--sync-bn", is_flag=True,
                  help="Under torchrun: BatchNorm statistics over the global batch (all processes), not each "
                       "process's share."),
+    click.option("--processes", default=1, show_default=True, type=Whole(1),
+                 help="Run as this many processes on this machine (edge starts torchrun --standalone once every "
+                      "option is checked; one GPU each when CUDA is used); --batch is split among them."),
 ]
 _KD_OPTIONS = [
     click.option("--temperature", default=20.0, show_default=True, type=FiniteRange(0, min_open=True),
