@@ -95,10 +95,11 @@ def fresh_preprocess(sources: DataOptions, shape: ShapeOptions) -> Preprocess:
     return Preprocess(crop=size, resize=shape.resize)
 
 
-def open_sets(sources: DataOptions, preprocess: Preprocess, classes: tuple[str, ...] = ()):
-    """(train, val, test, augment) for ``preprocess``; val/test are None when not asked for."""
+def open_sets(sources: DataOptions, preprocess: Preprocess, classes: tuple[str, ...] = (), progress: bool = True):
+    """(train, val, test, augment) for ``preprocess``; val/test are None when not asked for; ``progress``:
+    decoding bars (off under --quiet)."""
     augment = Augment(preprocess.crop, sources.padding, sources.rotation, flip=not sources.no_flip)
-    common = {"workers": sources.decode_threads, "cache_dir": sources.cache_dir}
+    common = {"workers": sources.decode_threads, "cache_dir": sources.cache_dir, "progress": progress}
     train = decode_image_set(sources.data, preprocess, augment, labels_csv=sources.labels, class_hint=classes,
                              **common)
     hint = classes or train.classes or ()
@@ -210,7 +211,7 @@ def train_command(options: TrainOptions) -> dict:
         if group().main:
             check_run_outputs(options)
         preprocess = fresh_preprocess(options.sources, options.shape)
-        sets = open_sets(options.sources, preprocess)
+        sets = open_sets(options.sources, preprocess, progress=not options.loop.quiet)
         net = _fresh_net(options.arch, options.shape, sets[0], preprocess)
         model = _init(net, options.loop.seed, options.weights)
     say(f"model: {net.spec.describe()}, {count_parameters(model):,} parameters")
@@ -292,7 +293,7 @@ def distill_command(options: DistillOptions) -> dict:
         start = None if options.student in STUDENT_ARCHS else load_net(options.student)
         preprocess = start.preprocess if start else fresh_preprocess(options.sources, options.shape)
         known = start.classes if start else named
-        sets = open_sets(options.sources, preprocess, known)
+        sets = open_sets(options.sources, preprocess, known, not options.loop.quiet)
         net = start or _fresh_net(options.student, options.shape, sets[0], preprocess, known)
         model = _init(net, options.loop.seed)
         teacher = load_teacher(options.teacher, options.teacher_arch, net.classes, preprocess)
@@ -319,7 +320,7 @@ def slim_command(options: SlimOptions) -> dict:
         base = load_net(options.student)
         if base.spec.arch != "dw":
             raise ConfigError(f"{options.student}: slimming works on StudentNets (arch dw), this is {base.spec.arch}")
-        train, val, test, augment = open_sets(sources, base.preprocess, base.classes)
+        train, val, test, augment = open_sets(sources, base.preprocess, base.classes, not loop.quiet)
         if val is None:
             raise ConfigError("--val is required: each round keeps its best epoch by validation accuracy")
         teacher = load_teacher(options.teacher, options.teacher_arch, base.classes, base.preprocess) \
