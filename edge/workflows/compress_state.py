@@ -24,6 +24,7 @@ from pathlib import Path
 from edge.codec.checksum import check_seal
 from edge.codec.metadata import MetadataError
 from edge.core.config import ConfigError
+from edge.core.json_text import loads
 from edge.core.weight_formats import parse_format
 
 MAX_STATE_BYTES = 16 << 20  # a search records a few hundred points at most: well under 1 MB
@@ -156,14 +157,9 @@ def _parse(path: Path):
     if path.stat().st_size > MAX_STATE_BYTES:
         raise ConfigError(f"{path}: refused: over {MAX_STATE_BYTES:,} bytes, not a compress record")
     try:
-        saved = json.loads(path.read_bytes(), parse_constant=_no_constant)
-    except RecursionError:
-        raise ConfigError(f"{path}: not a resumable compress record (nested deeper than {MAX_DEPTH} levels)") \
-            from None
-    except (ValueError, UnicodeDecodeError) as err:
+        saved = loads(path.read_bytes(), MAX_DEPTH, parse_constant=_no_constant)
+    except ValueError as err:  # UnicodeDecodeError too
         raise ConfigError(f"{path}: not a resumable compress record ({err})") from None
-    if _depth(saved) > MAX_DEPTH:
-        raise ConfigError(f"{path}: not a resumable compress record (nested deeper than {MAX_DEPTH} levels)")
     if isinstance(saved, dict) and isinstance(saved.get("points"), list):  # older records: no hashes, measured again
         saved["points"] = [p for p in saved["points"] if not (isinstance(p, dict) and "sha256" not in p)]
     return saved
@@ -171,17 +167,6 @@ def _parse(path: Path):
 
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a number a record holds")
-
-
-def _depth(value) -> int:
-    """How deep ``value`` nests (a scalar is 0), without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, level)
-            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def _problem(saved) -> str | None:

@@ -24,6 +24,7 @@ from edge.data.datasets import Augment, ImageSet, decode_image_set
 from edge.train.distributed import group, say, together
 from edge.train.shared import load_shared
 from edge.core.files import atomic_write, check_output, check_output_dir
+from edge.core.json_text import loads
 from edge.models.registry import STUDENT_ARCHS, NetSpec, check_runs, count_parameters
 from edge.io.netfile import NetFile, check_compatible
 from edge.io.checkpoints import load_net
@@ -415,7 +416,7 @@ def _slim_record(options: SlimOptions, out: Path, setup, alpha: float) -> dict:
     if contents is None:
         raise ConfigError(f"{path}: nothing to resume (no such file): run without --resume first")
     try:
-        saved = json.loads(contents)
+        saved = loads(contents)
         differ = {k: (saved["settings"].get(k), v) for k, v in settings.items() if saved["settings"].get(k) != v}
     except (ValueError, KeyError, AttributeError) as err:
         raise ConfigError(f"{path}: not a resumable slimming record ({err})") from None
