@@ -1,8 +1,10 @@
-"""Hostile inputs, fifth pass: JSON nested past what Python's reader recurses into (a model's metadata, a
+"""Hostile inputs, fifth pass: images that declare many pixels in few bytes (memory per pixel, one large
+image decoding at a time); JSON nested past what Python's reader recurses into (a model's metadata, a
 bench --compare file) is one line naming the file, never a RecursionError traceback."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -43,3 +45,95 @@ def test_a_bench_compare_file_nested_too_deep_is_refused_in_one_line(synthetic_s
     result = CliRunner().invoke(main, ["bench", str(synthetic_student_onnx), "--compare", str(tmp_path / "deep.json")])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert result.output == f"error: --compare: {tmp_path / 'deep.json'} is not an `edge bench --json` file\n"
+
+
+def _whole_image_8bit(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """The 8-bit pixels of a wide image as edge computed them before (the whole image at once)."""
+    if mode == "I" and pixels.max(initial=0) <= 255:
+        return np.clip(pixels, 0, 255).astype(np.uint8)
+    return (np.clip(pixels, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode, low, high", [("I;16", 0, 65535), ("I;16B", 0, 65535), ("I", -70000, 140000),
+                                             ("I", 0, 255)])
+def test_wide_images_scale_to_8_bits_band_by_band_to_the_same_pixels(mode, low, high, tmp_path):
+    from PIL import Image
+
+    from edge.core.config import Preprocess
+    from edge.data import preprocess
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(low, high + 1, (preprocess._BAND_ROWS * 2 + 37, 41)).astype(np.int32)
+    image = Image.new(mode, (41, len(pixels)))
+    image.putdata(pixels.ravel().tolist())
+    stored = np.asarray(image).astype(np.int64)  # what the mode holds (I;16 keeps 0..65535)
+    for name in ("w.tif", "w.png") if mode == "I;16" else ("w.tif",):  # PNG holds no I;16B or I
+        image.save(tmp_path / name)
+        read = np.asarray(Image.open(tmp_path / name)).astype(np.int64)
+        decoded, _ = preprocess.read_image(tmp_path / name, Preprocess(crop=32, mean=(0.0,), std=(1.0,), color="L"))
+        assert np.array_equal(decoded[..., 0], _whole_image_8bit(read, mode)), name
+    assert stored.shape == pixels.shape
+
+
+def test_a_16_bit_image_costs_a_few_bytes_a_pixel_not_a_dozen(tmp_path):
+    """A 9,400 x 9,400 16-bit PNG of 200 kB made `edge predict` reach 1.1 GB (4 whole-image copies as
+    32-bit integers); numpy's share, traced here on a smaller one, fell from 10 bytes a pixel to 6."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from edge.core.config import Preprocess
+    from edge.data.preprocess import read_image
+
+    Image.new("I;16", (2000, 1500), 30000).save(tmp_path / "wide.png")
+    tracemalloc.start()
+    try:
+        pixels, _ = read_image(tmp_path / "wide.png", Preprocess(crop=32))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert pixels.shape == (1500, 2000, 3) and pixels[0, 0, 0] == 30000 >> 8
+    assert peak < 8 * 2000 * 1500, peak  # was 10 bytes a pixel
+
+
+def test_large_images_decode_one_at_a_time(tmp_path, monkeypatch):
+    import threading
+
+    from PIL import Image
+
+    from edge.core.config import Preprocess
+    from edge.data import preprocess
+
+    Image.new("RGB", (30, 20), (1, 2, 3)).save(tmp_path / "a.png")
+    held = threading.Lock()
+    monkeypatch.setattr(preprocess, "LARGE_PIXELS", 599)  # 600 pixels: large
+    monkeypatch.setattr(preprocess, "_ONE_LARGE_IMAGE", held)
+    results = []
+    with held:  # another large image is decoding
+        worker = threading.Thread(target=lambda: results.append(preprocess.read_image(tmp_path / "a.png",
+                                                                                      Preprocess(crop=8))))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and not results
+    worker.join(30)
+    assert results and results[0][0].shape == (20, 30, 3)
+    monkeypatch.setattr(preprocess, "LARGE_PIXELS", 600)  # not large: no waiting
+    with held:
+        assert preprocess.read_image(tmp_path / "a.png", Preprocess(crop=8))[0].shape == (20, 30, 3)
+
+
+@pytest.mark.parametrize("color", ["RGB", "L"])
+def test_a_large_image_is_copied_band_by_band_to_the_same_pixels(color, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from edge.core.config import Preprocess
+    from edge.data import preprocess
+
+    rng = np.random.default_rng(1)
+    shape = (preprocess._BAND_ROWS + 45, 70, 3)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / "p.png")
+    spec = Preprocess(crop=32, color=color, **({} if color == "RGB" else {"mean": (0.0,), "std": (1.0,)}))
+    whole, _ = preprocess.read_image(tmp_path / "p.png", spec)
+    monkeypatch.setattr(preprocess, "LARGE_PIXELS", 100)
+    banded, _ = preprocess.read_image(tmp_path / "p.png", spec)
+    assert banded.shape == whole.shape == (shape[0], shape[1], len(color)) and np.array_equal(banded, whole)
