@@ -96,7 +96,7 @@ def test_a_16_bit_image_costs_a_few_bytes_a_pixel_not_a_dozen(tmp_path):
     assert peak < 8 * 2000 * 1500, peak  # was 10 bytes a pixel
 
 
-def test_large_images_decode_one_at_a_time(tmp_path, monkeypatch):
+def test_large_images_decode_one_at_a_time_and_hand_back_what_they_freed(tmp_path, monkeypatch):
     import threading
 
     from PIL import Image
@@ -108,6 +108,8 @@ def test_large_images_decode_one_at_a_time(tmp_path, monkeypatch):
     held = threading.Lock()
     monkeypatch.setattr(preprocess, "LARGE_PIXELS", 599)  # 600 pixels: large
     monkeypatch.setattr(preprocess, "_ONE_LARGE_IMAGE", held)
+    given_back = []
+    monkeypatch.setattr(preprocess, "_give_back_freed_memory", lambda: given_back.append(held.locked()))
     results = []
     with held:  # another large image is decoding
         worker = threading.Thread(target=lambda: results.append(preprocess.read_image(tmp_path / "a.png",
@@ -116,10 +118,11 @@ def test_large_images_decode_one_at_a_time(tmp_path, monkeypatch):
         worker.join(0.5)
         assert worker.is_alive() and not results
     worker.join(30)
-    assert results and results[0][0].shape == (20, 30, 3)
+    assert results and results[0][0].shape == (20, 30, 3) and given_back == [True]  # freed memory handed back
     monkeypatch.setattr(preprocess, "LARGE_PIXELS", 600)  # not large: no waiting
     with held:
         assert preprocess.read_image(tmp_path / "a.png", Preprocess(crop=8))[0].shape == (20, 30, 3)
+    assert given_back == [True]
 
 
 @pytest.mark.parametrize("color", ["RGB", "L"])
