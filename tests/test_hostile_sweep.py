@@ -1,4 +1,5 @@
-"""Hostile inputs, fifth pass: images that declare many pixels in few bytes (memory per pixel, one large
+"""Hostile inputs, fifth pass: a homework pickle whose frame length is flipped; images that declare many
+pixels in few bytes (memory per pixel, one large
 image decoding at a time); JSON nested past what Python's reader recurses into (a model's metadata, a
 bench --compare file) is one line naming the file, never a RecursionError traceback."""
 
@@ -140,3 +141,25 @@ def test_a_large_image_is_copied_band_by_band_to_the_same_pixels(color, tmp_path
     monkeypatch.setattr(preprocess, "LARGE_PIXELS", 100)
     banded, _ = preprocess.read_image(tmp_path / "p.png", spec)
     assert banded.shape == whole.shape == (shape[0], shape[1], len(color)) and np.array_equal(banded, whole)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_flip_in_a_homework_pickle_s_frame_length_is_refused(bits, tmp_path):
+    """Bytes 3-10 of a protocol-4 pickle declare its first frame's length: a flip there made the unpickler
+    read the checksum after the pickle as part of it, and the file pass as one without a checksum."""
+    from edge.core.errors import CheckpointError
+    from edge.io.checkpoints import init_checkpoint, load_checkpoint, save_homework_pickle
+
+    from edge.core.config import StudentConfig
+
+    tiny = init_checkpoint(StudentConfig(widths=(8, 16), pools=(0,), input_size=16, num_classes=3))
+    save_homework_pickle(tmp_path / "hw.pkl", tiny.state, bits=bits)
+    data = (tmp_path / "hw.pkl").read_bytes()
+    assert data[2] == 0x95 and load_checkpoint(tmp_path / "hw.pkl", pools=(0,))  # FRAME, then its 8-byte length
+    for offset in range(3, 11):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[offset] ^= 1 << bit
+            (tmp_path / "flipped.pkl").write_bytes(bytes(damaged))
+            with pytest.raises(CheckpointError, match=r"flipped.pkl: .*(checksum|not a weights file)"):
+                load_checkpoint(tmp_path / "flipped.pkl", pools=(0,))
