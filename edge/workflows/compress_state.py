@@ -104,6 +104,8 @@ ROUND = ({"round": "ordinal", "keep": "keep", "model": "file", "seconds": "secon
           "widths": "widths", "val_before_finetune": "fraction", "val_after_finetune": "score", "best_epoch": "count"},
          {"export_seconds": "seconds", "done": "flag"})
 SENSITIVITY_ROW = ({"name": "text", "weights": "count", "bits": "bits", "kl": "kl"}, {})
+# optional fields written together (`edge.workflows.compress_views.Views.score`): the report reads them together
+TOGETHER = ({"views_kl", "views_kl_noise", "views_agreement"},)
 
 
 def read_state(path: Path) -> dict:
@@ -195,6 +197,10 @@ def _fields_problem(entry, part: tuple[dict, dict], prefix: str) -> str | None:
             return f"{prefix}{field} is missing"
         if not test(entry[field]):
             return f"{prefix}{field} is {_shown(entry[field])}: expected {expected}"
+    for group in TOGETHER:
+        given = group & set(entry)
+        if given and given != group:
+            return f"{prefix}{sorted(group - given)[0]} is missing (recorded with {', '.join(sorted(given))})"
     return None
 
 
