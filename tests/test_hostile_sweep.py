@@ -163,3 +163,19 @@ def test_a_flip_in_a_homework_pickle_s_frame_length_is_refused(bits, tmp_path):
             (tmp_path / "flipped.pkl").write_bytes(bytes(damaged))
             with pytest.raises(CheckpointError, match=r"flipped.pkl: .*(checksum|not a weights file)"):
                 load_checkpoint(tmp_path / "flipped.pkl", pools=(0,))
+
+
+def test_a_padding_larger_than_the_input_is_refused_before_any_canvas_is_allocated(tmp_path):
+    """``--padding 100000`` asked for a 200,016-pixel square canvas per image: a MemoryError traceback."""
+    from PIL import Image
+
+    for label in range(2):
+        (tmp_path / "d" / str(label)).mkdir(parents=True)
+        Image.new("L", (20, 20), 60 * label).save(tmp_path / "d" / str(label) / "0.png")
+    args = ["train", str(tmp_path / "d"), "--input-size", "16", "--widths", "8,8", "--pools", "0,1", "--epochs", "1",
+            "--threads", "1", "--quiet", "-o", str(tmp_path / "m.pt")]
+    result = CliRunner().invoke(main, [*args, "--padding", "100000"])
+    assert result.exit_code == 2 and result.output == ("error: --padding 100000 is more than the 16-pixel input: a "
+                                                       "random crop could hold no image at all (use at most 16)\n")
+    assert not (tmp_path / "m.pt").exists()
+    assert CliRunner().invoke(main, [*args, "--padding", "16"]).exit_code == 0
