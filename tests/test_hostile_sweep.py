@@ -179,3 +179,55 @@ def test_a_padding_larger_than_the_input_is_refused_before_any_canvas_is_allocat
                                                        "random crop could hold no image at all (use at most 16)\n")
     assert not (tmp_path / "m.pt").exists()
     assert CliRunner().invoke(main, [*args, "--padding", "16"]).exit_code == 0
+
+
+@pytest.mark.parametrize("command", [
+    lambda pipe, model, photos, out: ["distill", photos, "--teacher", pipe, "--student", model, "-o", out / "d.pt"],
+    lambda pipe, model, photos, out: ["distill", photos, "--teacher", model, "--student", pipe, "-o", out / "d.pt"],
+    lambda pipe, model, photos, out: ["slim", pipe, photos, "--val", photos, "-o", out / "s"],
+    lambda pipe, model, photos, out: ["slim", model, photos, "--val", photos, "--teacher", pipe, "-o", out / "s"],
+    lambda pipe, model, photos, out: ["compress", model, "--images", photos, "--target-bytes", "9000", "--teacher",
+                                      pipe, "-o", out / "c.onnx"],
+    lambda pipe, model, photos, out: ["train", photos, "--arch", "resnet18", "--input-size", "32", "--weights", pipe,
+                                      "-o", out / "t.pt"],
+], ids=["distill-teacher", "distill-student", "slim", "slim-teacher", "compress-teacher", "train-weights"])
+def test_a_pipe_given_as_a_model_is_refused_at_once(command, synthetic_student, synthetic_food11, tmp_path):
+    """Opening a FIFO waits for a writer: ``--teacher PIPE`` stopped `edge distill` for ever (sniffing its
+    format opened it before anything checked that it is a regular file)."""
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "pipe.pt")
+    (tmp_path / "out").mkdir()
+    args = command(tmp_path / "pipe.pt", synthetic_student, synthetic_food11 / "validation", tmp_path / "out")
+    results = []
+    worker = threading.Thread(target=lambda: results.append(CliRunner().invoke(main, [*map(str, args), "--quiet"])),
+                              daemon=True)
+    worker.start()
+    worker.join(120)
+    assert results, "still waiting on the pipe"
+    assert results[0].exit_code == 2 and "Traceback" not in results[0].output, results[0].output
+    last = results[0].output.splitlines()[-1]  # slim says what data it read first
+    assert results[0].output.count("error:") == 1 and "pipe.pt" in last and "not a regular file" in last, last
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_pickle_given_as_a_teacher_is_refused_for_what_it_is(synthetic_student, tmp_path):
+    """Not read again as a torchvision state dict, which said "not a readable torch file (Unsupported operand
+    149)"; a torch file that is not an edge model still is (as the homework's teacher_resnet18.bin)."""
+    import pickle
+
+    import torch
+
+    photos = tmp_path / "photos"
+    from synthetic import write_photos
+
+    write_photos(photos, [f"{i}.jpg" for i in range(4)])
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"w": print}))  # names builtins.print: refused unloaded
+    torch.save({"fc.weight": torch.ones(3, 3)}, tmp_path / "other.bin")
+    for teacher, words in ((tmp_path / "evil.pkl", "refused to load builtins.print"),
+                           (tmp_path / "other.bin", "not weights of a resnet18")):
+        result = CliRunner().invoke(main, ["distill", str(photos), "--teacher", str(teacher), "--student",
+                                           str(synthetic_student), "--quiet", "-o", str(tmp_path / "d.pt")])
+        assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+        assert words in result.output.splitlines()[-1], result.output

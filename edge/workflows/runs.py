@@ -24,6 +24,7 @@ from edge.data.datasets import Augment, ImageSet, decode_image_set
 from edge.train.distributed import group, say, together
 from edge.train.shared import load_shared
 from edge.core.files import atomic_write, check_output, check_output_dir
+from edge.core.formats import sniff_file
 from edge.core.json_text import loads
 from edge.models.registry import STUDENT_ARCHS, NetSpec, check_runs, count_parameters
 from edge.io.netfile import NetFile, check_compatible
@@ -226,7 +227,7 @@ def teacher_classes(path: Path, arch: str) -> tuple[str, ...]:
     try:
         return load_net(path).classes
     except CheckpointError:
-        if arch in STUDENT_ARCHS:
+        if arch in STUDENT_ARCHS or not _torch_file(path):
             raise
         from edge.io.torch_files import read_torch
 
@@ -235,14 +236,16 @@ def teacher_classes(path: Path, arch: str) -> tuple[str, ...]:
 
 
 def load_teacher(path: Path, arch: str, classes: tuple[str, ...], preprocess: Preprocess) -> torch.nn.Module:
-    """A teacher from our model file, any StudentNet file, or a torchvision state dict (``arch``)."""
+    """A teacher from our model file, any StudentNet file, or a torchvision state dict (``arch``): a torch file
+    that is not the former (one that is no torch file, a pipe or a folder keeps `load_net`'s refusal: read as
+    a state dict, a pickle said "Unsupported operand 149" and a pipe blocked the run for ever)."""
     try:
         net = load_net(path)
     except CheckpointError as err:
         from edge.io.netfile import load_classifier_weights
         from edge.models.classifiers import torchvision_classifier
 
-        if arch in STUDENT_ARCHS:
+        if arch in STUDENT_ARCHS or not _torch_file(path):
             raise err
         model = torchvision_classifier(arch, len(classes), len(preprocess.color))
         fresh = load_classifier_weights(model, path, arch)
@@ -254,6 +257,14 @@ def load_teacher(path: Path, arch: str, classes: tuple[str, ...], preprocess: Pr
     check_compatible(net, NetFile(net.spec, preprocess, classes, {}), f"teacher {path} vs the student")
     say(f"teacher: {path} ({net.spec.describe()}, {count_parameters(net.build()):,} parameters)")
     return net.build()
+
+
+def _torch_file(path: Path) -> bool:
+    """A regular file that `torch.save` wrote (a zip or the legacy format), by its first bytes."""
+    try:
+        return Path(path).is_file() and sniff_file(path) in ("torch-zip", "torch-legacy")
+    except OSError:
+        return False
 
 
 def _alpha(alpha: float | None, train: ImageSet, data: str) -> float:
