@@ -231,3 +231,25 @@ def test_a_pickle_given_as_a_teacher_is_refused_for_what_it_is(synthetic_student
                                            str(synthetic_student), "--quiet", "-o", str(tmp_path / "d.pt")])
         assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
         assert words in result.output.splitlines()[-1], result.output
+
+
+@pytest.mark.parametrize("command", [
+    lambda loop, model, photos, out: ["distill", photos, "--teacher", loop, "--student", model, "-o", out / "d.pt"],
+    lambda loop, model, photos, out: ["slim", loop, photos, "--val", photos, "-o", out / "s"],
+    lambda loop, model, photos, out: ["compress", loop, "--images", photos, "--target-bytes", "9000", "-o",
+                                      out / "c.onnx"],
+    lambda loop, model, photos, out: ["bench", loop, "--json", out / "b.json"],
+    lambda loop, model, photos, out: ["attack", loop, photos, "--json", out / "a.json"],
+    lambda loop, model, photos, out: ["sensitivity", loop, "--images", photos, "--json", out / "s.json"],
+    lambda loop, model, photos, out: ["export", loop, "-o", out / "e.onnx"],
+    lambda loop, model, photos, out: ["predict", loop, photos, "-o", out / "p.csv"],
+], ids=["distill", "slim", "compress", "bench", "attack", "sensitivity", "export", "predict"])
+def test_a_symbolic_link_to_itself_is_refused_in_one_line(command, synthetic_student, synthetic_photos, tmp_path):
+    """``ln -s loop.pt loop.pt``: `Path.resolve` raised RuntimeError("Symlink loop") in every command."""
+    (tmp_path / "loop.pt").symlink_to("loop.pt")
+    (tmp_path / "out").mkdir()
+    args = command(tmp_path / "loop.pt", synthetic_student, synthetic_photos, tmp_path / "out")
+    result = CliRunner().invoke(main, [*map(str, args), "--quiet"])
+    assert result.exit_code == 2 and isinstance(result.exception, (SystemExit, type(None))), repr(result.exception)
+    assert result.output.count("\n") == 1 and "loop.pt" in result.output, result.output
+    assert list((tmp_path / "out").iterdir()) == []

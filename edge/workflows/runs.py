@@ -23,7 +23,7 @@ from edge.core.config import ConfigError, Preprocess, StudentConfig
 from edge.data.datasets import Augment, ImageSet, decode_image_set
 from edge.train.distributed import group, say, together
 from edge.train.shared import load_shared
-from edge.core.files import atomic_write, check_output, check_output_dir
+from edge.core.files import atomic_write, check_output, check_output_dir, real_path
 from edge.core.formats import sniff_file
 from edge.core.json_text import loads
 from edge.models.registry import STUDENT_ARCHS, NetSpec, check_runs, count_parameters
@@ -404,7 +404,7 @@ def _check_slim_output(options: SlimOptions) -> None:
         raise ConfigError(f"{out}: holds a slimming run (curve.json or rate*/ files): continue it with --resume "
                           f"(same options), pass --overwrite to start it over, or choose a new folder")
     for path in inputs:
-        if path.resolve().is_relative_to(out.resolve()) and path.is_file():
+        if real_path(path).is_relative_to(real_path(out)) and path.is_file():
             raise ConfigError(f"{path}: an input inside the output folder {out} could be overwritten by a round's "
                               f"file: move it out or choose another -o")
     _check_cache_dir(options.sources, inputs)
