@@ -1,7 +1,7 @@
-"""Hostile inputs, fifth pass: a homework pickle whose frame length is flipped; images that declare many
-pixels in few bytes (memory per pixel, one large
-image decoding at a time); JSON nested past what Python's reader recurses into (a model's metadata, a
-bench --compare file) is one line naming the file, never a RecursionError traceback."""
+"""Hostile inputs, fifth pass: JSON nested past what Python's reader recurses into (a model's metadata, a
+bench --compare file) is one line naming the file, never a RecursionError; images that declare many pixels
+in few bytes (memory per pixel, one large image decoding at a time); a homework pickle whose frame length
+is flipped; --padding larger than the input; a pipe or a symbolic link to itself given as a model."""
 
 from __future__ import annotations
 
