@@ -4,7 +4,6 @@ the markdown report and the plot that were asked for)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edge.bench import report
@@ -14,6 +13,7 @@ from edge.core.backends import BackendError, ComputeError, parse_computes, parse
 from edge.core.config import ConfigError
 from edge.core.files import InputError, check_input, check_output
 from edge.core.formats import is_onnx
+from edge.core.json_text import loads
 from edge.core.options import BenchOptions
 from edge.core.reports import Report
 
@@ -102,7 +102,7 @@ def _read_previous(path: Path) -> dict:
     """An earlier --json, checked before the run so a wrong file fails at once."""
     try:
         check_input(path, "bench JSON", MAX_JSON_BYTES)
-        doc = json.loads(path.read_text())
+        doc = loads(path.read_text())
         if isinstance(doc, dict) and isinstance(doc.get("rows"), list):
             report.compare(doc, doc)  # reads every field a comparison reads: a file lacking one fails now
             return doc

@@ -55,7 +55,9 @@ def _rates(value: str) -> tuple[float, ...]:
 
 
 class FiniteRange(click.FloatRange):
-    """`click.FloatRange` that also refuses nan and inf (``float()`` accepts both)."""
+    """`click.FloatRange` that also refuses nan and inf (``float()`` accepts both); shown as FLOAT."""
+
+    name = "float"
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
@@ -96,6 +98,19 @@ class Whole(click.IntRange):
             self.fail(f"{value!r} is not a whole number (digits 0-9 only)", param, ctx)
         return super().convert(value, param, ctx)
 
+
+class Seed(Whole):
+    """A seed: a whole number that torch's and numpy's generators both take, 0 .. 2**63-1 (a negative
+    one or one past 64 bits failed deep inside them)."""
+
+    def __init__(self):
+        super().__init__(0, SEED_MAX)
+
+    def _describe_range(self) -> str:
+        return "0<=x<2**63"
+
+
+SEED_MAX = 2**63 - 1
 
 # --threads/--workers: torch starts two OS threads per --threads at its first call, so a typo like
 # 100000 would start 200,000; no machine edge runs on has this many cores
@@ -145,8 +160,10 @@ def _execute(command, options_class, params: dict, *args) -> None:
 
     from edge.core.reports import Report
 
+    processes = params.pop("processes", 1)
     with _user_errors():
         options, as_json = parse_options(options_class, params)
+        _launch_ranks(processes, options)
         with redirect_stdout(sys.stderr) if as_json else nullcontext():
             result = command(options, *args)
     report = result if isinstance(result, Report) else Report((), result)
@@ -156,6 +173,18 @@ def _execute(command, options_class, params: dict, *args) -> None:
         for line in report.lines:
             click.echo(line, err=report.stderr)
     sys.exit(report.exit_code)
+
+
+def _launch_ranks(processes: int, options) -> None:
+    """``--processes N`` (train, distill, slim), its options checked: run this command line as N torchrun
+    ranks and exit when they are done (nothing to do in one process, or in a rank of such a run)."""
+    if processes == 1:
+        return
+    from edge.train.distributed import check_processes, launch
+
+    if check_processes(processes, options.loop.batch):
+        launch(processes, sys.argv[1:])
+        sys.exit(0)
 
 
 def _output(help_text: str, required: bool = True, file_okay: bool = True):
@@ -484,7 +513,7 @@ _TRAINING_OPTIONS = [
     click.option("--weight-decay", default=0.01, show_default=True, type=FiniteRange(0)),
     click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "constant"]),
                  help="Learning rate per epoch."),
-    click.option("--seed", default=0, show_default=True, type=Whole(),
+    click.option("--seed", default=0, show_default=True, type=Seed(),
                  help="Seeds initialisation, batch order and augmentation (an epoch is a function of it)."),
     click.option("--precise-bn", type=Whole(0), metavar="IMAGES",
                  help="Re-estimate BatchNorm statistics on this many training images after each epoch (precise BN; "
@@ -502,6 +531,9 @@ _TRAINING_OPTIONS = [
     click.option("--sync-bn", is_flag=True,
                  help="Under torchrun: BatchNorm statistics over the global batch (all processes), not each "
                       "process's share."),
+    click.option("--processes", default=1, show_default=True, type=Whole(1),
+                 help="Run as this many processes on this machine (edge starts torchrun --standalone once every "
+                      "option is checked; one GPU each when CUDA is used); --batch is split among them."),
 ]
 _KD_OPTIONS = [
     click.option("--temperature", default=20.0, show_default=True, type=FiniteRange(0, min_open=True),
@@ -656,28 +688,28 @@ def slim(**params):
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (refused without it).")
 @click.option("--epochs", default=4, show_default=True, type=Whole(1),
               help="Function-matching fine-tuning epochs per slimming round.")
-@click.option("--step", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--step", default=0.1, show_default=True, type=FiniteRange(0, 1, min_open=True, max_open=True),
               help="Largest cut of the keep fraction in one round.")
-@click.option("--min-keep", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+@click.option("--min-keep", default=0.5, show_default=True, type=FiniteRange(0, 1, min_open=True),
               help="Never slim the prunable widths below this fraction.")
 @click.option("--batch", default=32, show_default=True, type=Whole(2))
-@click.option("--lr", default=5e-5, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--lr", default=5e-5, show_default=True, type=FiniteRange(0, min_open=True),
               help="AdamW learning rate of the fine-tuning (cosine); larger ones undo the reconstruction.")
-@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--ridge", default=0.01, show_default=True, type=click.FloatRange(0),
+@click.option("--temperature", default=1.0, show_default=True, type=FiniteRange(0, min_open=True))
+@click.option("--ridge", default=0.01, show_default=True, type=FiniteRange(0),
               help="Pull each least-squares re-fit towards the layer's weights before pruning (relative to the "
                    "inputs' mean energy; 0 = plain least squares): smaller weights quantize better.")
-@click.option("--budget-minutes", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--budget-minutes", default=30.0, show_default=True, type=FiniteRange(0, min_open=True),
               help="Start no slimming round that would end after this (judged by the slowest round so far).")
-@click.option("--qat-epochs", default=8, show_default=True, type=Whole(),
+@click.option("--qat-epochs", default=8, show_default=True, type=Whole(0),
               help="Quantization-aware fine-tuning of the first slimmed uintN per-channel file that fits: its codes "
                    "trained against the teacher on function-matching views of the photos (0: none).")
-@click.option("--qat-lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--qat-lr", default=1e-3, show_default=True, type=FiniteRange(0, min_open=True),
               help="Its Adam rate, relative to each tensor's scale.")
-@click.option("--views", default=8, show_default=True, type=Whole(),
+@click.option("--views", default=8, show_default=True, type=Whole(0),
               help="Augmented views of each validation photo: fitting files rank by their mean KL divergence from "
                    "MODEL over them (0: by validation agreement).")
-@click.option("--seed", default=0, show_default=True, type=Whole())
+@click.option("--seed", default=0, show_default=True, type=Seed(), help="Seeds the slimming rounds' fine-tuning.")
 @click.option("--threads", type=THREADS, help="torch CPU threads (default: all cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep decoded photos here.")
 @_with([QUIET, JSON])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import click
@@ -54,6 +55,25 @@ def test_every_command_follows_the_convention(name):
         assert "--overwrite" in options
     if name in WRITES_OUTPUT | WRITES_REPORTS:
         assert "--overwrite" in CliRunner().invoke(main, [name, "--help"]).output
+
+
+@pytest.mark.parametrize("name", sorted(main.commands))
+def test_every_help_shows_its_ranges_and_defaults_cleanly(name):
+    text = CliRunner().invoke(main, [name, "--help"]).output
+    assert not re.findall(r"\[[^\]]*None[^\]]*\]", text), text  # click's IntRange() without bounds: "[x<=None]"
+    assert "FLOAT RANGE" not in text and "INTEGER RANGE" not in text
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "d", "-o", "m.pt", "--seed", "-1"], ["train", "d", "-o", "m.pt", "--seed", str(2**63)],
+    ["compress", "m.pt", "--images", "d", "--target-bytes", "9", "-o", "m.onnx", "--seed", "-1"],
+    ["compress", "m.pt", "--images", "d", "--target-bytes", "9", "-o", "m.onnx", "--qat-epochs", "-1"],
+    ["compress", "m.pt", "--images", "d", "--target-bytes", "9", "-o", "m.onnx", "--views", "-1"],
+    ["compress", "m.pt", "--images", "d", "--target-bytes", "9", "-o", "m.onnx", "--step", "nan"],
+])
+def test_a_seed_torch_or_numpy_cannot_take_and_negative_counts_are_usage_errors(args):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and f"Invalid value for '{args[-2]}'" in result.output, result.output
 
 
 def _invoke(*args):

@@ -194,3 +194,28 @@ def test_torchrun_slims_with_rank_0_measuring_and_recording(grey_folder, tmp_pat
     assert [p["round"] for p in points] == [0, 1] and points[1]["parameters"] < points[0]["parameters"]
     assert 0 <= points[1]["onnx_test_accuracy"] <= 1
     assert load_net(tmp_path / "slim" / "rate0.25" / "round1.best.pt").spec.config.widths == (6, 12, 16)
+
+
+def test_processes_checks_every_option_before_any_rank_starts(grey_folder, tmp_path, monkeypatch):
+    args = ["train", grey_folder, "--input-size", "32", "--processes", "2", "-o", str(tmp_path / "ddp.pt")]
+    usage = CliRunner().invoke(main, [*args, "--epochs", "0"])
+    assert usage.exit_code == 2 and "'--epochs': 0 is not in the range" in usage.output
+    uneven = CliRunner().invoke(main, [*args, "--batch", "63"])
+    assert uneven.exit_code == 2 and uneven.output == ("error: --batch 63 is the global batch: it must divide evenly "
+                                                       "among the --processes 2\n")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    inside = CliRunner().invoke(main, args)
+    assert inside.exit_code == 2 and inside.output == ("error: --processes 2: this process is already one of "
+                                                       "torchrun's 4; leave --processes out under torchrun\n")
+    assert not list(tmp_path.iterdir())
+
+
+def test_processes_launches_the_ranks_and_a_failure_ends_in_one_line(grey_folder, tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    args = [grey_folder, "--input-size", "32", "--epochs", "1", "--threads", "1", "--quiet", "--processes", "2"]
+    result = subprocess.run([sys.executable, "-m", "edge", "train", *args, "-o", "missing/ddp.pt"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "error: missing/ddp.pt: cannot write run file: folder missing does not exist" in result.stderr
+    assert result.stderr.endswith("(its error is above): every rank stopped\n")
+    assert "error: --processes 2: rank " in result.stderr.splitlines()[-1] and "ChildFailedError" not in result.stderr

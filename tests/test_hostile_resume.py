@@ -143,6 +143,8 @@ def test_a_candidate_hard_linked_to_a_text_file_is_refused(record):
     (lambda s: {**s, "points": [{**p, "stage": "rm -rf"} for p in s["points"]]}, ["points[0].stage"]),
     (lambda s: {**s, "points": [{**p, "format": "uint99"} for p in s["points"]]}, ["points[0].format"]),
     (lambda s: {**s, "points": [{**p, "sha256": "00"} for p in s["points"]]}, ["points[0].sha256"]),
+    (lambda s: {**s, "points": [{k: v for k, v in p.items() if k != "views_kl_noise"} for p in s["points"]]},
+     ["points[0].views_kl_noise is missing (recorded with views_agreement, views_kl)"]),  # was a KeyError
     (lambda s: {**s, "rounds": [{"round": 1}]}, ["rounds[0].keep is missing"]),
     (lambda s: {**s, "about": {"a": {"b": {"c": {"d": {"e": {"f": {}}}}}}}}, ["nested deeper than"]),
     (lambda s: "[" * 500_000, ["nested deeper than"]),

@@ -219,6 +219,7 @@ def test_a_torchvision_arch_trains_at_its_input_size_and_every_command_takes_it(
                                     "--resize", "24", "--epochs", "1", "--batch", "6", "--threads", "2", "--quiet",
                                     "-o", str(out)])
     assert run.exit_code == 0, run.output
+    assert "decode" not in run.output and "\r" not in run.output  # --quiet: no decoding bar either
     model = load_model(out)
     assert isinstance(model, NetFile) and model.spec.arch == "mobilenet_v3_small"
     assert model.card.preprocess.crop == model.card.config.input_size == 24 and model.card.preprocess.resize == 24

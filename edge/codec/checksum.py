@@ -100,16 +100,17 @@ def seal_pickle(data: bytes) -> bytes:
 
 
 def pickle_damage(data: bytes, end: int) -> str | None:
-    """Why the bytes after a pickle's ``end`` are not its `seal_pickle` checksum; None when they are, or when
-    there are none (older files, other tools')."""
+    """Why ``data``, a pickle that ends at ``end``, is not the pickle and `seal_pickle` checksum edge wrote;
+    None when it is, or when it carries no checksum and nothing follows its end (older files, other tools').
+    A file that ends like a seal is checked by it whatever ``end`` says: a flipped bit in a protocol-4
+    frame length made the unpickler read the seal as part of the pickle, and the file pass as unsealed."""
+    body, tail = data[:-_ZIP_SEAL_SIZE], data[-_ZIP_SEAL_SIZE:]
+    if len(data) > _ZIP_SEAL_SIZE and _looks_sealed(tail):
+        if tail != _ZIP_SEAL + f"{zlib.crc32(body):08x}".encode():
+            return f"its bytes do not match their {CHECKSUM_KEY} checksum (changed since edge wrote it)"
+        return None if end == len(body) else f"the pickle ends at byte {end:,}, not where its checksum begins"
     trailer = data[end:]
-    if not trailer:
-        return None
-    if not _looks_sealed(trailer) or len(trailer) != _ZIP_SEAL_SIZE:
-        return f"{len(trailer):,} bytes follow the pickle's end"
-    if trailer != _ZIP_SEAL + f"{zlib.crc32(data[:end]):08x}".encode():
-        return f"its bytes do not match their {CHECKSUM_KEY} checksum (changed since edge wrote it)"
-    return None
+    return f"{len(trailer):,} bytes follow the pickle's end" if trailer else None
 
 
 def _looks_sealed(comment: bytes) -> bool:

@@ -21,6 +21,7 @@ import json
 from edge.core.config import ModelCard
 from edge.codec.checksum import CHECKSUM_KEY, UNSET
 from edge.core.errors import MetadataError
+from edge.core.json_text import loads
 
 FORMAT_VERSION = "2"  # layout 1 (card, quant, net) plus the CHECKSUM_KEY entry
 READABLE_FORMATS = ("1", FORMAT_VERSION)
@@ -72,7 +73,7 @@ def read_net(props: dict[str, str], origin: str) -> dict | None:
 
 def _json_object(props: dict[str, str], key: str, origin: str) -> dict:
     try:
-        value = json.loads(props.get(key, "{}"))
+        value = loads(props.get(key, "{}"))
     except ValueError as err:
         raise MetadataError(f"{origin}: damaged {key!r} metadata ({err})") from None
     if not isinstance(value, dict):

@@ -179,7 +179,9 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelCard":
-        return cls.from_dict(json.loads(text))
+        from edge.core.json_text import loads
+
+        return cls.from_dict(loads(text))
 
 
 def default_classes(num_classes: int) -> tuple[str, ...]:

@@ -111,11 +111,17 @@ def _check_not_special(path: Path, what: str) -> None:
 def _check_not_shipped(path: Path, what: str) -> None:
     """Nothing is written in `SHIPPED_MODELS` or over a file of it: links resolved, and a hard link to a
     shipped file is that file."""
-    shipped = SHIPPED_MODELS.resolve()
-    inside = path.resolve().is_relative_to(shipped)
+    shipped = real_path(SHIPPED_MODELS)
+    inside = real_path(path).is_relative_to(shipped)
     if inside or (path.is_file() and any(_same_file(path, f) for f in shipped.glob("*"))):
         raise OutputError(f"{path}: {what} would be written {'in' if inside else 'over a file of'} the models edge "
                           f"ships ({shipped}); edge never changes them: choose a path outside that folder")
+
+
+def real_path(path: str | os.PathLike) -> Path:
+    """``path`` absolute, its symbolic links followed as far as they lead: `Path.resolve` raised RuntimeError
+    (a traceback) on a link that leads to itself, which this leaves as it is."""
+    return Path(os.path.realpath(path))
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -134,10 +140,10 @@ def _check_not_an_input(path: Path, inputs: Iterable, what: str) -> None:
             same = source.exists() and os.path.samefile(source, path)
         except OSError:
             same = False
-        if same or source.resolve() == path.resolve():
+        if same or real_path(source) == real_path(path):
             raise OutputError(f"{path}: {what} is the same file as {source}, which this command also reads or "
                               f"writes: choose another name")
-        if path.exists() and source.is_dir() and path.resolve().is_relative_to(source.resolve()) and is_image(path):
+        if path.exists() and source.is_dir() and real_path(path).is_relative_to(real_path(source)) and is_image(path):
             raise OutputError(f"{path}: {what} would replace an image of the input folder {source}: choose a "
                               f"name outside it")
 

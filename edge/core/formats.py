@@ -12,9 +12,11 @@ ModelProto: its first field is ``ir_version``, tag byte 0x08), ``unknown``.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import pickletools
+import stat
 
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MODEL_FORMATS = frozenset({"torch-zip", "torch-legacy", "pickle", "onnx"})
@@ -36,7 +38,10 @@ def sniff(data: bytes) -> str:
 
 
 def sniff_file(path: str | os.PathLike) -> str:
-    """`sniff` of the file at ``path`` (OSError when it cannot be read)."""
+    """`sniff` of the file at ``path`` (OSError when it cannot be read, or is not a regular file: opening a
+    pipe waits for a writer, so a FIFO given as ``--teacher`` stopped `edge distill` for ever)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a folder, device, pipe or socket)", str(path))
     with open(path, "rb") as f:
         return sniff(f.read(_HEAD))
 

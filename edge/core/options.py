@@ -318,6 +318,9 @@ class SearchSettings:
             raise ConfigError("target bytes, epochs and learning rates must be positive, batch at least 2")
         if self.qat_epochs < 0 or self.views < 0:
             raise ConfigError("--qat-epochs and --views must be at least 0")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed must be in 0 .. 2**63-1 (what torch's and numpy's generators take), got "
+                              f"{self.seed}")
         if not 0 < self.min_keep <= 1 or not 0 < self.step < 1:
             raise ConfigError("--min-keep must be in (0, 1] and --step in (0, 1)")
 

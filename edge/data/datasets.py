@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from edge.codec.checksum import CHECKSUM_KEY, seal_zip, zip_damage
-from edge.core.config import FOOD11_CLASSES, Preprocess
+from edge.core.config import FOOD11_CLASSES, ConfigError, Preprocess
 from edge.data.folders import DatasetError, list_samples, read_labels
 from edge.core.files import atomic_write
 
@@ -74,6 +74,11 @@ class Augment:
     padding: int = 0
     max_angle: float = MAX_ANGLE
     flip: bool = True
+
+    def __post_init__(self):
+        if self.padding > self.crop:  # --padding 100000 asked for a 120 GB canvas per image
+            raise ConfigError(f"--padding {self.padding} is more than the {self.crop}-pixel input: a random crop "
+                              f"could hold no image at all (use at most {self.crop})")
 
     @property
     def canvas(self) -> int:

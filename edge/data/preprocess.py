@@ -9,12 +9,22 @@ gives the same pixels as Pillow's decode (the same library and settings: accurat
 fancy upsampling; a test checks every real photo) about 1.6x faster; anything else (PNG, CMYK,
 a damaged or truncated JPEG, EXIF rotation, resizing) goes through Pillow. Both release the
 GIL, so threads decode in parallel. The crop is a view, scaled to floats a colour plane at a time.
+
+Memory: an image of up to Pillow's pixel limit (89 M pixels: a 9,400 x 9,400 PNG of one colour is a
+200 kB file) costs up to 360 MB per copy, so each intermediate (EXIF rotation, 16-bit -> 8-bit, the
+colour conversion) is freed as soon as the next exists, the 16-bit scaling runs a band of rows at a
+time, an image already in the wanted colours is not copied, and images over `LARGE_PIXELS` decode one
+at a time (the threads of `edge predict` would otherwise hold several at once).
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
+import sys
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +43,9 @@ JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 _TURBO_COLORSPACES = ("YCbCr", "Gray")
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 MAX_FILE_BYTES = 256 * 1024 * 1024  # far above any photo; a larger "image" is refused unread
+LARGE_PIXELS = 24_000_000  # above a 24 MP photo (~100 MB a copy), decoding takes `_ONE_LARGE_IMAGE`
+_ONE_LARGE_IMAGE = threading.Lock()
+_BAND_ROWS = 256  # rows of a 16/32-bit image scaled to 8 bits at once
 
 # Pillow only warns on images between its pixel limit and twice it; edge refuses them itself
 # (`_check_pixels`, an ImageError naming the file), so Pillow's raw warning is not shown.
@@ -77,9 +90,33 @@ def _decode_turbo(data: bytes) -> np.ndarray | None:
         too_big = Image.MAX_IMAGE_PIXELS and height * width > Image.MAX_IMAGE_PIXELS
         if colorspace not in _TURBO_COLORSPACES or too_big:
             return None
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, strict=True)
+        with _decoding(height * width):
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, strict=True)
     except ValueError:
         return None
+
+
+@contextmanager
+def _decoding(pixels: int):
+    """Around the decoding of an image of ``pixels``: one large image at a time (small ones freely), and
+    the memory it freed handed back to the system after it (`_give_back_freed_memory`)."""
+    if pixels <= LARGE_PIXELS:
+        yield
+        return
+    with _ONE_LARGE_IMAGE:
+        try:
+            yield
+        finally:
+            _give_back_freed_memory()
+
+
+def _give_back_freed_memory() -> None:
+    """glibc keeps the 16 MB blocks Pillow freed in the decoding thread's heap, so each thread that decoded
+    a large image held its size on (6 such 30 kB PNGs took `edge predict` from 0.7 to 1.2 GB); elsewhere
+    (no ``malloc_trim``) nothing to do."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform.startswith("linux") else None
+    if trim is not None:
+        trim(0)
 
 
 def _resize_shorter(image: Image.Image, size: int) -> Image.Image:
@@ -93,13 +130,46 @@ def _resize_shorter(image: Image.Image, size: int) -> Image.Image:
 
 def _to_8bit(image: Image.Image) -> Image.Image:
     """16-bit (and 32-bit integer) grey images -> 8-bit by their top byte; Pillow's own ``convert``
-    clips every value above 255 to white."""
+    clips every value above 255 to white. A band of rows at a time: the whole image as 32-bit integers
+    was 4 copies of it at once (1.1 GB for a 200 kB 16-bit PNG)."""
     if image.mode not in _WIDE_MODES:
         return image
-    pixels = np.asarray(image)
-    if image.mode == "I" and pixels.max(initial=0) <= 255:  # an 8-bit image stored wide
-        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
-    return Image.fromarray((np.clip(pixels, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8), "L")
+    eight_bit = image.mode == "I" and image.getextrema()[1] <= 255  # an 8-bit image stored wide
+    shift, top_value = (0, 255) if eight_bit else (8, 65535)
+    out = np.empty((image.height, image.width), np.uint8)
+    for top, band in _bands(image):
+        out[top:top + len(band)] = np.clip(band, 0, top_value).astype(np.uint32) >> shift
+    return Image.fromarray(out, "L")
+
+
+def _bands(image: Image.Image):
+    """(first row, that band of rows as an array) over ``image``, `_BAND_ROWS` at a time."""
+    for top in range(0, image.height, _BAND_ROWS):
+        yield top, np.asarray(image.crop((0, top, image.width, min(image.height, top + _BAND_ROWS))))
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    """``image``'s pixels as an HWC uint8 array; a large image band by band (``np.asarray`` holds it twice
+    more as bytes on the way)."""
+    if image.width * image.height <= LARGE_PIXELS:
+        return np.asarray(image).reshape(image.height, image.width, -1)
+    out = np.empty((image.height, image.width, len(image.getbands())), np.uint8)
+    for top, band in _bands(image):
+        out[top:top + len(band)] = band.reshape(len(band), image.width, -1)
+    return out
+
+
+def _upright_in_colour(image: Image.Image, spec: Preprocess) -> Image.Image:
+    """The loaded ``image`` turned upright by its EXIF tag (when ``spec`` says so), in 8 bits and in
+    ``spec.color``; each image it replaces is closed (its pixels freed) as soon as the next exists."""
+    steps = [lambda im: ImageOps.exif_transpose(im, in_place=True) or im] if spec.exif_transpose else []
+    steps += [_to_8bit, lambda im: im if im.mode == spec.color else im.convert(spec.color)]
+    for step in steps:
+        result = step(image)
+        if result is not image:
+            image.close()
+            image = result
+    return image
 
 
 def _check_pixels(image: Image.Image) -> None:
@@ -112,15 +182,16 @@ def _check_pixels(image: Image.Image) -> None:
 
 
 def _decode_pillow(source, spec: Preprocess) -> np.ndarray:
-    with Image.open(source) as image:
-        _check_pixels(image)
-        image.load()
-        if spec.exif_transpose:
-            image = ImageOps.exif_transpose(image)
-        image = _to_8bit(image).convert(spec.color)
-    if spec.resize:
-        image = _resize_shorter(image, spec.resize)
-    return np.asarray(image).reshape(image.height, image.width, len(spec.color))
+    with Image.open(source) as opened:
+        _check_pixels(opened)
+        with _decoding(opened.width * opened.height):
+            opened.load()
+            image = _upright_in_colour(opened, spec)
+            if spec.resize:
+                image = _resize_shorter(image, spec.resize)
+            pixels = _pixels(image)
+            image.close()  # freed before `_decoding` hands the memory back
+            return pixels
 
 
 def _decode(path, data: bytes, spec: Preprocess) -> tuple[np.ndarray, str | None]:

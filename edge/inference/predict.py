@@ -124,6 +124,7 @@ def _decode_batch(chunk: list[Sample], spec: Preprocess, channels: int):
         try:
             pixels, note = read_image(sample.path, spec)
             to_array(pixels, spec, out=arrays[len(good)])
+            del pixels  # not held while the next image decodes (a large one is up to 265 MB)
         except ImageError as err:
             problems.append(str(err))
             continue

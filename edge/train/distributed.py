@@ -160,6 +160,47 @@ def start(device: torch.device, sync_bn: bool = False) -> torch.device:
     return device
 
 
+class LaunchError(ConfigError):
+    """A rank `launch` started failed (its own error is printed above): the run ends in one line."""
+
+
+def launch(processes: int, argv: list[str]) -> None:
+    """Run ``edge ARGV`` as ``processes`` ranks on this machine (``torchrun --standalone``) and wait
+    for them: ``--processes N``, whose options the caller checked before any rank starts. A rank that
+    fails ends the run in one line naming it and its exit code (torchrun's launcher would end in its
+    ``ChildFailedError`` traceback); its own error is above that line."""
+    import logging
+
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(processes), "-m", "edge", *argv])
+    logging.getLogger("torch.distributed.run").setLevel(logging.ERROR)  # its note on OMP_NUM_THREADS
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its failure log is our line
+    try:
+        torchrun.run(args)
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        how = f"was stopped by {failure.signal_name()}" if failure.exitcode < 0 else \
+            f"exited with code {failure.exitcode}"
+        raise LaunchError(f"--processes {processes}: rank {rank} {how} (its error is above): every rank "
+                          f"stopped") from None
+
+
+def check_processes(processes: int, batch: int) -> bool:
+    """Whether ``--processes`` asks this process to `launch` ranks: not when it is one of the ranks of a
+    run of as many processes (its own launch, or ``torchrun``'s). Refused under a ``torchrun`` of another
+    number of processes, and for a global ``--batch`` the processes cannot share evenly."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and launched() and world != processes:
+        raise ConfigError(f"--processes {processes}: this process is already one of torchrun's {world}; "
+                          f"leave --processes out under torchrun")
+    if batch % processes:
+        raise ConfigError(f"--batch {batch} is the global batch: it must divide evenly among the --processes "
+                          f"{processes}")
+    return processes > 1 and not launched()
+
+
 LEAVE_TIMEOUT_S = 60
 
 

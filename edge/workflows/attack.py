@@ -33,6 +33,7 @@ from edge.core.config import ModelCard
 from edge.data.folders import DatasetError, Sample
 from edge.workflows.defenses import Defense
 from edge.core.errors import EdgeError
+from edge.core.files import real_path
 from edge.data.preprocess import center_crop, read_image
 
 METHODS = ("fgsm", "ifgsm")
@@ -279,7 +280,7 @@ class Run:
 def _rows_of(target: Target, source: Target | None) -> list[tuple[str, Target]]:
     """(kind, crafting model) pairs that attack ``target``: white-box, and transfer from ``source``."""
     rows = [("white-box", target)] if target.white_box is not None else []
-    if source is not None and source.path.resolve() != target.path.resolve():
+    if source is not None and real_path(source.path) != real_path(target.path):
         rows.append(("transfer", source))
     return rows
 
@@ -325,7 +326,7 @@ def check_compatible(targets: list[Target], source: Target | None) -> None:
     """All models must see the same input space (crop, colour) and classes."""
     first, paths = targets[0], {}
     for model in [*targets, *([source] if source else [])]:
-        if paths.setdefault(model.key, model.path.resolve()) != model.path.resolve():
+        if paths.setdefault(model.key, real_path(model.path)) != real_path(model.path):
             raise AttackError(f"{model.path} and {paths[model.key]}: two models named {model.key}; rename one")
     for other in [*targets[1:], *([source] if source else [])]:
         a, b = first.card.preprocess, other.card.preprocess

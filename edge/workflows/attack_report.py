@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.core.config import ConfigError
-from edge.core.files import OutputError, atomic_write, check_output, check_output_dir
+from edge.core.files import OutputError, atomic_write, check_output, check_output_dir, real_path
 from edge.core.options import AttackOptions
 from edge.core.reports import Report
 from edge.workflows.attack import Counts, Epsilon, Run, Target
@@ -244,8 +244,8 @@ def check_outputs(files: list[Path | None], save_dir: Path | None, inputs: list[
                      what="report file")
     if save_dir is None:
         return
-    resolved = [p.resolve() for p in inputs if p.is_dir()]
-    if any(save_dir.resolve().is_relative_to(p) or p.is_relative_to(save_dir.resolve()) for p in resolved):
+    resolved = [real_path(p) for p in inputs if p.is_dir()]
+    if any(real_path(save_dir).is_relative_to(p) or p.is_relative_to(real_path(save_dir)) for p in resolved):
         raise OutputError(f"{save_dir}: overlaps the data folder; choose a folder of its own")
     check_output_dir(save_dir, inputs=inputs, what="--save-adversarial folder")
     if save_dir.exists() and any(save_dir.iterdir()) and not overwrite:

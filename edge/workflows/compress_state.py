@@ -24,6 +24,7 @@ from pathlib import Path
 from edge.codec.checksum import check_seal
 from edge.codec.metadata import MetadataError
 from edge.core.config import ConfigError
+from edge.core.json_text import loads
 from edge.core.weight_formats import parse_format
 
 MAX_STATE_BYTES = 16 << 20  # a search records a few hundred points at most: well under 1 MB
@@ -103,6 +104,8 @@ ROUND = ({"round": "ordinal", "keep": "keep", "model": "file", "seconds": "secon
           "widths": "widths", "val_before_finetune": "fraction", "val_after_finetune": "score", "best_epoch": "count"},
          {"export_seconds": "seconds", "done": "flag"})
 SENSITIVITY_ROW = ({"name": "text", "weights": "count", "bits": "bits", "kl": "kl"}, {})
+# optional fields written together (`edge.workflows.compress_views.Views.score`): the report reads them together
+TOGETHER = ({"views_kl", "views_kl_noise", "views_agreement"},)
 
 
 def read_state(path: Path) -> dict:
@@ -156,14 +159,9 @@ def _parse(path: Path):
     if path.stat().st_size > MAX_STATE_BYTES:
         raise ConfigError(f"{path}: refused: over {MAX_STATE_BYTES:,} bytes, not a compress record")
     try:
-        saved = json.loads(path.read_bytes(), parse_constant=_no_constant)
-    except RecursionError:
-        raise ConfigError(f"{path}: not a resumable compress record (nested deeper than {MAX_DEPTH} levels)") \
-            from None
-    except (ValueError, UnicodeDecodeError) as err:
+        saved = loads(path.read_bytes(), MAX_DEPTH, parse_constant=_no_constant)
+    except ValueError as err:  # UnicodeDecodeError too
         raise ConfigError(f"{path}: not a resumable compress record ({err})") from None
-    if _depth(saved) > MAX_DEPTH:
-        raise ConfigError(f"{path}: not a resumable compress record (nested deeper than {MAX_DEPTH} levels)")
     if isinstance(saved, dict) and isinstance(saved.get("points"), list):  # older records: no hashes, measured again
         saved["points"] = [p for p in saved["points"] if not (isinstance(p, dict) and "sha256" not in p)]
     return saved
@@ -171,17 +169,6 @@ def _parse(path: Path):
 
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a number a record holds")
-
-
-def _depth(value) -> int:
-    """How deep ``value`` nests (a scalar is 0), without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, level)
-            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def _problem(saved) -> str | None:
@@ -210,6 +197,10 @@ def _fields_problem(entry, part: tuple[dict, dict], prefix: str) -> str | None:
             return f"{prefix}{field} is missing"
         if not test(entry[field]):
             return f"{prefix}{field} is {_shown(entry[field])}: expected {expected}"
+    for group in TOGETHER:
+        given = group & set(entry)
+        if given and given != group:
+            return f"{prefix}{sorted(group - given)[0]} is missing (recorded with {', '.join(sorted(given))})"
     return None
 
 

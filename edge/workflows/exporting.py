@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edge.core.config import ConfigError
-from edge.core.files import atomic_write, check_output
+from edge.core.files import atomic_write, check_output, real_path
 from edge.core.options import ExportOptions, SensitivityOptions
 from edge.core.reports import Report
 
@@ -25,7 +25,7 @@ def export_command(options: ExportOptions) -> Report:
     calibration = preprocessed_images(model, options.calibration_dir, options.calibration_images) \
         if options.calibration_dir and calibrates else (None, "")
     same = options.images and options.calibration_dir and \
-        options.images.resolve() == options.calibration_dir.resolve()
+        real_path(options.images) == real_path(options.calibration_dir)
     if options.max_drop is not None:
         return _export_within_drop(options, model, calibration, options.calibration_images if same else 0)
     parity_input = preprocessed_images(model, options.images, 64, offset=options.calibration_images) if same \

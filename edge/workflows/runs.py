@@ -23,7 +23,9 @@ from edge.core.config import ConfigError, Preprocess, StudentConfig
 from edge.data.datasets import Augment, ImageSet, decode_image_set
 from edge.train.distributed import group, say, together
 from edge.train.shared import load_shared
-from edge.core.files import atomic_write, check_output, check_output_dir
+from edge.core.files import atomic_write, check_output, check_output_dir, real_path
+from edge.core.formats import sniff_file
+from edge.core.json_text import loads
 from edge.models.registry import STUDENT_ARCHS, NetSpec, check_runs, count_parameters
 from edge.io.netfile import NetFile, check_compatible
 from edge.io.checkpoints import load_net
@@ -95,10 +97,11 @@ def fresh_preprocess(sources: DataOptions, shape: ShapeOptions) -> Preprocess:
     return Preprocess(crop=size, resize=shape.resize)
 
 
-def open_sets(sources: DataOptions, preprocess: Preprocess, classes: tuple[str, ...] = ()):
-    """(train, val, test, augment) for ``preprocess``; val/test are None when not asked for."""
+def open_sets(sources: DataOptions, preprocess: Preprocess, classes: tuple[str, ...] = (), progress: bool = True):
+    """(train, val, test, augment) for ``preprocess``; val/test are None when not asked for; ``progress``:
+    decoding bars (off under --quiet)."""
     augment = Augment(preprocess.crop, sources.padding, sources.rotation, flip=not sources.no_flip)
-    common = {"workers": sources.decode_threads, "cache_dir": sources.cache_dir}
+    common = {"workers": sources.decode_threads, "cache_dir": sources.cache_dir, "progress": progress}
     train = decode_image_set(sources.data, preprocess, augment, labels_csv=sources.labels, class_hint=classes,
                              **common)
     hint = classes or train.classes or ()
@@ -210,7 +213,7 @@ def train_command(options: TrainOptions) -> dict:
         if group().main:
             check_run_outputs(options)
         preprocess = fresh_preprocess(options.sources, options.shape)
-        sets = open_sets(options.sources, preprocess)
+        sets = open_sets(options.sources, preprocess, progress=not options.loop.quiet)
         net = _fresh_net(options.arch, options.shape, sets[0], preprocess)
         model = _init(net, options.loop.seed, options.weights)
     say(f"model: {net.spec.describe()}, {count_parameters(model):,} parameters")
@@ -224,7 +227,7 @@ def teacher_classes(path: Path, arch: str) -> tuple[str, ...]:
     try:
         return load_net(path).classes
     except CheckpointError:
-        if arch in STUDENT_ARCHS:
+        if arch in STUDENT_ARCHS or not _torch_file(path):
             raise
         from edge.io.torch_files import read_torch
 
@@ -233,14 +236,16 @@ def teacher_classes(path: Path, arch: str) -> tuple[str, ...]:
 
 
 def load_teacher(path: Path, arch: str, classes: tuple[str, ...], preprocess: Preprocess) -> torch.nn.Module:
-    """A teacher from our model file, any StudentNet file, or a torchvision state dict (``arch``)."""
+    """A teacher from our model file, any StudentNet file, or a torchvision state dict (``arch``): a torch file
+    that is not the former (one that is no torch file, a pipe or a folder keeps `load_net`'s refusal: read as
+    a state dict, a pickle said "Unsupported operand 149" and a pipe blocked the run for ever)."""
     try:
         net = load_net(path)
     except CheckpointError as err:
         from edge.io.netfile import load_classifier_weights
         from edge.models.classifiers import torchvision_classifier
 
-        if arch in STUDENT_ARCHS:
+        if arch in STUDENT_ARCHS or not _torch_file(path):
             raise err
         model = torchvision_classifier(arch, len(classes), len(preprocess.color))
         fresh = load_classifier_weights(model, path, arch)
@@ -252,6 +257,14 @@ def load_teacher(path: Path, arch: str, classes: tuple[str, ...], preprocess: Pr
     check_compatible(net, NetFile(net.spec, preprocess, classes, {}), f"teacher {path} vs the student")
     say(f"teacher: {path} ({net.spec.describe()}, {count_parameters(net.build()):,} parameters)")
     return net.build()
+
+
+def _torch_file(path: Path) -> bool:
+    """A regular file that `torch.save` wrote (a zip or the legacy format), by its first bytes."""
+    try:
+        return Path(path).is_file() and sniff_file(path) in ("torch-zip", "torch-legacy")
+    except OSError:
+        return False
 
 
 def _alpha(alpha: float | None, train: ImageSet, data: str) -> float:
@@ -292,7 +305,7 @@ def distill_command(options: DistillOptions) -> dict:
         start = None if options.student in STUDENT_ARCHS else load_net(options.student)
         preprocess = start.preprocess if start else fresh_preprocess(options.sources, options.shape)
         known = start.classes if start else named
-        sets = open_sets(options.sources, preprocess, known)
+        sets = open_sets(options.sources, preprocess, known, not options.loop.quiet)
         net = start or _fresh_net(options.student, options.shape, sets[0], preprocess, known)
         model = _init(net, options.loop.seed)
         teacher = load_teacher(options.teacher, options.teacher_arch, net.classes, preprocess)
@@ -319,7 +332,7 @@ def slim_command(options: SlimOptions) -> dict:
         base = load_net(options.student)
         if base.spec.arch != "dw":
             raise ConfigError(f"{options.student}: slimming works on StudentNets (arch dw), this is {base.spec.arch}")
-        train, val, test, augment = open_sets(sources, base.preprocess, base.classes)
+        train, val, test, augment = open_sets(sources, base.preprocess, base.classes, not loop.quiet)
         if val is None:
             raise ConfigError("--val is required: each round keeps its best epoch by validation accuracy")
         teacher = load_teacher(options.teacher, options.teacher_arch, base.classes, base.preprocess) \
@@ -391,7 +404,7 @@ def _check_slim_output(options: SlimOptions) -> None:
         raise ConfigError(f"{out}: holds a slimming run (curve.json or rate*/ files): continue it with --resume "
                           f"(same options), pass --overwrite to start it over, or choose a new folder")
     for path in inputs:
-        if path.resolve().is_relative_to(out.resolve()) and path.is_file():
+        if real_path(path).is_relative_to(real_path(out)) and path.is_file():
             raise ConfigError(f"{path}: an input inside the output folder {out} could be overwritten by a round's "
                               f"file: move it out or choose another -o")
     _check_cache_dir(options.sources, inputs)
@@ -414,7 +427,7 @@ def _slim_record(options: SlimOptions, out: Path, setup, alpha: float) -> dict:
     if contents is None:
         raise ConfigError(f"{path}: nothing to resume (no such file): run without --resume first")
     try:
-        saved = json.loads(contents)
+        saved = loads(contents)
         differ = {k: (saved["settings"].get(k), v) for k, v in settings.items() if saved["settings"].get(k) != v}
     except (ValueError, KeyError, AttributeError) as err:
         raise ConfigError(f"{path}: not a resumable slimming record ({err})") from None
