@@ -89,16 +89,19 @@ def test_an_untouched_record_resumes_to_the_same_file(searched, record):
     assert (work.parent / "resumed.onnx").read_bytes() == (searched / "first.onnx").read_bytes()
 
 
-def test_a_record_from_before_candidates_had_hashes_measures_them_again(searched, record):
+def test_an_edit_within_every_fields_range_is_refused_by_the_seal(record):
+    from edge.workflows.compress_state import sealed_text
+
     work, state = record
-    for point in state["points"]:
-        del point["sha256"]
-    (work / _uint8(state)["onnx"]).write_bytes(b"stale")  # re-measured: never read
+    point = max((p for p in state["points"] if "views_kl" in p), key=lambda p: p["views_kl"])
+    point["views_kl"] = 0.0  # a well-typed value that would steer the choice
     _write(work, state)
-    result = _compress(work, work.parent / "resumed.onnx", "--resume")
-    assert result.exit_code == 0, result.output
-    assert (work.parent / "resumed.onnx").read_bytes() == (searched / "first.onnx").read_bytes()
-    assert all("sha256" in p for p in json.loads((work / "state.json").read_text())["points"])
+    _refused(work, "seal does not match its content")
+    _write(work, sealed_text(state))  # resealed (by edge itself): the fields are checked again, and pass
+    read_state(work / "state.json")
+    del state["seal"]
+    _write(work, state)
+    _refused(work, "no seal")  # an older record, or a seal stripped off
 
 
 def test_a_point_naming_another_file_of_its_size_is_refused(record):

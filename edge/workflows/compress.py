@@ -39,7 +39,6 @@ reached is reported. `write_report` makes the JSON, markdown and frontier PNG.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -53,7 +52,7 @@ from edge.core.files import atomic_write
 from edge.io.netfile import NetFile
 from edge.models.registry import NetSpec
 from edge.core.options import CompressOptions, SearchSettings
-from edge.workflows.compress_state import chosen_bytes, file_sha256, read_state
+from edge.workflows.compress_state import chosen_bytes, file_sha256, read_state, sealed_text
 
 VAL_EVERY = 5
 STATE = "state.json"
@@ -311,7 +310,7 @@ class Search:
 
     def save(self) -> None:
         self.state["seconds"] = round(self.state.get("seconds_before", 0.0) + time.time() - self.began, 1)
-        text = json.dumps(self.state, indent=2)
+        text = sealed_text(self.state)
         atomic_write(self.work / STATE, lambda f: f.write(text), binary=False)
 
     def point(self, stage: str, keep: float, net: NetFile, spec, extra: dict | None = None,

@@ -10,7 +10,10 @@ search recorded when it wrote it, a single link, carrying a valid edge checksum 
 `chosen_bytes` checks the chosen file once more, and that it opens as the weight format it claims,
 before compress copies it to its output.
 
-Points recorded before candidates carried a hash (older records) are measured again, not trusted.
+Every field that checks out can still have been edited within its range (a views KL that steers the choice,
+a round's numbers in the report): the search seals the record (`sealed_text`: the SHA-256 of its canonical
+JSON), and a record whose seal does not match, or that has none, is refused after the field checks, which
+name what is malformed first.
 """
 
 from __future__ import annotations
@@ -91,11 +94,12 @@ KINDS = {
                     "an object of format -> list of layer rows"),
 }
 
+SEAL = "seal"  # the record's own SHA-256 (`sealed_text`)
 # record part -> (required fields, optional fields), each field -> kind
 RECORD = ({"settings": "object", "about": "object", "points": "list", "rounds": "list", "seconds": "seconds"},
           {"seconds_before": "seconds", "done": "flag", "stopped": "text", "command": "text", "chosen": "chosen",
            "path": "keeps", "fitting_keep": "fitting", "sensitivity": "sensitivity", "skipped": "skipped",
-           "unprobed": "texts"})
+           "unprobed": "texts", "seal": "sha256"})
 POINT = ({"stage": "stage", "keep": "keep", "format": "format", "onnx": "onnx", "bytes": "count",
           "parameters": "count", "widths": "widths", "val_agreement": "fraction", "sha256": "sha256"},
          {"val_kl": "kl", "val_accuracy": "fraction", "test_accuracy": "fraction", "test_agreement": "fraction",
@@ -112,7 +116,7 @@ def read_state(path: Path) -> dict:
     """The record at ``path`` (``state.json`` in the search's work folder), checked with the candidate files
     it names (`ConfigError` naming the file and the field otherwise). Nothing is written."""
     saved = _parse(path)
-    problem = _problem(saved) or _files_problem(saved, path.parent)
+    problem = _problem(saved) or _files_problem(saved, path.parent) or _seal_problem(saved)
     if problem:
         raise ConfigError(f"{path}: not a resumable compress record ({problem}): run again without --resume")
     return saved
@@ -162,9 +166,25 @@ def _parse(path: Path):
         saved = loads(path.read_bytes(), MAX_DEPTH, parse_constant=_no_constant)
     except ValueError as err:  # UnicodeDecodeError too
         raise ConfigError(f"{path}: not a resumable compress record ({err})") from None
-    if isinstance(saved, dict) and isinstance(saved.get("points"), list):  # older records: no hashes, measured again
-        saved["points"] = [p for p in saved["points"] if not (isinstance(p, dict) and "sha256" not in p)]
     return saved
+
+
+def sealed_text(state: dict) -> str:
+    """``state`` as state.json's text, sealed: `read_state` refuses it once any value in it changes."""
+    body = {k: v for k, v in state.items() if k != SEAL}
+    return json.dumps({**body, SEAL: _digest(body)}, indent=2)
+
+
+def _digest(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _seal_problem(saved: dict) -> str | None:
+    if SEAL not in saved:
+        return "no seal: written by an older edge, or edited"
+    if saved[SEAL] != _digest({k: v for k, v in saved.items() if k != SEAL}):
+        return "its seal does not match its content: edited or damaged"
+    return None
 
 
 def _no_constant(name: str):
