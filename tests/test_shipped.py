@@ -94,3 +94,26 @@ def test_the_default_is_rebuilt_only_from_the_shipped_bytes(tmp_path, monkeypatc
     result = CliRunner().invoke(main, ["export", "--quant", "fp16", "-o", str(tmp_path / "out.onnx")])
     assert result.exit_code == 2 and "replaced by hand" in result.output and "git checkout" in result.output
     assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["food11_student_compressed.onnx", "food11_student_uint8.onnx"])
+def test_a_flipped_bit_in_a_shipped_model_is_refused_at_load(name, tmp_path, monkeypatch):
+    """The shipped files predate edge's checksums: their sha256 as shipped stands in for the seal."""
+    import edge.core.files
+    from edge.core.files import SHIPPED_SHA256, file_sha256, shipped_damage
+    from edge.inference.runtime import ModelError
+
+    assert file_sha256(SHIPPED_MODELS / name) == SHIPPED_SHA256[name] and shipped_damage(SHIPPED_MODELS / name) is None
+    OnnxClassifier(SHIPPED_MODELS / name)  # as shipped: loads
+    monkeypatch.setattr(edge.core.files, "SHIPPED_MODELS", tmp_path)  # a clone whose models/ holds a damaged copy
+    data = bytearray((SHIPPED_MODELS / name).read_bytes())
+    for at in (len(data) // 3, len(data) - 40):
+        flipped = bytearray(data)
+        flipped[at] ^= 0x10
+        (tmp_path / name).write_bytes(bytes(flipped))
+        with pytest.raises(ModelError, match="not the file edge shipped.*git checkout"):
+            OnnxClassifier(tmp_path / name)
+    elsewhere = tmp_path / "copy" / name  # a copy outside models/ is any unsealed file: its graph decides
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(bytes(data))
+    assert shipped_damage(elsewhere) is None

@@ -9,10 +9,12 @@ file about to be replaced by something that is not a model (a CSV, JSON, a repor
 the shipped models folder (`SHIPPED_MODELS`: edge never writes there, whatever the command).
 `check_output_dir` does the same for commands whose output is a folder. `check_input` refuses,
 before opening, an input that is not a regular file or is larger than any file of its kind.
+`shipped_damage` says when a shipped model is not the bytes it shipped as (they predate edge's checksums).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -22,6 +24,32 @@ from edge.core.errors import EdgeError
 from edge.core.formats import MODEL_FORMATS, sniff_file
 
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"  # the models edge ships (a clone's models/)
+# Their bytes as shipped: written before edge sealed its files, so a flipped bit shows only here.
+SHIPPED_SHA256 = {"food11_student_compressed.onnx": "dd29dd6a32c05f7ce064f951b7a7c403794dea1e20858edae7531c57e888457d",
+                  "food11_student_uint8.onnx": "bccd48e8dd3af77256e93846bca74e9d65e2bb91d7ac56e131b2dac4686d02cc"}
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 (hex) of the file at ``path``, read a block at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_damage(path: Path) -> str | None:
+    """Why ``path``, a model of `SHIPPED_MODELS` (links resolved), is not the bytes it shipped as; None when it is,
+    or when it is no shipped model."""
+    real = real_path(path)
+    expected = SHIPPED_SHA256.get(real.name)
+    if expected is None or real.parent != real_path(SHIPPED_MODELS):
+        return None
+    digest = file_sha256(real)
+    if digest == expected:
+        return None
+    return (f"not the file edge shipped (sha256 {digest[:16]}..., shipped {expected[:16]}...): damaged or replaced by "
+            f"hand; restore it (git checkout -- models/{real.name})")
 
 
 class OutputError(EdgeError, ValueError):

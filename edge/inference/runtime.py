@@ -37,7 +37,7 @@ import numpy as np
 from edge.core.backends import ONNXRUNTIME, Backend, ProviderUnavailable, check_available, compute_missing, resolve
 from edge.codec.entropy import EntropyError, session_source
 from edge.core.errors import EdgeError
-from edge.core.files import InputError
+from edge.core.files import InputError, shipped_damage
 from edge.codec.checksum import check_seal
 from edge.codec.metadata import CARD_KEY, MetadataError, read_metadata, read_net
 from edge.codec.onnx_scan import (MAX_OUTPUT_ELEMENTS, metadata_props, nonfinite_tensors, oversized_outputs,
@@ -106,6 +106,9 @@ class OnnxClassifier:
             raise ModelError(str(err)) from None
         except OSError:
             sealed, source = False, str(self.path)  # ONNX Runtime names what is wrong with the file
+        damage = None if sealed else shipped_damage(self.path)
+        if damage:
+            raise ModelError(f"{self.path}: {damage}")
         self._check_stored_weights(source)
         self.source = self.engine_source = source
         self.session = self._open_session(source)

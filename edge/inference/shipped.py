@@ -12,18 +12,18 @@ by hand is named as such instead of failing on a shape or exporting some other m
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from edge.io.checkpoints import Checkpoint
 from edge.core.errors import CheckpointError
-from edge.core.files import SHIPPED_MODELS
+from edge.core.files import SHIPPED_MODELS, file_sha256
+from edge.core.files import SHIPPED_SHA256 as SHIPPED_DIGESTS
 from edge.models.fold import BN_EPS
 
 SHIPPED_STUDENT = SHIPPED_MODELS / "food11_student_uint8.onnx"
-SHIPPED_SHA256 = "bccd48e8dd3af77256e93846bca74e9d65e2bb91d7ac56e131b2dac4686d02cc"  # its bytes as shipped
+SHIPPED_SHA256 = SHIPPED_DIGESTS[SHIPPED_STUDENT.name]  # its bytes as shipped
 
 
 def _layer_names(depth: int) -> list[str]:
@@ -67,12 +67,9 @@ def check_shipped(path: Path, sha256: str) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path}: the shipped student is missing (edge installed without its models/ "
                               "folder): give a CHECKPOINT")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != sha256:
-        raise CheckpointError(f"{path}: not the file edge shipped (sha256 {digest.hexdigest()[:16]}..., shipped "
+    digest = file_sha256(path)
+    if digest != sha256:
+        raise CheckpointError(f"{path}: not the file edge shipped (sha256 {digest[:16]}..., shipped "
                               f"{sha256[:16]}...): it was replaced by hand; restore it (git checkout -- "
                               f"models/{path.name}) or give a CHECKPOINT")
 

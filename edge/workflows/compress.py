@@ -52,7 +52,8 @@ from edge.core.files import atomic_write
 from edge.io.netfile import NetFile
 from edge.models.registry import NetSpec
 from edge.core.options import CompressOptions, SearchSettings
-from edge.workflows.compress_state import chosen_bytes, file_sha256, read_state, sealed_text
+from edge.core.files import file_sha256
+from edge.workflows.compress_state import chosen_bytes, read_state, sealed_text
 
 VAL_EVERY = 5
 STATE = "state.json"

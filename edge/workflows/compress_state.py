@@ -27,6 +27,7 @@ from pathlib import Path
 from edge.codec.checksum import check_seal
 from edge.codec.metadata import MetadataError
 from edge.core.config import ConfigError
+from edge.core.files import file_sha256
 from edge.core.json_text import loads
 from edge.core.weight_formats import parse_format
 
@@ -145,15 +146,6 @@ def chosen_bytes(work: Path, point: dict) -> bytes:
         raise ConfigError(f"{work / 'state.json'}: the chosen candidate {path.name} (chosen.onnx) is {problem}: "
                           f"run again without --resume; nothing written")
     return data
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 (hex) a point records of its candidate file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _parse(path: Path):
