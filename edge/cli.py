@@ -141,10 +141,12 @@ def _command_line() -> str:
 
 def parse_options(options_class, params: dict):
     """-> (the command's options object, whether --json asked for the document on stdout): click's parameters
-    less the presentation ones (--json; --quiet where nothing of the command shows progress)."""
+    less the presentation ones (--json; --quiet where nothing of the command shows progress) and the launcher's
+    (--processes: how many ranks run the command, `_launch_ranks`)."""
     from edge.core.options import from_click, option_names
 
     params = dict(params)
+    params.pop("processes", None)
     as_json = params.pop("json", False) or params.get("json_out") == STDOUT
     if params.get("json_out") == STDOUT:
         params["json_out"] = None
