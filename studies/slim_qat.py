@@ -75,12 +75,11 @@ def mixed_bits(merged, spec, calibration: np.ndarray, target: int, work: Path) -
 def run_split(net, images, truth, chosen, held, keep: float, variants: list[dict], views: int, work: Path,
               log, target: int = 90_000) -> list[dict]:
     from edge.export.mixed_precision import kl_from
-    from edge.inference.runtime import OnnxClassifier
     from edge.export.quantize import Matching, QuantSpec
     from edge.models.merge import merge_classifier
     from edge.prune.reconstruct import prune_reconstruct, target_widths
     from edge.prune.slim import numpy_state
-    from edge.workflows.compress import _export, _onnx_logits, split, with_weights
+    from edge.workflows.compress import _export, _onnx_logits, _scorer, split, with_weights
     from edge.workflows.compress_views import ViewSignal
 
     fit_at, val_at = (chosen[p] for p in split(len(chosen)))
@@ -109,10 +108,11 @@ def run_split(net, images, truth, chosen, held, keep: float, variants: list[dict
             model, layer_bits = merged, allocations[spec.weights]
         size = _export(model, spec, path, calibration, layer_bits, progress=False, matching=matching)
         seconds = time.time() - began
-        answers = _onnx_logits(path, images[held]).argmax(1)
-        val_logits = _onnx_logits(path, images[val_at])
+        scorer = _scorer(path)
+        answers = _onnx_logits(scorer, images[held]).argmax(1)
+        val_logits = _onnx_logits(scorer, images[val_at])
         scores = {"val_agreement": float(np.mean(val_logits.argmax(1) == reference_val.argmax(1))),
-                  "val_kl": kl_from(reference_val, val_logits), **signal.score(OnnxClassifier(path).__call__)}
+                  "val_kl": kl_from(reference_val, val_logits), **signal.score(scorer)}
         row = {"variant": variant["name"], "keep": 1.0 if variant.get("mixed") else keep,
                "widths": list(model.spec.config.widths), "bytes": size, "layer_bits": layer_bits,
                "held_out": len(held), "test_accuracy": float(np.mean(answers == truth[held])),

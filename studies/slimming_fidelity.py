@@ -90,13 +90,11 @@ def schedule_rows(start, inputs, epochs: int, lr: float, every: int, work: Path)
 
 
 def measure_split(args, which: str, done: set, emit) -> None:
-    from edge.models.merge import merge_classifier
     from edge.prune.reconstruct import prunable_widths, target_widths
-    from edge.prune.slim import numpy_state
-    from edge.workflows.compress import with_weights
+    from edge.workflows.compress import merged as merge
 
     inputs = open_split(args.model, args.photos, args.labels, which, args.cache)
-    merged = with_weights(inputs.base, *merge_classifier(inputs.base.spec.config, numpy_state(inputs.base)))
+    merged = merge(inputs.base)
     config = merged.spec.config
 
     def row(name: str, net, model=None, **extra):

@@ -45,11 +45,14 @@ def shipped_damage(path: Path) -> str | None:
     expected = SHIPPED_SHA256.get(real.name)
     if expected is None or real.parent != real_path(SHIPPED_MODELS):
         return None
-    digest = file_sha256(real)
-    if digest == expected:
-        return None
-    return (f"not the file edge shipped (sha256 {digest[:16]}..., shipped {expected[:16]}...): damaged or replaced by "
-            f"hand; restore it (git checkout -- models/{real.name})")
+    changed = not_as_shipped(real, expected)
+    return changed and f"{changed}: damaged or replaced by hand; restore it (git checkout -- models/{real.name})"
+
+
+def not_as_shipped(path: Path, expected: str) -> str | None:
+    """How ``path`` differs from the shipped bytes whose SHA-256 is ``expected``; None when it does not."""
+    digest = file_sha256(path)
+    return None if digest == expected else f"not the file edge shipped (sha256 {digest[:16]}..., shipped {expected[:16]}...)"
 
 
 class OutputError(EdgeError, ValueError):

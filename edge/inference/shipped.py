@@ -18,7 +18,7 @@ import numpy as np
 
 from edge.io.checkpoints import Checkpoint
 from edge.core.errors import CheckpointError
-from edge.core.files import SHIPPED_MODELS, file_sha256
+from edge.core.files import SHIPPED_MODELS, not_as_shipped
 from edge.core.files import SHIPPED_SHA256 as SHIPPED_DIGESTS
 from edge.models.fold import BN_EPS
 
@@ -67,10 +67,9 @@ def check_shipped(path: Path, sha256: str) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path}: the shipped student is missing (edge installed without its models/ "
                               "folder): give a CHECKPOINT")
-    digest = file_sha256(path)
-    if digest != sha256:
-        raise CheckpointError(f"{path}: not the file edge shipped (sha256 {digest[:16]}..., shipped "
-                              f"{sha256[:16]}...): it was replaced by hand; restore it (git checkout -- "
+    changed = not_as_shipped(path, sha256)
+    if changed:
+        raise CheckpointError(f"{path}: {changed}: it was replaced by hand; restore it (git checkout -- "
                               f"models/{path.name}) or give a CHECKPOINT")
 
 

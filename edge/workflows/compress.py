@@ -15,9 +15,10 @@ validation (`choose`) among the ONNX files that fit ``target_bytes``:
    (`edge.prune.reconstruct.prune_reconstruct`) then fine-tuning by function matching
    (`edge.train.matching.FunctionMatching`, label-free) and keeping its best epoch by validation
    agreement; every round's model is measured in every format;
-4. quantization-aware fine-tuning: each per-channel uintN format of at most `QAT_MAX_BITS` bits is trained
-   once at its bit width, on its first file that fits (mixed precision's, else the first slimmed one), against
-   the teacher (the unslimmed model) on function-matching views of every training photo
+4. quantization-aware fine-tuning at the file's bit widths: every fitting mixed-precision file (of the model
+   and of the first, lightest slimming round), and each plain per-channel uintN format of at most
+   `QAT_MAX_BITS` bits on its first slimmed file that fits, against the teacher (the unslimmed model) on
+   function-matching views of every training photo
    (`edge.export.quantize.Matching`); the file's metadata keeps the recipe (slimmed widths, pruning,
    fine-tuning).
 
@@ -48,11 +49,10 @@ import numpy as np
 import torch
 
 from edge.core.config import ConfigError
-from edge.core.files import atomic_write
+from edge.core.files import atomic_write, file_sha256
 from edge.io.netfile import NetFile
 from edge.models.registry import NetSpec
 from edge.core.options import CompressOptions, SearchSettings
-from edge.core.files import file_sha256
 from edge.workflows.compress_state import chosen_bytes, read_state, sealed_text
 
 VAL_EVERY = 5
@@ -151,12 +151,17 @@ def _export(net: NetFile, spec, path: Path, calibration: np.ndarray, layer_bits:
 _SCORING_BATCH = 32  # images per ONNX Runtime call when an exported file is scored
 
 
-def _onnx_logits(path: Path, images: torch.Tensor) -> np.ndarray:
+def _scorer(path: Path):
+    """The exported file at ``path``, opened once to score every image set of a candidate."""
     from edge.inference.ort_memory import expect_images
     from edge.inference.runtime import OnnxClassifier
 
     expect_images(_SCORING_BATCH)
-    model = OnnxClassifier(path)
+    return OnnxClassifier(path)
+
+
+def _onnx_logits(model, images: torch.Tensor) -> np.ndarray:
+    """``model`` (a `_scorer`) on preprocessed ``images``, `_SCORING_BATCH` at a time."""
     return np.concatenate([model(images[i:i + _SCORING_BATCH].numpy()) for i in range(0, len(images), _SCORING_BATCH)])
 
 
@@ -176,19 +181,17 @@ def measure(net: NetFile, spec, path: Path, inputs: Inputs, layer_bits: dict | N
     point = {"format": format_name(spec, layer_bits), "onnx": path.name, "bytes": size,
              "parameters": file_config(net.spec.config).num_parameters(),
              "widths": list(file_config(net.spec.config).widths)}
-    logits = _onnx_logits(path, normalize(inputs.val.pixels, inputs.val.preprocess))
+    model = _scorer(path)
+    logits = _onnx_logits(model, normalize(inputs.val.pixels, inputs.val.preprocess))
     answers = logits.argmax(1)
     point["val_agreement"] = float(np.mean(answers == inputs.val.labels.numpy()))
     point["val_kl"] = kl_from(inputs.val_logits, logits)
     if inputs.val_truth is not None:
         point["val_accuracy"] = float(np.mean(answers == inputs.val_truth))
     if inputs.views is not None and (target is None or size <= target):
-        from edge.inference.runtime import OnnxClassifier
-
-        model = OnnxClassifier(path)
         point.update(inputs.views.score(lambda x: model(x.numpy())))
     if inputs.test is not None:
-        answers = _onnx_logits(path, normalize(inputs.test.pixels, inputs.test.preprocess)).argmax(1)
+        answers = _onnx_logits(model, normalize(inputs.test.pixels, inputs.test.preprocess)).argmax(1)
         point["test_accuracy"] = float(np.mean(answers == inputs.test.labels.numpy()))
         point["test_agreement"] = float(np.mean(answers == inputs.test_reference))
     return point
@@ -237,6 +240,14 @@ def shaped(net: NetFile, widths: tuple[int, ...]) -> NetFile:
 def with_weights(like: NetFile, config, state: dict[str, np.ndarray]) -> NetFile:
     """A StudentNet file of ``config`` and numpy ``state``, with ``like``'s preprocessing and classes."""
     return NetFile(NetSpec("dw", config), like.preprocess, like.classes, {k: torch.from_numpy(v) for k, v in state.items()})
+
+
+def merged(net: NetFile) -> NetFile:
+    """``net`` with its last pointwise conv, global pool and classifier merged into one conv (exact)."""
+    from edge.models.merge import merge_classifier
+    from edge.prune.slim import numpy_state
+
+    return with_weights(net, *merge_classifier(net.spec.config, numpy_state(net)))
 
 
 def fitting_keep(net: NetFile, spec, target: int, min_keep: float, probe: Path,
@@ -430,10 +441,7 @@ class Search:
                     disable=not self.progress, file=sys.stderr)
 
     def _merged(self) -> NetFile:
-        from edge.models.merge import merge_classifier
-        from edge.prune.slim import numpy_state
-
-        return with_weights(self.inputs.base, *merge_classifier(self.inputs.base.spec.config, numpy_state(self.inputs.base)))
+        return merged(self.inputs.base)
 
     def _path(self, start: NetFile) -> list[float]:
         if "path" not in self.state:
@@ -506,9 +514,8 @@ class Search:
 
     def _quantization_aware(self, net: NetFile, keep: float, recorded: dict | None,
                             layer_bits: dict | None = None) -> None:
-        """Each per-channel uintN format (N <= `QAT_MAX_BITS`) is trained at its bit width once, on its first
-        file that fits the target (mixed precision's at keep 1, else the first slimmed one; ``recorded``: the
-        round, None at keep 1): its stored values fine-tuned against the teacher
+        """The `_qat_formats` of ``net``'s file at ``keep`` (``layer_bits``: its mixed precision; ``recorded``: the
+        round, None at keep 1), each trained at its bit widths: its stored values fine-tuned against the teacher
         (`edge.export.quantize.Matching`) on function-matching views of every training photo, for
         ``qat_epochs`` (fewer when the budget cannot afford them)."""
         from edge.export.quantize import Matching
@@ -552,7 +559,6 @@ class Search:
                                     * len(self.inputs.fit_images))
         left = self.budget.limit - self.budget.elapsed() - self.budget.estimate("measure")
         return max(0, min(self.settings.qat_epochs, int(left // max(each, 1e-9))))
-
 
     def _time_for_round(self) -> bool:
         """Whether a round fits what is left: the longest round so far, or (for the first) reconstruction, one

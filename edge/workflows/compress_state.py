@@ -100,7 +100,7 @@ SEAL = "seal"  # the record's own SHA-256 (`sealed_text`)
 RECORD = ({"settings": "object", "about": "object", "points": "list", "rounds": "list", "seconds": "seconds"},
           {"seconds_before": "seconds", "done": "flag", "stopped": "text", "command": "text", "chosen": "chosen",
            "path": "keeps", "fitting_keep": "fitting", "sensitivity": "sensitivity", "skipped": "skipped",
-           "unprobed": "texts", "seal": "sha256"})
+           "unprobed": "texts", SEAL: "sha256"})
 POINT = ({"stage": "stage", "keep": "keep", "format": "format", "onnx": "onnx", "bytes": "count",
           "parameters": "count", "widths": "widths", "val_agreement": "fraction", "sha256": "sha256"},
          {"val_kl": "kl", "val_accuracy": "fraction", "test_accuracy": "fraction", "test_agreement": "fraction",
@@ -163,18 +163,19 @@ def _parse(path: Path):
 
 def sealed_text(state: dict) -> str:
     """``state`` as state.json's text, sealed: `read_state` refuses it once any value in it changes."""
+    return json.dumps({**state, SEAL: _digest(state)}, indent=2)
+
+
+def _digest(state: dict) -> str:
+    """The SHA-256 of ``state``'s canonical JSON, its seal left out."""
     body = {k: v for k, v in state.items() if k != SEAL}
-    return json.dumps({**body, SEAL: _digest(body)}, indent=2)
-
-
-def _digest(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _seal_problem(saved: dict) -> str | None:
     if SEAL not in saved:
         return "no seal: written by an older edge, or edited"
-    if saved[SEAL] != _digest({k: v for k, v in saved.items() if k != SEAL}):
+    if saved[SEAL] != _digest(saved):
         return "its seal does not match its content: edited or damaged"
     return None
 
