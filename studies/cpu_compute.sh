@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 28, fastest on the CPU it runs on: every CPU backend (ONNX Runtime, OpenVINO) x compute precision
-# (fp32, bf16, int8) on hw7_test.sh's model, each row with its top-1 agreement with fp32 on held-out
+# (fp32, bf16, bf16-mixed, int8) on hw7_test.sh's model, each row with its top-1 agreement with fp32 on held-out
 # photos, then hw7_test.sh itself against the homework pipeline in the same run. Results:
 #   bench/results/cpu_compute_1thread.{md,json}  (1 thread, b=1 latency and b=32 throughput)
 #   bench/results/cpu_compute_all_cores.{md,json} (all cores: what `edge bench` does by default)
@@ -24,7 +24,7 @@ ls "$SHARED/food11/testing" | sort | head -n 100 | while read -r f; do cp "$SHAR
 ls "$SHARED/food11/testing" | sort | tail -n +101 | while read -r f; do cp "$SHARED/food11/testing/$f" "$WORK/held/"; done
 uptime
 lscpu | grep -E "Model name|^Flags" > "$WORK/cpu.txt"
-common=(--provider ort-cpu,ov-cpu --compute fp32,bf16,int8 --calib "$WORK/calib" --data "$WORK/held"
+common=(--provider ort-cpu,ov-cpu --compute fp32,bf16,bf16-mixed,int8 --calib "$WORK/calib" --data "$WORK/held"
         --labels "$SHARED/food11/reference_labels.csv" --batch 1,32 --quiet --overwrite)
 edge bench "$MODEL" "${common[@]}" --threads 1 --repeats 3 \
     --json "$RESULTS/cpu_compute_1thread.json" --markdown "$RESULTS/cpu_compute_1thread.md"

@@ -154,6 +154,39 @@ def test_ov_cpu_bf16_where_the_cpu_has_it(synthetic_student_onnx, synthetic_phot
     np.testing.assert_allclose(model(x), reference, atol=0.05 * np.abs(reference).max())
 
 
+@needs_openvino
+def test_bf16_mixed_keeps_the_most_sensitive_convolutions_float32_and_comes_closer_to_fp32(synthetic_photos):
+    from edge.inference import bf16_mixed
+    from edge.inference.openvino_backend import OpenVinoClassifier
+
+    reason = backends.compute_missing(backends.resolve("ov-cpu"), "bf16-mixed")
+    if reason:
+        pytest.skip(reason)
+    with pytest.raises(backends.ProviderUnavailable, match="bf16-mixed compute is calibrated on photos .* --calib"):
+        OpenVinoClassifier(COMPRESSED, threads=1, compute="bf16-mixed")
+    mixed = OpenVinoClassifier(COMPRESSED, threads=1, compute="bf16-mixed", calib=photos_from(synthetic_photos))
+    assert 1 <= len(mixed.fp32_layers) <= bf16_mixed.MAX_FP32_LAYERS
+    assert mixed.provider.endswith(f"bf16-mixed ({len(mixed.fp32_layers)} of 15 convolutions fp32)")
+    x = first_images(synthetic_photos, mixed.card, 8)
+    reference = OnnxClassifier(COMPRESSED, threads=1)(x)
+    plain = OpenVinoClassifier(COMPRESSED, threads=1, compute="bf16")(x)
+    assert bf16_mixed.divergence(reference, mixed(x)) < bf16_mixed.divergence(reference, plain)
+    everywhere = mixed._compile({"INFERENCE_NUM_THREADS": 1}, bf16_mixed.keep_fp32(
+        mixed._model(), bf16_mixed.convolutions(mixed._model())))  # every convolution kept: nearer still
+    assert bf16_mixed.divergence(reference, bf16_mixed.logits(everywhere, x)) < bf16_mixed.divergence(reference, plain)
+
+
+def test_divergence_is_the_kl_of_the_softmaxes():
+    from edge.inference.bf16_mixed import divergence
+
+    same = np.array([[1.0, 2.0, 3.0]], np.float32)
+    assert divergence(same, same) == pytest.approx(0, abs=1e-12)
+    assert divergence(same, same + 5) == pytest.approx(0, abs=1e-12)  # softmax ignores a shift
+    p, q = np.array([0.5, 0.5]), np.array([0.9, 0.1])
+    expected = float((p * np.log(p / q)).sum())
+    assert divergence(np.log(p)[None], np.log(q)[None]) == pytest.approx(expected, rel=1e-9)
+
+
 def test_a_missing_openvino_is_a_row_that_says_how_to_install_it(synthetic_student_onnx, tmp_path):
     done = python_without(("openvino",), "from edge.cli import main\nsys.argv[0] = 'edge'\nmain()", "bench",
                           synthetic_student_onnx, "--provider", "ort-cpu,ov-cpu", "--batch", "1", "--repeats", "1",

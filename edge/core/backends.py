@@ -59,7 +59,7 @@ BACKENDS = (
             "TensorrtExecutionProvider", ("tensorrt",),
             "install onnxruntime-gpu with TensorRT libraries on a machine with an NVIDIA GPU"),
     Backend("ov-cpu", OPENVINO, "cpu", "OpenVINO on the CPU (the openvino extra)", aliases=("openvino",),
-            install_hint=extras.install_line("openvino"), computes=("fp32", "bf16", "int8")),
+            install_hint=extras.install_line("openvino"), computes=("fp32", "bf16", "bf16-mixed", "int8")),
     Backend("torch-cpu", TORCH, "cpu", "torch (eager) on the CPU"),
     Backend("torch-cuda", TORCH, "cuda", "torch (eager) on an NVIDIA GPU",
             install_hint="use a CUDA build of torch on a GPU machine"),
@@ -174,6 +174,8 @@ COMPUTES = {
     "fp32": Compute("fp32", "float32 arithmetic"),
     "bf16": Compute("bf16", "bfloat16 multiplies, float32 sums (OpenVINO's inference precision hint)",
                     ("avx512_bf16", "amx_bf16"), 2),
+    "bf16-mixed": Compute("bf16-mixed", "bf16 but for the convolutions whose rounding moves the answers most on "
+                          "--calib images, which stay float32", ("avx512_bf16", "amx_bf16"), 2),
     "int8": Compute("int8", "8-bit integer convolutions (QDQ, calibrated on --calib images), sensitive layers fp32",
                     ("avx512_vnni", "avx_vnni", "amx_int8"), 4),
 }

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 
-CALIBRATION_IMAGES = 100  # the first photos of --calib the activation ranges are measured on
 KEEP_FLOAT = 2  # leading convolutions that stay float32 (with the classifier)
 
 

@@ -50,6 +50,7 @@ class ModelError(EdgeError, ValueError):
     """An ONNX file that cannot be used as an edge classifier."""
 
 
+CALIBRATION_IMAGES = 100  # the first photos of --calib a compute precision is fitted on (int8 ranges, bf16-mixed)
 ACTIVATION_BUDGET = 4 * 2 ** 20  # bytes of first-layer activations a micro-batch may hold (measured: module docstring)
 
 
@@ -155,15 +156,19 @@ class OnnxClassifier:
         self.compute = compute
         self._check_finite()
 
+    def calibration_images(self, calib, compute: str) -> np.ndarray:
+        """The first `CALIBRATION_IMAGES` photos of ``calib(card, count)``, which ``compute`` is fitted on."""
+        if calib is None:
+            raise ProviderUnavailable(f"{compute} compute is calibrated on photos the model will see: give --calib DIR")
+        return calib(self.card, CALIBRATION_IMAGES)
+
     def int8_bytes(self, calib) -> bytes:
         """The QDQ model of this file, calibrated on ``calib(card, count)``'s photos (`edge.inference.int8`)."""
         from edge.inference import int8
 
-        if calib is None:
-            raise ProviderUnavailable("int8 compute is calibrated on photos the model will see: give --calib DIR")
         if int8.missing():
             raise ProviderUnavailable(int8.missing())
-        return int8.quantize(self.plain_bytes(), calib(self.card, int8.CALIBRATION_IMAGES))
+        return int8.quantize(self.plain_bytes(), self.calibration_images(calib, "int8"))
 
     def _engine(self, compute: str, calib) -> None:
         """ONNX Runtime's session for ``compute`` (fp32 is the one opened first)."""
