@@ -342,7 +342,8 @@ def sensitivity(**params):
                                                                  for c in backends.COMPUTES.values())
                    + ". Other than fp32, its agreement with fp32 on the --calib photos is measured and reported.")
 @click.option("--calib", type=click.Path(file_okay=False, path_type=Path),
-              help="Photos for int8's activation ranges and the agreement of --compute/--provider auto "
+              help="Photos for int8's activation ranges, bf16-mixed's layer choice and the agreement of "
+                   "--compute/--provider auto "
                    "(default: the first photos of DATA_DIR; no labels needed).")
 @click.option("--batch", default=4, show_default=True, type=Checked(PredictOptions, "batch"),
               help="Images per model call (small batches stay in cache; the CSV is the same for any).")
@@ -412,10 +413,12 @@ def convert(**params):
                    "to calibrate]. torch-cuda also runs fp16.")
 @click.option("--compute", "computes", default="fp32", show_default=True, metavar="PRECISION,..",
               help="Compute precisions of the ONNX backends that run them (" + ", ".join(backends.COMPUTES)
-                   + "): bf16 where the CPU has AVX512_BF16/AMX, int8 (calibrated on --calib). Every row's "
+                   + "): bf16 and bf16-mixed where the CPU has AVX512_BF16/AMX, int8 and bf16-mixed calibrated "
+                   "on --calib. Every row's "
                    "agreement with fp32 is measured on --data (and --calib).")
 @click.option("--calib", type=click.Path(file_okay=False, path_type=Path),
-              help="Calibration photos: int8's activation ranges and the agreement that decides the "
+              help="Calibration photos: int8's activation ranges, bf16-mixed's float32 layers and the agreement "
+                   "that decides the "
                    "--provider auto choice recorded in the JSON.")
 @click.option("--batch", "batches", default="1,32", show_default=True, metavar="B,..",
               callback=lambda ctx, param, value: _int_list(value, "--batch", distinct=False),

@@ -26,12 +26,12 @@ uptime
 lscpu | grep -E "Model name|^Flags" > "$WORK/cpu.txt"
 common=(--provider ort-cpu,ov-cpu --compute fp32,bf16,bf16-mixed,int8 --calib "$WORK/calib" --data "$WORK/held"
         --labels "$SHARED/food11/reference_labels.csv" --batch 1,32 --quiet --overwrite)
-edge bench "$MODEL" "${common[@]}" --threads 1 --repeats 3 \
+edge bench "$MODEL" "${common[@]}" --threads 1 --repeats 5 \
     --json "$RESULTS/cpu_compute_1thread.json" --markdown "$RESULTS/cpu_compute_1thread.md"
 python -m studies.cpu_compute_summary "$RESULTS/cpu_compute_1thread.json" -o "$RESULTS/cpu_compute_1thread_summary.md"
 python -m edge.bench.predict_throughput --hw7 --repeats 1 --memory-images 0 \
     --json "$RESULTS/hw7_throughput.json" --markdown "$RESULTS/hw7_throughput.md"
-edge bench "$MODEL" "${common[@]}" --repeats 3 \
+edge bench "$MODEL" "${common[@]}" --repeats 5 \
     --json "$RESULTS/cpu_compute_all_cores.json" --markdown "$RESULTS/cpu_compute_all_cores.md"
 python -m studies.cpu_compute_summary "$RESULTS/cpu_compute_all_cores.json" -o "$RESULTS/cpu_compute_all_cores_summary.md"
 micro=(-m studies.micro_batch "$MODEL" --data "$WORK/held" --calib "$WORK/calib" --repeats 5)

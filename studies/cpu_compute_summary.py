@@ -32,17 +32,30 @@ def batch_ratio(row: dict, large: int = 32, small: int = 1) -> dict | None:
     return {"median": ratios[len(ratios) // 2], "min": ratios[0], "max": ratios[-1]} if ratios else None
 
 
+def repeat_noise(row: dict, batch: int = 1) -> float | None:
+    """How far b=``batch``'s images/s moved between this run's repeats, relative to its median ((max - min) /
+    median): the same measurement against itself, the noise a b=32 / b=1 ratio is read against."""
+    rates = sorted(run["img_s"][str(batch)] for run in row.get("repeats", ()) if str(batch) in run["img_s"])
+    return (rates[-1] - rates[0]) / rates[len(rates) // 2] if len(rates) > 1 else None
+
+
 def batch_verdict(rows: list[dict]) -> str:
-    """b=32 against b=1 on every row, by the median of its per-repeat ratios; a row below 1 is a tie when some
-    repeat had b=32 ahead (within the noise), slower when none had."""
+    """b=32 against b=1 on every row, by the median of its per-repeat ratios; a row below 1 is within the noise when
+    it is below by no more than b=1 moved between repeats by itself (`repeat_noise`), slower when by more."""
     below = [r for r in rows if r["ratio"] and r["ratio"]["median"] < 1]
     if not below:
         return "b=32 images/s >= b=1 images/s on every row (median of the per-repeat ratios)."
-    ties = [r["row"] for r in below if r["ratio"]["max"] >= 1]
-    slower = [r["row"] for r in below if r["ratio"]["max"] < 1]
-    return " ".join([f"b=32 images/s < b=1 images/s (median of the per-repeat ratios) on: {', '.join(ties + slower)}."]
-                    + ([f"Within the noise (b=32 ahead in some repeat): {', '.join(ties)}."] if ties else [])
-                    + ([f"Slower in every repeat: {', '.join(slower)}."] if slower else []))
+    ties = [r for r in below if 1 - r["ratio"]["median"] <= (r["noise"] or 0)]
+    slower = [r for r in below if r not in ties]
+
+    def named(group):
+        return ", ".join(f"{r['row']} ({r['ratio']['median']:.3f}; b=1 moved {r['noise'] or 0:.1%})" for r in group)
+
+    return " ".join([f"b=32 images/s < b=1 images/s (median of the per-repeat ratios) on: "
+                     f"{', '.join(r['row'] for r in below)}."]
+                    + ([f"Within the noise (below by no more than b=1 moved between repeats by itself): "
+                        f"{named(ties)}."] if ties else [])
+                    + ([f"Slower beyond the noise: {named(slower)}."] if slower else []))
 
 
 def frontier_rows(doc: dict) -> list[dict]:
@@ -55,7 +68,8 @@ def frontier_rows(doc: dict) -> list[dict]:
                     "p50_ms": row["p50_ms"]["median"], "speedup": (vs.get("speedup") or {}).get("median"),
                     "agreement": vs.get("agreement"), "calib_agreement": vs.get("calib_agreement"),
                     "peak_share": row.get("peak_share"), "b1": img_s.get(1), "b32": img_s.get(32),
-                    "best_batch": row.get("best_batch"), "ratio": batch_ratio(row)})
+                    "best_batch": row.get("best_batch"), "ratio": batch_ratio(row),
+                    "noise": repeat_noise(row)})
     return sorted(out, key=lambda r: r["p50_ms"])
 
 

@@ -282,15 +282,18 @@ def test_the_summary_names_the_frontier_and_whether_the_faithful_fastest_meets_t
 
 
 def test_the_summary_pairs_b32_with_b1_per_repeat():
-    from studies.cpu_compute_summary import batch_ratio, batch_verdict
+    from studies.cpu_compute_summary import batch_ratio, batch_verdict, repeat_noise
 
     row = {"repeats": [{"img_s": {"1": 100.0, "32": 90.0}}, {"img_s": {"1": 50.0, "32": 60.0}},
                        {"img_s": {"1": 80.0, "32": 84.0}}]}  # per repeat 0.90, 1.20, 1.05
     assert batch_ratio(row) == {"median": pytest.approx(1.05), "min": pytest.approx(0.9), "max": pytest.approx(1.2)}
     assert batch_ratio({"repeats": [{"img_s": {"1": 100.0}}]}) is None
-    rows = [{"row": "a", "ratio": {"median": 1.2, "min": 1.1, "max": 1.3}},
-            {"row": "b", "ratio": {"median": 0.97, "min": 0.9, "max": 1.05}},
-            {"row": "c", "ratio": {"median": 0.8, "min": 0.7, "max": 0.9}}]
+    assert repeat_noise(row) == pytest.approx((100 - 50) / 80)  # b=1 against itself between repeats
+    assert repeat_noise({"repeats": [{"img_s": {"1": 100.0}}]}) is None
+    rows = [{"row": "a", "ratio": {"median": 1.2, "min": 1.1, "max": 1.3}, "noise": 0.01},
+            {"row": "b", "ratio": {"median": 0.97, "min": 0.9, "max": 1.05}, "noise": 0.04},
+            {"row": "c", "ratio": {"median": 0.97, "min": 0.96, "max": 0.98}, "noise": 0.02}]
     assert batch_verdict(rows) == ("b=32 images/s < b=1 images/s (median of the per-repeat ratios) on: b, c. "
-                                   "Within the noise (b=32 ahead in some repeat): b. Slower in every repeat: c.")
+                                   "Within the noise (below by no more than b=1 moved between repeats by itself): "
+                                   "b (0.970; b=1 moved 4.0%). Slower beyond the noise: c (0.970; b=1 moved 2.0%).")
     assert batch_verdict(rows[:1]).startswith("b=32 images/s >= b=1 images/s on every row")
