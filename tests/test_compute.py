@@ -176,6 +176,19 @@ def test_bf16_mixed_keeps_the_most_sensitive_convolutions_float32_and_comes_clos
     assert bf16_mixed.divergence(reference, bf16_mixed.logits(everywhere, x)) < bf16_mixed.divergence(reference, plain)
 
 
+@needs_openvino
+def test_an_openvino_that_refuses_the_layer_attribute_makes_bf16_mixed_unavailable(monkeypatch):
+    import openvino as ov
+
+    from edge.inference import bf16_mixed
+
+    model = ov.Core().read_model(OnnxClassifier(COMPRESSED, threads=1).plain_bytes(), b"")
+    monkeypatch.setitem(bf16_mixed.KEEP_FP32, "value", "notatype:f16")  # as an OpenVINO without it would refuse
+    with pytest.raises(backends.ProviderUnavailable, match=r"bf16-mixed needs an OpenVINO that keeps single layers "
+                                                           r"float32 \(2026.4 does\); OpenVINO [\d.]+ refused it: \S"):
+        bf16_mixed.keep_fp32(model, bf16_mixed.convolutions(model)[:1])
+
+
 def test_divergence_is_the_kl_of_the_softmaxes():
     from edge.inference.bf16_mixed import divergence
 

@@ -21,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 
+from edge.core.backends import ProviderUnavailable
+
 KL_FRACTION = 0.5  # keep layers float32 until the divergence from fp32 is at most this share of all-bf16's
 MAX_FP32_LAYERS = 3  # at most this many convolutions stay float32 (each costs speed)
 LAYER_TYPES = ("Convolution", "GroupConvolution")
@@ -49,7 +51,12 @@ def keep_fp32(model, names: list[str]):
                 if info.find(f"attribute[@name='{KEEP_FP32['name']}']") is None:  # kept already: once is enough
                     ElementTree.SubElement(info, "attribute", KEEP_FP32)
         text = ElementTree.tostring(tree.getroot())
-        return ov.Core().read_model(text, ov.Tensor(np.fromfile(weights, np.uint8)))
+        try:
+            return ov.Core().read_model(text, ov.Tensor(np.fromfile(weights, np.uint8)))
+        except RuntimeError as err:  # an OpenVINO that does not know the attribute
+            said = [line for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+            raise ProviderUnavailable(f"bf16-mixed needs an OpenVINO that keeps single layers float32 (2026.4 does); "
+                                      f"OpenVINO {ov.__version__.split('-')[0]} refused it: {said[-1]}") from None
 
 
 def logits(compiled, images: np.ndarray) -> np.ndarray:
