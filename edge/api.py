@@ -126,8 +126,8 @@ def predict_images(model: PathLike, images_dir: PathLike, *, provider: str = "cp
         provider: a backend of `edge.core.backends` (``cpu``, ``cuda``, ``ort-cuda``, ``ov-cpu``, ``torch-cpu``, ...),
             or ``auto`` (an ONNX file): the fastest installed CPU backend x compute precision whose answers agree with
             fp32 on >= 99.5% of the calibration photos (`edge.inference.auto`).
-        compute: an ONNX file's compute precision (``fp32``, ``bf16``, ``int8``); other than fp32 its agreement with
-            fp32 on the calibration photos is measured first.
+        compute: an ONNX file's compute precision (``fp32``, ``bf16``, ``bf16-mixed``, ``int8``); other than fp32 its
+            agreement with fp32 on the calibration photos is measured first.
         calib: the calibration photos (default: the first of ``images_dir``).
         batch: images per model call (an integer >= 1).
         threads: inference threads (default: all cores; else 1..256).
@@ -189,7 +189,8 @@ def benchmark(models: PathLike | list[PathLike] = (), *, providers: str = "ort-c
         providers: comma-separated backends of `edge.core.backends` (``cpu`` = ``ort-cpu``, ``torch-cpu``, ...).
         quants: comma-separated ``FORMAT[:METHOD]`` (`edge.core.weight_formats.parse_choice`); default
             `edge.core.weight_formats.BENCH_FORMATS` (data-free without models).
-        computes: comma-separated compute precisions (``fp32``, ``bf16``, ``int8``) of the backends that run them.
+        computes: comma-separated compute precisions (``fp32``, ``bf16``, ``bf16-mixed``, ``int8``) of the backends
+            that run them.
         calib: calibration photos (int8's ranges; agreement on them decides the ``auto_choice`` of the document).
         batches: batch sizes (at least one, each >= 1): latency at the smallest, throughput at each.
         data, labels: an image folder (and its Id,label CSV) for accuracy and end-to-end images/s.
