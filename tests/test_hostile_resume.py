@@ -90,7 +90,7 @@ def test_an_untouched_record_resumes_to_the_same_file(searched, record):
 
 
 def test_an_edit_within_every_fields_range_is_refused_by_the_seal(record):
-    from edge.workflows.compress_state import sealed_text
+    from edge.core.json_text import sealed_text
 
     work, state = record
     point = max((p for p in state["points"] if "views_kl" in p), key=lambda p: p["views_kl"])

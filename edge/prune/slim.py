@@ -18,15 +18,16 @@ global threshold; never a whole layer), fine-tunes with knowledge distillation f
 model (or a given teacher), keeps the round's best epoch by validation accuracy, exports it as
 uint8 ONNX, and records parameters, bytes and accuracies; `plot_curves` draws every rate on one
 figure. A curve is resumable: the rounds already recorded are not redone (the next one starts
-from the last recorded round's best file), and the round in progress continues its own run file
-(`edge.train.loop.fit`'s resume), so a resumed curve ends exactly where an uninterrupted one does.
+from the last recorded round's best file, found by its place in the output folder, not by a path the record
+names), and the round in progress continues its own run file (`edge.train.loop.fit`'s resume), so a resumed
+curve ends exactly where an uninterrupted one does. The record (``curve.json``) is sealed (`write_curves`);
+`curves_problem` says what makes one read back unfit to resume.
 Under ``torchrun`` every rank fine-tunes (`edge.train.loop.fit` in DDP); rank 0 alone measures,
 exports and records, and the other ranks take each round's best file from it.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +38,7 @@ import torch
 from edge.core.config import ConfigError, StudentConfig
 from edge.train.distributed import group
 from edge.core.files import atomic_write
+from edge.core.json_text import seal_problem, sealed_text
 from edge.io.netfile import NetFile
 from edge.models.registry import NetSpec
 
@@ -203,7 +205,7 @@ def slim_curve(base: NetFile, rate: float, rounds: int, setup: SlimSetup, base_p
     round's run file then holds the last epoch). ``record`` gets the points each time one is
     added. Fewer than ``rounds + 1`` points come back when it stopped early."""
     from edge.train.shared import load_shared
-    from edge.train.loop import teacher_labelled
+    from edge.train.loop import best_path, teacher_labelled
 
     folder = setup.out_dir / f"rate{rate:g}"
     if group().main:
@@ -214,7 +216,7 @@ def slim_curve(base: NetFile, rate: float, rounds: int, setup: SlimSetup, base_p
         points.append({"round": 0, "file": str(base_path), **_measure_main(base, setup, folder / "round0.onnx",
                                                                             val_kind, val)})
         record(points)
-    current = load_shared(points[-1]["file"]) if len(points) > 1 else base
+    current = load_shared(best_path(folder / f"round{len(points) - 1}.pt")) if len(points) > 1 else base
     for r in range(len(points), rounds + 1):
         epochs_left = None if stop_after is None else stop_after - (r - 1) * setup.recipe.epochs
         if epochs_left is not None and epochs_left <= 0:
@@ -257,7 +259,35 @@ def measure_val(net: NetFile, val, device) -> float:
 
 
 def write_curves(path: Path, curves: dict) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(curves, indent=2).encode()))
+    """The record, sealed (`edge.core.json_text.sealed_text`): --resume refuses it once edited."""
+    atomic_write(path, lambda f: f.write(sealed_text(curves).encode()))
+
+
+POINT_NUMBERS = ("parameters", "onnx_bytes", "val_accuracy")  # what every point has, read by the figure and summary
+
+
+def curves_problem(record, rates: list[float], rounds: int) -> str | None:
+    """What makes ``record`` (a curve.json read back for --resume) unlike one a slimming run of these ``rates`` and
+    ``rounds`` writes: its curves, one per rate in order, each with points for rounds 0, 1, ... and their numbers;
+    then its seal. None when nothing does."""
+    curves = record.get("curves")
+    if not isinstance(curves, list) or len(curves) > len(rates):
+        return f"'curves' is not a list of at most {len(rates)} (one per rate)"
+    for curve, rate in zip(curves, rates):
+        if not isinstance(curve, dict) or curve.get("rate") != rate:
+            return f"a curve for rate {rate:g} is missing or out of order"
+        points = curve.get("points")
+        if not isinstance(points, list) or len(points) > rounds + 1:
+            return f"rate {rate:g}: 'points' is not a list of at most {rounds + 1} rounds"
+        for r, point in enumerate(points):
+            if not isinstance(point, dict) or point.get("round") != r or not all(
+                    _finite(point.get(key)) for key in POINT_NUMBERS):
+                return f"rate {rate:g}, round {r}: not a point slimming records"
+    return seal_problem(record)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def plot_curves(path: Path, curves: dict) -> None:

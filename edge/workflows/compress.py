@@ -50,10 +50,11 @@ import torch
 
 from edge.core.config import ConfigError
 from edge.core.files import atomic_write, file_sha256
+from edge.core.json_text import sealed_text
 from edge.io.netfile import NetFile
 from edge.models.registry import NetSpec
 from edge.core.options import CompressOptions, SearchSettings
-from edge.workflows.compress_state import chosen_bytes, read_state, sealed_text
+from edge.workflows.compress_state import chosen_bytes, read_state
 
 VAL_EVERY = 5
 STATE = "state.json"

@@ -11,9 +11,9 @@ search recorded when it wrote it, a single link, carrying a valid edge checksum 
 before compress copies it to its output.
 
 Every field that checks out can still have been edited within its range (a views KL that steers the choice,
-a round's numbers in the report): the search seals the record (`sealed_text`: the SHA-256 of its canonical
-JSON), and a record whose seal does not match, or that has none, is refused after the field checks, which
-name what is malformed first.
+a round's numbers in the report): the search seals the record (`edge.core.json_text.sealed_text`: the SHA-256 of
+its canonical JSON), and a record whose seal does not match, or that has none, is refused after the field checks,
+which name what is malformed first.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from edge.codec.checksum import check_seal
 from edge.codec.metadata import MetadataError
 from edge.core.config import ConfigError
 from edge.core.files import file_sha256
-from edge.core.json_text import loads
+from edge.core.json_text import SEAL, loads, seal_problem
 from edge.core.weight_formats import parse_format
 
 MAX_STATE_BYTES = 16 << 20  # a search records a few hundred points at most: well under 1 MB
@@ -95,7 +95,6 @@ KINDS = {
                     "an object of format -> list of layer rows"),
 }
 
-SEAL = "seal"  # the record's own SHA-256 (`sealed_text`)
 # record part -> (required fields, optional fields), each field -> kind
 RECORD = ({"settings": "object", "about": "object", "points": "list", "rounds": "list", "seconds": "seconds"},
           {"seconds_before": "seconds", "done": "flag", "stopped": "text", "command": "text", "chosen": "chosen",
@@ -117,7 +116,7 @@ def read_state(path: Path) -> dict:
     """The record at ``path`` (``state.json`` in the search's work folder), checked with the candidate files
     it names (`ConfigError` naming the file and the field otherwise). Nothing is written."""
     saved = _parse(path)
-    problem = _problem(saved) or _files_problem(saved, path.parent) or _seal_problem(saved)
+    problem = _problem(saved) or _files_problem(saved, path.parent) or seal_problem(saved)
     if problem:
         raise ConfigError(f"{path}: not a resumable compress record ({problem}): run again without --resume")
     return saved
@@ -159,25 +158,6 @@ def _parse(path: Path):
     except ValueError as err:  # UnicodeDecodeError too
         raise ConfigError(f"{path}: not a resumable compress record ({err})") from None
     return saved
-
-
-def sealed_text(state: dict) -> str:
-    """``state`` as state.json's text, sealed: `read_state` refuses it once any value in it changes."""
-    return json.dumps({**state, SEAL: _digest(state)}, indent=2)
-
-
-def _digest(state: dict) -> str:
-    """The SHA-256 of ``state``'s canonical JSON, its seal left out."""
-    body = {k: v for k, v in state.items() if k != SEAL}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _seal_problem(saved: dict) -> str | None:
-    if SEAL not in saved:
-        return "no seal: written by an older edge, or edited"
-    if saved[SEAL] != _digest(saved):
-        return "its seal does not match its content: edited or damaged"
-    return None
 
 
 def _no_constant(name: str):

@@ -390,6 +390,9 @@ def _quant_spec(options: SlimOptions):
         raise ConfigError(f"--quant {options.quant}: {err}") from None
 
 
+MAX_RECORD_BYTES = 16 * 2 ** 20  # a curve.json of 100 rates x 100 rounds is under 4 MiB
+
+
 def _check_slim_output(options: SlimOptions) -> None:
     """The output folder, before any work: a new folder or one without a slimming run (with
     --resume: one holding the run's curve.json); never an input or a folder holding one."""
@@ -397,8 +400,10 @@ def _check_slim_output(options: SlimOptions) -> None:
     check_output_dir(out, inputs=inputs, what="slimming output folder")
     _check_resume_or_overwrite(options.resume, options.overwrite)
     record = out / "curve.json"
-    if options.resume and not record.exists():
-        raise ConfigError(f"{record}: nothing to resume (no such file): run without --resume first")
+    if options.resume and record.is_file() and record.stat().st_size > MAX_RECORD_BYTES:
+        raise ConfigError(f"{record}: refused: over {MAX_RECORD_BYTES:,} bytes, not a slimming record")
+    if options.resume:  # checked again on every rank once the data is open (`_slim_record`)
+        _resumable_record(record, record.read_bytes() if record.is_file() else None, options)
     held = record.exists() or any(p.is_file() for p in out.glob("rate*/*"))
     if held and not (options.resume or options.overwrite):
         raise ConfigError(f"{out}: holds a slimming run (curve.json or rate*/ files): continue it with --resume "
@@ -411,7 +416,7 @@ def _check_slim_output(options: SlimOptions) -> None:
 
 
 def _slim_record(options: SlimOptions, out: Path, setup, alpha: float) -> dict:
-    """A fresh curve record, or with --resume the one in OUTPUT (its settings must be these)."""
+    """A fresh curve record, or with --resume the one in OUTPUT (`_resumable_record`, its settings these)."""
     from dataclasses import asdict
 
     settings = json.loads(json.dumps(
@@ -423,17 +428,30 @@ def _slim_record(options: SlimOptions, out: Path, setup, alpha: float) -> dict:
         return {"title": f"slimming {Path(options.student).name} ({options.scope} threshold, KD alpha {alpha:g})",
                 "command": "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "settings": settings,
                 "curves": []}
-    contents = group().file_bytes(path)  # rank 0's record, on every rank
+    saved = _resumable_record(path, group().file_bytes(path), options)  # rank 0's record, on every rank
+    differ = {k: (saved["settings"].get(k), v) for k, v in settings.items() if saved["settings"].get(k) != v}
+    if differ:
+        raise ConfigError(f"{path}: --resume needs the run's own settings; these differ (saved, now): "
+                          + ", ".join(f"{k} {a!r} != {b!r}" for k, (a, b) in differ.items()))
+    return saved
+
+
+def _resumable_record(path: Path, contents: bytes | None, options: SlimOptions) -> dict:
+    """``contents`` of the curve.json at ``path``, checked: JSON with settings, and curves as a run of these rates and
+    rounds writes them, its seal intact (`edge.prune.slim.curves_problem`); `ConfigError` naming the file otherwise."""
+    from edge.prune.slim import curves_problem
+
     if contents is None:
         raise ConfigError(f"{path}: nothing to resume (no such file): run without --resume first")
     try:
         saved = loads(contents)
-        differ = {k: (saved["settings"].get(k), v) for k, v in settings.items() if saved["settings"].get(k) != v}
-    except (ValueError, KeyError, AttributeError) as err:
-        raise ConfigError(f"{path}: not a resumable slimming record ({err})") from None
-    if differ:
-        raise ConfigError(f"{path}: --resume needs the run's own settings; these differ (saved, now): "
-                          + ", ".join(f"{k} {a!r} != {b!r}" for k, (a, b) in differ.items()))
+        problem = None if isinstance(saved, dict) and isinstance(saved.get("settings"), dict) else \
+            "not a JSON object with settings"
+    except ValueError as err:  # UnicodeDecodeError too
+        problem = str(err)
+    problem = problem or curves_problem(saved, list(options.rate), options.rounds)
+    if problem:
+        raise ConfigError(f"{path}: not a resumable slimming record ({problem}): start the run over with --overwrite")
     return saved
 
 
