@@ -289,3 +289,21 @@ def test_weights_beyond_fp16_are_not_exported_as_inf(tmp_path):
             "cnn.1.3.weight")
     assert not (tmp_path / "big.onnx").exists()
     assert invoke("export", tmp_path / "big.pt", "--quant", "fp32", "-o", tmp_path / "big.onnx").exit_code == 0
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_a_fresh_models_shape_is_refused_before_any_photo_is_decoded(tmp_path, command):
+    from synthetic import write_grey_classes
+
+    data = write_grey_classes(tmp_path / "grey", 20)
+    (data / "0" / "broken.png").write_bytes(b"not a photo")  # decoding would stop here first
+    teacher = ["--teacher", str(tmp_path / "teacher.pt")] if command == "distill" else []
+    if teacher:
+        save_net(tmp_path / "teacher.pt", NetFile(NetSpec("dw", StudentConfig(widths=(4, 8, 10), pools=(0,),
+                                                                             input_size=16, num_classes=10)),
+                                                  Preprocess(crop=16), tuple("0123456789"), {}))
+    result = CliRunner().invoke(main, [command, str(data), *teacher, "--input-size", "2048", "--widths", "8,16",
+                                       "--pools", "0,1,2,3", "--epochs", "1", "-o", str(tmp_path / "m.pt"), "--quiet"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "pools [2, 3] name no stage (the model has stages 0..1)" in result.output
+    assert not (tmp_path / "m.pt").exists()

@@ -143,6 +143,12 @@ def _classes_of(train: ImageSet) -> tuple[str, ...]:
     return train.classes
 
 
+def _check_shape(arch: str, shape: ShapeOptions, preprocess: Preprocess) -> None:
+    """A fresh model's shape options, checked before any data is decoded (its classes come from the data later and
+    change only the classifier): bad --pools at --input-size 2048 decoded every photo first."""
+    check_runs(_spec(arch, shape, preprocess, ("a", "b")), f"--arch {arch}")
+
+
 def _fresh_net(arch: str, shape: ShapeOptions, train: ImageSet, preprocess: Preprocess,
                known: tuple[str, ...] = ()) -> NetFile:
     """A new model for ``train``'s classes (or, on unlabelled data, ``known``: the teacher's)."""
@@ -213,6 +219,7 @@ def train_command(options: TrainOptions) -> dict:
         if group().main:
             check_run_outputs(options)
         preprocess = fresh_preprocess(options.sources, options.shape)
+        _check_shape(options.arch, options.shape, preprocess)
         sets = open_sets(options.sources, preprocess, progress=not options.loop.quiet)
         net = _fresh_net(options.arch, options.shape, sets[0], preprocess)
         model = _init(net, options.loop.seed, options.weights)
@@ -304,6 +311,8 @@ def distill_command(options: DistillOptions) -> dict:
         named = teacher_classes(options.teacher, options.teacher_arch)
         start = None if options.student in STUDENT_ARCHS else load_net(options.student)
         preprocess = start.preprocess if start else fresh_preprocess(options.sources, options.shape)
+        if start is None:
+            _check_shape(options.student, options.shape, preprocess)
         known = start.classes if start else named
         sets = open_sets(options.sources, preprocess, known, not options.loop.quiet)
         net = start or _fresh_net(options.student, options.shape, sets[0], preprocess, known)
