@@ -55,7 +55,7 @@ class OpenVinoClassifier(OnnxClassifier):
         """The convolutions bf16-mixed keeps float32, measured on ``images`` against OpenVINO fp32's logits."""
         from edge.inference import bf16_mixed
 
-        model = self._model()
+        model, images = self._model(), images[:bf16_mixed.SENSITIVITY_IMAGES]
         reference = bf16_mixed.logits(self._compile(config, model, "f32"), images)
         self.convolutions = len(bf16_mixed.convolutions(model))
         return bf16_mixed.sensitive_layers(model, lambda marked: self._compile(config, marked, "bf16"), images,
