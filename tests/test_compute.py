@@ -310,3 +310,10 @@ def test_the_summary_pairs_b32_with_b1_per_repeat():
                                    "Within the noise (below by no more than b=1 moved between repeats by itself): "
                                    "b (0.970; b=1 moved 4.0%). Slower beyond the noise: c (0.970; b=1 moved 2.0%).")
     assert batch_verdict(rows[:1]).startswith("b=32 images/s >= b=1 images/s on every row")
+
+
+def test_the_log_line_counts_calibration_photos_in_words_that_agree():
+    report = {"backend": "ov-cpu", "compute": "bf16-mixed", "agreement": 1.0, "calib": "cal", "ms_per_image": 0.5,
+              "mode": "compute"}
+    assert "on 1 calibration photo of cal," in summary({**report, "images": 1})
+    assert "on 100 calibration photos of cal," in summary({**report, "images": 100})

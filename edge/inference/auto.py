@@ -135,7 +135,8 @@ def _pick(trials: list[Trial], only) -> Trial:
 def summary(report: dict) -> str:
     """One line for the log: what runs and what it was measured to agree."""
     chosen = f"{report['backend']} {report['compute']}"
-    measured = (f"{report['agreement']:.2%} top-1 agreement with fp32 on {report['images']} calibration photos of "
+    photos = "calibration photo" + ("" if report["images"] == 1 else "s")
+    measured = (f"{report['agreement']:.2%} top-1 agreement with fp32 on {report['images']} {photos} of "
                 f"{report['calib']}, {report['ms_per_image']:.2f} ms/image")
     if report["mode"] == "compute":
         return f"compute {chosen}: {measured}"
