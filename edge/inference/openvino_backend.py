@@ -46,16 +46,17 @@ class OpenVinoClassifier(OnnxClassifier):
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         if compute == "bf16-mixed":
-            self.fp32_layers = self._sensitive_layers(self.calibration_images(calib, compute), config)
+            self.fp32_layers = self._sensitive_layers(calib, config)
         self.request, self.session = self._compile(config).create_infer_request(), None
         self._lane_requests, self.lanes_faster = None, None
         self.version = ov.__version__.split("-")[0]
 
-    def _sensitive_layers(self, images: np.ndarray, config: dict) -> list[str]:
-        """The convolutions bf16-mixed keeps float32, measured on ``images`` against OpenVINO fp32's logits."""
+    def _sensitive_layers(self, calib, config: dict) -> list[str]:
+        """The convolutions bf16-mixed keeps float32, measured on ``calib``'s first photos against OpenVINO fp32."""
         from edge.inference import bf16_mixed
 
-        model, images = self._model(), images[:bf16_mixed.SENSITIVITY_IMAGES]
+        model = self._model()
+        images = self.calibration_images(calib, "bf16-mixed", bf16_mixed.SENSITIVITY_IMAGES)
         reference = bf16_mixed.logits(self._compile(config, model, "f32"), images)
         self.convolutions = len(bf16_mixed.convolutions(model))
         return bf16_mixed.sensitive_layers(model, lambda marked: self._compile(config, marked, "bf16"), images,

@@ -156,11 +156,11 @@ class OnnxClassifier:
         self.compute = compute
         self._check_finite()
 
-    def calibration_images(self, calib, compute: str) -> np.ndarray:
-        """The first `CALIBRATION_IMAGES` photos of ``calib(card, count)``, which ``compute`` is fitted on."""
+    def calibration_images(self, calib, compute: str, count: int = CALIBRATION_IMAGES) -> np.ndarray:
+        """The first ``count`` photos of ``calib(card, count)``, which ``compute`` is fitted on."""
         if calib is None:
             raise ProviderUnavailable(f"{compute} compute is calibrated on photos the model will see: give --calib DIR")
-        return calib(self.card, CALIBRATION_IMAGES)
+        return calib(self.card, count)
 
     def int8_bytes(self, calib) -> bytes:
         """The QDQ model of this file, calibrated on ``calib(card, count)``'s photos (`edge.inference.int8`)."""
