@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 MAX_DEPTH = 32  # what edge writes nests at most 6 deep (a compress record)
 SEAL = "seal"  # a sealed record's own SHA-256 (`sealed_text`)
@@ -32,6 +33,11 @@ def depth(value) -> int:
             deepest = max(deepest, level)
             stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
     return deepest
+
+
+def is_number(value) -> bool:
+    """A finite JSON number read back (not a bool, nan or inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def sealed_text(record: dict) -> str:

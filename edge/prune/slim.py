@@ -38,7 +38,7 @@ import torch
 from edge.core.config import ConfigError, StudentConfig
 from edge.train.distributed import group
 from edge.core.files import atomic_write
-from edge.core.json_text import seal_problem, sealed_text
+from edge.core.json_text import is_number, seal_problem, sealed_text
 from edge.io.netfile import NetFile
 from edge.models.registry import NetSpec
 
@@ -216,7 +216,7 @@ def slim_curve(base: NetFile, rate: float, rounds: int, setup: SlimSetup, base_p
         points.append({"round": 0, "file": str(base_path), **_measure_main(base, setup, folder / "round0.onnx",
                                                                             val_kind, val)})
         record(points)
-    current = load_shared(best_path(folder / f"round{len(points) - 1}.pt")) if len(points) > 1 else base
+    current = load_shared(best_path(_run_file(folder, len(points) - 1))) if len(points) > 1 else base
     for r in range(len(points), rounds + 1):
         epochs_left = None if stop_after is None else stop_after - (r - 1) * setup.recipe.epochs
         if epochs_left is not None and epochs_left <= 0:
@@ -242,7 +242,7 @@ def _slim_round(current: NetFile, rate: float, r: int, setup: SlimSetup, folder:
     before = measure_val(pruned, val, setup.device) if group().main else None
     objective = Distillation(setup.teacher, setup.alpha, setup.temperature)
     run = Run(pruned, init_model(pruned, setup.recipe.seed), objective, setup.recipe, setup.train, setup.augment,
-              folder / f"round{r}.pt", setup.val, setup.device, setup.workers, {"slim_rate": rate, "round": r},
+              _run_file(folder, r), setup.val, setup.device, setup.workers, {"slim_rate": rate, "round": r},
               setup.progress)
     fit(run, setup.resume and group().file_bytes(run.out) is not None, stop_after)
     if stop_after is not None and stop_after < setup.recipe.epochs:
@@ -250,6 +250,11 @@ def _slim_round(current: NetFile, rate: float, r: int, setup: SlimSetup, folder:
     best = load_shared(run.best_path)
     point = _measure_main(best, setup, folder / f"round{r}.onnx", val_kind, val)
     return best, {"round": r, "file": str(run.best_path), "val_before_finetune": before, **point}
+
+
+def _run_file(folder: Path, r: int) -> Path:
+    """Round ``r``'s run file in its rate's folder (its best epoch beside it: `edge.train.loop.best_path`)."""
+    return folder / f"round{r}.pt"
 
 
 def measure_val(net: NetFile, val, device) -> float:
@@ -281,13 +286,9 @@ def curves_problem(record, rates: list[float], rounds: int) -> str | None:
             return f"rate {rate:g}: 'points' is not a list of at most {rounds + 1} rounds"
         for r, point in enumerate(points):
             if not isinstance(point, dict) or point.get("round") != r or not all(
-                    _finite(point.get(key)) for key in POINT_NUMBERS):
+                    is_number(point.get(key)) for key in POINT_NUMBERS):
                 return f"rate {rate:g}, round {r}: not a point slimming records"
     return seal_problem(record)
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def plot_curves(path: Path, curves: dict) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import string
 from pathlib import Path
 
@@ -28,17 +27,13 @@ from edge.codec.checksum import check_seal
 from edge.codec.metadata import MetadataError
 from edge.core.config import ConfigError
 from edge.core.files import file_sha256
-from edge.core.json_text import SEAL, loads, seal_problem
+from edge.core.json_text import SEAL, is_number, loads, seal_problem
 from edge.core.weight_formats import parse_format
 
 MAX_STATE_BYTES = 16 << 20  # a search records a few hundred points at most: well under 1 MB
 MAX_DEPTH = 6  # a record nests 5 deep (sensitivity -> format -> rows -> row -> field)
 MAX_ITEMS = 10_000  # entries in any one list of the record
 STAGES = ("quantization", "mixed", "slimming", "qat")
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _whole(value) -> bool:
@@ -65,19 +60,19 @@ KINDS = {
     "file": (_plain_name, "a file name in the work folder"),
     "onnx": (lambda v: _plain_name(v) and v.endswith(".onnx"), "an .onnx file name in the work folder"),
     "text": (lambda v: isinstance(v, str), "text"),
-    "seconds": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
-    "kl": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
-    "fraction": (lambda v: _number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
-    "score": (lambda v: _number(v) and -1 <= v <= 1, "a fraction in [0, 1] (or -1: none measured)"),
-    "keep": (lambda v: _number(v) and 0 < v <= 1, "a keep fraction in (0, 1]"),
+    "seconds": (lambda v: is_number(v) and v >= 0, "a finite number >= 0"),
+    "kl": (lambda v: is_number(v) and v >= 0, "a finite number >= 0"),
+    "fraction": (lambda v: is_number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
+    "score": (lambda v: is_number(v) and -1 <= v <= 1, "a fraction in [0, 1] (or -1: none measured)"),
+    "keep": (lambda v: is_number(v) and 0 < v <= 1, "a keep fraction in (0, 1]"),
     "count": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
     "ordinal": (lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
     "bits": (lambda v: _whole(v) and 1 <= v <= 16, "a bit width in 1..16"),
     "widths": (_list_of(lambda w: _whole(w) and w >= 1, low=1), "a list of channel widths >= 1"),
-    "seconds list": (_list_of(lambda s: _number(s) and s >= 0), "a list of finite numbers >= 0"),
+    "seconds list": (_list_of(lambda s: is_number(s) and s >= 0), "a list of finite numbers >= 0"),
     "stage": (lambda v: v in STAGES, f"one of {', '.join(STAGES)}"),
     "skipped": (_list_of(lambda e: isinstance(e, dict) and set(e) == {"stage", "keep", "format", "least_bytes"}
-                         and e["stage"] in STAGES and isinstance(e["format"], str) and _number(e["keep"])
+                         and e["stage"] in STAGES and isinstance(e["format"], str) and is_number(e["keep"])
                          and 0 < e["keep"] <= 1 and _whole(e["least_bytes"]) and e["least_bytes"] >= 0),
                 "a list of {stage, keep, format, least_bytes} (formats too large by their weight count)"),
     "texts": (_list_of(lambda v: isinstance(v, str)), "a list of text"),

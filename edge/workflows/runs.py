@@ -409,9 +409,9 @@ def _check_slim_output(options: SlimOptions) -> None:
     check_output_dir(out, inputs=inputs, what="slimming output folder")
     _check_resume_or_overwrite(options.resume, options.overwrite)
     record = out / "curve.json"
-    if options.resume and record.is_file() and record.stat().st_size > MAX_RECORD_BYTES:
-        raise ConfigError(f"{record}: refused: over {MAX_RECORD_BYTES:,} bytes, not a slimming record")
     if options.resume:  # checked again on every rank once the data is open (`_slim_record`)
+        if record.is_file() and record.stat().st_size > MAX_RECORD_BYTES:
+            raise ConfigError(f"{record}: refused: over {MAX_RECORD_BYTES:,} bytes, not a slimming record")
         _resumable_record(record, record.read_bytes() if record.is_file() else None, options)
     held = record.exists() or any(p.is_file() for p in out.glob("rate*/*"))
     if held and not (options.resume or options.overwrite):
