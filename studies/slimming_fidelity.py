@@ -40,6 +40,20 @@ def machine_record() -> dict:
     return {"cpu": cpu["model"], "cores": cpu["cores"], "simd": cpu.get("simd", []), **load(), "versions": versions()}
 
 
+def resumable_rows(path: Path, model: str, command: str):
+    """-> (the study's result: read back from ``path`` when a run wrote it before, else a new one; ``emit(row)``,
+    which appends a row to it and rewrites ``path``)."""
+    result = json.loads(path.read_text()) if path.exists() else \
+        {"model": model, "command": command, "machine": machine_record(), "rows": []}
+
+    def emit(row: dict) -> None:
+        result["rows"].append(row)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(row), flush=True)
+
+    return result, emit
+
+
 def open_split(model: str, photos: str, labels: str, which: str, cache: Path | None):
     from edge.core.options import SearchSettings
     from edge.workflows.compress import open_inputs
@@ -157,16 +171,8 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    command = "python -m studies.slimming_fidelity " + " ".join(sys.argv[1:])
-    result = json.loads(args.json.read_text()) if args.json.exists() else \
-        {"model": args.model, "command": command, "machine": machine_record(), "rows": []}
+    result, emit = resumable_rows(args.json, args.model, "python -m studies.slimming_fidelity " + " ".join(sys.argv[1:]))
     done = {(r["split"], r["variant"]) for r in result["rows"]}
-
-    def emit(row: dict) -> None:
-        result["rows"].append(row)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(row), flush=True)
-
     for which in args.splits.split(","):
         measure_split(args, which, done, emit)
     if args.markdown:
