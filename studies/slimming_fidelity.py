@@ -63,17 +63,21 @@ def open_split(model: str, photos: str, labels: str, which: str, cache: Path | N
                        test_labels=Path(labels), cache_dir=cache, log=lambda line: None, progress=False)
 
 
-def fidelity(model: torch.nn.Module, inputs) -> dict:
-    """Held-out agreement with the model and accuracy; the validation views KL and its noise."""
+def fidelity(model: torch.nn.Module, inputs, reference: np.ndarray | None = None) -> dict:
+    """Held-out agreement with the model and accuracy; the validation views KL and its noise; with the model's
+    held-out logits ``reference``, the held-out answers' mean KL divergence from them too."""
     from edge.data.datasets import normalize
+    from edge.export.mixed_precision import kl_from
 
     model.eval()
     with torch.no_grad():
-        answers = model(normalize(inputs.test.pixels, inputs.test.preprocess)).argmax(1).numpy()
+        logits = model(normalize(inputs.test.pixels, inputs.test.preprocess)).numpy()
         views = inputs.views.score(lambda x: model(x).numpy())
+    answers = logits.argmax(1)
+    held_out_kl = {} if reference is None else {"held_out_kl": kl_from(reference, logits)}
     return {"held_out_agreement": float(np.mean(answers == inputs.test_reference)),
             "held_out_accuracy": float(np.mean(answers == inputs.test.labels.numpy())),
-            "views_kl": views["views_kl"], "views_kl_noise": views["views_kl_noise"]}
+            "views_kl": views["views_kl"], "views_kl_noise": views["views_kl_noise"], **held_out_kl}
 
 
 def slimmed(merged, inputs, widths: tuple[int, ...]):

@@ -166,41 +166,41 @@ def example_grid(images: torch.Tensor, path: Path, count: int = 8, side: int = 1
 
 def measure_split(args, which: str, noise: torch.Tensor | None, done: set, emit) -> None:
     from edge.data.datasets import normalize
-    from edge.export.mixed_precision import kl_from
     from edge.prune.reconstruct import target_widths
     from edge.workflows.compress import merged as merge
     from studies.slimming_fidelity import fidelity, open_split, schedule_rows, slimmed
 
     inputs = open_split(args.model, args.photos, args.labels, which, args.cache)
     base = merge(inputs.base)
-    held_out = normalize(inputs.test.pixels, inputs.test.preprocess)
     with torch.no_grad():
-        reference = inputs.base.build().eval()(held_out).numpy()
+        reference = inputs.base.build().eval()(normalize(inputs.test.pixels, inputs.test.preprocess)).numpy()
     widths = target_widths(inputs.base.spec.config, args.keep)[:-1] + (base.spec.config.widths[-1],)
     start = slimmed(base, inputs, widths)
 
     def row(variant: str, model: nn.Module, **extra) -> None:
-        model.eval()
-        with torch.no_grad():
-            kl = kl_from(reference, model(held_out).numpy())
         emit({"split": which, "variant": variant, "widths": list(start.spec.config.widths), **extra,
-              **fidelity(model, inputs), "held_out_kl": kl})
+              **fidelity(model, inputs, reference)})
+
+    def from_photos() -> torch.Tensor:
+        return synthesise(inputs.base.build(), args.from_photos, inputs.base.preprocess.crop,
+                          len(inputs.base.classes), FROM_PHOTOS, 2, inputs.fit_images,
+                          args.work / f"from_photos_{which}.npy")
 
     if (which, "reconstruction alone") not in done:
         row("reconstruction alone", start.build())
     photos = inputs.train
-    extras = {"training photos alone": None, f"+ {args.from_noise} from noise": noise,
-              f"+ {args.from_photos} from photo mixups": "mixups", "+ the held-out photos (oracle)": inputs.test.pixels}
-    for variant, pixels in extras.items():
-        if (which, variant) in done or variant.startswith("+ 0 "):
+    extras = {"training photos alone": lambda: None}  # fine-tuning variant -> the images it adds (made when run)
+    if noise is not None:
+        extras[f"+ {args.from_noise} from noise"] = lambda: noise
+    if args.from_photos:
+        extras[f"+ {args.from_photos} from photo mixups"] = from_photos
+    extras["+ the held-out photos (oracle)"] = lambda: inputs.test.pixels
+    for variant, added in extras.items():
+        if (which, variant) in done:
             continue
-        synthesis_seconds = 0.0
-        if isinstance(pixels, str):
-            began = time.time()
-            pixels = synthesise(inputs.base.build(), args.from_photos, inputs.base.preprocess.crop,
-                                len(inputs.base.classes), FROM_PHOTOS, 2, inputs.fit_images,
-                                args.work / f"from_photos_{which}.npy")
-            synthesis_seconds = time.time() - began
+        began = time.time()
+        pixels = added()
+        synthesis_seconds = time.time() - began
         inputs.train = photos if pixels is None else with_images(photos, pixels)
         with tempfile.TemporaryDirectory() as work:
             for _, seconds, model in schedule_rows(start, inputs, args.epochs, args.lr, args.epochs, Path(work)):
