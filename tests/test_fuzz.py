@@ -31,7 +31,8 @@ from edge.data.preprocess import read_image
 FUZZ = settings(max_examples=int(os.environ.get("EDGE_FUZZ_EXAMPLES", 50)), deadline=None, database=None,
                 derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 TINY = StudentConfig(widths=(4, 8), pools=(0,), input_size=32)
-SCRATCH = Path(tempfile.mkdtemp(prefix="edge-fuzz-"))
+_SCRATCH = tempfile.TemporaryDirectory(prefix="edge-fuzz-")  # removed at exit even when only collected
+SCRATCH = Path(_SCRATCH.name)
 MARKER = SCRATCH / "ran"
 
 
@@ -177,6 +178,4 @@ def test_onnx_loader_on_damaged_files(onnx_bytes):
 
 
 def teardown_module():
-    for path in SCRATCH.iterdir():
-        path.unlink()
-    os.rmdir(SCRATCH)
+    _SCRATCH.cleanup()
