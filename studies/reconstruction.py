@@ -17,7 +17,6 @@ Usage: python -m studies.reconstruction MODEL PHOTOS --labels CSV [--fit N] [--k
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -103,10 +102,9 @@ def main() -> None:
     import shlex
     import sys
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("photos")
-    parser.add_argument("--labels", required=True)
+    from studies.slimming_fidelity import photo_study_parser
+
+    parser = photo_study_parser(__doc__)
     parser.add_argument("--fit", type=int, default=250)
     parser.add_argument("--keep", default="0.9,0.8,0.7")
     parser.add_argument("--json", type=Path)

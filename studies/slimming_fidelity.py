@@ -154,6 +154,15 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def photo_study_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every study over a model and the shared photos takes: MODEL PHOTOS --labels CSV."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("photos")
+    parser.add_argument("--labels", required=True)
+    return parser
+
+
 def parse_schedules(text: str) -> list[tuple[int, float]]:
     return [(int(e), float(lr)) for e, lr in (item.split(":") for item in text.split(","))]
 
@@ -161,10 +170,7 @@ def parse_schedules(text: str) -> list[tuple[int, float]]:
 def main() -> None:
     import sys
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("photos")
-    parser.add_argument("--labels", required=True)
+    parser = photo_study_parser(__doc__)
     parser.add_argument("--keep", type=float, default=0.9)
     parser.add_argument("--stage-keep", type=float, default=0.7)
     parser.add_argument("--schedules", type=parse_schedules, default=parse_schedules("4:5e-5,100:3e-4"))

@@ -25,7 +25,6 @@ Usage: python -m studies.synthetic_inputs MODEL PHOTOS --labels CSV --work DIR -
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tempfile
 import time
@@ -233,12 +232,9 @@ def main() -> None:
     import sys
 
     from edge.io.checkpoints import load_net
-    from studies.slimming_fidelity import resumable_rows
+    from studies.slimming_fidelity import photo_study_parser, resumable_rows
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("photos")
-    parser.add_argument("--labels", required=True)
+    parser = photo_study_parser(__doc__)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--keep", type=float, default=0.9)
     parser.add_argument("--epochs", type=int, default=30)
