@@ -11,7 +11,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from edge.bench.machine import cpu_info
 from edge.cli import main
+from edge.core.cpu import cpu_cores
 from edge.core.config import Preprocess, StudentConfig
 from edge.models.student import build_student
 from edge.prune.reconstruct import consumer_statistics, obs_select, prune_reconstruct, prunable_widths, solve, target_widths
@@ -149,6 +151,8 @@ def test_compress_meets_the_byte_target_and_reports_the_frontier(workspace):
     assert record["chosen"]["views_kl"] == min(p["views_kl"] for p in fitting)
     assert min(p["bytes"] for p in record["points"] if p["stage"] == "quantization") > 9000
     assert (report / "frontier.png").stat().st_size > 10_000 and "| series |" in (report / "report.md").read_text()
+    assert record["machine"]["threads"] == 1 and record["machine"]["cores"] == cpu_cores()  # what the seconds ran on
+    assert f"on {cpu_info()['model']}, {cpu_cores()} cores" in (report / "report.md").read_text().splitlines()[-1]
     again = _compress(workspace, out, workspace / "report2")
     assert again.exit_code == 2 and "--overwrite" in again.output  # never clobbers a file
     busy = _compress(workspace, workspace / "other.onnx", report)

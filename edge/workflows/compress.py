@@ -789,6 +789,7 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
     best = choose(state["points"], settings.target_bytes)
     state["command"] = command or state.get("command", "")
     state["chosen"] = best
+    state["machine"] = machine()
     if best is not None:
         data = chosen_bytes(work, best)
         atomic_write(output, lambda f: f.write(data))
@@ -802,6 +803,17 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
     search.save()
     write_report(work, state)
     return state
+
+
+def machine() -> dict:
+    """What this run's seconds were measured on (the report's last line): the CPU, and torch's threads and the
+    instruction set its CPU kernels use (``ATEN_CPU_CAPABILITY`` can lower it)."""
+    from edge.bench.machine import cpu_info, load
+
+    cpu = cpu_info()
+    return {"cpu": cpu["model"], "cores": cpu["cores"], "simd": cpu.get("simd", []), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "kernels": torch.backends.cpu.get_cpu_capability(),
+            "load_average": load()["load_average"]}
 
 
 def resumable(path: Path, settings: SearchSettings, about: dict) -> dict:

@@ -57,6 +57,16 @@ def _fitting_text(keep: float | None, unprobed: bool) -> str:
     return "below the --min-keep" if keep is None else f"{keep:.3f}"
 
 
+def _machine_text(machine: dict | None) -> str:
+    if not machine:
+        return ""
+    wide = [f for f in machine["simd"] if f.startswith(("avx512", "amx")) or f == "avx2"]
+    threads, load = machine["threads"], machine["load_average"]
+    return (f" on {machine['cpu']}, {machine['cores']} cores ({', '.join(wide) or 'no AVX2'}); torch {machine['torch']} "
+            f"on {threads} thread{'s' * (threads > 1)} with {machine['kernels']} kernels"
+            + (f"; load average {load[0]:.1f} at the end" if load else ""))
+
+
 def markdown_report(state: dict) -> str:
     target = state["settings"]["target_bytes"]
     has_val_acc = any("val_accuracy" in p for p in state["points"])
@@ -109,7 +119,7 @@ def markdown_report(state: dict) -> str:
             f"{s['format']} at keep {s['keep']:.3f} (at least {s['least_bytes']:,} B)" for s in skipped) + "."]
     if state.get("stopped"):
         lines += ["", f"Stopped early: {state['stopped']}."]
-    lines += ["", f"Search wall time: {state['seconds']:.0f} s.", ""]
+    lines += ["", f"Search wall time: {state['seconds']:.0f} s{_machine_text(state.get('machine'))}.", ""]
     return "\n".join(lines)
 
 

@@ -94,7 +94,7 @@ KINDS = {
 RECORD = ({"settings": "object", "about": "object", "points": "list", "rounds": "list", "seconds": "seconds"},
           {"seconds_before": "seconds", "done": "flag", "stopped": "text", "command": "text", "chosen": "chosen",
            "path": "keeps", "fitting_keep": "fitting", "sensitivity": "sensitivity", "skipped": "skipped",
-           "unprobed": "texts", SEAL: "sha256"})
+           "unprobed": "texts", "machine": "object", SEAL: "sha256"})
 POINT = ({"stage": "stage", "keep": "keep", "format": "format", "onnx": "onnx", "bytes": "count",
           "parameters": "count", "widths": "widths", "val_agreement": "fraction", "sha256": "sha256"},
          {"val_kl": "kl", "val_accuracy": "fraction", "test_accuracy": "fraction", "test_agreement": "fraction",
