@@ -373,3 +373,9 @@ def test_the_frontier_figure_keeps_its_title_and_plain_kb_ticks_inside():
     narrow = frontier_figure({**state, "points": near, "chosen": near[1], "settings": {"target_bytes": 90_000}})
     labels = [t.get_text() for t in shown_tick_labels(narrow.axes[0].xaxis)]
     assert labels == ["70", "80", "90", "100"] and text_outside_figure(narrow) == []  # a narrow range: every step
+    ranked = [{**p, "views_kl": kl, "views_kl_noise": kl / 4} for p, kl in zip(near[:3], (0.3, 0.07, 0.12))]
+    both = frontier_figure({**state, "points": ranked + near[3:], "chosen": ranked[1],
+                            "settings": {"target_bytes": 90_000}})
+    kl = both.axes[0]  # what ranks the fitting files comes first, on a log axis with its error bars
+    assert len(both.axes) == 2 and kl.get_ylabel().startswith("KL") and kl.get_yscale() == "log"
+    assert min(kl.get_ylim()) < 0.07 * 0.75 and text_outside_figure(both) == []

@@ -11,6 +11,7 @@ skipped because their weight count alone exceeds the target are listed with that
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge.bench.plot import plain_log_ticks
@@ -123,6 +124,24 @@ def markdown_report(state: dict) -> str:
     return "\n".join(lines)
 
 
+# the frontier's panels, where points have the key: key, axis label, scale, log axis
+PANELS = (("views_kl", "KL from the model over augmented views\n(fitting files: lower ranks first)", 1, True),
+          ("val_agreement", "validation agreement with the model (%)", 100, False),
+          ("test_accuracy", "test accuracy (%)", 100, False))
+
+
+@dataclass(frozen=True)
+class Panel:
+    key: str
+    label: str
+    scale: float
+    log: bool
+
+    def errors(self, points: list[dict]):
+        """The views KL's bootstrap standard error as error bars (None for the other panels)."""
+        return [self.scale * p["views_kl_noise"] for p in points] if self.key == "views_kl" else None
+
+
 def plot_frontier(path: Path, state: dict) -> None:
     import matplotlib.pyplot as plt
 
@@ -132,30 +151,32 @@ def plot_frontier(path: Path, state: dict) -> None:
 
 
 def frontier_figure(state: dict):
-    """Bytes against validation agreement (and test accuracy), one marker per series, the target and the choice."""
+    """Bytes against what ranks the fitting files (views KL, ± its standard error), validation agreement and test
+    accuracy, one marker per series, the target and the choice."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    has_test = any("test_accuracy" in p for p in state["points"])
-    panels = [("val_agreement", "validation agreement with the model (%)")]
-    panels += [("test_accuracy", "test accuracy (%)")] if has_test else []
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False)
+    panels = [Panel(key, label, scale, log) for key, label, scale, log in PANELS
+              if any(key in p for p in state["points"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.8), squeeze=False)
     target = state["settings"]["target_bytes"]
-    for ax, (key, label) in zip(axes[0], panels):
+    for ax, panel in zip(axes[0], panels):
         for name, marker in SERIES.items():
-            points = sorted((p for p in state["points"] if series(p) == name), key=lambda p: p["bytes"])
+            points = sorted((p for p in state["points"] if series(p) == name and panel.key in p),
+                            key=lambda p: p["bytes"])
             if points:
-                ax.plot([p["bytes"] / 1000 for p in points], [100 * p[key] for p in points], marker, label=name,
-                        alpha=0.8)
+                ax.errorbar([p["bytes"] / 1000 for p in points], [panel.scale * p[panel.key] for p in points],
+                            panel.errors(points), fmt=marker, label=name, alpha=0.8, capsize=2)
         chosen = state.get("chosen")
-        if chosen:
-            ax.plot([chosen["bytes"] / 1000], [100 * chosen[key]], "o", markersize=14, fillstyle="none", color="k",
-                    label="chosen")
+        if chosen and panel.key in chosen:
+            ax.plot([chosen["bytes"] / 1000], [panel.scale * chosen[panel.key]], "o", markersize=14, fillstyle="none",
+                    color="k", label="chosen")
         ax.axvline(target / 1000, color="grey", linestyle="--", label=f"target {target:,} B")
-        ax.set(xscale="log", xlabel="ONNX file (KB)", ylabel=label)
-        plain_log_ticks(ax.xaxis)
+        ax.set(xscale="log", yscale="log" if panel.log else "linear", xlabel="ONNX file (KB)", ylabel=panel.label)
+        for axis in (ax.xaxis, ax.yaxis) if panel.log else (ax.xaxis,):
+            plain_log_ticks(axis)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle(f"edge compress: {Path(state['about']['model']).name}\nevery point a measured ONNX file",
