@@ -71,6 +71,12 @@ def cpu_info() -> dict:
                           if peak and (not compute.cpu_flags or flags & set(compute.cpu_flags))}}
 
 
+def summary() -> dict:
+    """A run's record of the CPU its seconds were measured on, in short: model, cores, wide SIMD flags, load."""
+    cpu = cpu_info()
+    return {"cpu": cpu["model"], "cores": cpu["cores"], "simd": cpu.get("simd", []), **load()}
+
+
 def _int(value: str | None) -> int:
     return int(value) if value and re.fullmatch(r"\d+", value) else 0
 

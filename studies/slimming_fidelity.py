@@ -34,10 +34,9 @@ SPLITS = {"first": ("@0:300", "@300:497"), "swapped": ("@300:497", "@0:300")}
 
 
 def machine_record() -> dict:
-    from edge.bench.machine import cpu_info, load, versions
+    from edge.bench.machine import summary, versions
 
-    cpu = cpu_info()
-    return {"cpu": cpu["model"], "cores": cpu["cores"], "simd": cpu.get("simd", []), **load(), "versions": versions()}
+    return {**summary(), "versions": versions()}
 
 
 def resumable_rows(path: Path, model: str, command: str):

@@ -808,12 +808,10 @@ def compress(model: Path, images: str, output: Path, settings: SearchSettings, *
 def machine() -> dict:
     """What this run's seconds were measured on (the report's last line): the CPU, and torch's threads and the
     instruction set its CPU kernels use (``ATEN_CPU_CAPABILITY`` can lower it)."""
-    from edge.bench.machine import cpu_info, load
+    from edge.bench.machine import summary
 
-    cpu = cpu_info()
-    return {"cpu": cpu["model"], "cores": cpu["cores"], "simd": cpu.get("simd", []), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "kernels": torch.backends.cpu.get_cpu_capability(),
-            "load_average": load()["load_average"]}
+    return {**summary(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "kernels": torch.backends.cpu.get_cpu_capability()}
 
 
 def resumable(path: Path, settings: SearchSettings, about: dict) -> dict:

@@ -124,22 +124,24 @@ def markdown_report(state: dict) -> str:
     return "\n".join(lines)
 
 
-# the frontier's panels, where points have the key: key, axis label, scale, log axis
-PANELS = (("views_kl", "KL from the model over augmented views\n(fitting files: lower ranks first)", 1, True),
-          ("val_agreement", "validation agreement with the model (%)", 100, False),
-          ("test_accuracy", "test accuracy (%)", 100, False))
-
-
 @dataclass(frozen=True)
 class Panel:
+    """One panel of the frontier, drawn where points have ``key``: ``noise`` names its error bars' key."""
+
     key: str
     label: str
-    scale: float
-    log: bool
+    scale: float = 100.0
+    log: bool = False
+    noise: str | None = None
 
     def errors(self, points: list[dict]):
-        """The views KL's bootstrap standard error as error bars (None for the other panels)."""
-        return [self.scale * p["views_kl_noise"] for p in points] if self.key == "views_kl" else None
+        return [self.scale * p[self.noise] for p in points] if self.noise else None
+
+
+PANELS = (Panel("views_kl", "KL from the model over augmented views\n(fitting files: lower ranks first)", 1.0, True,
+                "views_kl_noise"),
+          Panel("val_agreement", "validation agreement with the model (%)"),
+          Panel("test_accuracy", "test accuracy (%)"))
 
 
 def plot_frontier(path: Path, state: dict) -> None:
@@ -158,8 +160,7 @@ def frontier_figure(state: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [Panel(key, label, scale, log) for key, label, scale, log in PANELS
-              if any(key in p for p in state["points"])]
+    panels = [panel for panel in PANELS if any(panel.key in p for p in state["points"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.8), squeeze=False)
     target = state["settings"]["target_bytes"]
     for ax, panel in zip(axes[0], panels):
